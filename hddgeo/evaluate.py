@@ -1,0 +1,163 @@
+"""Train-on-synthetic evaluation: fit fresh networks on a (distilled) set, test on real data.
+
+Protocol (DESIGN.md, "Reference protocols"): SGD with lr 0.01, momentum 0.9, weight decay
+5e-4, 1000 epochs with the learning rate divided by 10 at half, batch 256, cross-entropy, DSA
+augmentation during training (passed in as ``augment``), mean and std over several networks.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from hddgeo.models import build_model
+
+Augment = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _check_inputs(images, labels, test_images, test_labels, num_classes: Optional[int]):
+    """Tensors with checked shapes and labels, and the number of classes."""
+    images = torch.as_tensor(images)
+    labels = torch.as_tensor(labels)
+    test_images = torch.as_tensor(test_images)
+    test_labels = torch.as_tensor(test_labels)
+    for name, x in (("images", images), ("test_images", test_images)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty: pass at least one image")
+    for name, y in (("labels", labels), ("test_labels", test_labels)):
+        if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D tensor of integer class indices, "
+                             f"got shape {tuple(y.shape)} and dtype {y.dtype}")
+    if len(images) != len(labels):
+        raise ValueError(f"images and labels differ in length ({len(images)} vs {len(labels)}); "
+                         f"pass one label per image")
+    if len(test_images) != len(test_labels):
+        raise ValueError(f"test_images and test_labels differ in length ({len(test_images)} vs "
+                         f"{len(test_labels)}); pass one label per test image")
+    if images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(f"training images are {tuple(images.shape[1:])} but test images are "
+                         f"{tuple(test_images.shape[1:])}; both must share (C, H, W)")
+    if num_classes is None:
+        num_classes = int(max(labels.max(), test_labels.max())) + 1
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    for name, y in (("labels", labels), ("test_labels", test_labels)):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes - 1}] for num_classes="
+                             f"{num_classes}, found values in [{lo}, {hi}]; fix the labels or "
+                             f"num_classes")
+    return images.float(), labels.long(), test_images.float(), test_labels.long(), num_classes
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+              device: torch.device) -> float:
+    net.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        y = labels[start:start + batch_size].to(device)
+        correct += int((net(x).argmax(1) == y).sum())
+    return correct / len(images)
+
+
+def train_and_test(images, labels, test_images, test_labels, model: str = "convnet",
+                   num_classes: Optional[int] = None, epochs: int = 1000, lr: float = 0.01,
+                   momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
+                   augment: Optional[Augment] = None, seed: int = 0, device="cpu",
+                   progress: bool = False, model_kwargs: Optional[dict] = None) -> dict:
+    """Train one fresh ``model`` on ``(images, labels)`` and return its test accuracy.
+
+    ``images`` is ``(N, C, H, W)``; channels and image size come from it, ``num_classes``
+    defaults to one more than the largest train or test label. ``augment(x, seed)`` is applied
+    to every training batch with a seed derived from ``seed``, so a run is reproducible. The
+    learning rate is multiplied by 0.1 at epoch ``epochs // 2``. The caller's global RNG state
+    is left untouched (everything runs inside ``torch.random.fork_rng``).
+
+    Returns ``{"acc": test accuracy in [0, 1], "train_loss": mean cross-entropy of the last
+    epoch}``.
+    """
+    images, labels, test_images, test_labels, num_classes = _check_inputs(
+        images, labels, test_images, test_labels, num_classes)
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    device = torch.device(device)
+    # Fork every CUDA generator too: torch.manual_seed below reseeds all of them.
+    fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        net = build_model(model, images.shape[1], num_classes, tuple(images.shape[2:]),
+                          **(model_kwargs or {})).to(device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+                                    weight_decay=weight_decay)
+        gen = torch.Generator().manual_seed(seed)
+        x_all, y_all = images.to(device), labels.to(device)
+        n = len(x_all)
+        epoch_iter = range(epochs)
+        if progress:
+            epoch_iter = tqdm(epoch_iter, desc=f"{model} seed {seed}", file=sys.stderr,
+                              leave=False)
+        train_loss = float("nan")
+        net.train()
+        for epoch in epoch_iter:
+            if epoch == epochs // 2 and epoch > 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.1
+            order = torch.randperm(n, generator=gen).to(device)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                x, y = x_all[idx], y_all[idx]
+                if augment is not None:
+                    x = augment(x, int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                loss = F.cross_entropy(net(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            train_loss = total / n
+        acc = _accuracy(net, test_images, test_labels, batch_size, device)
+    return {"acc": acc, "train_loss": train_loss}
+
+
+def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
+                    model: str = "convnet", num_nets: int = 3, epochs: int = 1000,
+                    lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+                    batch_size: int = 256, augment: Optional[Augment] = None, seed: int = 0,
+                    device="cpu", progress: bool = True,
+                    model_kwargs: Optional[dict] = None) -> dict:
+    """Train ``num_nets`` fresh networks (seeds ``seed .. seed + num_nets - 1``) on a synthetic
+    set and test each on real data.
+
+    Returns ``{"mean", "std", "accs", "train_losses", "model"}``; accuracies are fractions in
+    [0, 1] and ``std`` is the population standard deviation (``numpy.std``, ddof=0), so a single
+    network gives std 0. ``progress`` shows a bar over networks (and one over epochs) on stderr.
+    """
+    # Validate once up front so a bad input fails before any training starts.
+    _check_inputs(images, labels, test_images, test_labels, num_classes)
+    if num_nets < 1:
+        raise ValueError(f"num_nets must be >= 1, got {num_nets}")
+    accs, losses = [], []
+    nets = range(seed, seed + num_nets)
+    if progress:
+        nets = tqdm(nets, desc=f"evaluate {model}", file=sys.stderr)
+    for net_seed in nets:
+        result = train_and_test(images, labels, test_images, test_labels, model=model,
+                                num_classes=num_classes, epochs=epochs, lr=lr,
+                                momentum=momentum, weight_decay=weight_decay,
+                                batch_size=batch_size, augment=augment, seed=net_seed,
+                                device=device, progress=progress, model_kwargs=model_kwargs)
+        accs.append(result["acc"])
+        losses.append(result["train_loss"])
+        if progress:
+            nets.set_postfix(acc=f"{result['acc']:.4f}")
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs,
+            "train_losses": losses, "model": model}

@@ -1,0 +1,351 @@
+"""Lorentz-model primitives in geoopt's convention, as small pure functions.
+
+geoopt's ``Lorentz(k)`` is the upper sheet ``<x, x>_L = -k`` with ``<x, y>_L = -x_0 y_0 + x_s . y_s``,
+sectional curvature ``K = -1/k``, origin ``o = (sqrt(k), 0, ..., 0)`` and
+``d(x, y) = sqrt(k) * arcosh(-<x, y>_L / k)``.  Throughout, ``theta = d / sqrt(k)`` is the distance in
+units of the curvature radius.
+
+Every public function validates its input and raises ``ValueError`` with a message that says what to
+fix; the underscored helpers assume valid plain tensors and are what hot loops call.  Distances are
+computed from the Minkowski chord ``<x - y, x - y>_L = 4 k sinh(theta / 2)^2`` rather than from
+``arcosh(-<x, y>_L / k)``: the latter cancels catastrophically for nearby points (arcosh has an
+infinite slope at 1) and loses every digit of a small distance between two points far from the origin.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import geoopt
+import torch
+
+DEFAULT_DTYPE = torch.float64
+
+
+# ----------------------------------------------------------------------------- validation helpers
+def manifold_k(M) -> float:
+    """The positive ``k`` of a ``geoopt.Lorentz`` manifold as a Python float (checked)."""
+    if not isinstance(M, geoopt.Lorentz):
+        raise ValueError(
+            f"expected a geoopt.Lorentz manifold, got {type(M).__name__}; build one with geoopt.Lorentz(k=1.0)"
+        )
+    k = float(M.k.detach())
+    if not math.isfinite(k) or k <= 0:
+        raise ValueError(f"the Lorentz manifold needs k > 0 (curvature K = -1/k), got k={k}; pass e.g. geoopt.Lorentz(k=1.0)")
+    return k
+
+
+def k_tensor(M, like: torch.Tensor) -> torch.Tensor:
+    """``M.k`` cast to the dtype/device of ``like``; keeps autograd to a learnable ``k``."""
+    return M.k.to(dtype=like.dtype, device=like.device)
+
+
+def plain(x: torch.Tensor) -> torch.Tensor:
+    """Strip the ManifoldTensor subclass so internal arithmetic runs on plain tensors."""
+    return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.is_tensor(x):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; convert with .double()")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{what} contains {bad} NaN/inf value(s); remove or repair them before the geometry")
+
+
+def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int = 1) -> torch.Tensor:
+    """Validate points on ``M``: finite, at least ``min_points_dim`` dims, last dim >= 2, on the upper sheet.
+
+    The on-manifold tolerance is relative to ``k + z_0^2`` because ``<z, z>_L`` is a difference of two
+    numbers of size ``z_0^2``: in float32 a point at radius 10 carries an absolute error near 1.
+    """
+    k = manifold_k(M)
+    check_finite(z, what)
+    if z.dim() < min_points_dim or z.shape[-1] < 2:
+        raise ValueError(
+            f"{what} must have shape (..., d+1) with d >= 1 (got {tuple(z.shape)}); lift features of shape (..., d) with hddgeo.lift"
+        )
+    z = plain(z)
+    tol = math.sqrt(torch.finfo(z.dtype).eps) * 10
+    err = (inner(z, z) + k).abs() / (k + z[..., 0] ** 2)
+    if z.numel() and (bool((err > tol).any()) or bool((z[..., 0] <= 0).any())):
+        raise ValueError(
+            f"{what} are not on the Lorentz manifold with k={k:g} (max relative |<z,z>_L + k| = {float(err.max()):.3g}, "
+            f"tolerance {tol:.1g}); map Euclidean features with hddgeo.lift(v, M) or project with M.projx(z)"
+        )
+    return z
+
+
+def as_manifold_tensor(x: torch.Tensor, M) -> geoopt.ManifoldTensor:
+    """Wrap ``x`` as a ManifoldTensor on ``M`` without cutting the autograd graph.
+
+    ``geoopt.ManifoldTensor(x, manifold=M)`` builds a new leaf and silently drops ``grad_fn``;
+    ``as_subclass`` keeps it.
+    """
+    out = x.as_subclass(geoopt.ManifoldTensor)
+    out.manifold = M
+    return out
+
+
+# ----------------------------------------------------------------------------- scalar functions
+def sinhc(theta: torch.Tensor) -> torch.Tensor:
+    """``sinh(t)/t`` with the removable singularity at 0 (and a finite gradient there)."""
+    small = theta.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    return torch.where(small, 1 + theta * theta / 6, torch.sinh(safe) / safe)
+
+
+def inv_sinhc(theta: torch.Tensor) -> torch.Tensor:
+    """``t/sinh(t)``: the hierarchical weight of paper Eq. 17 / 36, and the logmap factor."""
+    small = theta.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    return torch.where(small, 1 - theta * theta / 6, safe / torch.sinh(safe))
+
+
+def t_coth_t(theta: torch.Tensor) -> torch.Tensor:
+    """``t*coth(t)``: eigenvalue of the Hessian of ``d^2/2`` orthogonal to the geodesic (curvature -1)."""
+    small = theta.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    return torch.where(small, 1 + theta * theta / 3, safe / torch.tanh(safe))
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt of a clamped non-negative quantity with zero (not NaN) gradient at 0."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------- core maps (unchecked)
+def inner(x: torch.Tensor, y: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Minkowski inner product ``-x_0 y_0 + x_s . y_s`` over the last dimension."""
+    prod = x * y
+    out = prod[..., 1:].sum(-1, keepdim=keepdim) - prod[..., :1].sum(-1, keepdim=keepdim)
+    return out
+
+
+def polar_(xs: torch.Tensor, sk):
+    """Split spatial parts ``x_s = sqrt(k) sinh(a) n`` into ``sinh(a)`` ``(..., 1)`` and the unit ``n``.
+
+    A point on the hyperboloid is fixed by its spatial part; ``sinh(a)`` and ``n`` are exact to
+    rounding at any radius, unlike differences of the huge time and space coordinates.
+    """
+    r = safe_sqrt((xs * xs).sum(-1, keepdim=True))
+    pos = r > 0
+    n = torch.where(pos, xs / torch.where(pos, r, torch.ones_like(r)), torch.zeros_like(xs))
+    return r / sk, n
+
+
+def cosh_theta_minus_one(xs: torch.Tensor, ys: torch.Tensor, sk) -> torch.Tensor:
+    """``cosh(theta) - 1`` between points given by spatial parts, as a sum of non-negative terms.
+
+    With ``x = sqrt(k) (cosh a, sinh a n)`` and ``y = sqrt(k) (cosh b, sinh b m)``:
+    ``cosh(theta) - 1 = 2 sinh((a - b)/2)^2 + sinh(a) sinh(b) |n - m|^2 / 2``.  The textbook
+    ``-<x, y>_L / k - 1`` cancels terms of size ``cosh(a) cosh(b)``: at radius 10 it keeps about 8 of
+    16 digits, at radius 20 none.
+    """
+    sa, n = polar_(xs, sk)
+    sb, m = polar_(ys, sk)
+    half = torch.sinh((torch.asinh(sa) - torch.asinh(sb)) / 2)
+    dn = n - m
+    return (2 * half * half + sa * sb * (dn * dn).sum(-1, keepdim=True) / 2).squeeze(-1)
+
+
+def theta_between(x: torch.Tensor, y: torch.Tensor, k) -> torch.Tensor:
+    """Geodesic distance in curvature-radius units, ``theta = 2 asinh(sqrt((cosh(theta) - 1)/2))``."""
+    sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
+    h = cosh_theta_minus_one(x[..., 1:], y[..., 1:], sk)
+    return 2 * torch.asinh(safe_sqrt(h / 2))
+
+
+def dist_(x: torch.Tensor, y: torch.Tensor, k) -> torch.Tensor:
+    return theta_between(x, y, k) * (k ** 0.5 if not torch.is_tensor(k) else torch.sqrt(k))
+
+
+def origin_like(x: torch.Tensor, k) -> torch.Tensor:
+    o = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+    o[0] = 1.0
+    return o * (math.sqrt(k) if not torch.is_tensor(k) else torch.sqrt(k))
+
+
+def logmap0_(z: torch.Tensor, k) -> torch.Tensor:
+    """``Log_o(z)`` with ``z_s = sqrt(k) sinh(theta) u``: ``(0, theta/sinh(theta) z_s)``, exact at any radius."""
+    sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
+    zs = z[..., 1:]
+    theta = torch.asinh(safe_sqrt((zs * zs).sum(-1, keepdim=True)) / sk)
+    return torch.cat([torch.zeros_like(z[..., :1]), inv_sinhc(theta) * zs], dim=-1)
+
+
+# Tangent vectors at ``x`` are handled in *frame coordinates*: the spatial part of the vector after the
+# boost ``B_x`` that carries ``x`` to the origin.  There the Minkowski metric is the Euclidean dot
+# product, so norms, CG and Newton steps involve no cancellation; ambient tangent vectors at a point of
+# radius ``a`` have components ``cosh(a)`` times larger than their length.
+def frame_logs_(xs: torch.Tensor, zs: torch.Tensor, sk):
+    """Frame coordinates of ``Log_x(z)`` and ``theta = d(x, z)/sqrt(k)`` from spatial parts.
+
+    ``xs`` ``(..., d)`` broadcasts against ``zs`` ``(..., n, d)`` when given as ``(..., 1, d)``.
+    Boosting ``z = sqrt(k)(cosh b, sinh b m)`` by ``-a`` along ``n`` gives the spatial part
+    ``sinh(b) m + (p - sinh(b) n.m) n`` with ``p = sinh(b - a) - cosh(a) sinh(b) |n - m|^2 / 2``;
+    the logmap at the origin scales it by ``sqrt(k) theta / sinh(theta)``.
+    """
+    sa, n = polar_(xs, sk)
+    sb, m = polar_(zs, sk)
+    a, b = torch.asinh(sa), torch.asinh(sb)
+    dn = n - m
+    dn2 = (dn * dn).sum(-1, keepdim=True)
+    half = torch.sinh((b - a) / 2)
+    h = 2 * half * half + sa * sb * dn2 / 2  # cosh(theta) - 1
+    theta = 2 * torch.asinh(safe_sqrt(h / 2))
+    par = torch.sinh(b - a) - torch.sqrt(1 + sa * sa) * sb * dn2 / 2
+    boosted = zs / sk + (par - (n * zs).sum(-1, keepdim=True) / sk) * n
+    return sk * inv_sinhc(theta) * boosted, theta.squeeze(-1)
+
+
+def frame_to_ambient_(xs: torch.Tensor, v: torch.Tensor, sk) -> torch.Tensor:
+    """Push frame coordinates ``v`` at ``x`` to an ambient tangent vector: ``B_x^{-1} (0, v)``."""
+    sa, n = polar_(xs, sk)
+    vpar = (v * n).sum(-1, keepdim=True)
+    return torch.cat([sa * vpar, v + (torch.sqrt(1 + sa * sa) - 1) * vpar * n], dim=-1)
+
+
+def ambient_grad_to_frame_(xs: torch.Tensor, g: torch.Tensor, sk) -> torch.Tensor:
+    """Frame coordinates of the Riemannian gradient for an ambient Euclidean gradient ``g`` at ``x``.
+
+    Adjoint of :func:`frame_to_ambient_`: ``g . (B^{-1}(0, v)) = gamma . v`` for every frame vector ``v``.
+    """
+    sa, n = polar_(xs, sk)
+    gs = g[..., 1:]
+    gpar = (gs * n).sum(-1, keepdim=True)
+    return gs + (g[..., :1] * sa + (torch.sqrt(1 + sa * sa) - 1) * gpar) * n
+
+
+def frame_exp_(xs: torch.Tensor, v: torch.Tensor, sk) -> torch.Tensor:
+    """Spatial part of ``Exp_x(v)`` for frame coordinates ``v``: ``B_x^{-1} Exp_o(v)``."""
+    sa, n = polar_(xs, sk)
+    sig = safe_sqrt((v * v).sum(-1, keepdim=True)) / sk
+    vpar = (v * n).sum(-1, keepdim=True)
+    # Exp_o(v) = sqrt(k)(cosh sig, sinh(sig)/sig v/sqrt(k)); boost back by +a along n
+    shc = sinhc(sig) / sk
+    new_par = sa * torch.cosh(sig) + torch.sqrt(1 + sa * sa) * shc * vpar
+    return sk * (new_par * n + shc * (v - vpar * n))
+
+
+def with_time_(xs: torch.Tensor, k) -> torch.Tensor:
+    """The point with spatial part ``xs``: ``(sqrt(k + |xs|^2), xs)``."""
+    return torch.cat([torch.sqrt(k + (xs * xs).sum(-1, keepdim=True)), xs], dim=-1)
+
+
+def logmap_(x: torch.Tensor, y: torch.Tensor, k) -> torch.Tensor:
+    """``Log_x(y)`` as an ambient tangent vector at ``x``, computed in the frame of ``x``."""
+    sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
+    v, _ = frame_logs_(x[..., 1:], y[..., 1:], sk)
+    return frame_to_ambient_(x[..., 1:], v, sk)
+
+
+def expmap_(x: torch.Tensor, u: torch.Tensor, k) -> torch.Tensor:
+    """``Exp_x(u) = cosh(theta) x + sinh(theta)/theta u`` with ``theta = |u|_L / sqrt(k)``."""
+    theta = safe_sqrt(inner(u, u, keepdim=True).clamp_min(0) / k)
+    return torch.cosh(theta) * x + sinhc(theta) * u
+
+
+def project_tangent_(x: torch.Tensor, u: torch.Tensor, k) -> torch.Tensor:
+    """Minkowski-orthogonal projection of an ambient vector onto ``T_x``: ``u + <x, u>_L / k * x``."""
+    return u + inner(x, u, keepdim=True) / k * x
+
+
+def radius_(z: torch.Tensor, k) -> torch.Tensor:
+    """Distance to the origin; ``arcosh(z_0/sqrt(k))`` written as ``asinh(|z_s|/sqrt(k))`` (exact near 0)."""
+    sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
+    return torch.asinh(z[..., 1:].norm(dim=-1) / sk) * sk
+
+
+def lift_(v: torch.Tensor, k, max_norm: Optional[float] = None) -> torch.Tensor:
+    """``expmap0([0, v])`` with optional clipping of ``|v|/sqrt(k)`` at ``max_norm`` (plain tensor)."""
+    sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
+    theta = safe_sqrt((v * v).sum(-1, keepdim=True)) / sk
+    if max_norm is not None:
+        # clip the tangent vector's length, keep its direction (the reference clamps at 10)
+        scale = torch.where(theta > max_norm, max_norm / torch.where(theta > 0, theta, torch.ones_like(theta)), torch.ones_like(theta))
+        v = v * scale
+        theta = theta * scale
+    time = sk * torch.cosh(theta)
+    space = sinhc(theta) * v
+    return torch.cat([time, space], dim=-1)
+
+
+# ----------------------------------------------------------------------------- public API
+def lift(v: torch.Tensor, M, max_norm: Optional[float] = None, dtype: Optional[torch.dtype] = DEFAULT_DTYPE) -> geoopt.ManifoldTensor:
+    """Lift Euclidean features ``(..., d)`` onto the hyperboloid ``M``: ``expmap0([0, v])``, shape ``(..., d+1)``.
+
+    ``max_norm`` clips the tangent length ``|v|/sqrt(k)`` (the reference HDD code clips at 10; ``None``
+    disables clipping).  Geometry runs in ``dtype`` (float64 by default; ``None`` keeps ``v``'s dtype):
+    in float32 ``expmap0`` overflows above ``|v|/sqrt(k)`` of about 88 and distances lose all precision
+    well before that.  The result is a ``geoopt.ManifoldTensor`` that keeps ``v``'s autograd graph.
+    """
+    k = manifold_k(M)
+    check_finite(v, "features v")
+    if v.dim() < 1 or v.shape[-1] < 1:
+        raise ValueError(f"features must have shape (..., d) with d >= 1, got {tuple(v.shape)}")
+    if max_norm is not None and not (max_norm > 0):
+        raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+    v = plain(v)
+    if dtype is not None:
+        v = v.to(dtype)
+    kt = k_tensor(M, v)
+    z = lift_(v, kt, max_norm)
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(
+            f"lifting overflowed in {z.dtype} (largest |v|/sqrt(k) = {float(v.norm(dim=-1).max()) / math.sqrt(k):.3g}); "
+            "use dtype=torch.float64, a max_norm, or rescale the features"
+        )
+    return as_manifold_tensor(z, M)
+
+
+def dist(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
+    """Geodesic distance between broadcastable point sets on ``M``."""
+    x = check_points(x, M, "x")
+    y = check_points(y, M, "y")
+    try:
+        torch.broadcast_shapes(x.shape, y.shape)
+    except RuntimeError:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} do not broadcast; give them matching shapes") from None
+    return dist_(x, y, k_tensor(M, x))
+
+
+def radius(z: torch.Tensor, M) -> torch.Tensor:
+    """Geodesic distance of each point to the origin ``(sqrt(k), 0, ..., 0)``; shape ``z.shape[:-1]``."""
+    z = check_points(z, M, "points z")
+    return radius_(z, k_tensor(M, z))
+
+
+def hierarchical_weights(z: torch.Tensor, M) -> torch.Tensor:
+    """Paper Eq. 17 / 36 in geoopt's ``k``: ``w(r) = (r/sqrt(k)) / sinh(r/sqrt(k))`` for each point.
+
+    ``w(0) = 1`` and ``w`` decreases strictly with the radius: the logmap at the origin is
+    ``Log_o(z) = w(r) (z - cosh(r/sqrt(k)) o)``, so root-level points weigh more in the tangent mean.
+    """
+    z = check_points(z, M, "points z")
+    kt = k_tensor(M, z)
+    return inv_sinhc(radius_(z, kt) / torch.sqrt(kt))
+
+
+def logmap0(z: torch.Tensor, M) -> torch.Tensor:
+    """``Log_o(z)`` as an ambient vector with zero time coordinate."""
+    z = check_points(z, M, "points z")
+    return logmap0_(z, k_tensor(M, z))
+
+
+def logmap(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
+    """``Log_x(y)`` in ambient coordinates (a tangent vector at ``x``)."""
+    x = check_points(x, M, "x")
+    y = check_points(y, M, "y")
+    return logmap_(x, y, k_tensor(M, x))
+
+
+def expmap(x: torch.Tensor, u: torch.Tensor, M) -> geoopt.ManifoldTensor:
+    """``Exp_x(u)`` for a tangent vector ``u`` at ``x`` (ambient coordinates)."""
+    x = check_points(x, M, "x")
+    check_finite(u, "tangent vector u")
+    kt = k_tensor(M, x)
+    return as_manifold_tensor(expmap_(x, plain(u).to(x.dtype), kt), M)

@@ -1,0 +1,30 @@
+"""Networks used to distill and to evaluate synthetic sets.
+
+Every model takes ``(channels, num_classes, image_size)``, has ``embed(x)`` (flattened
+features, ``feature_dim`` wide) and ``forward(x) = classifier(embed(x))``.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from hddgeo.models._layers import ImageSize
+from hddgeo.models.alexnet import AlexNet
+from hddgeo.models.convnet import ConvNet
+from hddgeo.models.resnet import ResNet18
+from hddgeo.models.vgg import VGG11
+
+_REGISTRY = {"convnet": ConvNet, "alexnet": AlexNet, "vgg11": VGG11, "resnet18": ResNet18}
+MODEL_NAMES = tuple(_REGISTRY)
+
+
+def build_model(name: str, channels: int, num_classes: int, image_size: ImageSize,
+                **kw) -> nn.Module:
+    """A freshly initialised network by name (case-insensitive); ``kw`` goes to its constructor
+    (e.g. ``depth=4`` or ``width=64`` for ConvNet, ``norm="batchnorm"`` for VGG11/ResNet18)."""
+    cls = _REGISTRY.get(str(name).lower())
+    if cls is None:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return cls(channels, num_classes, image_size=image_size, **kw)
+
+
+__all__ = ["MODEL_NAMES", "build_model", "ConvNet", "AlexNet", "VGG11", "ResNet18"]

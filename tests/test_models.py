@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from hddgeo.models import MODEL_NAMES, ConvNet, build_model
+
+
+@pytest.mark.parametrize("channels,size,dim", [(1, 8, 128), (1, 28, 2048), (3, 32, 2048)])
+def test_convnet_embed_dims(channels, size, dim):
+    net = ConvNet(channels, 10, image_size=(size, size))
+    x = torch.randn(3, channels, size, size)
+    assert net.feature_dim == dim
+    assert net.embed(x).shape == (3, dim)
+    assert net(x).shape == (3, 10)
+
+
+def test_convnet_deeper_for_big_images():
+    net = ConvNet(3, 5, image_size=(64, 64), depth=4)
+    assert net.embed(torch.randn(2, 3, 64, 64)).shape == (2, 2048)
+    with pytest.raises(ValueError, match="too deep"):
+        ConvNet(1, 10, image_size=(8, 8), depth=4)
+
+
+def test_convnet_instance_norm():
+    norms = [m for m in ConvNet(3, 10).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 3 and all(n.num_groups == n.num_channels == 128 for n in norms)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("channels,size", [(1, 8), (3, 32)])
+def test_cross_arch_shapes(name, channels, size):
+    torch.manual_seed(0)
+    net = build_model(name, channels, 10, (size, size))
+    x = torch.randn(4, channels, size, size)
+    emb = net.embed(x)
+    assert emb.shape == (4, net.feature_dim)
+    assert net(x).shape == (4, 10)
+    # No layer collapses to a constant (e.g. instance norm on 1x1 maps): inputs stay apart.
+    assert (emb[0] - emb[1]).abs().max() > 1e-4
+
+
+def test_build_model_unknown_name():
+    with pytest.raises(ValueError, match="convnet, alexnet, vgg11, resnet18"):
+        build_model("lenet", 1, 10, 8)
