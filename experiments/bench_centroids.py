@@ -1,0 +1,158 @@
+"""Benchmark: Law centroid vs exact Karcher mean (forward and forward+backward).
+
+For n in {64, 256, 1024, 4096}, d in {128, 2048} and a tight and a wide spread of radii, prints and
+writes as CSV: Law / Karcher times (median of repeats), Karcher iterations and final gradient norm,
+peak memory of one Karcher forward+backward, and the distance between the two centroids.
+
+Each case runs in its own subprocess so that peak memory (``ru_maxrss`` above the level after the
+inputs are built) belongs to that case alone.
+
+    python experiments/bench_centroids.py --out results/bench_centroids.csv
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SPREADS = {
+    # tight: every point at radius ~10 sqrt(k) (the reference clip) with a small angular spread,
+    # like clipped random-ConvNet features; wide: radii uniform in [0, 10 sqrt(k)], random directions
+    "tight": dict(radius=10.0, radial_jitter=0.01, angular=0.05),
+    "wide": dict(radius=10.0, radial_jitter=None, angular=None),
+}
+
+
+def make_cloud(n, d, k, spread, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    cfg = SPREADS[spread]
+    dirs = torch.randn(n, d, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    if cfg["angular"] is None:
+        r = torch.rand(n, 1, generator=g, dtype=torch.float64) * cfg["radius"]
+    else:
+        base = torch.randn(1, d, generator=g, dtype=torch.float64)
+        dirs = base / base.norm() + cfg["angular"] * dirs
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        r = cfg["radius"] * (1 + cfg["radial_jitter"] * torch.randn(n, 1, generator=g, dtype=torch.float64))
+    return dirs * r * k**0.5  # tangent vectors at the origin with |v|/sqrt(k) = r
+
+
+def run_case(n, d, spread, k, repeats):
+    import resource
+
+    import geoopt
+    import torch
+
+    import hddgeo
+
+    torch.set_num_threads(2)
+    M = geoopt.Lorentz(k=k)
+    v = make_cloud(n, d, k, spread)
+    target = torch.randn(d + 1, dtype=torch.float64)
+
+    def law_fwd():
+        with torch.no_grad():
+            return hddgeo.law_centroid(hddgeo.lift(v, M), M)
+
+    def karcher_fwd():
+        with torch.no_grad():
+            return hddgeo.karcher_mean(hddgeo.lift(v, M), M)
+
+    def fwd_bwd(fn):
+        def run():
+            vv = v.clone().requires_grad_(True)
+            c = fn(hddgeo.lift(vv, M), M)
+            (c * target).sum().backward()
+            return vv.grad
+
+        return run
+
+    def timed(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return times[len(times) // 2]
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fwd_bwd(hddgeo.karcher_mean)()  # first: peak memory of one Karcher forward+backward
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    z = hddgeo.lift(v, M)
+    c_k, info = hddgeo.karcher_mean(z, M, return_info=True)
+    c_l = hddgeo.law_centroid(z, M)
+    return dict(
+        n=n, d=d + 1, spread=spread, k=k,
+        law_fwd_ms=1e3 * timed(law_fwd),
+        law_fwd_bwd_ms=1e3 * timed(fwd_bwd(hddgeo.law_centroid)),
+        karcher_fwd_ms=1e3 * timed(karcher_fwd),
+        karcher_fwd_bwd_ms=1e3 * timed(fwd_bwd(hddgeo.karcher_mean)),
+        karcher_iters=info.iterations,
+        karcher_grad_norm=float(info.grad_norm),
+        karcher_peak_mib=peak_mib,
+        law_karcher_dist=float(hddgeo.dist(c_k, c_l, M)),
+        frechet_gap=float(hddgeo.frechet_objective(c_l, z, M) - hddgeo.frechet_objective(c_k, z, M)),
+    )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    p.add_argument("--d", type=int, nargs="+", default=[128, 2048], help="feature dims (points have d+1 coords)")
+    p.add_argument("--spread", nargs="+", default=list(SPREADS), choices=list(SPREADS))
+    p.add_argument("--k", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="results/bench_centroids.csv")
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = p.parse_args(argv)
+    if args.case:
+        n, d, spread = args.case.split(",")
+        print(json.dumps(run_case(int(n), int(d), spread, args.k, args.repeats)))
+        return 0
+
+    import pandas as pd
+
+    rows = []
+    for spread in args.spread:
+        for d in args.d:
+            for n in args.n:
+                cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{n},{d},{spread}", "--k", str(args.k),
+                       "--repeats", str(args.repeats)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(out.stderr, file=sys.stderr)
+                    raise SystemExit(f"case n={n} d={d} {spread} failed")
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["ratio_fwd_bwd"] = row["karcher_fwd_bwd_ms"] / row["law_fwd_bwd_ms"]
+                rows.append(row)
+                print(f"n={n:5d} d={d + 1:5d} {spread:5s}  law {row['law_fwd_bwd_ms']:8.2f} ms  karcher "
+                      f"{row['karcher_fwd_bwd_ms']:8.2f} ms ({row['ratio_fwd_bwd']:.1f}x)  iters {row['karcher_iters']}  "
+                      f"|grad| {row['karcher_grad_norm']:.1e}  peak {row['karcher_peak_mib']:.0f} MiB", flush=True)
+    df = pd.DataFrame(rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    df.to_csv(args.out, index=False)
+    cols = ["n", "d", "spread", "law_fwd_ms", "law_fwd_bwd_ms", "karcher_fwd_ms", "karcher_fwd_bwd_ms", "ratio_fwd_bwd",
+            "karcher_iters", "karcher_grad_norm", "karcher_peak_mib", "law_karcher_dist"]
+    print(df[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[cols].to_string(index=False))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _has_tabulate():
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
