@@ -1,0 +1,194 @@
+"""Distillation methods on one shared step structure.
+
+Every iteration of every method does the same five things (:meth:`DistillMethod.step`):
+pick a feature network, draw a real batch per class, augment real and synthetic images of each class
+with the same DSA draw, embed both, and score them with the :class:`~hddgeo.losses.Matcher`
+(euclidean / hdd with any centroid).  Methods differ only in the network they pick, how the synthetic
+images are laid out, and optional extra terms:
+
+* ``dm``  (Zhao & Bilen 2023): a fresh randomly initialised ConvNet every iteration.
+* ``idm`` (Zhao et al. 2023): partition-and-expansion (each stored image holds 4 half-scale images),
+  a queue of semi-trained networks (each trained a few steps on real data as it is used), and a
+  class-aware cross-entropy regulariser on the synthetic images.
+
+All randomness of iteration ``it`` comes from generators seeded by ``(seed, it)``; together with the
+state in :meth:`state_dict` this makes an interrupted run resume to exactly the same result.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from hddgeo.data import dsa
+from hddgeo.models import build_model
+
+from .synset import SyntheticSet
+
+METHOD_NAMES = ("dm", "idm")
+
+
+def iteration_generator(seed: int, it: int, stream: int = 0) -> torch.Generator:
+    """A generator for iteration ``it`` that does not depend on what earlier iterations drew."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(it)) * 7 + stream)
+
+
+def fresh_network(name: str, dataset, seed: int, **kw) -> torch.nn.Module:
+    """A randomly initialised network, seeded without touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
+
+
+class DistillMethod:
+    """Base class: the shared step; subclasses choose the network and extra terms."""
+
+    name = "base"
+    factor = 1  # partition factor of the synthetic images
+
+    def __init__(self, cfg, dataset, pool, matcher):
+        self.cfg, self.dataset, self.pool, self.matcher = cfg, dataset, pool, matcher
+        self.n_real = min(int(cfg.batch_real), min(pool.count(c) for c in range(pool.num_classes)))
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def network(self, it: int, gen: torch.Generator) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def extra_loss(self, net, syn_images, syn_labels):
+        return None, {}
+
+    def after_step(self, it: int, net) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    # -- the shared step --------------------------------------------------------------------------
+    def init_synset(self, gen: torch.Generator) -> SyntheticSet:
+        if self.cfg.init == "noise":
+            return SyntheticSet.from_noise(self.dataset.train_images.shape[1:], self.pool.num_classes, self.cfg.ipc, gen,
+                                           self.factor)
+        return SyntheticSet.from_real(self.pool, self.cfg.ipc, gen, self.factor)
+
+    def features(self, net, syn: SyntheticSet, gen: torch.Generator):
+        """Real and synthetic features ``(C, n, d)`` / ``(C, m, d)`` under per-class siamese DSA."""
+        C = self.pool.num_classes
+        syn_by_class = syn.by_class()
+        seeds = torch.randint(0, 2**31 - 1, (C,), generator=gen).tolist()
+        real = [self.pool.sample(c, self.n_real, gen) for c in range(C)]
+        if self.cfg.dsa:
+            real = [dsa(real[c], seeds[c], self.cfg.dsa_strategy) for c in range(C)]
+            syn_aug = [dsa(syn_by_class[c], seeds[c], self.cfg.dsa_strategy) for c in range(C)]
+        else:
+            syn_aug = list(syn_by_class)
+        with torch.no_grad():
+            f_real = net.embed(torch.cat(real)).reshape(C, self.n_real, -1)
+        f_syn = net.embed(torch.cat(syn_aug)).reshape(C, syn_by_class.shape[1], -1)
+        return f_real, f_syn
+
+    def step(self, it: int, syn: SyntheticSet):
+        """Loss of iteration ``it`` (to be back-propagated into ``syn.images``) and its logged parts."""
+        gen = iteration_generator(self.cfg.seed, it)
+        net = self.network(it, gen)
+        f_real, f_syn = self.features(net, syn, gen)
+        loss, parts = self.matcher(f_real, f_syn)
+        images, labels = syn.expanded()
+        extra, extra_parts = self.extra_loss(net, images, labels)
+        if extra is not None:
+            loss = loss + extra
+        parts.update(extra_parts)
+        return loss, parts, net
+
+
+class DM(DistillMethod):
+    name = "dm"
+
+    def network(self, it, gen):
+        net = fresh_network(self.cfg.model, self.dataset, int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+        net.train()  # instance norm has no running statistics: train/eval give the same features
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+
+class IDM(DistillMethod):
+    """IDM with a small queue of semi-trained networks (sizes are options; defaults suit a CPU)."""
+
+    name = "idm"
+    factor = 2
+
+    def __init__(self, cfg, dataset, pool, matcher):
+        super().__init__(cfg, dataset, pool, matcher)
+        self.nets = []
+        self.opts = []
+        self.ages = []
+        for i in range(cfg.idm_queue):
+            self._reset(i, seed=cfg.seed * 7919 + i)
+
+    def _reset(self, i: int, seed: int) -> None:
+        net = fresh_network(self.cfg.model, self.dataset, seed)
+        opt = torch.optim.SGD(net.parameters(), lr=self.cfg.idm_net_lr, momentum=0.9, weight_decay=5e-4)
+        if i < len(self.nets):
+            self.nets[i], self.opts[i], self.ages[i] = net, opt, 0
+        else:
+            self.nets.append(net)
+            self.opts.append(opt)
+            self.ages.append(0)
+
+    def network(self, it, gen):
+        self.current = int(torch.randint(0, len(self.nets), (), generator=gen))
+        return self.nets[self.current]
+
+    def extra_loss(self, net, syn_images, syn_labels):
+        if self.cfg.idm_ce_weight <= 0:
+            return None, {}
+        ce = F.cross_entropy(net(syn_images), syn_labels)
+        return self.cfg.idm_ce_weight * ce, {"ce": float(ce.detach())}
+
+    def after_step(self, it, net):
+        """Train the network just used for a few steps on real data; renew it when it is old."""
+        i = self.current
+        gen = iteration_generator(self.cfg.seed, it, stream=1)
+        net.zero_grad(set_to_none=True)
+        for _ in range(self.cfg.idm_train_steps):
+            idx = torch.randint(0, len(self.pool), (min(256, len(self.pool)),), generator=gen)
+            x, y = self.pool.images[idx], self.pool.labels[idx]
+            if self.cfg.dsa:
+                x = dsa(x, int(torch.randint(0, 2**31 - 1, (), generator=gen)), self.cfg.dsa_strategy, siamese=False)
+            self.opts[i].zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            self.opts[i].step()
+        self.opts[i].zero_grad(set_to_none=True)
+        self.ages[i] += 1
+        if self.ages[i] >= self.cfg.idm_net_age:
+            self._reset(i, seed=int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+
+    def state_dict(self):
+        return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],
+                "ages": list(self.ages)}
+
+    def load_state_dict(self, state):
+        for i, (ns, os_) in enumerate(zip(state["nets"], state["opts"])):
+            self.nets[i].load_state_dict(ns)
+            self.opts[i].load_state_dict(os_)
+        self.ages = list(state["ages"])
+
+
+METHODS = {"dm": DM, "idm": IDM}
+
+
+def build_method(name: str, cfg, dataset, pool, matcher) -> DistillMethod:
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+    return cls(cfg, dataset, pool, matcher)
+
+
+def register_method(name: str, cls: Optional[type]) -> None:
+    """Add a method (used by DANCE / GeoDM modules) under ``name``."""
+    METHODS[name] = cls
