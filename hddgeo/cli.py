@@ -1,0 +1,188 @@
+"""The ``hddgeo`` command.
+
+    hddgeo demo                         the README's main job: digits table (DM vs DM+HDD law/karcher)
+    hddgeo distill --dataset digits --ipc 10 --method dm --matcher hdd --centroid karcher --out runs/x
+    hddgeo distill --out runs/x --resume
+    hddgeo evaluate runs/x [--model resnet18]
+    hddgeo centroids                    Law vs Karcher vs tangent centroids per class, as CSV
+
+Bad input exits with status 2 and a one-line message; nothing is written before the input is checked.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from .distill.runner import DistillConfig
+
+DEFAULTS = DistillConfig()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        self.exit(2, f"hddgeo: error: {message} (see {self.prog} --help)\n")
+
+
+def _max_norm(text: str):
+    if text.lower() in ("none", "off", "inf"):
+        return None
+    return float(text)
+
+
+def _add_distill_options(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=DEFAULTS.dataset, help="digits (embedded) | fashionmnist | svhn | cifar10 | "
+                   "cifar100 | tinyimagenet | imagewoof")
+    g.add_argument("--data-root", default=None, help="folder holding the dataset files (not needed for digits)")
+    g.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-root")
+    g = p.add_argument_group("method")
+    g.add_argument("--ipc", type=int, default=DEFAULTS.ipc, help="synthetic images per class")
+    g.add_argument("--method", default=DEFAULTS.method, help="dm | idm")
+    g.add_argument("--matcher", default=DEFAULTS.matcher, help="euclidean | hdd | both")
+    g.add_argument("--centroid", default=DEFAULTS.centroid, help="law | karcher | tangent (for hdd)")
+    g.add_argument("--k", type=float, default=DEFAULTS.k, help="geoopt's k (curvature K = -1/k)")
+    g.add_argument("--scale", type=float, default=DEFAULTS.scale, help="lambda, the HDD loss scale")
+    g.add_argument("--max-norm", type=_max_norm, default=DEFAULTS.max_norm,
+                   help="clip |v|/sqrt(k) before expmap0 (reference 10; 'none' disables)")
+    g.add_argument("--euclidean-weight", type=float, default=DEFAULTS.euclidean_weight, help="weight of DM's term (matcher both)")
+    g.add_argument("--hdd-weight", type=float, default=DEFAULTS.hdd_weight, help="weight of HDD's term (matcher both)")
+    g.add_argument("--preset", choices=["paper"], default=None,
+                   help="take k, lambda, lr_img and iterations from the paper's Tables 5-6 (explicit flags still win)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--iterations", type=int, default=DEFAULTS.iterations)
+    g.add_argument("--lr-img", type=float, default=DEFAULTS.lr_img)
+    g.add_argument("--batch-real", type=int, default=DEFAULTS.batch_real, help="real images per class per iteration")
+    g.add_argument("--init", default=DEFAULTS.init, help="real | noise")
+    g.add_argument("--model", default=DEFAULTS.model, help="feature / evaluation network")
+    g.add_argument("--no-dsa", dest="dsa", action="store_false", help="disable differentiable siamese augmentation")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g = p.add_argument_group("evaluation and checkpoints")
+    g.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every, help="evaluate every N iterations (0: never)")
+    g.add_argument("--eval-nets", type=int, default=DEFAULTS.eval_nets)
+    g.add_argument("--eval-epochs", type=int, default=DEFAULTS.eval_epochs)
+    g.add_argument("--final-eval-nets", type=int, default=DEFAULTS.final_eval_nets)
+    g.add_argument("--final-eval-epochs", type=int, default=DEFAULTS.final_eval_epochs)
+    g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
+    g = p.add_argument_group("IDM")
+    g.add_argument("--idm-queue", type=int, default=DEFAULTS.idm_queue, help="networks in the semi-trained queue")
+    g.add_argument("--idm-train-steps", type=int, default=DEFAULTS.idm_train_steps)
+    g.add_argument("--idm-net-age", type=int, default=DEFAULTS.idm_net_age, help="uses before a network is renewed")
+    g.add_argument("--idm-ce-weight", type=float, default=DEFAULTS.idm_ce_weight)
+
+
+def _config_from_args(args, argv) -> DistillConfig:
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    if args.preset == "paper":
+        from .distill.presets import paper_preset
+
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+        for name, value in paper_preset(args.method, args.dataset, args.ipc).items():
+            if name not in given:
+                values[name] = value
+    return DistillConfig(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hddgeo", description="Hyperbolic dataset distillation (HDD) on geoopt's Lorentz model.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("distill", help="distil a dataset into a run directory")
+    _add_distill_options(d)
+    d.add_argument("--out", required=True, help="run directory (must not exist unless --resume)")
+    d.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run's synthetic set")
+    e.add_argument("run_dir")
+    e.add_argument("--model", default=None, help="convnet | alexnet | vgg11 | resnet18 (default: the run's)")
+    e.add_argument("--nets", type=int, default=3)
+    e.add_argument("--epochs", type=int, default=None)
+    e.add_argument("--quiet", action="store_true")
+
+    m = sub.add_parser("demo", help="the main job: digits, IPC 1 and 10, DM vs DM+HDD (law, karcher), short budget")
+    m.add_argument("--out", default="results/demo")
+    m.add_argument("--iterations", type=int, default=200)
+    m.add_argument("--batch-real", type=int, default=64)
+    m.add_argument("--nets", type=int, default=3, help="evaluation networks per cell")
+    m.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
+    m.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--quiet", action="store_true")
+
+    c = sub.add_parser("centroids", help="Law vs Karcher vs tangent centroids of each class, as CSV")
+    c.add_argument("--dataset", default="digits")
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--k", type=float, default=1.0)
+    c.add_argument("--max-norm", type=_max_norm, default=10.0)
+    c.add_argument("--feature-scale", type=float, default=1.0, help="multiply features before lifting")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="results/centroids.csv")
+    return p
+
+
+def _run(args, argv) -> int:
+    import torch
+
+    if args.command == "distill":
+        from .distill.runner import run_distillation
+
+        cfg = _config_from_args(args, argv)
+        metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        acc = f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f}" if "acc_mean" in metrics else "n/a"
+        print(f"{metrics['method']} on {metrics['dataset']} IPC {metrics['ipc']}: accuracy {acc} %, "
+              f"{metrics['seconds_per_iteration']:.3f} s/iteration -> {args.out}")
+    elif args.command == "evaluate":
+        from .distill.runner import evaluate_run
+
+        res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet)
+        print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
+    elif args.command == "demo":
+        from .distill.study import format_table, run_study
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
+                             final_eval_nets=args.nets, final_eval_epochs=args.epochs, seed=args.seed,
+                             checkpoint_every=50)
+        table = run_study(base, args.out, ipcs=args.ipc, progress=not args.quiet)
+        print(format_table(table).to_string(index=False))
+        print(f"seconds per iteration: " + ", ".join(
+            f"{r.method} IPC {r.ipc}: {r.seconds_per_iteration:.3f}" for r in table.itertuples() if r.seconds_per_iteration == r.seconds_per_iteration))
+        print(f"wrote {os.path.join(args.out, 'results.csv')} and results.md")
+    elif args.command == "centroids":
+        from .analysis import class_features, compare_centroids
+        from .data import load_dataset
+
+        if not (args.k > 0):
+            raise ValueError(f"k must be positive, got {args.k}")
+        dataset = load_dataset(args.dataset, data_root=args.data_root)
+        df = compare_centroids(class_features(dataset, seed=args.seed), k=args.k, max_norm=args.max_norm,
+                               feature_scale=args.feature_scale)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        df.to_csv(args.out, index=False)
+        cols = ["class", "n", "feature_norm_mean", "radius_mean", "radius_std", "d_law_karcher", "d_tangent_karcher",
+                "radius_law", "radius_karcher", "karcher_iterations"]
+        print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except (ValueError, FileNotFoundError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hddgeo: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hddgeo: interrupted; a distill run can be continued with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

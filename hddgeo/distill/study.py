@@ -1,0 +1,94 @@
+"""Grids of distillation runs that differ in one switch (matcher / centroid / IPC), as tidy tables.
+
+Every cell uses the same seed, budget and evaluation protocol; a baseline row evaluates the real
+images the synthetic sets start from (the "before distillation" row).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Optional
+
+import pandas as pd
+import torch
+
+from hddgeo.evaluate import evaluate_synset
+
+from .methods import build_method
+from .runner import DistillConfig, describe, eval_augment, prepare, run_distillation
+
+DEFAULT_VARIANTS = (
+    {"matcher": "euclidean"},
+    {"matcher": "hdd", "centroid": "law"},
+    {"matcher": "hdd", "centroid": "karcher"},
+)
+
+
+def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
+    """Accuracy of the initial synthetic set (real images) under the final evaluation protocol."""
+    dataset, pool, matcher = prepare(cfg)
+    method = build_method(cfg.method, cfg, dataset, pool, matcher)
+    syn = method.init_synset(torch.Generator().manual_seed(cfg.seed))
+    images, labels = syn.expanded()
+    res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
+                          model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
+                          augment=eval_augment(cfg), seed=cfg.seed + 20_000, progress=progress)
+    return {"method": "real init (no distillation)", "ipc": cfg.ipc, "acc_mean": res["mean"], "acc_std": res["std"],
+            "accs": res["accs"], "seconds_per_iteration": float("nan")}
+
+
+def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
+              variants: Iterable[dict] = DEFAULT_VARIANTS, baseline: bool = True, progress: bool = True,
+              resume: bool = True) -> pd.DataFrame:
+    """Run every ``variant`` (overrides of ``base``) at every IPC; return and save the accuracy table.
+
+    Each cell writes its own run directory under ``out_dir``; finished cells are reused and
+    unfinished ones resumed, so a killed study continues where it stopped.
+    """
+    rows = []
+    for ipc in ipcs:
+        if baseline:
+            rows.append(baseline_row(dataclasses.replace(base, ipc=ipc), progress=False))
+        for variant in variants:
+            cfg = dataclasses.replace(base, ipc=ipc, **variant)
+            cfg.validate()
+            run_dir = os.path.join(out_dir, f"ipc{ipc}_{describe(cfg).replace('/', '-').replace('+', '_')}")
+            metrics_path = os.path.join(run_dir, "metrics.json")
+            if resume and os.path.exists(metrics_path):
+                import json
+
+                with open(metrics_path) as fh:
+                    metrics = json.load(fh)
+            else:
+                has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+                metrics = run_distillation(cfg, run_dir, resume=resume and has_ckpt, progress=progress)
+            rows.append({"method": describe(cfg), "ipc": ipc, "acc_mean": metrics.get("acc_mean"),
+                         "acc_std": metrics.get("acc_std"), "accs": metrics.get("accs"),
+                         "seconds_per_iteration": metrics["seconds_per_iteration"], "run_dir": run_dir})
+    table = pd.DataFrame(rows)
+    save_table(table, out_dir, "results")
+    return table
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Wide view: one row per method, one ``mean ± std`` column (in %) per IPC."""
+    t = table.copy()
+    t["acc"] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(t["acc_mean"], t["acc_std"])]
+    wide = t.pivot_table(index="method", columns="ipc", values="acc", aggfunc="first", sort=False)
+    wide.columns = [f"IPC {c}" for c in wide.columns]
+    return wide.reset_index()
+
+
+def save_table(table: pd.DataFrame, out_dir: str, name: str, markdown: Optional[str] = None) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    table.drop(columns=["accs"], errors="ignore").to_csv(os.path.join(out_dir, f"{name}.csv"), index=False)
+    wide = format_table(table)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as fh:
+        fh.write(markdown or _markdown(wide))
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
