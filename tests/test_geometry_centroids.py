@@ -1,0 +1,557 @@
+"""Law centroid, Karcher mean, tangent centroid and their gradients (hddgeo.geometry.centroids).
+
+Independent references: geoopt's expmap/logmap, closed-form geodesic points, a scipy/mpmath Frechet
+minimiser (geometry_helpers.reference_frechet_mean), Lorentz isometries, finite differences.
+"""
+import math
+
+import geoopt
+import pytest
+import torch
+
+import hddgeo
+from geometry_helpers import (
+    DT,
+    KS,
+    apply,
+    ball_dist,
+    boost_matrix,
+    gen,
+    geodesic_point,
+    geoopt_midpoint,
+    geoopt_riemannian_grad_norm,
+    geoopt_tangent_mean,
+    law_reference,
+    manifold,
+    manifold_error,
+    mink,
+    mp_dist_from_spatial,
+    plain,
+    polar_dist,
+    polar_of,
+    random_directions,
+    random_weights,
+    reference_frechet_mean,
+    rotation_matrix,
+    tight_cloud,
+    to_ball,
+    wide_cloud,
+)
+
+pytest.importorskip("mpmath")
+pytest.importorskip("scipy")
+
+METHODS = ("law", "karcher", "tangent")
+
+
+def _centroid_fn(method):
+    return {"law": hddgeo.law_centroid, "karcher": hddgeo.karcher_mean, "tangent": hddgeo.tangent_centroid}[method]
+
+
+def _dist(a, b, k):
+    """Own accurate distance from polar coordinates (does not call hddgeo)."""
+    ra, ua = polar_of(a, k)
+    rb, ub = polar_of(b, k)
+    return polar_dist(ra, ua, rb, ub, k)
+
+
+# ============================================================================= common contract
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+def test_centroid_on_manifold_manifold_tensor_keeps_graph(method, k):
+    M = manifold(k)
+    g = gen(100)
+    v = (3 * math.sqrt(k) * torch.randn(2, 30, 5, generator=g, dtype=DT)).requires_grad_(True)
+    z = hddgeo.lift(v, M)
+    c = _centroid_fn(method)(z, M)
+    assert isinstance(c, geoopt.ManifoldTensor) and c.manifold is M
+    assert c.shape == (2, 6) and c.dtype == DT
+    assert c.grad_fn is not None
+    assert float(manifold_error(c, k).max()) < 1e-13
+    assert bool((plain(c)[..., 0] > 0).all())
+    plain(c).sum().backward()
+    assert v.grad is not None and bool(torch.isfinite(v.grad).all()) and float(v.grad.abs().sum()) > 0
+    # the dispatcher gives the same thing
+    c2 = hddgeo.centroid(z.detach(), M, method=method)
+    torch.testing.assert_close(plain(c2), plain(c).detach(), rtol=0, atol=0)
+    assert set(hddgeo.CENTROID_METHODS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+def test_centroid_of_one_point_and_of_copies_is_the_point(method, k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(101)
+    z, r, _ = wide_cloud(5, 4, k, g, rmax=10.0)
+    for i in range(5):
+        # Law's closed form normalises by sqrt(-<zbar, zbar>_L), a difference of numbers of size z_0^2:
+        # it is only accurate to ~eps cosh(r/sqrt(k))^2 (about 1e-8 at radius 10).  The Karcher mean is
+        # polished to its tolerance 1e-10 sqrt(k); the tangent mean is exact.
+        bound = {
+            "law": 1e-15 * math.cosh(float(r[i]) / sk) ** 2 + 1e-14,
+            "karcher": 1e-10,
+            "tangent": 1e-12,
+        }[method] * sk
+        for copies in (1, 7):
+            c = _centroid_fn(method)(z[i].expand(copies, 5), M)
+            assert float(_dist(c, z[i], k)) < bound
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_centroid_batched_equals_per_class(method):
+    k = 0.8
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(102)
+    zw, _, _ = wide_cloud(40, 6, k, g)
+    zt, _, _ = tight_cloud(40, 6, k, g, spread=0.01)
+    zn, _, _ = wide_cloud(40, 6, k, g, rmax=0.5)
+    z = torch.stack([zw, zt, zn])
+    w = random_weights((3, 40), g)
+    fn = _centroid_fn(method)
+    cb = fn(z, M, weights=w)
+    assert cb.shape == (3, 7)
+    for i in range(3):
+        ci = fn(z[i], M, weights=w[i])
+        assert float(_dist(cb[i], ci, k)) < 1e-11 * sk
+    # a batch of shape (2, 3, n, d+1)
+    z4 = torch.stack([z, z.flip(0)])
+    c4 = fn(z4, M)
+    assert c4.shape == (2, 3, 7)
+    assert float(_dist(c4[1, 0], fn(zn, M), k)) < 1e-11 * sk
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_weights_normalised_and_zero_weights_drop_points(method):
+    k = 1.7
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(103)
+    z, _, _ = wide_cloud(12, 4, k, g, rmax=6.0)
+    w = random_weights((12,), g)
+    fn = _centroid_fn(method)
+    c = fn(z, M, weights=w)
+    assert float(_dist(fn(z, M, weights=7.3 * w), c, k)) < 1e-11 * sk
+    w0 = w.clone()
+    w0[::3] = 0
+    keep = w0 > 0
+    assert float(_dist(fn(z, M, weights=w0), fn(z[keep], M, weights=w[keep]), k)) < 1e-11 * sk
+    # uniform weights are the default
+    assert float(_dist(fn(z, M, weights=torch.ones(12, dtype=DT)), fn(z, M), k)) < 1e-11 * sk
+    # weights broadcast over a batch of sets
+    zb = torch.stack([z, z])
+    cb = fn(zb, M, weights=w)
+    assert float(_dist(cb[1], c, k)) < 1e-11 * sk
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_centroid_permutation_invariant(method):
+    k = 1.0
+    M = manifold(k)
+    g = gen(104)
+    z, _, _ = wide_cloud(25, 5, k, g)
+    w = random_weights((25,), g)
+    perm = torch.randperm(25, generator=g)
+    fn = _centroid_fn(method)
+    assert float(_dist(fn(z, M, weights=w), fn(z[perm], M, weights=w[perm]), k)) < 1e-11
+
+
+# ============================================================================= Law
+@pytest.mark.parametrize("k", KS)
+def test_law_matches_numpy_closed_form(k):
+    M = manifold(k)
+    g = gen(110)
+    z, _, _ = wide_cloud(30, 5, k, g, rmax=8.0, shape=(3,))
+    w = random_weights((3, 30), g)
+    c = plain(hddgeo.law_centroid(z, M, weights=w))
+    ref = torch.from_numpy(law_reference(z.numpy(), k, w.numpy()))
+    torch.testing.assert_close(c, ref, rtol=1e-12, atol=0)
+    assert float(mink(c, c).add(k).abs().max()) < 1e-12 * float((c[..., 0] ** 2).max())
+
+
+@pytest.mark.parametrize("k", KS)
+def test_law_of_two_points_is_the_geodesic_midpoint(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(111)
+    x, r1, u1 = wide_cloud(40, 4, k, g, rmax=4.0)
+    y, r2, u2 = wide_cloud(40, 4, k, g, rmax=4.0)
+    c = hddgeo.law_centroid(torch.stack([x, y], dim=-2), M)
+    mid = geoopt_midpoint(x, y, M)
+    torch.testing.assert_close(plain(c), mid, rtol=1e-9, atol=1e-9 * sk)
+    mid2 = geodesic_point(x, y, 0.5, k, polar_dist(r1, u1, r2, u2, k) / sk)
+    torch.testing.assert_close(plain(c), mid2, rtol=1e-12, atol=1e-12 * sk)
+    # and equidistant at half the distance, also far out
+    x, r1, u1 = wide_cloud(40, 4, k, g, rmax=12.0)
+    y, r2, u2 = wide_cloud(40, 4, k, g, rmax=12.0)
+    c = hddgeo.law_centroid(torch.stack([x, y], dim=-2), M)
+    dxy = polar_dist(r1, u1, r2, u2, k)
+    torch.testing.assert_close(_dist(c, x, k), dxy / 2, rtol=1e-10, atol=1e-10 * sk)
+    torch.testing.assert_close(_dist(c, y, k), dxy / 2, rtol=1e-10, atol=1e-10 * sk)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("iso", ["rotation", "boost+", "boost-", "rotation*boost"])
+def test_law_isometry_equivariant(k, iso):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(112)
+    d = 5
+    z, _, _ = wide_cloud(30, d, k, g, rmax=3.0, shape=(2,))
+    w = random_weights((2, 30), g)
+    L = {
+        "rotation": rotation_matrix(d, g),
+        "boost+": boost_matrix(d, 0.9),
+        "boost-": boost_matrix(d, -1.4, axis=3),
+        "rotation*boost": rotation_matrix(d, g) @ boost_matrix(d, 1.1, axis=2),
+    }[iso]
+    c_of_Lz = plain(hddgeo.law_centroid(apply(L, z), M, weights=w))
+    L_of_c = apply(L, hddgeo.law_centroid(z, M, weights=w))
+    torch.testing.assert_close(c_of_Lz, L_of_c, rtol=1e-10, atol=1e-10 * sk)
+
+
+# ============================================================================= Karcher
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_karcher_riemannian_gradient_vanishes(k, weighted):
+    """``sum_i w_i Log_c(z_i)`` computed with geoopt's logmap is ~0 at the Karcher mean."""
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(120)
+    z, _, _ = wide_cloud(50, 6, k, g, rmax=3.0, shape=(3,))
+    w = random_weights((3, 50), g) if weighted else None
+    c = hddgeo.karcher_mean(z, M, weights=w)
+    gn = geoopt_riemannian_grad_norm(c, z, M, w)
+    assert float(gn.max()) < 1e-9 * sk, gn
+    # ... while it is not ~0 at the Law centroid (test of the test)
+    gl = geoopt_riemannian_grad_norm(hddgeo.law_centroid(z, M, weights=w), z, M, w)
+    assert float(gl.min()) > 1e-4 * sk
+
+
+@pytest.mark.parametrize("k", KS)
+def test_karcher_objective_not_larger_than_law_or_tangent_or_neighbours(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(121)
+    z, _, _ = wide_cloud(60, 5, k, g, rmax=10.0, shape=(2,))
+    w = random_weights((2, 60), g)
+    c = hddgeo.karcher_mean(z, M, weights=w)
+    fk = hddgeo.frechet_objective(c, z, M, weights=w)
+    fl = hddgeo.frechet_objective(hddgeo.law_centroid(z, M, weights=w), z, M, weights=w)
+    ft = hddgeo.frechet_objective(hddgeo.tangent_centroid(z, M, weights=w), z, M, weights=w)
+    assert bool((fk <= fl).all()) and bool((fk <= ft).all())
+    assert bool((fk < fl * (1 - 1e-6)).all()), "on a wide cloud the Law centroid is not the Frechet mean"
+    # independent objective value (own distance formula)
+    wn = w / w.sum(-1, keepdim=True)
+    own = (wn * _dist(c.unsqueeze(-2).expand_as(z), z, k) ** 2).sum(-1)
+    torch.testing.assert_close(fk, own, rtol=1e-12, atol=0)
+    # moving the mean by a small step in any direction increases the objective (by ~eps^2)
+    eps = 1e-3 * sk
+    cp = plain(c)
+    for _ in range(10):
+        u = torch.randn(2, 6, generator=g, dtype=DT)
+        u = u + mink(cp, u).unsqueeze(-1) / k * cp  # project on T_c
+        u = u / mink(u, u).sqrt().unsqueeze(-1)
+        for s in (1, -1):
+            moved = math.cosh(eps / sk) * cp + sk * math.sinh(eps / sk) * s * u
+            moved = torch.cat([torch.sqrt(k + (moved[..., 1:] ** 2).sum(-1, keepdim=True)), moved[..., 1:]], -1)
+            fm = hddgeo.frechet_objective(moved, z, M, weights=w)
+            assert bool((fm - fk > 0.5 * eps * eps).all())
+
+
+@pytest.mark.parametrize("k", KS)
+def test_karcher_of_two_points_is_the_geodesic_midpoint(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(122)
+    x, r1, u1 = wide_cloud(30, 4, k, g, rmax=4.0)
+    y, r2, u2 = wide_cloud(30, 4, k, g, rmax=4.0)
+    c = hddgeo.karcher_mean(torch.stack([x, y], dim=-2), M)
+    torch.testing.assert_close(plain(c), geoopt_midpoint(x, y, M), rtol=1e-9, atol=1e-9 * sk)
+    # equals the Law centroid of the two points (both are the midpoint)
+    torch.testing.assert_close(plain(c), plain(hddgeo.law_centroid(torch.stack([x, y], dim=-2), M)), rtol=1e-11, atol=1e-11 * sk)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_karcher_of_two_weighted_points_is_the_geodesic_point(k):
+    """Weights (1-t, t): the minimiser of (1-t) d(p,x)^2 + t d(p,y)^2 is the geodesic point at fraction t."""
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(123)
+    x, r1, u1 = wide_cloud(30, 4, k, g, rmax=10.0)
+    y, r2, u2 = wide_cloud(30, 4, k, g, rmax=10.0)
+    t = torch.rand(30, generator=g, dtype=DT) * 0.9 + 0.05
+    w = torch.stack([1 - t, t], dim=-1)
+    c = hddgeo.karcher_mean(torch.stack([x, y], dim=-2), M, weights=w)
+    dxy = polar_dist(r1, u1, r2, u2, k)
+    torch.testing.assert_close(_dist(c, x, k), t * dxy, rtol=1e-10, atol=1e-10 * sk)
+    torch.testing.assert_close(_dist(c, y, k), (1 - t) * dxy, rtol=1e-10, atol=1e-10 * sk)
+    xm, r1, u1 = wide_cloud(30, 4, k, g, rmax=3.0)
+    ym, r2, u2 = wide_cloud(30, 4, k, g, rmax=3.0)
+    cm = hddgeo.karcher_mean(torch.stack([xm, ym], dim=-2), M, weights=w)
+    ref = torch.stack([geodesic_point(xm[i], ym[i], float(t[i]), k, polar_dist(r1[i], u1[i], r2[i], u2[i], k) / sk)
+                       for i in range(30)])
+    torch.testing.assert_close(plain(cm), ref, rtol=1e-10, atol=1e-10 * sk)
+    # the weighted Law centroid is *not* the geodesic point (it minimises a different functional)
+    cl = hddgeo.law_centroid(torch.stack([xm, ym], dim=-2), M, weights=w)
+    assert float(_dist(cl, cm, k).max()) > 1e-3 * sk
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("iso", ["rotation", "boost+", "boost-", "rotation*boost"])
+def test_karcher_isometry_equivariant(k, iso):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(124)
+    d = 5
+    z, _, _ = wide_cloud(40, d, k, g, rmax=5.0, shape=(2,))
+    w = random_weights((2, 40), g)
+    L = {
+        "rotation": rotation_matrix(d, g),
+        "boost+": boost_matrix(d, 1.2),
+        "boost-": boost_matrix(d, -0.8, axis=4),
+        "rotation*boost": rotation_matrix(d, g) @ boost_matrix(d, 1.5, axis=2),
+    }[iso]
+    c_of_Lz = hddgeo.karcher_mean(apply(L, z), M, weights=w)
+    L_of_c = apply(L, hddgeo.karcher_mean(z, M, weights=w))
+    assert float(_dist(c_of_Lz, L_of_c, k).max()) < 1e-9 * sk
+
+
+def _cloud(kind, n, d, k, g):
+    if kind == "wide":
+        return wide_cloud(n, d, k, g, rmax=10.0)
+    if kind == "near_origin":
+        return wide_cloud(n, d, k, g, rmax=1.0)
+    spread = {"tight": 0.05, "tighter": 1e-3, "tightest": 1e-5}[kind]
+    return tight_cloud(n, d, k, g, radius=10.0, spread=spread)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("kind", ["wide", "near_origin", "tight", "tighter", "tightest"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_karcher_matches_independent_scipy_mpmath_minimiser(k, kind, weighted):
+    """d(c_ref, c) < 1e-8 with c_ref from BFGS + Newton on the Poincare-ball objective, re-centred in mpmath."""
+    M = manifold(k)
+    g = gen(125 + KS.index(k))
+    n, d = 15, 4
+    z, r, u = _cloud(kind, n, d, k, g)
+    w = random_weights((n,), g) if weighted else None
+    c = hddgeo.karcher_mean(z, M, weights=w)
+    ref = reference_frechet_mean(r, u, k, w)
+    err = mp_dist_from_spatial(plain(c)[1:].tolist(), ref, k)
+    assert err < 1e-8, f"distance to the reference mean {err:.3g}"
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("kind", ["wide", "tight", "tighter", "tightest"])
+def test_karcher_converges_fast_on_wide_and_tight_clouds(k, kind):
+    M = manifold(k)
+    g = gen(130)
+    z, _, _ = _cloud(kind, 200, 32, k, g)
+    w = random_weights((200,), g)
+    for weights in (None, w):
+        c, info = hddgeo.karcher_mean(z, M, weights=weights, return_info=True)
+        assert isinstance(info, hddgeo.KarcherInfo)
+        assert info.iterations <= 20, info
+        assert info.tol == pytest.approx(1e-10 * math.sqrt(k))
+        assert float(info.grad_norm) <= info.tol
+        assert bool(info.converged)
+        assert float(manifold_error(c, k)) < 1e-13
+
+
+def test_karcher_converges_fast_batched_and_high_dimensional():
+    k = 1.0
+    M = manifold(k)
+    g = gen(131)
+    zw, _, _ = wide_cloud(64, 2048, k, g, rmax=10.0)
+    zt, _, _ = tight_cloud(64, 2048, k, g, spread=0.3)
+    zc, _, _ = tight_cloud(64, 2048, k, g, spread=1e-4)
+    z = torch.stack([zw, zt, zc])
+    c, info = hddgeo.karcher_mean(z, M, return_info=True)
+    assert info.iterations <= 20
+    assert info.grad_norm.shape == (3,)
+    assert bool((info.grad_norm <= info.tol).all()) and bool(info.converged.all())
+    for i in range(3):
+        ci = hddgeo.karcher_mean(z[i], M)
+        assert float(_dist(c[i], ci, k)) < 1e-10
+
+
+def test_karcher_max_iter_zero_returns_the_law_centroid_and_reports_not_converged():
+    k = 1.0
+    M = manifold(k)
+    z, _, _ = wide_cloud(30, 4, k, gen(132))
+    c, info = hddgeo.karcher_mean(z, M, max_iter=0, return_info=True)
+    torch.testing.assert_close(plain(c), plain(hddgeo.law_centroid(z, M)), rtol=1e-13, atol=1e-13)
+    assert info.iterations == 0 and not bool(info.converged)
+    assert float(info.grad_norm) == pytest.approx(float(geoopt_riemannian_grad_norm(hddgeo.law_centroid(z, M), z, M)), rel=1e-6)
+
+
+def test_karcher_float32_points():
+    k = 1.0
+    M = manifold(k)
+    z, _, _ = wide_cloud(50, 8, k, gen(133), rmax=4.0)
+    c32, info = hddgeo.karcher_mean(z.float(), M, return_info=True)
+    assert c32.dtype == torch.float32
+    assert info.tol == pytest.approx(1e-4)
+    c64 = hddgeo.karcher_mean(z, M)
+    assert float(_dist(c32.double(), c64, k)) < 1e-3
+
+
+# ============================================================================= tangent centroid
+@pytest.mark.parametrize("k", KS)
+def test_tangent_centroid_matches_geoopt_and_log_identity(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(140)
+    z, _, _ = wide_cloud(40, 5, k, g, rmax=3.0, shape=(2,))
+    w = random_weights((2, 40), g)
+    c = hddgeo.tangent_centroid(z, M, weights=w)
+    torch.testing.assert_close(plain(c), geoopt_tangent_mean(z, M, w), rtol=1e-9, atol=1e-9 * sk)
+    # far out: Log_o(c) equals the weighted mean of w(r_i) z_i,s (own formula for Log_o)
+    z, r, u = wide_cloud(40, 5, k, g, rmax=12.0, shape=(2,))
+    c = plain(hddgeo.tangent_centroid(z, M, weights=w))
+    wn = w / w.sum(-1, keepdim=True)
+    mean_log = (wn.unsqueeze(-1) * r.unsqueeze(-1) * u).sum(-2)  # Log_o(z_i) = r_i u_i
+    rc, uc = polar_of(c, k)
+    torch.testing.assert_close(rc.unsqueeze(-1) * uc, mean_log, rtol=1e-11, atol=1e-12 * sk)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_tangent_centroid_rotation_equivariant_but_not_boost_equivariant(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(141)
+    d = 4
+    z, _, _ = wide_cloud(30, d, k, g, rmax=4.0)
+    R = rotation_matrix(d, g)
+    torch.testing.assert_close(plain(hddgeo.tangent_centroid(apply(R, z), M)), apply(R, hddgeo.tangent_centroid(z, M)),
+                               rtol=1e-11, atol=1e-11 * sk)
+    B = boost_matrix(d, 1.0)
+    gap = _dist(hddgeo.tangent_centroid(apply(B, z), M), apply(B, hddgeo.tangent_centroid(z, M)), k)
+    assert float(gap) > 1e-4 * sk, "the tangent mean at the origin depends on the origin"
+
+
+def test_tangent_centroid_equals_karcher_for_points_on_one_geodesic_through_origin():
+    """On a geodesic through the origin all three are 1-D means; tangent = Karcher (both = mean signed radius)."""
+    k = 2.0
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(142)
+    e = random_directions((), 3, g)
+    t = (torch.rand(9, generator=g, dtype=DT) * 2 - 1) * 6 * sk
+    z = hddgeo.lift(t.unsqueeze(-1) * e, M)
+    w = random_weights((9,), g)
+    ct = hddgeo.tangent_centroid(z, M, weights=w)
+    ck = hddgeo.karcher_mean(z, M, weights=w)
+    expected = hddgeo.lift(((w * t).sum() / w.sum()) * e, M)
+    assert float(_dist(ct, expected, k)) < 1e-11 * sk
+    assert float(_dist(ck, expected, k)) < 1e-10 * sk
+
+
+# ============================================================================= frechet_objective
+@pytest.mark.parametrize("k", KS)
+def test_frechet_objective_matches_geoopt(k):
+    M = manifold(k)
+    g = gen(150)
+    z, _, _ = wide_cloud(30, 4, k, g, rmax=3.0, shape=(2,))
+    x, _, _ = wide_cloud(2, 4, k, g, rmax=3.0)
+    w = random_weights((2, 30), g)
+    f = hddgeo.frechet_objective(x, z, M, weights=w)
+    wn = w / w.sum(-1, keepdim=True)
+    ref = (wn * M.dist(x.unsqueeze(-2), z) ** 2).sum(-1)
+    torch.testing.assert_close(f, ref, rtol=1e-10, atol=0)
+
+
+# ============================================================================= gradients
+def _upstream(c, R):
+    return (plain(c) * R).sum()
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("spread", [2.0, 8.0])
+def test_karcher_implicit_gradient_equals_unrolled(k, spread):
+    """Gradients w.r.t. features v (through lift) and weights: implicit backward vs unrolled iteration."""
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(160)
+    n, d = 7, 4
+    v = random_directions((2, n), d, g) * (torch.rand(2, n, 1, generator=g, dtype=DT) * spread * sk)
+    w = random_weights((2, n), g)
+    R = torch.randn(2, d + 1, generator=g, dtype=DT)
+
+    def grads(backward, **kw):
+        vv = v.clone().requires_grad_(True)
+        ww = w.clone().requires_grad_(True)
+        c = hddgeo.karcher_mean(hddgeo.lift(vv, M), M, weights=ww, backward=backward, **kw)
+        gv, gw = torch.autograd.grad(_upstream(c, R), (vv, ww))
+        return c.detach(), gv, gw
+
+    ci, gvi, gwi = grads("implicit", tol=1e-13 * sk)
+    cu, gvu, gwu = grads("unroll", tol=1e-14 * sk, max_iter=3000)
+    assert float(_dist(ci, cu, k).max()) < 1e-11 * sk
+    for a, b in ((gvi, gvu), (gwi, gwu)):
+        assert float((a - b).norm() / b.norm()) < 1e-7, (a, b)
+    # weights gradients are invariant to the scale of all weights: sum_i w_i dL/dw_i = 0
+    torch.testing.assert_close((gwi * w).sum(-1), torch.zeros(2, dtype=DT), rtol=0, atol=1e-9 * float(gwi.abs().max()))
+
+
+@pytest.mark.parametrize("k", KS)
+def test_karcher_gradcheck_features_and_weights(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(161)
+    v = (1.5 * sk * torch.randn(4, 3, generator=g, dtype=DT)).requires_grad_(True)
+    w = random_weights((4,), g).requires_grad_(True)
+    f = lambda a, b: plain(hddgeo.karcher_mean(hddgeo.lift(a, M), M, weights=b, tol=1e-13 * sk))
+    assert torch.autograd.gradcheck(f, (v, w), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_karcher_gradcheck_far_out_batched():
+    k = 1.0
+    M = manifold(k)
+    g = gen(162)
+    v = (random_directions((2, 4), 3, g) * torch.tensor([[[9.0], [9.5], [8.7], [9.2]]], dtype=DT)
+         + 0.3 * torch.randn(2, 4, 3, generator=g, dtype=DT)).requires_grad_(True)
+    w = random_weights((2, 4), g).requires_grad_(True)
+    f = lambda a, b: hddgeo.to_poincare(hddgeo.karcher_mean(hddgeo.lift(a, M), M, weights=b, tol=1e-13), M)
+    assert torch.autograd.gradcheck(f, (v, w), eps=1e-7, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("method", ["law", "tangent"])
+def test_closed_form_centroids_gradcheck(k, method):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(163)
+    v = (2 * sk * torch.randn(2, 5, 3, generator=g, dtype=DT)).requires_grad_(True)
+    w = random_weights((2, 5), g).requires_grad_(True)
+    fn = _centroid_fn(method)
+    f = lambda a, b: plain(fn(hddgeo.lift(a, M), M, weights=b))
+    assert torch.autograd.gradcheck(f, (v, w))
+    # and with a feature at the origin (removable singularities must stay finite)
+    v0 = v.detach().clone()
+    v0[0, 0] = 0
+    v0.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: plain(fn(hddgeo.lift(a, M), M)), (v0,))
+
+
+@pytest.mark.parametrize("k", KS)
+def test_dist_gradcheck(k):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(164)
+    a = (3 * sk * torch.randn(5, 3, generator=g, dtype=DT)).requires_grad_(True)
+    b = (3 * sk * torch.randn(5, 3, generator=g, dtype=DT)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y: hddgeo.dist(hddgeo.lift(x, M), hddgeo.lift(y, M), M), (a, b))
+    assert torch.autograd.gradcheck(lambda x: hddgeo.hierarchical_weights(hddgeo.lift(x, M), M), (a,))
+    assert torch.autograd.gradcheck(lambda x: hddgeo.radius(hddgeo.lift(x, M), M), (a,))
+
+
+def test_dist_gradient_finite_at_coincident_points():
+    M = manifold(1.0)
+    a = torch.randn(3, 4, generator=gen(165), dtype=DT).requires_grad_(True)
+    z = hddgeo.lift(a, M)
+    d = hddgeo.dist(z, z.detach().clone(), M).sum()
+    (ga,) = torch.autograd.grad(d, a)
+    assert bool(torch.isfinite(ga).all())

@@ -1,0 +1,271 @@
+"""Matching losses: hdd_loss (HDD, paper Eq. 13) and euclidean_mean_loss (DM), checked against the public API."""
+import math
+
+import pytest
+import torch
+
+import hddgeo
+from geometry_helpers import DT, KS, gen, manifold, plain, random_directions, random_weights
+
+METHODS = ("law", "karcher", "tangent")
+
+
+def _features(shape, k, g, scale=2.0):
+    return scale * math.sqrt(k) * torch.randn(*shape, generator=g, dtype=DT)
+
+
+def _public_loss(vr, vs, M, scale=20.0, method="law", max_norm=10.0, wr=None, ws=None, **kw):
+    """``scale * dist(centroid(lift(v_r)), centroid(lift(v_s)))`` from the public geometry API."""
+    cr = hddgeo.centroid(hddgeo.lift(vr, M, max_norm=max_norm), M, method=method, weights=wr, **kw)
+    cs = hddgeo.centroid(hddgeo.lift(vs, M, max_norm=max_norm), M, method=method, weights=ws, **kw)
+    return scale * hddgeo.dist(cr, cs, M)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+def test_hdd_loss_zero_for_identical_sets(method, k):
+    M = manifold(k)
+    g = gen(200)
+    v = _features((3, 20, 8), k, g)
+    loss = hddgeo.hdd_loss(v, v.clone(), M, centroid=method)
+    assert loss.shape == () and float(loss) == 0.0
+    # the same set in another order: zero up to rounding
+    perm = torch.randperm(20, generator=g)
+    assert float(hddgeo.hdd_loss(v, v[:, perm], M, centroid=method)) < 1e-8
+    # and a different set is not at zero distance
+    assert float(hddgeo.hdd_loss(v, v[:, :10], M, centroid=method)) > 1e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+def test_hdd_loss_gradient_finite_at_identical_sets(method, k):
+    M = manifold(k)
+    g = gen(201)
+    vr = _features((2, 10, 4), k, g)
+    vs = vr.clone().requires_grad_(True)
+    (gs,) = torch.autograd.grad(hddgeo.hdd_loss(vr, vs, M, centroid=method), vs)
+    assert bool(torch.isfinite(gs).all())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("max_norm", [None, 10.0, 1.5])
+def test_hdd_loss_equals_public_api_composition(method, k, max_norm):
+    M = manifold(k)
+    g = gen(202)
+    vr = _features((50, 6), k, g, scale=3.0)
+    vs = _features((7, 6), k, g, scale=3.0)  # different set sizes
+    for scale in (20.0, 3.5):
+        loss = hddgeo.hdd_loss(vr, vs, M, scale=scale, centroid=method, max_norm=max_norm)
+        ref = _public_loss(vr, vs, M, scale=scale, method=method, max_norm=max_norm)
+        assert loss.shape == ()
+        assert float(loss) == pytest.approx(float(ref), rel=1e-10, abs=1e-12)
+        assert float(loss) > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hdd_loss_defaults_are_scale_20_law_and_max_norm_10(method):
+    k = 1.0
+    M = manifold(k)
+    g = gen(203)
+    # ConvNet-like features: norm ~ 23 with a tiny spread, so the clip at 10 is active
+    vr = 23 * random_directions((30,), 16, g) * (1 + 0.01 * torch.rand(30, 1, generator=g, dtype=DT))
+    vs = 23 * random_directions((5,), 16, g)
+    default = hddgeo.hdd_loss(vr, vs, M)
+    assert float(default) == pytest.approx(float(_public_loss(vr, vs, M, scale=20.0, method="law", max_norm=10.0)), rel=1e-12)
+    assert float(hddgeo.hdd_loss(vr, vs, M, centroid=method)) == pytest.approx(
+        float(_public_loss(vr, vs, M, method=method)), rel=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+def test_hdd_loss_clipping_equals_rescaled_features(method, k):
+    """With max_norm active, the loss equals the unclipped loss of features rescaled to norm max_norm*sqrt(k)."""
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(204)
+    vr = random_directions((40,), 8, g) * (sk * (12 + 5 * torch.rand(40, 1, generator=g, dtype=DT)))
+    vs = random_directions((6,), 8, g) * (sk * (12 + 5 * torch.rand(6, 1, generator=g, dtype=DT)))
+    mn = 10.0
+    clipped = hddgeo.hdd_loss(vr, vs, M, centroid=method, max_norm=mn)
+    resc = lambda v: v / v.norm(dim=-1, keepdim=True) * mn * sk
+    ref = hddgeo.hdd_loss(resc(vr), resc(vs), M, centroid=method, max_norm=None)
+    assert float(clipped) == pytest.approx(float(ref), rel=1e-9)
+    unclipped = hddgeo.hdd_loss(vr, vs, M, centroid=method, max_norm=None)
+    assert abs(float(unclipped) - float(clipped)) > 1e-3 * float(clipped)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+def test_hdd_loss_batched_sums_per_class_losses(method, k):
+    M = manifold(k)
+    g = gen(205)
+    C = 4
+    vr = _features((C, 30, 5), k, g)
+    vs = _features((C, 3, 5), k, g)
+    per_class = torch.stack([hddgeo.hdd_loss(vr[c], vs[c], M, centroid=method) for c in range(C)])
+    total = hddgeo.hdd_loss(vr, vs, M, centroid=method)
+    assert total.shape == ()
+    assert float(total) == pytest.approx(float(per_class.sum()), rel=1e-10)
+    none = hddgeo.hdd_loss(vr, vs, M, centroid=method, reduction="none")
+    assert none.shape == (C,)
+    torch.testing.assert_close(none, per_class, rtol=1e-10, atol=0)
+    assert float(hddgeo.hdd_loss(vr, vs, M, centroid=method, reduction="mean")) == pytest.approx(float(per_class.mean()), rel=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hdd_loss_weights(method):
+    k = 0.5
+    M = manifold(k)
+    g = gen(206)
+    vr = _features((2, 20, 4), k, g)
+    vs = _features((2, 4, 4), k, g)
+    wr = random_weights((2, 20), g)
+    ws = random_weights((2, 4), g)
+    loss = hddgeo.hdd_loss(vr, vs, M, centroid=method, weights_real=wr, weights_syn=ws, reduction="none")
+    ref = _public_loss(vr, vs, M, method=method, wr=wr, ws=ws)
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    unweighted = hddgeo.hdd_loss(vr, vs, M, centroid=method, reduction="none")
+    assert float((loss - unweighted).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="negative"):
+        hddgeo.hdd_loss(vr, vs, M, centroid=method, weights_real=-wr)
+
+
+def test_hdd_loss_symmetric_and_scales_linearly():
+    k = 2.0
+    M = manifold(k)
+    g = gen(207)
+    vr = _features((3, 12, 5), k, g)
+    vs = _features((3, 4, 5), k, g)
+    for method in METHODS:
+        a = hddgeo.hdd_loss(vr, vs, M, centroid=method)
+        b = hddgeo.hdd_loss(vs, vr, M, centroid=method)
+        assert float(a) == pytest.approx(float(b), rel=1e-12)
+        assert float(hddgeo.hdd_loss(vr, vs, M, centroid=method, scale=1.0)) * 20 == pytest.approx(float(a), rel=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hdd_loss_dtype_and_gradient_reach_float32_synthetic_features(method):
+    k = 1.0
+    M = manifold(k)
+    g = gen(208)
+    vr = _features((2, 16, 6), k, g).float()
+    vs = _features((2, 3, 6), k, g).float().requires_grad_(True)
+    loss = hddgeo.hdd_loss(vr, vs, M, centroid=method)
+    assert loss.dtype == torch.float64
+    loss.backward()
+    assert vs.grad is not None and vs.grad.dtype == torch.float32
+    assert bool(torch.isfinite(vs.grad).all()) and float(vs.grad.abs().sum()) > 0
+    ref = _public_loss(vr.double(), vs.detach().double(), M, method=method).sum()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-10)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("method", METHODS)
+def test_hdd_loss_gradcheck_through_both_sets(k, method):
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(209)
+    vr = (1.5 * sk * torch.randn(2, 4, 3, generator=g, dtype=DT)).requires_grad_(True)
+    vs = (1.5 * sk * torch.randn(2, 2, 3, generator=g, dtype=DT)).requires_grad_(True)
+    kw = {"tol": 1e-13 * sk} if method == "karcher" else {}
+    f = lambda a, b: hddgeo.hdd_loss(a, b, M, scale=3.0, centroid=method, max_norm=None, reduction="none", **kw)
+    assert torch.autograd.gradcheck(f, (vr, vs), eps=1e-6, atol=1e-6, rtol=1e-5)
+    # with the clip active on some features (away from the kink)
+    vr2 = vr.detach()[:1].clone()
+    vr2[:, 0] = vr2[:, 0] / vr2[:, 0].norm(dim=-1, keepdim=True) * 4 * sk
+    vr2.requires_grad_(True)
+    f2 = lambda a, b: hddgeo.hdd_loss(a, b, M, scale=3.0, centroid=method, max_norm=2.0, **kw)
+    assert torch.autograd.gradcheck(f2, (vr2, vs[:1].detach().clone().requires_grad_(True)), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_hdd_loss_karcher_implicit_gradient_matches_public_unrolled(k):
+    """hdd_loss(centroid='karcher') gradients equal those through karcher_mean(backward='unroll')."""
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(210)
+    vr = 2 * sk * torch.randn(12, 4, generator=g, dtype=DT)
+    vs = (2 * sk * torch.randn(3, 4, generator=g, dtype=DT)).requires_grad_(True)
+    (gi,) = torch.autograd.grad(hddgeo.hdd_loss(vr, vs, M, centroid="karcher", tol=1e-13 * sk), vs)
+    vs2 = vs.detach().clone().requires_grad_(True)
+    cr = hddgeo.karcher_mean(hddgeo.lift(vr, M, max_norm=10.0), M, backward="unroll", tol=1e-14 * sk, max_iter=3000)
+    cs = hddgeo.karcher_mean(hddgeo.lift(vs2, M, max_norm=10.0), M, backward="unroll", tol=1e-14 * sk, max_iter=3000)
+    (gu,) = torch.autograd.grad(20.0 * hddgeo.dist(cr, cs, M), vs2)
+    assert float((gi - gu).norm() / gu.norm()) < 1e-7
+
+
+def test_hdd_loss_passes_karcher_options():
+    """tol / max_iter reach the Karcher mean: max_iter=0 keeps the Law initialisation, as in karcher_mean."""
+    k = 1.0
+    M = manifold(k)
+    g = gen(211)
+    vr = 3 * torch.randn(40, 5, generator=g, dtype=DT)
+    vs = 3 * torch.randn(4, 5, generator=g, dtype=DT)
+    one = hddgeo.hdd_loss(vr, vs, M, centroid="karcher", max_iter=1)
+    ref_one = _public_loss(vr, vs, M, method="karcher", max_iter=1)
+    assert float(one) == pytest.approx(float(ref_one), rel=1e-12)
+    zero = hddgeo.hdd_loss(vr, vs, M, centroid="karcher", max_iter=0)
+    ref_zero = _public_loss(vr, vs, M, method="karcher", max_iter=0)
+    assert float(ref_zero) == pytest.approx(float(hddgeo.hdd_loss(vr, vs, M, centroid="law")), rel=1e-12)
+    assert float(zero) == pytest.approx(float(ref_zero), rel=1e-12), "max_iter=0 must be honoured, not replaced by the default"
+
+
+# ----------------------------------------------------------------------------- euclidean_mean_loss
+def test_euclidean_mean_loss_closed_form():
+    g = gen(220)
+    vr = torch.randn(3, 30, 7, generator=g, dtype=DT)
+    vs = torch.randn(3, 5, 7, generator=g, dtype=DT)
+    per = [float(((vr[c].sum(0) / 30 - vs[c].sum(0) / 5) ** 2).sum()) for c in range(3)]
+    assert float(hddgeo.euclidean_mean_loss(vr, vs)) == pytest.approx(sum(per), rel=1e-13)
+    torch.testing.assert_close(hddgeo.euclidean_mean_loss(vr, vs, reduction="none"), torch.tensor(per, dtype=DT), rtol=1e-13, atol=0)
+    assert float(hddgeo.euclidean_mean_loss(vr, vs, reduction="mean")) == pytest.approx(sum(per) / 3, rel=1e-13)
+    assert float(hddgeo.euclidean_mean_loss(vr[0], vs[0])) == pytest.approx(per[0], rel=1e-13)
+    assert float(hddgeo.euclidean_mean_loss(vr, vr.flip(1))) < 1e-25
+    # gradient of |mean_r - mean_s|^2 w.r.t. each synthetic sample: -2 (mean_r - mean_s) / m
+    vs_ = vs.clone().requires_grad_(True)
+    hddgeo.euclidean_mean_loss(vr, vs_).backward()
+    expected = (-2 * (vr.mean(1) - vs.mean(1)) / 5).unsqueeze(1).expand_as(vs)
+    torch.testing.assert_close(vs_.grad, expected, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("loss", ["hdd", "euclidean"])
+def test_losses_reject_bad_input(loss):
+    M = manifold(1.0)
+    f = (lambda a, b, **kw: hddgeo.hdd_loss(a, b, M, **kw)) if loss == "hdd" else hddgeo.euclidean_mean_loss
+    v = torch.randn(2, 6, 4, dtype=DT)
+    with pytest.raises(ValueError, match="dimension"):
+        f(v, torch.randn(2, 3, 5, dtype=DT))
+    with pytest.raises(ValueError, match="class"):
+        f(v, torch.randn(3, 3, 4, dtype=DT))
+    with pytest.raises(ValueError, match="both"):
+        f(v, torch.randn(3, 4, dtype=DT))
+    with pytest.raises(ValueError, match="both"):
+        f(v[0, 0], v[0, 0])
+    with pytest.raises(ValueError, match="empty"):
+        f(v, v[:, :0])
+    with pytest.raises(ValueError, match="empty"):
+        f(v[:, :0], v)
+    bad = v.clone()
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        f(bad, v)
+    bad[1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match="NaN"):
+        f(v, bad)
+    with pytest.raises(ValueError, match="reduction"):
+        f(v, v, reduction="max")
+
+
+def test_hdd_loss_rejects_bad_options():
+    M = manifold(1.0)
+    v = torch.randn(6, 4, dtype=DT)
+    with pytest.raises(ValueError, match="unknown centroid"):
+        hddgeo.hdd_loss(v, v, M, centroid="einstein")
+    with pytest.raises(ValueError, match="max_norm"):
+        hddgeo.hdd_loss(v, v, M, max_norm=0.0)
+    with pytest.raises(ValueError, match="weight"):
+        hddgeo.hdd_loss(v, v, M, weights_syn=torch.ones(5, dtype=DT))
+    with pytest.raises(ValueError, match="zero"):
+        hddgeo.hdd_loss(v, v, M, weights_syn=torch.zeros(6, dtype=DT))
