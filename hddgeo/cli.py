@@ -66,6 +66,8 @@ def _add_distill_options(p):
     g.add_argument("--final-eval-nets", type=int, default=DEFAULTS.final_eval_nets)
     g.add_argument("--final-eval-epochs", type=int, default=DEFAULTS.final_eval_epochs)
     g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
+    g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="method-specific option (repeatable), e.g. --opt ot_weight=0.5; see each method's docs")
     g = p.add_argument_group("IDM")
     g.add_argument("--idm-queue", type=int, default=DEFAULTS.idm_queue, help="networks in the semi-trained queue")
     g.add_argument("--idm-train-steps", type=int, default=DEFAULTS.idm_train_steps)
@@ -73,9 +75,26 @@ def _add_distill_options(p):
     g.add_argument("--idm-ce-weight", type=float, default=DEFAULTS.idm_ce_weight)
 
 
+def _parse_options(items) -> dict:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (JSON values where they parse, else strings)."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _config_from_args(args, argv) -> DistillConfig:
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    values["options"] = _parse_options(args.options)
     if args.preset == "paper":
         from .distill.presets import paper_preset
 

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional
 
@@ -73,6 +73,8 @@ class DistillConfig:
     idm_net_lr: float = 0.01
     idm_ce_weight: float = 0.5
     threads: Optional[int] = None
+    # method-specific options (DANCE, GeoDM, ...): each method reads and validates its own keys
+    options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option; called before anything is written."""
