@@ -16,6 +16,7 @@ from geometry_helpers import (
     apply,
     ball_dist,
     boost_matrix,
+    from_polar,
     gen,
     geodesic_point,
     geoopt_midpoint,
@@ -96,6 +97,50 @@ def test_centroid_of_one_point_and_of_copies_is_the_point(method, k):
         for copies in (1, 7):
             c = _centroid_fn(method)(z[i].expand(copies, 5), M)
             assert float(_dist(c, z[i], k)) < bound
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("radius", [16.0, 23.0])
+def test_centroid_of_a_single_far_out_point_is_never_silently_non_finite(method, k, radius):
+    """A set of one point (IPC = 1) far out: ConvNet-3 features have norm ~23, so with max_norm=None
+    they lie at radius ~23 sqrt(k).  The centroid of one point (or of copies of it) is that point.
+    The Karcher and tangent means must return it; Law's closed form may be inaccurate radially
+    (its normalisation cancels) but its direction is exact, and it must never return inf/NaN --
+    refusing with a ValueError is acceptable.
+    """
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(105)
+    u = random_directions((4,), 5, g)
+    pts = from_polar(torch.full((4,), radius * sk, dtype=DT), u, k)
+    for copies in (1, 3):
+        z = pts.unsqueeze(-2).expand(4, copies, 6)
+        if method == "law":
+            try:
+                c = hddgeo.law_centroid(z, M)
+            except ValueError:
+                continue
+            assert bool(torch.isfinite(c).all()), f"Law centroid of {copies} point(s) at radius {radius} sqrt(k) is {plain(c).tolist()}"
+            cs = plain(c)[..., 1:]
+            torch.testing.assert_close(cs / cs.norm(dim=-1, keepdim=True), u, rtol=0, atol=1e-12)
+        else:
+            c = _centroid_fn(method)(z, M)
+            assert bool(torch.isfinite(c).all()), f"{method} centroid of {copies} point(s) at radius {radius} sqrt(k) is {plain(c).tolist()}"
+            # float64 spatial coordinates of size sqrt(k) sinh(r/sqrt(k)) resolve ~eps sinh(r/sqrt(k)) sqrt(k)
+            assert float(_dist(c, pts, k).max()) < (1e-10 + 1e-14 * math.sinh(radius)) * sk
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("radius,spread", [(20.0, 1e-3), (20.0, 0.05), (25.0, 0.3), (16.0, 1e-6)])
+def test_karcher_far_out_tight_clouds_match_reference(k, radius, spread):
+    """Far beyond the default clip (radius 16-25 sqrt(k)): Karcher still agrees with the mpmath-recentred reference."""
+    M = manifold(k)
+    z, r, u = tight_cloud(15, 4, k, gen(106), radius=radius, spread=spread)
+    c, info = hddgeo.karcher_mean(z, M, return_info=True)
+    assert bool(info.converged) and info.iterations <= 20
+    ref = reference_frechet_mean(r, u, k)
+    assert mp_dist_from_spatial(plain(c)[1:].tolist(), ref, k) < 1e-8
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -555,3 +600,50 @@ def test_dist_gradient_finite_at_coincident_points():
     d = hddgeo.dist(z, z.detach().clone(), M).sum()
     (ga,) = torch.autograd.grad(d, a)
     assert bool(torch.isfinite(ga).all())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_when_a_data_point_coincides_with_the_centroid(method):
+    """A symmetric set {v, -v, 0} has its centroid at the origin, which is also a data point:
+    the removable singularities of Log at theta = 0 must not spoil the gradients."""
+    k = 1.0
+    M = manifold(k)
+    g = gen(166)
+    a = torch.randn(2, 3, generator=g, dtype=DT)
+    v = torch.cat([a, -a, torch.zeros(1, 3, dtype=DT)]).requires_grad_(True)
+    fn = _centroid_fn(method)
+    kw = {"tol": 1e-13} if method == "karcher" else {}
+    c = fn(hddgeo.lift(v.detach(), M), M, **kw)
+    assert float(hddgeo.radius(c, M)) < 1e-12
+    f = lambda x: plain(fn(hddgeo.lift(x, M), M, **kw))
+    assert torch.autograd.gradcheck(f, (v,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backward", ["implicit", "unroll"])
+def test_gradient_wrt_a_feature_exactly_at_zero(method, backward):
+    """One feature is exactly 0 (its point is the origin), the centroid is elsewhere.  The centroid is
+    smooth in that feature; d c / d v_0 must match central differences (it is not zero along the
+    direction of the centroid)."""
+    if method != "karcher" and backward == "unroll":
+        pytest.skip("backward only applies to the Karcher mean")
+    M = manifold(1.0)
+    v = torch.tensor([[0.0, 0.0], [1.0, 0.3], [0.8, -0.5]], dtype=DT)
+    fn = _centroid_fn(method)
+    kw = {"tol": 1e-14, "backward": backward, "max_iter": 3000} if method == "karcher" else {}
+    f = lambda x: plain(fn(hddgeo.lift(x, M), M, **kw))
+    J = torch.autograd.functional.jacobian(f, v)[:, 0, :]  # d c / d v_0, shape (3, 2)
+    eps = 1e-6
+    Jfd = torch.stack([(f(v + eps * E) - f(v - eps * E)) / (2 * eps)
+                       for E in (torch.eye(6, dtype=DT)[j].reshape(3, 2) for j in range(2))], dim=-1)
+    torch.testing.assert_close(J, Jfd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_centroid_jacobian_when_all_features_are_zero(method):
+    """All points at the origin: d c / d v_i = (0; I) / n for every method (the mean is linear to first order)."""
+    M = manifold(2.0)
+    v = torch.zeros(3, 2, dtype=DT)
+    J = torch.autograd.functional.jacobian(lambda x: plain(_centroid_fn(method)(hddgeo.lift(x, M), M)), v)
+    expected = torch.cat([torch.zeros(1, 2, dtype=DT), torch.eye(2, dtype=DT)]).unsqueeze(1).expand(3, 3, 2) / 3
+    torch.testing.assert_close(J, expected, rtol=0, atol=1e-14)

@@ -237,6 +237,20 @@ def test_dist_symmetric_zero_on_diagonal_and_triangle(k):
     assert bool((dxy <= dxw + dwy + 1e-12 * (dxw + dwy)).all())
 
 
+@pytest.mark.parametrize("k", KS)
+def test_dist_gradient_at_the_origin(k):
+    """d/dv d(lift(v), y) at v = 0 is -u_y (minus the unit direction of y): the distance is smooth there."""
+    M = manifold(k)
+    sk = math.sqrt(k)
+    g = gen(18)
+    u = random_directions((), 3, g)
+    y = from_polar(torch.tensor(2.0 * sk, dtype=DT), u, k)
+    for v0 in (torch.zeros(3, dtype=DT), 1e-9 * sk * random_directions((), 3, g)):
+        v = v0.clone().requires_grad_(True)
+        (gv,) = torch.autograd.grad(hddgeo.dist(hddgeo.lift(v, M), y, M), v)
+        torch.testing.assert_close(gv, -u, rtol=0, atol=1e-6)
+
+
 def test_dist_broadcasts():
     k = 0.5
     M = manifold(k)
@@ -357,6 +371,21 @@ def test_hierarchical_weight_is_the_logmap0_factor(k):
     wm = hddgeo.hierarchical_weights(zm, M)
     rhs_m = wm.unsqueeze(-1) * (zm - torch.cosh(rm / sk).unsqueeze(-1) * o)
     torch.testing.assert_close(M.logmap0(zm), rhs_m, rtol=1e-8, atol=1e-8 * sk)
+
+
+def test_jacobians_at_the_origin_are_finite_and_exact():
+    """At v = 0: radius and w(r) are flat (|v| has a zero subgradient, w = 1 - |v|^2/(6k) + ...),
+    to_poincare(lift(v)) = v/2 + O(|v|^3), logmap0(lift(v)) = (0, v)."""
+    k = 2.0
+    M = manifold(k)
+    v = torch.zeros(2, 3, dtype=DT)
+    jac = lambda f: torch.autograd.functional.jacobian(lambda x: plain(f(hddgeo.lift(x, M), M)), v)
+    eye = torch.eye(3, dtype=DT)
+    block = lambda m: torch.stack([torch.stack([m if i == j else torch.zeros_like(m) for j in range(2)], 1) for i in range(2)])
+    torch.testing.assert_close(jac(hddgeo.radius), torch.zeros(2, 2, 3, dtype=DT), rtol=0, atol=0)
+    torch.testing.assert_close(jac(hddgeo.hierarchical_weights), torch.zeros(2, 2, 3, dtype=DT), rtol=0, atol=0)
+    torch.testing.assert_close(jac(hddgeo.to_poincare), block(eye / 2), rtol=0, atol=1e-15)
+    torch.testing.assert_close(jac(hddgeo.logmap0), block(torch.cat([torch.zeros(1, 3, dtype=DT), eye])), rtol=0, atol=1e-15)
 
 
 # ============================================================================= Poincare maps

@@ -162,10 +162,15 @@ def test_law_centroid_properties(cloud, seed, b):
         t = t / mink(t, t).sqrt()
         moved = math.cosh(eps / sk) * c + sk * math.sinh(eps / sk) * t
         assert float(-mink(moved, zbar)) >= float(f0) * (1 - 1e-13)
-    # equivariance under a reflection and a boost (compare ambient coordinates, relative to their size)
+    # equivariance under a reflection and a boost (compare ambient coordinates, relative to their size).
+    # The closed form divides by sqrt(-<zbar, zbar>_L), a difference of numbers of size z_0^2, so its
+    # relative accuracy is only ~eps * (z_0 / sqrt(k))^2 for far-out sets.
     iso = lambda t: _isometry(t, d, gen(seed + 1), b)
-    c_iso = plain(hddgeo.law_centroid(iso(z), M, weights=w))
-    torch.testing.assert_close(c_iso, iso(c), rtol=1e-9, atol=1e-9 * float(iso(c).abs().max()))
+    zi = iso(z)
+    cond = float(torch.maximum(z[:, 0].max(), zi[:, 0].max())) ** 2 / k
+    c_iso = plain(hddgeo.law_centroid(zi, M, weights=w))
+    rel = 1e-12 + 1e-15 * cond
+    torch.testing.assert_close(c_iso, iso(c), rtol=rel, atol=rel * float(iso(c).abs().max()))
 
 
 @SETTINGS
@@ -180,8 +185,10 @@ def test_karcher_mean_properties(cloud, seed, b):
     assert bool(info.converged) and float(info.grad_norm) <= info.tol
     assert float(manifold_error(c, k)) < 1e-13
     fk = float(hddgeo.frechet_objective(c, z, M, weights=w))
+    # a mean with |gradient| <= tol is within tol of the minimiser: F exceeds the minimum by <= ~alpha tol^2
+    slack = 30 * info.tol ** 2
     for other in (hddgeo.law_centroid(z, M, weights=w), hddgeo.tangent_centroid(z, M, weights=w)):
-        assert fk <= float(hddgeo.frechet_objective(other, z, M, weights=w)) * (1 + 1e-12) + 1e-24
+        assert fk <= float(hddgeo.frechet_objective(other, z, M, weights=w)) * (1 + 1e-12) + slack
     # stationarity by central differences of the objective along random geodesics through c,
     # and strict local minimality
     cp = plain(c)

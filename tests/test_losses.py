@@ -96,6 +96,29 @@ def test_hdd_loss_clipping_equals_rescaled_features(method, k):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [0.5, 1.0])
+def test_hdd_loss_ipc1_unclipped_features_never_silently_wrong(method, k):
+    """IPC = 1 with max_norm=None and ConvNet-like features (norm ~23): the synthetic centroid is the
+    lifted feature itself, so the loss is scale * d(centroid(real), lift(v_syn)).  The loss must be
+    that value, or the call must refuse with a ValueError -- never a silent 0 or inf/NaN."""
+    M = manifold(k)
+    g = gen(212)
+    C = 3
+    vr = 23 * random_directions((C, 50), 16, g) * (1 + 0.01 * torch.rand(C, 50, 1, generator=g, dtype=DT))
+    vs = 23 * random_directions((C, 1), 16, g)
+    cr = hddgeo.centroid(hddgeo.lift(vr, M), M, method="karcher" if method == "law" else method)
+    if method == "law":  # Law of 50 spread-out points is well conditioned; use the public Law centroid
+        cr = hddgeo.law_centroid(hddgeo.lift(vr, M), M)
+    expected = 20.0 * hddgeo.dist(cr, hddgeo.lift(vs, M)[:, 0], M)
+    try:
+        loss = hddgeo.hdd_loss(vr, vs, M, centroid=method, max_norm=None, reduction="none")
+    except ValueError:
+        return
+    assert bool(torch.isfinite(loss).all()), loss
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("k", KS)
 def test_hdd_loss_batched_sums_per_class_losses(method, k):
     M = manifold(k)
@@ -269,3 +292,34 @@ def test_hdd_loss_rejects_bad_options():
         hddgeo.hdd_loss(v, v, M, weights_syn=torch.ones(5, dtype=DT))
     with pytest.raises(ValueError, match="zero"):
         hddgeo.hdd_loss(v, v, M, weights_syn=torch.zeros(6, dtype=DT))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hdd_loss_float32_geometry_when_asked(method):
+    """dtype=None keeps float32; at moderate radii it agrees with the float64 loss to float32 accuracy."""
+    M = manifold(1.0)
+    g = gen(213)
+    vr = torch.randn(3, 40, 8, generator=g, dtype=DT).float()
+    vs = torch.randn(3, 4, 8, generator=g, dtype=DT).float()
+    a = hddgeo.hdd_loss(vr, vs, M, centroid=method, dtype=None, max_norm=2.0)
+    b = hddgeo.hdd_loss(vr.double(), vs.double(), M, centroid=method, max_norm=2.0)
+    assert a.dtype == torch.float32
+    assert float(a) == pytest.approx(float(b), rel=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hdd_loss_gradient_for_an_all_zero_synthetic_feature(method):
+    """A synthetic feature that is exactly 0 (e.g. a constant image through instance norm + ReLU) lifts
+    to the origin.  With one synthetic sample its centroid is the origin and the loss is
+    scale * d(c_real, o) = scale * r_real; the gradient w.r.t. the feature is -scale * u_real, not 0."""
+    k = 1.0
+    M = manifold(k)
+    g = gen(214)
+    vr = 1.5 * torch.randn(20, 4, generator=g, dtype=DT) + 1.0
+    vs = torch.zeros(1, 4, dtype=DT, requires_grad=True)
+    loss = hddgeo.hdd_loss(vr, vs, M, scale=2.0, centroid=method)
+    cr = hddgeo.centroid(hddgeo.lift(vr, M, max_norm=10.0), M, method=method)
+    assert float(loss) == pytest.approx(2.0 * float(hddgeo.radius(cr, M)), rel=1e-10)
+    (gs,) = torch.autograd.grad(loss, vs)
+    u = plain(cr)[1:] / plain(cr)[1:].norm()
+    torch.testing.assert_close(gs[0], -2.0 * u, rtol=0, atol=1e-6)

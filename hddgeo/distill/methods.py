@@ -50,12 +50,15 @@ class DistillMethod:
     def __init__(self, cfg, dataset, pool, matcher):
         self.cfg, self.dataset, self.pool, self.matcher = cfg, dataset, pool, matcher
         self.n_real = min(int(cfg.batch_real), min(pool.count(c) for c in range(pool.num_classes)))
+        self.classes = list(range(pool.num_classes))  # this process's classes (all, unless sharded)
 
     # -- hooks ------------------------------------------------------------------------------------
     def network(self, it: int, gen: torch.Generator) -> torch.nn.Module:
         raise NotImplementedError
 
-    def extra_loss(self, net, syn_images, syn_labels):
+    def extra_loss(self, net, syn_images, syn_labels, total: int):
+        """Extra terms on this process's synthetic images; per-image terms are summed and divided by
+        ``total`` (the image count of all classes) so that shards add up to the full mean."""
         return None, {}
 
     def after_step(self, it: int, net) -> None:
@@ -75,19 +78,24 @@ class DistillMethod:
         return SyntheticSet.from_real(self.pool, self.cfg.ipc, gen, self.factor)
 
     def features(self, net, syn: SyntheticSet, gen: torch.Generator):
-        """Real and synthetic features ``(C, n, d)`` / ``(C, m, d)`` under per-class siamese DSA."""
+        """Real and synthetic features ``(C', n, d)`` / ``(C', m, d)`` of this process's classes.
+
+        Random draws are made for every class, in class order, whichever classes this process embeds,
+        so that all processes (and a single process) see the same batches and augmentations.
+        """
         C = self.pool.num_classes
         syn_by_class = syn.by_class()
         seeds = torch.randint(0, 2**31 - 1, (C,), generator=gen).tolist()
-        real = [self.pool.sample(c, self.n_real, gen) for c in range(C)]
+        real_idx = [self.pool.sample_indices(c, self.n_real, gen) for c in range(C)]
+        real = [self.pool.images[real_idx[c]] for c in self.classes]
+        syn_sel = [syn_by_class[c] for c in self.classes]
         if self.cfg.dsa:
-            real = [dsa(real[c], seeds[c], self.cfg.dsa_strategy) for c in range(C)]
-            syn_aug = [dsa(syn_by_class[c], seeds[c], self.cfg.dsa_strategy) for c in range(C)]
-        else:
-            syn_aug = list(syn_by_class)
+            real = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(real, self.classes)]
+            syn_sel = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(syn_sel, self.classes)]
+        mine = len(self.classes)
         with torch.no_grad():
-            f_real = net.embed(torch.cat(real)).reshape(C, self.n_real, -1)
-        f_syn = net.embed(torch.cat(syn_aug)).reshape(C, syn_by_class.shape[1], -1)
+            f_real = net.embed(torch.cat(real)).reshape(mine, self.n_real, -1)
+        f_syn = net.embed(torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
 
     def step(self, it: int, syn: SyntheticSet):
@@ -97,7 +105,11 @@ class DistillMethod:
         f_real, f_syn = self.features(net, syn, gen)
         loss, parts = self.matcher(f_real, f_syn)
         images, labels = syn.expanded()
-        extra, extra_parts = self.extra_loss(net, images, labels)
+        total = len(labels)
+        if len(self.classes) < self.pool.num_classes:
+            keep = torch.isin(labels, torch.tensor(self.classes))
+            images, labels = images[keep], labels[keep]
+        extra, extra_parts = self.extra_loss(net, images, labels, total)
         if extra is not None:
             loss = loss + extra
         parts.update(extra_parts)
@@ -143,10 +155,10 @@ class IDM(DistillMethod):
         self.current = int(torch.randint(0, len(self.nets), (), generator=gen))
         return self.nets[self.current]
 
-    def extra_loss(self, net, syn_images, syn_labels):
+    def extra_loss(self, net, syn_images, syn_labels, total):
         if self.cfg.idm_ce_weight <= 0:
             return None, {}
-        ce = F.cross_entropy(net(syn_images), syn_labels)
+        ce = F.cross_entropy(net(syn_images), syn_labels, reduction="sum") / total
         return self.cfg.idm_ce_weight * ce, {"ce": float(ce.detach())}
 
     def after_step(self, it, net):

@@ -34,6 +34,7 @@ from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
 from hddgeo.models import MODEL_NAMES
 
+from . import distributed
 from .methods import METHODS, build_method
 from .synset import SyntheticSet, atomic_torch_save
 
@@ -136,6 +137,23 @@ def eval_augment(cfg: DistillConfig):
     return partial(dsa, strategy=cfg.dsa_strategy, siamese=False) if cfg.dsa else None
 
 
+def evaluate_spread(cfg: DistillConfig, dataset, images, labels, num_nets: int, epochs: int, seed: int,
+                    model: Optional[str] = None, progress: bool = False) -> dict:
+    """``evaluate_synset`` with the networks split into contiguous blocks over ranks (all of them alone)."""
+    r, world = distributed.rank(), (torch.distributed.get_world_size() if distributed.active() else 1)
+    start, stop = r * num_nets // world, (r + 1) * num_nets // world
+    accs = []
+    if stop > start:
+        res = evaluate_synset(images, labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
+                              model=model or cfg.model, num_nets=stop - start, epochs=epochs,
+                              augment=eval_augment(cfg), seed=seed + start, progress=progress)
+        accs = res["accs"]
+    accs = [a for block in distributed.gather(accs) for a in block]
+    import numpy as np
+
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs}
+
+
 def _write_log(path: str, rows: list) -> None:
     if not rows:
         return
@@ -172,16 +190,27 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    rank, world = distributed.setup()
+    main_proc = rank == 0
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-    if resume:
-        if not os.path.exists(ckpt_path):
-            raise ValueError(f"cannot resume: {ckpt_path} does not exist (start a new run without --resume)")
-        with open(os.path.join(out_dir, "config.json")) as fh:
-            cfg = DistillConfig.from_json(json.load(fh))
-    elif os.path.exists(out_dir) and os.listdir(out_dir):
-        raise ValueError(f"run directory {out_dir} already exists; pass --resume to continue it or choose another --out")
-    dataset, pool, matcher = prepare(cfg)
-    method = build_method(cfg.method, cfg, dataset, pool, matcher)
+    error = None
+    try:
+        if resume:
+            if not os.path.exists(ckpt_path):
+                raise ValueError(f"cannot resume: {ckpt_path} does not exist (start a new run without --resume)")
+            with open(os.path.join(out_dir, "config.json")) as fh:
+                cfg = DistillConfig.from_json(json.load(fh))
+        elif os.path.exists(out_dir) and os.listdir(out_dir):
+            raise ValueError(f"run directory {out_dir} already exists; pass --resume to continue it or choose another --out")
+        dataset, pool, matcher = prepare(cfg)
+        method = build_method(cfg.method, cfg, dataset, pool, matcher)
+    except (ValueError, FileNotFoundError) as err:
+        if world == 1:
+            raise
+        error = str(err)
+    if world > 1:
+        distributed.broadcast_error(error)  # every rank stops if any rank's input was bad
+    method.classes = distributed.shard(range(pool.num_classes), rank, world)
 
     start_it, rows = 0, []
     syn = method.init_synset(torch.Generator().manual_seed(cfg.seed))
@@ -193,32 +222,33 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
         start_it, rows = state["iteration"], state["rows"]
-    else:
+    elif main_proc:
         os.makedirs(out_dir, exist_ok=True)
         _write_json(os.path.join(out_dir, "config.json"), cfg.to_json())
 
     def checkpoint(it_done: int) -> None:
-        atomic_torch_save({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
-                           "method": method.state_dict(), "iteration": it_done, "rows": rows}, ckpt_path)
-        _write_log(os.path.join(out_dir, "log.csv"), rows)
+        if main_proc:
+            atomic_torch_save({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
+                               "method": method.state_dict(), "iteration": it_done, "rows": rows}, ckpt_path)
+            _write_log(os.path.join(out_dir, "log.csv"), rows)
+        distributed.barrier()
 
-    augment = eval_augment(cfg)
-    bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations, disable=not progress,
-               desc=describe(cfg), unit="it", dynamic_ncols=True)
+    bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,
+               disable=not (progress and main_proc), desc=describe(cfg), unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.perf_counter()
         loss, parts, net = method.step(it, syn)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)
         loss.backward()
+        distributed.sum_(syn.images.grad)  # each class's gradient comes from exactly one rank
         optimizer.step()
         method.after_step(it, net)
-        row = {"iteration": it + 1, "loss": float(loss.detach()), **parts, "seconds": time.perf_counter() - t0}
+        logged = distributed.sum_floats({"loss": float(loss.detach()), **parts})
+        row = {"iteration": it + 1, **logged, "seconds": time.perf_counter() - t0}
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             images, labels = syn.expanded()
-            res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
-                                  model=cfg.model, num_nets=cfg.eval_nets, epochs=cfg.eval_epochs, augment=augment,
-                                  seed=cfg.seed + 10_000, progress=False)
-            row["eval_acc"] = res["mean"]
+            row["eval_acc"] = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.eval_nets, cfg.eval_epochs,
+                                              seed=cfg.seed + 10_000)["mean"]
         rows.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", **({"acc": f"{row['eval_acc']:.3f}"} if "eval_acc" in row else {}))
         last = it + 1 == cfg.iterations
@@ -229,19 +259,21 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
             raise RunInterrupted(f"stopped after iteration {it + 1}")
     bar.close()
 
-    syn.save(os.path.join(out_dir, "synset.pt"), {"dataset": cfg.dataset, "config": cfg.to_json()})
-    syn.save_grid(os.path.join(out_dir, "synset.png"), dataset)
+    if main_proc:
+        syn.save(os.path.join(out_dir, "synset.pt"), {"dataset": cfg.dataset, "config": cfg.to_json()})
+        syn.save_grid(os.path.join(out_dir, "synset.png"), dataset)
     seconds = [r["seconds"] for r in rows]
     metrics = {"method": describe(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "iterations": cfg.iterations,
-               "seconds_per_iteration": sum(seconds) / max(len(seconds), 1)}
+               "seconds_per_iteration": sum(seconds) / max(len(seconds), 1), "processes": world}
     if final_eval and cfg.final_eval_epochs > 0:
         images, labels = syn.expanded()
-        res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
-                              model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
-                              augment=augment, seed=cfg.seed + 20_000, progress=progress)
+        res = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.final_eval_nets, cfg.final_eval_epochs,
+                              seed=cfg.seed + 20_000, progress=progress and main_proc)
         metrics.update({"acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "eval_model": cfg.model,
                         "eval_epochs": cfg.final_eval_epochs})
-    _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    if main_proc:
+        _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    distributed.barrier()
     return metrics
 
 

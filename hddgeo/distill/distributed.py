@@ -1,0 +1,91 @@
+"""Multi-process distillation with ``torchrun`` (gloo on CPU, NCCL on GPU).
+
+Design: **classes are sharded across ranks.**  Every rank builds the same network and draws the same
+random numbers for iteration ``it`` (generators seeded by ``(seed, it)``), embeds only its own
+classes, and back-propagates its share of the loss.  The gradient of the synthetic images is then
+summed over ranks.  Each synthetic image belongs to one class, so its gradient comes from exactly one
+rank and the sum adds only zeros: the update equals the single-process one up to the per-sample
+kernels seeing a smaller batch (CPU convolution may pick another algorithm per batch size, so
+agreement is to float32 rounding, not bitwise).  Sharding the real batches instead would need an
+all-reduce inside every Karcher iteration (a sum of log maps per Newton step and CG product);
+sharding classes needs one all-reduce per iteration whatever the centroid, and the Karcher mean of a
+class stays on one rank.  Evaluation networks are spread across ranks and their accuracies gathered.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def setup() -> tuple:
+    """Initialise the process group from torchrun's environment; ``(rank, world)`` (``(0, 1)`` alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("HDDGEO_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shard(items, r: int, world: int) -> list:
+    """Round-robin share of ``items`` for rank ``r``."""
+    return [x for i, x in enumerate(items) if i % world == r]
+
+
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op alone)."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def sum_floats(values: dict) -> dict:
+    """Sum a dict of floats over ranks (same keys on every rank)."""
+    if not active() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, t.tolist()))
+
+
+def gather(obj) -> list:
+    """All ranks' objects, in rank order (``[obj]`` alone)."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast_error(message) -> None:
+    """Make every rank raise if any rank failed validation (so no rank waits forever)."""
+    messages = [m for m in gather(message) if m]
+    if messages:
+        raise ValueError(messages[0])
+
+
+def cleanup() -> None:
+    if active():
+        dist.destroy_process_group()

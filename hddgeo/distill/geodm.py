@@ -1,0 +1,363 @@
+"""GeoDM: geometry-aware distribution matching in a Euclidean x hyperbolic x spherical product space.
+
+GeoDM (Li et al., "Geometry-aware Distribution Matching for Dataset Distillation") is DM plus an
+optimal-transport term computed in a product of three geometries whose curvatures and mixing
+weights are learnt along with the synthetic images.  One iteration here:
+
+1. DM's step: a fresh random ConvNet embeds real and synthetic images of every class (siamese DSA),
+   and the configured :class:`~hddgeo.losses.Matcher` scores the raw features (DM's mean matching by
+   default).
+2. The features are centred on the mean of all real features of the iteration (option ``center``)
+   and sent through three *fixed* random linear heads ``R^d -> R^proj_dim``, one per component.
+   Each head's output is rescaled (by a constant, detached factor) so that the real tangent vectors
+   have mean norm ``tangent_norm``; curvatures are therefore in units of that scale.
+3. The exponential map at the origin puts component ``g`` on its manifold: flat ``R^p``; the
+   hyperboloid of curvature ``-K_h`` (geoopt's ``Lorentz(k=1/K_h)``, ``hddgeo.geometry.lorentz.lift_``);
+   the sphere of curvature ``K_s`` (radius ``1/sqrt(K_s)``; geoopt's ``Sphere`` scaled, or
+   equivalently ``SphereProjection(k=K_s)``).
+4. Per class, the cost between two points is ``sum_g w_g d_g(x, y)^2 / s_g``: squared geodesic
+   distances, each divided by its mean ``s_g`` over all pairs of that class's real-and-synthetic
+   union (so every component's cost has mean 1 and the combined cost has mean exactly 1 because
+   ``sum_g w_g = 1``), weighted by ``w = softmax(logits)``.
+5. The OT term is the debiased Sinkhorn divergence between the real and synthetic clouds with uniform
+   marginals, ``S = OT_eps(real, syn) - (OT_eps(real, real) + OT_eps(syn, syn)) / 2`` with
+   ``OT_eps(a, b) = min_P <P, C> + eps KL(P | a b^T)``.  Debiasing makes ``S`` exactly 0 for identical
+   sets (plain entropic OT is not).  Because the cost has mean 1, ``eps = ot_reg`` is relative to the
+   mean cost.  The loss adds ``ot_weight * sum_classes S``.
+
+Curvature magnitudes ``K_h, K_s`` and the weight logits are ``nn.Parameter`` s of the method,
+optimised by their own Adam (``geo_lr``) on the same loss (a min-min problem, as in the paper): they
+receive gradients from the same backward pass that updates the images and are stepped in
+:meth:`GeoDM.after_step`.  A curvature magnitude is ``exp(log lo + (log hi - log lo) * sigmoid(rho))``
+with ``[lo, hi] = [1e-3, 10]``: always inside the range, smooth, and never clamped (a clamp would zero
+its gradient).
+
+Implementation notes
+--------------------
+* Distances are computed from the polar form of the tangent vectors (radius ``r = |u|``, direction
+  ``n``) by the law of cosines of each geometry, e.g. ``cosh(t) - 1 = 2 sinh^2((a - b)/2) +
+  sinh(a) sinh(b) (1 - n.m)`` with ``a = sqrt(K) r``.  This is exact for points obtained by
+  ``expmap0``, needs one matrix product per component instead of an ``(n, m, p)`` broadcast, and stays
+  accurate for nearby points (the textbook ``arcosh(-<x, y>_L / k)`` / ``arccos`` forms cancel, and
+  have infinite slope at coincident points, which the self-transport terms of the divergence contain).
+  The tests check these distances against geoopt's ``Lorentz.dist`` and ``Sphere.dist``.
+* Sinkhorn runs in POT's batched log-domain solver (``ot.batch.solve_batch``) on the detached cost,
+  all classes at once; the value is then rebuilt as ``<P, C> + eps KL(P | a b^T)`` with ``P`` fixed, so
+  its gradient in ``C`` is ``P`` (envelope theorem).  This is what POT's ``grad="envelope"`` does, but
+  without recording the Sinkhorn loop on the autograd tape (``ot.sinkhorn2`` with torch tensors
+  back-propagates through every iteration, which costs memory and time for no benefit here).
+* Geometry runs in float64.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Dict, Optional
+
+import torch
+
+from .methods import DM, register_method
+
+COMPONENTS = ("euclidean", "hyperbolic", "spherical")
+CURVATURE_RANGE = (1e-3, 10.0)  # magnitudes |K| of the hyperbolic and spherical curvatures
+
+OPTION_DEFAULTS = {
+    "proj_dim": 64,            # output dimension of each fixed random projection head
+    "geo_lr": 0.01,            # Adam learning rate of the curvatures and geometry weights (0 freezes them)
+    "ot_weight": 1.0,          # weight of the OT term (0 = plain DM plus logging)
+    "ot_reg": 0.1,             # entropic regularisation eps, relative to the mean cost (which is 1)
+    "ot_max_iter": 200,        # Sinkhorn iterations at most
+    "ot_tol": 1e-6,            # Sinkhorn stops when the L2 error of the row marginals is below this
+    "center": True,            # subtract the mean real feature before the heads (origin = data centre)
+    "tangent_norm": 1.0,       # mean norm of the real tangent vectors after the heads
+    "init_curvature": 1.0,     # initial |K| of the hyperbolic and spherical components
+    "components": COMPONENTS,  # which geometries form the product (ablations: any non-empty subset)
+}
+
+_TINY = 1e-30
+
+
+def _import_ot():
+    try:
+        import ot  # noqa: F401
+        import ot.batch  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "GeoDM needs the POT optimal-transport library (>= 0.9.6 for ot.batch); install it with `pip install pot`"
+        ) from e
+    return ot
+
+
+# ----------------------------------------------------------------------------- options
+def parse_options(options: Optional[dict]) -> dict:
+    """GeoDM's options with defaults filled in; ``ValueError`` for unknown keys or bad values."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown GeoDM option(s) {', '.join(map(repr, unknown))}; valid options are: {', '.join(OPTION_DEFAULTS)}"
+        )
+    out = {**OPTION_DEFAULTS, **options}
+
+    def integer(name, lo):
+        v = out[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"GeoDM option {name} must be an integer >= {lo}, got {v!r}")
+
+    def number(name, positive):
+        v = out[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise ValueError(f"GeoDM option {name} must be a finite {'positive' if positive else 'non-negative'} number, got {v!r}")
+        out[name] = float(v)
+
+    integer("proj_dim", 1)
+    integer("ot_max_iter", 1)
+    number("geo_lr", positive=False)
+    number("ot_weight", positive=False)
+    number("ot_reg", positive=True)
+    number("ot_tol", positive=True)
+    number("tangent_norm", positive=True)
+    number("init_curvature", positive=True)
+    lo, hi = CURVATURE_RANGE
+    if not (lo < out["init_curvature"] < hi):
+        raise ValueError(f"GeoDM option init_curvature must lie strictly inside ({lo:g}, {hi:g}), got {out['init_curvature']}")
+    if not isinstance(out["center"], bool):
+        raise ValueError(f"GeoDM option center must be true or false, got {out['center']!r}")
+    comps = out["components"]
+    if isinstance(comps, str):
+        comps = [c.strip() for c in comps.split(",") if c.strip()]
+    comps = tuple(comps)
+    bad = [c for c in comps if c not in COMPONENTS]
+    if not comps or bad or len(set(comps)) != len(comps):
+        raise ValueError(
+            f"GeoDM option components must be a non-empty list of distinct names from {', '.join(COMPONENTS)}, got {out['components']!r}"
+        )
+    out["components"] = tuple(c for c in COMPONENTS if c in comps)  # canonical order
+    return out
+
+
+# ----------------------------------------------------------------------------- geometry
+def curvature_from_logit(rho: torch.Tensor) -> torch.Tensor:
+    """Curvature magnitude in ``CURVATURE_RANGE``, log-uniform in ``sigmoid(rho)``."""
+    lo, hi = (math.log(v) for v in CURVATURE_RANGE)
+    return torch.exp(lo + (hi - lo) * torch.sigmoid(rho))
+
+
+def curvature_to_logit(K: float) -> float:
+    lo, hi = (math.log(v) for v in CURVATURE_RANGE)
+    s = (math.log(K) - lo) / (hi - lo)
+    return math.log(s / (1 - s))
+
+
+def _polar(u: torch.Tensor):
+    r = u.norm(dim=-1)
+    n = u / r.clamp_min(_TINY).unsqueeze(-1)
+    return r, n
+
+
+def _asinh_sqrt_sq(t: torch.Tensor) -> torch.Tensor:
+    """``asinh(sqrt(t))^2`` for ``t >= 0``, smooth at 0 (where ``sqrt`` alone has an infinite slope)."""
+    small = t < 1e-12
+    ts = torch.where(small, torch.ones_like(t), t)
+    return torch.where(small, t, torch.asinh(ts.sqrt()) ** 2)
+
+
+def _asin_sqrt_sq(t: torch.Tensor) -> torch.Tensor:
+    """``asin(sqrt(t))^2`` for ``t`` in ``[0, 1]``; antipodal pairs (``t = 1``) are clipped just below."""
+    t = t.clamp(0.0, 1.0 - 1e-7)
+    small = t < 1e-12
+    ts = torch.where(small, torch.ones_like(t), t)
+    return torch.where(small, t, torch.asin(ts.sqrt()) ** 2)
+
+
+def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor, geometry: str, curvature=None) -> torch.Tensor:
+    """Squared geodesic distances between ``expmap0(x_i)`` and ``expmap0(y_j)``.
+
+    ``x`` ``(..., n, p)`` and ``y`` ``(..., m, p)`` are tangent vectors at the origin; ``geometry`` is
+    ``euclidean``, ``hyperbolic`` (curvature ``-curvature``; geoopt ``Lorentz(k=1/curvature)``) or
+    ``spherical`` (curvature ``+curvature``, radius ``1/sqrt(curvature)``).  Returns ``(..., n, m)``.
+    """
+    rx, nx = _polar(x)
+    ry, ny = _polar(y)
+    one_minus_cos = (1 - nx @ ny.transpose(-1, -2)).clamp_min(0.0)  # 1 - cos(angle at the origin)
+    rx, ry = rx.unsqueeze(-1), ry.unsqueeze(-2)
+    if geometry == "euclidean":
+        return ((rx - ry) ** 2 + 2 * rx * ry * one_minus_cos).clamp_min(0.0)
+    if curvature is None:
+        raise ValueError(f"the {geometry} geometry needs a curvature magnitude")
+    K = curvature if torch.is_tensor(curvature) else torch.tensor(float(curvature), dtype=x.dtype)
+    sk = K.sqrt()
+    a, b = sk * rx, sk * ry
+    if geometry == "hyperbolic":
+        # (cosh(t) - 1) / 2 = sinh^2(t/2), t the distance in curvature-radius units
+        half = torch.sinh((a - b) / 2) ** 2 + torch.sinh(a) * torch.sinh(b) * one_minus_cos / 2
+        return 4 * _asinh_sqrt_sq(half.clamp_min(0.0)) / K
+    if geometry == "spherical":
+        half = torch.sin((a - b) / 2) ** 2 + torch.sin(a) * torch.sin(b) * one_minus_cos / 2
+        return 4 * _asin_sqrt_sq(half) / K
+    raise ValueError(f"unknown geometry {geometry!r}; choose one of {', '.join(COMPONENTS)}")
+
+
+def sphere_expmap0(u: torch.Tensor, curvature) -> torch.Tensor:
+    """``expmap0`` onto the sphere of curvature ``K`` in ambient ``R^{p+1}`` (north pole first)."""
+    K = curvature if torch.is_tensor(curvature) else torch.tensor(float(curvature), dtype=u.dtype)
+    R = 1 / K.sqrt()
+    r, n = _polar(u)
+    t = (r / R).unsqueeze(-1)
+    return R * torch.cat([torch.cos(t), torch.sin(t) * n], dim=-1)
+
+
+# ----------------------------------------------------------------------------- optimal transport
+def entropic_ot(M: torch.Tensor, reg: float, max_iter: int = 200, tol: float = 1e-6):
+    """``min_P <P, M> + reg KL(P | a b^T)`` with uniform ``a, b`` for a batch of costs ``(B, n, m)``.
+
+    Returns the values ``(B,)`` and the number of Sinkhorn iterations.  The plan is found by POT on the
+    detached cost; the value's gradient in ``M`` is that plan (envelope theorem).
+    """
+    ot = _import_ot()
+    with torch.no_grad():
+        res = ot.batch.solve_batch(M.detach(), reg=float(reg), max_iter=int(max_iter), tol=float(tol),
+                                   method="log_sinkhorn", reg_type="kl", grad="detach")
+        P = res.plan
+        n, m = M.shape[-2:]
+        # KL(P | a b^T) = sum P log P + (sum P) log(n m) for uniform marginals
+        kl = torch.special.xlogy(P, P).sum((-2, -1)) + P.sum((-2, -1)) * math.log(n * m)
+    return (P * M).sum((-2, -1)) + reg * kl, int(res.log["n_iter"]) + 1
+
+
+def sinkhorn_divergence(C_xy: torch.Tensor, C_xx: torch.Tensor, C_yy: torch.Tensor, reg: float,
+                        max_iter: int = 200, tol: float = 1e-6):
+    """Debiased ``OT(x, y) - (OT(x, x) + OT(y, y)) / 2`` per batch entry, and the largest iteration count."""
+    v_xy, i_xy = entropic_ot(C_xy, reg, max_iter, tol)
+    v_xx, i_xx = entropic_ot(C_xx, reg, max_iter, tol)
+    v_yy, i_yy = entropic_ot(C_yy, reg, max_iter, tol)
+    return v_xy - 0.5 * (v_xx + v_yy), max(i_xy, i_xx, i_yy)
+
+
+def product_cost(tangents: Dict[str, torch.Tensor], weights: Dict[str, torch.Tensor],
+                 curvatures: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``sum_g w_g d_g^2 / mean(d_g^2)`` over all pairs of each batch entry's points ``(B, N, p)``."""
+    cost = None
+    for g, u in tangents.items():
+        d2 = pairwise_sq_dist(u, u, g, curvatures.get(g))
+        term = weights[g] * d2 / d2.mean((-2, -1), keepdim=True).clamp_min(_TINY)
+        cost = term if cost is None else cost + term
+    return cost
+
+
+# ----------------------------------------------------------------------------- the method
+class GeoDM(DM):
+    """DM plus a geometry-aware Sinkhorn divergence in a learnable product space (see the module doc)."""
+
+    name = "geodm"
+
+    def __init__(self, cfg, dataset, pool, matcher):
+        super().__init__(cfg, dataset, pool, matcher)
+        self.options = parse_options(getattr(cfg, "options", None))
+        _import_ot()
+        o = self.options
+        self.components = o["components"]
+        params = {"weight_logits": torch.nn.Parameter(torch.zeros(len(self.components), dtype=torch.float64))}
+        for g in self.components:
+            if g != "euclidean":
+                params[f"curvature_{g}"] = torch.nn.Parameter(
+                    torch.tensor(curvature_to_logit(o["init_curvature"]), dtype=torch.float64))
+        self.geo_params = params
+        self.geo_opt = torch.optim.Adam(list(params.values()), lr=o["geo_lr"])
+        self._heads: Dict[str, torch.Tensor] = {}
+        self._pending = None
+
+    # -- learnt geometry -----------------------------------------------------------------------------
+    def weights(self) -> Dict[str, torch.Tensor]:
+        w = torch.softmax(self.geo_params["weight_logits"], 0)
+        return {g: w[i] for i, g in enumerate(self.components)}
+
+    def curvatures(self) -> Dict[str, torch.Tensor]:
+        """Curvature magnitudes ``|K|`` (hyperbolic curvature is ``-|K|``, spherical ``+|K|``)."""
+        return {g: curvature_from_logit(self.geo_params[f"curvature_{g}"]) for g in self.components if g != "euclidean"}
+
+    def geometry(self) -> dict:
+        """Current weights and signed curvatures as plain floats."""
+        with torch.no_grad():
+            out = {f"w_{g}": float(w) for g, w in self.weights().items()}
+            for g, K in self.curvatures().items():
+                out[f"curvature_{g}"] = float(-K if g == "hyperbolic" else K)
+        return out
+
+    def heads(self, dim: int) -> Dict[str, torch.Tensor]:
+        """The fixed random projection heads for features of size ``dim`` (a function of the seed only)."""
+        if dim not in self._heads:
+            gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + 271_828)
+            p = self.options["proj_dim"]
+            self._heads[dim] = {g: torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p)
+                                for g in COMPONENTS}
+        return self._heads[dim]
+
+    def tangents(self, f_real: torch.Tensor, f_syn: torch.Tensor):
+        """Per-component tangent vectors at the origin for the real and synthetic features ``(C, n, d)``."""
+        fr, fs = f_real.detach().double(), f_syn.double()
+        if self.options["center"]:
+            mu = fr.reshape(-1, fr.shape[-1]).mean(0)
+            fr, fs = fr - mu, fs - mu
+        heads = self.heads(fr.shape[-1])
+        out = {}
+        for g in self.components:
+            ur, us = fr @ heads[g], fs @ heads[g]
+            scale = self.options["tangent_norm"] / ur.norm(dim=-1).mean().clamp_min(_TINY)
+            out[g] = (ur * scale, us * scale)
+        return out
+
+    def ot_loss(self, f_real: torch.Tensor, f_syn: torch.Tensor):
+        """Sum over classes of the Sinkhorn divergence in the product space, and logged parts."""
+        o = self.options
+        tang = self.tangents(f_real, f_syn)
+        n = f_real.shape[1]
+        cost = product_cost({g: torch.cat(pair, dim=1) for g, pair in tang.items()}, self.weights(), self.curvatures())
+        div, iters = sinkhorn_divergence(cost[:, :n, n:], cost[:, :n, :n], cost[:, n:, n:], o["ot_reg"],
+                                         o["ot_max_iter"], o["ot_tol"])
+        loss = div.sum()
+        return loss, {"ot": float(loss.detach()), "sinkhorn_iters": iters, **self.geometry()}
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def features(self, net, syn, gen):
+        # the shared step computes the features once; keep them for extra_loss of the same step
+        f_real, f_syn = super().features(net, syn, gen)
+        self._pending = (f_real, f_syn)
+        return f_real, f_syn
+
+    def extra_loss(self, net, syn_images, syn_labels):
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("GeoDM.extra_loss uses the features of the same step(); call step(), not extra_loss alone")
+        if self.options["ot_weight"] == 0:
+            return None, self.geometry()
+        loss, parts = self.ot_loss(*pending)
+        return (self.options["ot_weight"] * loss).to(pending[1].dtype), parts
+
+    def after_step(self, it, net):
+        """One Adam step of the curvatures and weights on the gradients of this iteration's loss."""
+        params = list(self.geo_params.values())
+        grads = [p.grad for p in params]
+        if all(g is not None for g in grads):
+            if all(bool(torch.isfinite(g).all()) for g in grads):
+                self.geo_opt.step()
+            else:
+                warnings.warn(f"GeoDM: non-finite gradient of the curvatures/weights at iteration {it + 1}; "
+                              "geometry update skipped", RuntimeWarning)
+        self.geo_opt.zero_grad(set_to_none=True)
+
+    def state_dict(self):
+        return {"params": {k: p.detach().clone() for k, p in self.geo_params.items()},
+                "optimizer": copy.deepcopy(self.geo_opt.state_dict())}
+
+    def load_state_dict(self, state):
+        if set(state["params"]) != set(self.geo_params):
+            raise ValueError(f"GeoDM checkpoint holds {sorted(state['params'])}, this run expects {sorted(self.geo_params)}")
+        with torch.no_grad():
+            for k, p in self.geo_params.items():
+                p.copy_(state["params"][k])
+        self.geo_opt.load_state_dict(state["optimizer"])
+
+
+register_method("geodm", GeoDM)

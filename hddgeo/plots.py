@@ -1,0 +1,596 @@
+"""Figures: the Poincare disk view of a class, radius histograms, weight spreads, root/leaf images.
+
+The disk view (:func:`poincare_projection`) respects the geometry instead of squashing a
+high-dimensional hyperboloid with a Euclidean method: it works in the tangent space at the class's
+Karcher mean ``m``, where distances from ``m`` and angles at ``m`` are exact, keeps the two directions
+that carry most of the class's spread, and maps that plane back onto a hyperbolic plane, drawn as a
+Poincare disk.  :func:`poincare_report` draws it for a finished distillation run.
+
+The module selects matplotlib's non-interactive Agg backend: figures are written to files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+from .geometry import karcher_mean, law_centroid, lift, radius  # noqa: E402
+from .geometry.lorentz import check_points, frame_logs_, manifold_k  # noqa: E402
+
+__all__ = [
+    "PoincareProjection", "poincare_projection", "plot_poincare_disk", "plot_radius_histograms",
+    "plot_weight_spread", "plot_root_leaf_images", "poincare_report", "save_table_md", "REAL_COLOR", "SYN_COLOR",
+]
+
+_PALETTE = sns.color_palette("deep")
+REAL_COLOR = _PALETTE[0]
+SYN_COLOR = _PALETTE[3]
+
+
+@contextmanager
+def _style(font_scale: float = 1.15):
+    """Seaborn styling for one figure, without changing the caller's global rcParams."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=font_scale):
+        yield
+
+
+def _save(fig, path: str, dpi: int = 110) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the projection
+@dataclass
+class PoincareProjection:
+    """2-D Poincare-disk coordinates of one class (disk of radius ``sqrt(k)``, centre = real Karcher mean).
+
+    ``real`` ``(n, 2)`` and ``syn`` ``(m, 2)`` are the projected points; ``law_real``, ``karcher_real``,
+    ``law_syn``, ``karcher_syn`` (``(2,)``, NaN when there are no synthetic points) the projected
+    centroids, computed in the full space and then projected; ``origin`` is the projected origin of
+    the hyperboloid (the root of the hierarchy).  ``explained`` is the share of the real points'
+    ``sum_i |Log_m(z_i)|^2`` that the two directions keep (1 means the picture is exact);
+    ``d_law`` / ``d_karcher`` are the full-space geodesic distances between the real and synthetic
+    Law / Karcher centroids; ``directions`` ``(d, 2)`` the chosen orthonormal directions in the frame
+    of ``T_m``.
+    """
+
+    real: np.ndarray
+    syn: np.ndarray
+    law_real: np.ndarray
+    karcher_real: np.ndarray
+    law_syn: np.ndarray
+    karcher_syn: np.ndarray
+    origin: np.ndarray
+    k: float
+    explained: float
+    d_law: float
+    d_karcher: float
+    directions: np.ndarray
+    axes: str = "pca"
+
+    @property
+    def disk_radius(self) -> float:
+        return math.sqrt(self.k)
+
+
+def _to_disk(c: torch.Tensor, sk: float) -> torch.Tensor:
+    """Tangent coordinates at the centre of the hyperbolic plane (curvature ``-1/k``) -> Poincare disk.
+
+    ``Exp`` at the centre followed by the Lorentz-to-Poincare map: a vector of length ``rho`` lands at
+    Euclidean radius ``sqrt(k) tanh(rho / (2 sqrt(k)))`` in the same direction.
+    """
+    t = c.norm(dim=-1, keepdim=True) / sk
+    small = t < 1e-6
+    safe = torch.where(small, torch.ones_like(t), t)
+    factor = torch.where(small, 0.5 - t * t / 24, torch.tanh(safe / 2) / safe)
+    return c * factor
+
+
+def _top_direction(L: torch.Tensor) -> torch.Tensor:
+    """Top right-singular vector of ``L`` (``(d,)``); the first axis if ``L`` is zero."""
+    if L.shape[0] == 0 or float(L.abs().max()) == 0:
+        e = torch.zeros(L.shape[1], dtype=L.dtype)
+        e[0] = 1.0
+        return e
+    return torch.linalg.svd(L, full_matrices=False).Vh[0]
+
+
+def _complete_basis(V: list, d: int, dtype) -> torch.Tensor:
+    """Orthonormal ``(d, 2)``: the given directions, completed deterministically (zero column if ``d = 1``)."""
+    cols = [v / v.norm() for v in V]
+    for i in range(d):
+        if len(cols) == 2:
+            break
+        e = torch.zeros(d, dtype=dtype)
+        e[i] = 1.0
+        for c in cols:
+            e = e - (e @ c) * c
+        if float(e.norm()) > 1e-8:
+            cols.append(e / e.norm())
+    while len(cols) < 2:
+        cols.append(torch.zeros(d, dtype=dtype))
+    return torch.stack(cols, dim=1)
+
+
+def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M, axes: str = "pca") -> PoincareProjection:
+    """Project one class's real and synthetic points onto a Poincare disk, respecting the geometry.
+
+    1. ``m`` = Karcher mean of the real points (the exact Frechet mean).
+    2. Every point ``z`` (real, synthetic, the four centroids and the hyperboloid's origin) is mapped to
+       ``Log_m(z)`` in the tangent space ``T_m``, written in an orthonormal frame of ``T_m`` (so the
+       Riemannian metric is the Euclidean dot product, and ``|Log_m(z)| = d(m, z)``).
+    3. Two orthonormal directions are chosen: ``axes="pca"`` takes the top-2 principal directions of
+       the real log vectors (they have zero mean at the Karcher mean, so this is plain PCA);
+       ``axes="root"`` takes the direction from ``m`` towards the origin (the root) as the first axis
+       and the top principal direction orthogonal to it as the second, so that "towards the root"
+       reads as "towards the projected origin marker".
+    4. Log vectors are projected orthogonally onto those two directions, giving tangent vectors of the
+       2-D hyperbolic plane with curvature ``-1/k``; its exponential map at the centre followed by the
+       map to the Poincare disk of radius ``sqrt(k)`` gives the plotted point.
+
+    Along the two directions nothing is distorted: the distance of a projected point from the centre
+    is the length of its projected log vector, angles at ``m`` are kept, and points lying on the
+    totally geodesic plane ``Exp_m(span)`` keep *all* their pairwise distances (the map is an isometry
+    there).  Off that plane, projected points are closer to the centre than the real ones
+    (``explained`` says how much of the spread the picture keeps).
+
+    ``z_real`` ``(n, d+1)`` and ``z_syn`` ``(m, d+1)`` (or ``None`` / empty) are points on ``M``.
+    """
+    if axes not in ("pca", "root"):
+        raise ValueError(f"axes must be 'pca' or 'root', got {axes!r}")
+    k = manifold_k(M)
+    sk = math.sqrt(k)
+    zr = check_points(z_real, M, "real points z_real").detach().double()
+    if zr.dim() != 2 or zr.shape[0] == 0:
+        raise ValueError(f"z_real must have shape (n, d+1) with n >= 1, got {tuple(zr.shape)}")
+    d = zr.shape[1] - 1
+    if z_syn is None or z_syn.numel() == 0:
+        zs = zr.new_zeros((0, d + 1))
+    else:
+        zs = check_points(z_syn, M, "synthetic points z_syn").detach().double()
+        if zs.dim() != 2 or zs.shape[1] != d + 1:
+            raise ValueError(f"z_syn must have shape (m, {d + 1}) like z_real, got {tuple(zs.shape)}")
+
+    m = karcher_mean(zr, M).as_subclass(torch.Tensor).detach()
+    law_r = law_centroid(zr, M).as_subclass(torch.Tensor).detach()
+    if len(zs):
+        law_s = law_centroid(zs, M).as_subclass(torch.Tensor).detach()
+        kar_s = karcher_mean(zs, M).as_subclass(torch.Tensor).detach()
+    ms = m[1:].unsqueeze(0)
+
+    def logs(points: torch.Tensor) -> torch.Tensor:
+        if points.shape[0] == 0:
+            return points.new_zeros((0, d))
+        return frame_logs_(ms, points[:, 1:], sk)[0]
+
+    L_real = logs(zr)
+    origin_log = logs(zr.new_zeros((1, d + 1)))[0]
+    if axes == "pca":
+        U = torch.linalg.svd(L_real, full_matrices=False).Vh[:2] if L_real.abs().max() > 0 else []
+        V = _complete_basis(list(U), d, zr.dtype)
+    else:
+        if float(origin_log.norm()) > 0:
+            e1 = origin_log / origin_log.norm()
+            rest = L_real - (L_real @ e1).unsqueeze(-1) * e1
+            V = _complete_basis([e1, _top_direction(rest)], d, zr.dtype)
+        else:  # m is the origin: no root direction, fall back to PCA
+            V = _complete_basis(list(torch.linalg.svd(L_real, full_matrices=False).Vh[:2]), d, zr.dtype)
+    # deterministic orientation: the root lies on the non-negative side of both axes
+    signs = torch.where(origin_log @ V < 0, -1.0, 1.0).to(zr.dtype)
+    V = V * signs
+    total = float((L_real * L_real).sum())
+    kept = float(((L_real @ V) ** 2).sum())
+    explained = kept / total if total > 0 else 1.0
+
+    def project(points: torch.Tensor) -> np.ndarray:
+        return _to_disk(logs(points) @ V, sk).numpy()
+
+    nan2 = np.full(2, np.nan)
+    return PoincareProjection(
+        real=project(zr), syn=project(zs),
+        law_real=project(law_r.unsqueeze(0))[0], karcher_real=project(m.unsqueeze(0))[0],
+        law_syn=project(law_s.unsqueeze(0))[0] if len(zs) else nan2,
+        karcher_syn=project(kar_s.unsqueeze(0))[0] if len(zs) else nan2,
+        origin=_to_disk((origin_log @ V).unsqueeze(0), sk)[0].numpy(),
+        k=k, explained=explained,
+        d_law=float(_dist(law_r, law_s, sk)) if len(zs) else float("nan"),
+        d_karcher=float(_dist(m, kar_s, sk)) if len(zs) else float("nan"),
+        directions=V.numpy(), axes=axes,
+    )
+
+
+def _dist(x: torch.Tensor, y: torch.Tensor, sk: float) -> torch.Tensor:
+    return frame_logs_(x[1:].unsqueeze(0), y[1:].unsqueeze(0), sk)[1][0] * sk
+
+
+# ----------------------------------------------------------------------------- disk plot
+_CENTROID_STYLE = {
+    # key: (label, marker, colour, filled, size)
+    "karcher_real": ("Karcher mean, real", "X", REAL_COLOR, True, 90),
+    "law_real": ("Law centroid, real", "s", REAL_COLOR, False, 210),
+    "karcher_syn": ("Karcher mean, synthetic", "X", SYN_COLOR, True, 90),
+    "law_syn": ("Law centroid, synthetic", "s", SYN_COLOR, False, 210),
+}
+
+
+def disk_legend_handles(real_label: str = "real", syn_label: str = "synthetic") -> list:
+    """Legend entries for :func:`plot_poincare_disk` (for one shared legend over a grid of disks)."""
+    h = [
+        Line2D([], [], ls="", marker="o", ms=5, color=REAL_COLOR, alpha=0.6, label=real_label),
+        Line2D([], [], ls="", marker="o", ms=10, mfc=SYN_COLOR, mec="black", label=syn_label),
+    ]
+    for label, marker, colour, filled, size in _CENTROID_STYLE.values():
+        h.append(Line2D([], [], ls="", marker=marker, ms=min(math.sqrt(size), 11), mfc=colour if filled else "none",
+                        mec="black" if filled else colour, mew=1.0 if filled else 2.0, label=label))
+    h.append(Line2D([], [], ls="", marker="^", ms=10, mfc="black", mec="black", label="origin o (root)"))
+    return h
+
+
+def plot_poincare_disk(ax, proj: PoincareProjection, title: Optional[str] = None, rings: Sequence[float] = (1, 2, 3),
+                       legend: bool = False, real_label: str = "real", syn_label: str = "synthetic"):
+    """Draw one class's :class:`PoincareProjection` on ``ax``.
+
+    The disk boundary (radius ``sqrt(k)``), faint geodesic circles at distances ``rings`` (in units of
+    ``sqrt(k)``) from the centre (the real Karcher mean), the real points (small, translucent), the
+    synthetic points (large, outlined), the four centroids (``X`` = Karcher mean, hollow square = Law
+    centroid; blue = real, red = synthetic) and the projected origin of the hyperboloid (black triangle).
+    Returns ``ax``.
+    """
+    R = proj.disk_radius
+    ax.add_patch(Circle((0, 0), R, fill=False, lw=1.6, color="0.2", zorder=1))
+    for rho in rings:
+        rr = R * math.tanh(rho / 2)
+        ax.add_patch(Circle((0, 0), rr, fill=False, lw=0.7, ls="--", color="0.6", zorder=1))
+        ax.text(rr * math.cos(math.radians(70)), rr * math.sin(math.radians(70)), f"{rho:g}", fontsize=8,
+                color="0.45", ha="center", va="center", zorder=1,
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+    ax.scatter(proj.real[:, 0], proj.real[:, 1], s=9, color=REAL_COLOR, alpha=0.35, lw=0, zorder=2, label=real_label)
+    if len(proj.syn):
+        ax.scatter(proj.syn[:, 0], proj.syn[:, 1], s=120, color=SYN_COLOR, edgecolor="black", lw=0.8, zorder=4,
+                   label=syn_label)
+    for key, (label, marker, colour, filled, size) in _CENTROID_STYLE.items():
+        p = getattr(proj, key)
+        if np.isnan(p).any():
+            continue
+        if filled:
+            ax.scatter([p[0]], [p[1]], s=size, marker=marker, color=colour, edgecolor="black", lw=1.0, zorder=6,
+                       label=label)
+        else:
+            ax.scatter([p[0]], [p[1]], s=size, marker=marker, facecolor="none", edgecolor=colour, lw=2.0, zorder=5,
+                       label=label)
+    ax.scatter([proj.origin[0]], [proj.origin[1]], s=90, marker="^", color="black", zorder=6, label="origin o (root)")
+    lim = 1.04 * R
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title is not None:
+        ax.set_title(title)
+    if legend:
+        ax.legend(handles=disk_legend_handles(real_label, syn_label), loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  frameon=False)
+    return ax
+
+
+# ----------------------------------------------------------------------------- radius histograms
+def _edges(values: np.ndarray, bins: int) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-9 * max(1.0, abs(hi)):
+        pad = max(1e-3 * abs(hi), 1e-3)
+        lo, hi = lo - pad, hi + pad
+    return np.linspace(lo, hi, bins + 1)
+
+
+def plot_radius_histograms(ax, r_real, r_syn, bins: int = 30, title: Optional[str] = "Hyperbolic radius r = d(o, z)",
+                           real_label: str = "real", syn_label: str = "synthetic"):
+    """Density-normalised histograms of the radii of real and synthetic points (paper Fig. 4(d)).
+
+    Each histogram integrates to one, so a small synthetic set compares with a large real one; a
+    synthetic histogram shifted to the left is the root-centric bias of §4.5.  Dashed lines mark the
+    means.  Returns ``ax``.
+    """
+    r_real = np.asarray(torch.as_tensor(r_real).detach().cpu().double().flatten())
+    r_syn = np.asarray(torch.as_tensor(r_syn).detach().cpu().double().flatten())
+    if r_real.size == 0:
+        raise ValueError("r_real is empty: need at least one real radius")
+    edges = _edges(np.concatenate([r_real, r_syn]), bins)
+    ax.hist(r_real, bins=edges, density=True, color=REAL_COLOR, alpha=0.45, edgecolor=REAL_COLOR, lw=0.8,
+            label=f"{real_label} (n={r_real.size}, mean {r_real.mean():.3f})")
+    ax.axvline(r_real.mean(), color=REAL_COLOR, ls="--", lw=1.8)
+    if r_syn.size:
+        ax.hist(r_syn, bins=edges, density=True, histtype="stepfilled", color=SYN_COLOR, alpha=0.35,
+                edgecolor=SYN_COLOR, lw=1.6, label=f"{syn_label} (n={r_syn.size}, mean {r_syn.mean():.3f})")
+        ax.axvline(r_syn.mean(), color=SYN_COLOR, ls="--", lw=1.8)
+    ax.set_xlabel("radius r (geodesic distance to the origin)")
+    ax.set_ylabel("density")
+    ax.ticklabel_format(axis="x", useOffset=False)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+# ----------------------------------------------------------------------------- weight spread
+def plot_weight_spread(samples: pd.DataFrame, fig=None):
+    """Box plots of radii and hierarchical weights per setting of :func:`hddgeo.hierarchy.spread_samples`.
+
+    Left: the radius ``r`` of every sample under each ``(k, clip, scale)`` setting; right: the weight
+    ``w(r)`` on a log axis (a box's height is then the ratio between weights, annotated as
+    ``max/min``).  A flat box means the setting erases the hierarchy: every sample gets the same weight.
+    Returns the figure (a new one unless ``fig`` is given).
+    """
+    need = {"setting", "radius", "weight"}
+    if not need <= set(samples.columns):
+        raise ValueError(f"samples lacks {sorted(need - set(samples.columns))}; build it with hierarchy.spread_samples")
+    order = list(dict.fromkeys(samples["setting"]))
+    with _style():
+        if fig is None:
+            fig = plt.figure(figsize=(max(8.0, 1.9 * len(order) + 2.5) * 1.0, 4.8 * 1.0), constrained_layout=True)
+        ax_r, ax_w = fig.subplots(1, 2)
+        palette = sns.color_palette("deep", len(order))
+        kw = dict(data=samples, x="setting", y="radius", order=order, hue="setting", hue_order=order,
+                  palette=palette, legend=False, fliersize=2, width=0.55)
+        sns.boxplot(ax=ax_r, **kw)
+        sns.boxplot(ax=ax_w, **{**kw, "y": "weight"})
+        ax_w.set_yscale("log")
+        ax_r.set_title("radius r = d(o, z)")
+        ax_w.set_title("hierarchical weight w(r) (log scale)")
+        ax_r.set_ylabel("radius r")
+        ax_w.set_ylabel("w(r) = (r/√k) / sinh(r/√k)")
+        for ax in (ax_r, ax_w):
+            ax.set_xlabel("setting (curvature k, clip max_norm, feature scale)")
+            ax.tick_params(axis="x", labelsize="small")
+        lo, hi = ax_w.get_ylim()
+        ax_w.set_ylim(lo, hi * 4)
+        for i, s in enumerate(order):
+            w = samples.loc[samples["setting"] == s, "weight"].to_numpy()
+            ax_w.text(i, hi * 1.6, f"max/min\n{w.max() / w.min():.3g}", ha="center", va="center", fontsize="x-small")
+    return fig
+
+
+# ----------------------------------------------------------------------------- root / leaf images
+def _display(dataset, x: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` normalised image -> ``(H, W)`` or ``(H, W, 3)`` array in ``[0, 1]``."""
+    img = dataset.denormalise(x.detach().cpu().float())
+    return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+
+def _strip(dataset, images: list, pad: int = 1) -> np.ndarray:
+    tiles = [_display(dataset, x) for x in images]
+    h = tiles[0].shape[0]
+    gap = np.ones((h, pad) + tiles[0].shape[2:], dtype=tiles[0].dtype)
+    out = []
+    for i, t in enumerate(tiles):
+        out += [gap, t] if i else [t]
+    return np.concatenate(out, axis=1)
+
+
+def _pick(images, c, i):
+    if torch.is_tensor(images):
+        return images[i]
+    return images[c][i]
+
+
+def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, classes: Optional[Sequence[int]] = None,
+                          root_title: str = "root-level: smallest radius", leaf_title: str = "leaf-level: largest radius"):
+    """Grid of prototype (root-level) versus leaf-level images, one row per class.
+
+    ``root_idx`` / ``leaf_idx``: ``{class: [index, ...]}`` as returned by
+    :func:`hddgeo.hierarchy.root_and_leaf`.  ``images`` is either a list / dict of per-class image
+    tensors ``(n_c, C, H, W)`` indexed by those within-class indices (the layout of
+    :func:`hddgeo.analysis.class_features`), or one ``(N, C, H, W)`` tensor when the indices are global.
+    Images are denormalised with ``dataset.denormalise``.  Returns the figure.
+    """
+    classes = sorted(root_idx) if classes is None else list(classes)
+    if not classes:
+        raise ValueError("no classes to draw: root_idx is empty")
+    for c in classes:
+        if c not in root_idx or c not in leaf_idx:
+            raise ValueError(f"class {c} is missing from root_idx or leaf_idx")
+    n = max(max(len(root_idx[c]), len(leaf_idx[c])) for c in classes)
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(max(classes) + 1)]
+    rgb = getattr(dataset, "channels", 1) == 3
+    with _style():
+        fig, axes = plt.subplots(len(classes), 2, figsize=(2 * (0.75 * n + 0.4) + 0.8, 0.8 * len(classes) + 0.9),
+                                 squeeze=False, gridspec_kw=dict(wspace=0.08, hspace=0.15))
+        for row, c in enumerate(classes):
+            for col, idx in enumerate((root_idx[c], leaf_idx[c])):
+                ax = axes[row, col]
+                ax.imshow(_strip(dataset, [_pick(images, c, i) for i in idx]), cmap=None if rgb else "gray",
+                          vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                if col == 0:
+                    ax.set_ylabel(names[c] if c < len(names) else str(c), rotation=0, ha="right", va="center")
+            if row == 0:
+                axes[0, 0].set_title(root_title + " →")
+                axes[0, 1].set_title("← " + leaf_title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- run report
+def _embed(net, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x.new_zeros(0)
+
+
+def _load_run(run_dir: str):
+    """``(config dict, synset dict)`` of a finished run, or a ``ValueError`` saying what is missing."""
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"{run_dir} is not a directory; pass the --out directory of a finished `hddgeo distill` run")
+    missing = [f for f in ("config.json", "synset.pt") if not os.path.exists(os.path.join(run_dir, f))]
+    if missing:
+        raise ValueError(
+            f"{run_dir} is not a finished run directory: {', '.join(missing)} missing "
+            "(synset.pt is written when a run completes; resume an interrupted run with --resume first)"
+        )
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        cfg = json.load(fh)
+    for key in ("dataset", "model", "k"):
+        if key not in cfg:
+            raise ValueError(f"{run_dir}/config.json lacks {key!r}: not a run directory written by hddgeo")
+    syn = torch.load(os.path.join(run_dir, "synset.pt"), map_location="cpu", weights_only=True)
+    if "images" not in syn or "train_labels" not in syn:
+        raise ValueError(f"{run_dir}/synset.pt lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")
+    return cfg, syn
+
+
+def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
+                    per_class: int = 200, axes: str = "pca", root_leaf_n: int = 6) -> list:
+    """Figures of a finished run: per-class Poincare disks, radius histograms, root/leaf real images.
+
+    Loads ``config.json`` and ``synset.pt`` from ``run_dir`` and the run's dataset, embeds the first
+    ``per_class`` training images of each class and every synthetic image with one randomly initialised
+    network (``cfg["model"]``, seeded by ``seed``: the DM protocol's feature map), lifts them onto
+    ``Lorentz(cfg["k"])`` with the run's clip ``cfg["max_norm"]`` and writes into ``out_dir``
+    (default ``run_dir/plots``):
+
+    * ``poincare_disk.png``: one disk per class (default: the first 10 classes, 5 per row), see
+      :func:`poincare_projection` / :func:`plot_poincare_disk`;
+    * ``radius_hist.png``: pooled radius histograms of real versus synthetic points, and the per-class
+      radii (is the synthetic set closer to the root?);
+    * ``root_leaf.png``: the ``root_leaf_n`` real images of each class with the smallest and the largest
+      radius (:func:`hddgeo.hierarchy.root_and_leaf`).
+
+    Returns the list of PNG paths.  Raises ``ValueError`` if ``run_dir`` is not a finished run.
+    """
+    import geoopt
+
+    from .data import load_dataset
+    from .distill.methods import fresh_network
+    from .distill.runner import DistillConfig, describe
+    from .hierarchy import root_and_leaf, sample_table
+
+    cfg, syn = _load_run(run_dir)
+    out_dir = os.path.join(run_dir, "plots") if out_dir is None else out_dir
+    dataset = load_dataset(cfg["dataset"], data_root=cfg.get("data_root"))
+    C = dataset.num_classes
+    classes = list(range(min(C, 10))) if classes is None else [int(c) for c in classes]
+    if not classes or any(not 0 <= c < C for c in classes):
+        raise ValueError(f"classes must be a non-empty list of labels in [0, {C}), got {classes}")
+    if per_class < 2:
+        raise ValueError(f"per_class must be at least 2, got {per_class}")
+    k = float(cfg["k"])
+    max_norm = cfg.get("max_norm")
+    M = geoopt.Lorentz(k=k)
+    net = fresh_network(cfg["model"], dataset, seed).eval()
+    syn_images, syn_labels = syn["images"].float(), syn["train_labels"].long()
+
+    real_imgs, z_real, z_syn, feats = {}, {}, {}, {}
+    for c in classes:
+        real_imgs[c] = dataset.train_images[dataset.train_labels == c][:per_class]
+        feats[c] = _embed(net, real_imgs[c]).double()
+        z_real[c] = lift(feats[c], M, max_norm=max_norm)
+        z_syn[c] = lift(_embed(net, syn_images[syn_labels == c]).double(), M, max_norm=max_norm)
+
+    label = describe(DistillConfig.from_json(cfg))
+    clip = "none" if max_norm is None else f"{max_norm:g}"
+    setting = f"{cfg['dataset']} · {label} · IPC {cfg.get('ipc', '?')} · k={k:g} · clip={clip}"
+    names = dataset.class_names
+    paths = []
+
+    # -- Poincare disks
+    ncols = min(5, len(classes))
+    nrows = math.ceil(len(classes) / ncols)
+    with _style():
+        fig, axs = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.35 * nrows + 1.5), squeeze=False)
+        for ax in axs.flat[len(classes):]:
+            ax.set_visible(False)
+        for ax, c in zip(axs.flat, classes):
+            proj = poincare_projection(z_real[c], z_syn[c], M, axes=axes)
+            plot_poincare_disk(ax, proj, title=f"class {names[c]}\nkept {100 * proj.explained:.0f}%, "
+                                               f"d(K,K')={proj.d_karcher:.2f}")
+        fig.suptitle(f"Poincaré disk per class, centred at the real Karcher mean ({axes.upper()} axes)\n{setting}",
+                     y=0.995)
+        fig.legend(handles=disk_legend_handles(), loc="lower center", ncol=4, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0), fontsize="small")
+        fig.tight_layout(rect=(0, 0.09 if nrows > 1 else 0.14, 1, 0.97))
+        fig.text(0.5, 0.005 + (0.08 if nrows > 1 else 0.12),
+                 "dashed circles: geodesic distance 1, 2, 3 (×√k) from the centre · kept = share of the class's spread "
+                 "in the 2 axes · d(K,K') = distance between real and synthetic Karcher means",
+                 ha="center", va="bottom", fontsize="x-small", color="0.35")
+        paths.append(_save(fig, os.path.join(out_dir, "poincare_disk.png")))
+
+    # -- radii
+    r_real = {c: radius(z_real[c], M).numpy() for c in classes}
+    r_syn = {c: radius(z_syn[c], M).numpy() if len(z_syn[c]) else np.zeros(0) for c in classes}
+    with _style():
+        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=(1.1, 1)))
+        plot_radius_histograms(ax_h, np.concatenate([r_real[c] for c in classes]),
+                               np.concatenate([r_syn[c] for c in classes]), title="all shown classes pooled")
+        xs = np.arange(len(classes))
+        mean = np.array([r_real[c].mean() for c in classes])
+        lo = np.array([np.percentile(r_real[c], 5) for c in classes])
+        hi = np.array([np.percentile(r_real[c], 95) for c in classes])
+        ax_c.errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o", color=REAL_COLOR, ms=7, capsize=4,
+                      label="real: mean, 5–95% range")
+        rng = np.random.default_rng(0)
+        for i, c in enumerate(classes):
+            if len(r_syn[c]):
+                jitter = rng.uniform(-0.15, 0.15, len(r_syn[c])) if len(r_syn[c]) > 1 else np.zeros(1)
+                ax_c.scatter(i + 0.25 + jitter, r_syn[c], s=55, marker="D", color=SYN_COLOR, edgecolor="black",
+                             lw=0.6, zorder=3, label="synthetic images" if i == 0 else None)
+        ax_c.set_xticks(xs, [names[c] for c in classes])
+        ax_c.set_xlabel("class")
+        ax_c.set_ylabel("radius r")
+        ax_c.ticklabel_format(axis="y", useOffset=False)
+        ax_c.set_title("per class")
+        ax_c.legend(loc="best", fontsize="small")
+        fig.suptitle(f"Radii of real and synthetic features (smaller = closer to the root)\n{setting}")
+        fig.tight_layout()
+        paths.append(_save(fig, os.path.join(out_dir, "radius_hist.png")))
+
+    # -- root / leaf images of the real data
+    table = sample_table({c: feats[c] for c in classes}, k=k, max_norm=max_norm)
+    root, leaf = root_and_leaf(table, n=root_leaf_n)
+    tied = bool(table.groupby("class")["radius"].agg(np.ptp).eq(0).all())
+    fig = plot_root_leaf_images(real_imgs, dataset, root, leaf, classes=classes)
+    note = " (all radii clipped to the same value: ordered by unclipped feature norm)" if tied else ""
+    fig.suptitle(f"Real images with the smallest and largest radius per class{note}\n{setting}", fontsize=12)
+    paths.append(_save(fig, os.path.join(out_dir, "root_leaf.png")))
+    return paths
+
+
+# ----------------------------------------------------------------------------- tables
+def save_table_md(df: pd.DataFrame, path: Optional[str] = None, floatfmt: str = ".4g", index: bool = False) -> str:
+    """A GitHub-flavoured markdown table of ``df`` (no tabulate needed); written to ``path`` if given."""
+    frame = df.reset_index() if index else df
+
+    def fmt(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(float(v), floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    header = [str(c).replace("\n", " ") for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(text)
+    return text

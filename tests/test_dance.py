@@ -1,0 +1,153 @@
+"""DANCE: middle-encoder interpolation, the expert cache, an end-to-end run with HDD, resume exactness."""
+import pytest
+import torch
+
+import hddgeo.distill.dance as dance
+from hddgeo.data import load_dataset
+from hddgeo.distill import DistillConfig, RunInterrupted, build_method, prepare, run_distillation
+from hddgeo.distill.methods import fresh_network
+
+# small enough for a shared 2-core CPU: two experts, one epoch each, trained once per module
+EXPERT_OPTS = {"expert_epochs": 1, "num_experts": 2}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def expert_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("experts"))
+
+
+def dance_cfg(cache, **kw):
+    base = dict(dataset="digits", method="dance", ipc=1, iterations=3, batch_real=16, final_eval_nets=1,
+                final_eval_epochs=1, matcher="hdd", centroid="karcher", threads=2,
+                options={**EXPERT_OPTS, "expert_cache": cache})
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def hand_made_expert(digits):
+    """An expert whose 'trained' weights are a seeded perturbation of its init (no training needed)."""
+    net = fresh_network("convnet", digits, 3)
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    gen = torch.Generator().manual_seed(4)
+    trained = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in init.items()}
+    net.load_state_dict(trained)
+    return dance.Expert(seed=3, init=init, trained=trained, network=net.eval()), init, trained
+
+
+def test_interpolated_encoder_equals_init_and_trained_networks_at_the_endpoints(digits):
+    expert, init, trained = hand_made_expert(digits)
+    x = digits.train_images[:16]
+    init_net = fresh_network("convnet", digits, 3)
+    init_net.load_state_dict(init)
+    trained_net = fresh_network("convnet", digits, 3)
+    trained_net.load_state_dict(trained)
+    with torch.no_grad():
+        assert torch.equal(dance.middle_encoder(expert, 1.0)(x), init_net(x))
+        assert torch.equal(dance.middle_encoder(expert, 0.0)(x), trained_net(x))
+        assert torch.equal(dance.middle_encoder(expert, 1.0).embed(x), init_net.embed(x))
+        assert not torch.equal(dance.middle_encoder(expert, 0.5)(x), init_net(x))
+    mid = dance.interpolate_state(init, trained, 0.5)
+    for k in init:
+        assert torch.allclose(mid[k], (init[k] + trained[k]) / 2, rtol=0, atol=1e-7)
+    # pure: inputs untouched, the encoder is a new frozen module
+    assert all(torch.equal(init[k], expert.init[k]) for k in init)
+    enc = dance.middle_encoder(expert, 0.3)
+    assert enc is not expert.network and not any(p.requires_grad for p in enc.parameters())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        dance.interpolate_state(init, trained, 1.5)
+
+
+def test_interpolation_covers_buffers_and_keeps_integer_counters():
+    a = torch.nn.BatchNorm1d(3)
+    b = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        b.weight.fill_(3.0)
+        b.running_mean.fill_(2.0)
+    b.num_batches_tracked.fill_(7)
+    out = dance.interpolate_state(a.state_dict(), b.state_dict(), 0.25)
+    assert torch.allclose(out["weight"], torch.full((3,), 0.25 * 1 + 0.75 * 3))
+    assert torch.allclose(out["running_mean"], torch.full((3,), 1.5))
+    assert out["num_batches_tracked"].dtype == torch.int64 and int(out["num_batches_tracked"]) == 7
+    assert int(dance.interpolate_state(a.state_dict(), b.state_dict(), 1.0)["num_batches_tracked"]) == 0
+
+
+def test_unknown_option_lists_valid_keys(tmp_path):
+    cfg = dance_cfg(str(tmp_path), options={"num_expert": 2})
+    dataset, pool, matcher = prepare(cfg)
+    with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
+        build_method("dance", cfg, dataset, pool, matcher)
+    with pytest.raises(ValueError, match="num_experts"):
+        dance.parse_options({"num_experts": 0})
+    assert not list(tmp_path.iterdir())  # nothing trained or written
+
+
+def test_experts_are_cached_and_reused(tmp_path, digits, monkeypatch):
+    calls = []
+
+    def fake_train(model, dataset, seed, epochs, **kw):
+        calls.append(seed)
+        net = fresh_network(model, dataset, seed)
+        sd = {k: v.clone() for k, v in net.state_dict().items()}
+        return {"seed": seed, "init": sd, "trained": {k: v + 1.0 for k, v in sd.items()}, "train_loss": 0.0,
+                "train_acc": 1.0}
+
+    monkeypatch.setattr(dance, "train_expert", fake_train)
+    opts = dance.parse_options({"num_experts": 2, "expert_epochs": 1})
+    experts, path = dance.load_or_train_experts(digits, "convnet", opts, 0, None, cache_dir=str(tmp_path))
+    assert len(calls) == 2 and len(experts) == 2
+    assert [p.name for p in tmp_path.iterdir()] == [path.rsplit("/", 1)[-1]]  # no temporary file left
+
+    def must_not_train(*a, **k):
+        raise AssertionError("experts retrained although cached")
+
+    monkeypatch.setattr(dance, "train_expert", must_not_train)
+    again, path2 = dance.load_or_train_experts(digits, "convnet", opts, 0, None, cache_dir=str(tmp_path))
+    assert path2 == path
+    for e, f in zip(experts, again):
+        assert all(torch.equal(e.trained[k], f.trained[k]) and torch.equal(e.init[k], f.init[k]) for k in e.init)
+    # another setting is another key
+    monkeypatch.setattr(dance, "train_expert", fake_train)
+    _, path3 = dance.load_or_train_experts(digits, "convnet", {**opts, "expert_epochs": 2}, 0, None,
+                                           cache_dir=str(tmp_path))
+    assert path3 != path and len(calls) == 4
+
+
+def test_dance_with_hdd_karcher_runs_end_to_end(tmp_path, expert_cache, monkeypatch):
+    cfg = dance_cfg(expert_cache)
+    metrics = run_distillation(cfg, str(tmp_path / "run"), progress=False)
+    assert metrics["method"] == "dance+hdd/karcher" and 0.0 <= metrics["acc_mean"] <= 1.0
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("iteration,loss,hdd,ce") and len(log) == cfg.iterations + 1
+    syn = torch.load(tmp_path / "run" / "synset.pt", weights_only=True)
+    assert torch.isfinite(syn["params"]).all()
+
+    # the second run loads the cached experts instead of training them
+    monkeypatch.setattr(dance, "train_expert", lambda *a, **k: pytest.fail("experts retrained"))
+    dataset, pool, matcher = prepare(cfg)
+    method = build_method("dance", cfg, dataset, pool, matcher)
+    assert len(method.experts) == 2 and method.cache_file.startswith(expert_cache)
+    syn_set = method.init_synset(torch.Generator().manual_seed(0))
+    loss, parts, net = method.step(0, syn_set)
+    loss.backward()
+    assert parts["ce"] > 0 and torch.isfinite(syn_set.images.grad).all() and syn_set.images.grad.abs().sum() > 0
+    # the calibration term is the trained expert's cross-entropy, scaled by ce_weight
+    e, l, _ = method.draw
+    assert 0.0 <= l <= 1.0 and e in (0, 1)
+    assert not any(p.grad is not None for p in method.experts[e].network.parameters())
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, expert_cache):
+    cfg = dance_cfg(expert_cache, iterations=4, checkpoint_every=2, matcher="hdd", centroid="law")
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_distillation(cfg, str(full), progress=False, final_eval=False)
+    with pytest.raises(RunInterrupted):
+        run_distillation(cfg, str(part), progress=False, stop_after=2, final_eval=False)
+    run_distillation(cfg, str(part), resume=True, progress=False, final_eval=False)
+    a = torch.load(full / "synset.pt", weights_only=True)
+    b = torch.load(part / "synset.pt", weights_only=True)
+    assert torch.equal(a["params"], b["params"])
