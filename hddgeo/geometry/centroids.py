@@ -28,12 +28,15 @@ from .lorentz import (
     check_points,
     cosh_theta_minus_one,
     expmap_,
+    frame_boost_,
     frame_exp_,
     frame_logs_,
+    frame_unboost_,
     inner,
     k_tensor,
     logmap0_,
     origin_like,
+    polar_,
     plain,
     safe_sqrt,
     t_coth_t,
@@ -78,10 +81,38 @@ def normalised_weights(weights: Optional[torch.Tensor], z: torch.Tensor) -> torc
 
 # ----------------------------------------------------------------------------- Law and tangent
 def law_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
+    """Law's centroid ``sqrt(k) zbar / sqrt(-<zbar, zbar>_L)``, accurate at any radius.
+
+    ``-<zbar, zbar>_L`` is a difference of numbers of size ``zbar_0^2``; its rounding error is about
+    ``eps zbar_0^2``, which far from the origin swamps the value (in float32 a point at radius 23
+    gives 0 and an infinite centroid; in float64 radius 10 leaves ~8 digits).  Sets where that bound
+    is not negligible are handled by :func:`_law_in_frame` instead.
+    """
     zbar = (w.unsqueeze(-1) * z).sum(-2)
-    # a convex combination of upper-sheet points is time-like with <zbar, zbar>_L <= -k
-    norm = safe_sqrt(-inner(zbar, zbar, keepdim=True))
-    return torch.sqrt(k) * zbar / norm
+    q = -inner(zbar, zbar, keepdim=True)
+    lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.clamp_min(0)
+    c = torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
+    if bool(lost.any()):
+        c = torch.where(lost, _law_in_frame(z, w, k), c)
+    return c
+
+
+def _law_in_frame(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
+    """Law's centroid computed in the frame of a reference point near the set.
+
+    The centroid commutes with isometries, so the points are boosted to the frame of ``ref`` (the
+    point whose spatial part is the weighted mean of theirs, held constant), averaged there, where
+    nothing cancels, and the result is boosted back.
+    """
+    sk = torch.sqrt(k)
+    zs = z[..., 1:]
+    ref = (w.unsqueeze(-1) * zs).sum(-2).detach().unsqueeze(-2)  # (..., 1, d)
+    boosted, h = frame_boost_(ref, zs, sk)
+    time = 1 + (w.unsqueeze(-1) * h).sum(-2)  # (..., 1): time part of the boosted mean
+    space = (w.unsqueeze(-1) * boosted).sum(-2)  # (..., d)
+    snorm = space.norm(dim=-1, keepdim=True)
+    scale = torch.sqrt((time - snorm) * (time + snorm)).clamp_min(torch.finfo(z.dtype).tiny)
+    return with_time_(frame_unboost_(ref.squeeze(-2), time / scale, space / scale, sk), k)
 
 
 def tangent_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
@@ -132,8 +163,8 @@ class _Hessian:
     and the matrix is never formed.
     """
 
-    def __init__(self, xs, zs, w, sk):
-        self.logs, theta = frame_logs_(xs.unsqueeze(-2), zs, sk)  # (B, n, d), (B, n)
+    def __init__(self, xs, zs, w, sk, zpolar=None):
+        self.logs, theta = frame_logs_(xs.unsqueeze(-2), zs, sk, zpolar)  # (B, n, d), (B, n)
         self.grad = (w.unsqueeze(-1) * self.logs).sum(-2)  # minus the Riemannian gradient of F/2
         self.grad_norm = self.grad.norm(dim=-1)
         c = t_coth_t(theta)
@@ -170,18 +201,19 @@ def _conjugate_gradient(hvp, b, rtol, max_iter):
     return x
 
 
-def _frechet_value(xs, zs, w, sk):
-    theta = 2 * torch.asinh(safe_sqrt(cosh_theta_minus_one(xs.unsqueeze(-2), zs, sk) / 2))
+def _frechet_value(xs, zs, w, sk, zpolar=None):
+    theta = 2 * torch.asinh(safe_sqrt(cosh_theta_minus_one(xs.unsqueeze(-2), zs, sk, zpolar) / 2))
     return sk * sk * (w * theta * theta).sum(-1)
 
 
 def _karcher_newton(zs, w, sk, tol, max_iter, x0s):
     """Riemannian Newton with backtracking on spatial parts ``(B, n, d)``, started at ``x0s``; no autograd."""
     xs = x0s
+    zpolar = polar_(zs, sk)  # radii and directions of the points, reused by every evaluation
     slack = 64 * torch.finfo(zs.dtype).eps
     iterations = 0
     for iterations in range(max_iter + 1):
-        hess = _Hessian(xs, zs, w, sk)
+        hess = _Hessian(xs, zs, w, sk, zpolar)
         gnorm = hess.grad_norm
         active = gnorm > tol
         if iterations == max_iter or not bool(active.any()):
@@ -195,7 +227,7 @@ def _karcher_newton(zs, w, sk, tol, max_iter, x0s):
         new = xs
         for _ in range(40):
             cand = frame_exp_(xs, t.unsqueeze(-1) * step, sk)
-            ok = (_frechet_value(cand, zs, w, sk) <= f0 + slack * f0) & ~accepted
+            ok = (_frechet_value(cand, zs, w, sk, zpolar) <= f0 + slack * f0) & ~accepted
             new = torch.where(ok.unsqueeze(-1), cand, new)
             accepted = accepted | ok
             if bool(accepted.all()):
@@ -345,8 +377,9 @@ def centroid_(z, w, k: torch.Tensor, method: str, **karcher_kwargs):
         return tangent_(z, w, k)
     if method == "karcher":
         k_val = float(k.detach())
-        tol = karcher_kwargs.get("tol") or default_tol(z.dtype, k_val)
-        max_iter = karcher_kwargs.get("max_iter") or 50
+        tol, max_iter = karcher_kwargs.get("tol"), karcher_kwargs.get("max_iter")
+        tol = default_tol(z.dtype, k_val) if tol is None else float(tol)
+        max_iter = 50 if max_iter is None else int(max_iter)
         return karcher_(z, w, k_val, tol, max_iter)[0]
     raise ValueError(f"unknown centroid method {method!r}; choose one of {', '.join(CENTROID_METHODS)}")
 

@@ -137,19 +137,39 @@ def polar_(xs: torch.Tensor, sk):
     return r / sk, n
 
 
-def cosh_theta_minus_one(xs: torch.Tensor, ys: torch.Tensor, sk) -> torch.Tensor:
+def cosh_theta_minus_one(xs: torch.Tensor, ys: torch.Tensor, sk, ypolar=None) -> torch.Tensor:
     """``cosh(theta) - 1`` between points given by spatial parts, as a sum of non-negative terms.
 
     With ``x = sqrt(k) (cosh a, sinh a n)`` and ``y = sqrt(k) (cosh b, sinh b m)``:
     ``cosh(theta) - 1 = 2 sinh((a - b)/2)^2 + sinh(a) sinh(b) |n - m|^2 / 2``.  The textbook
     ``-<x, y>_L / k - 1`` cancels terms of size ``cosh(a) cosh(b)``: at radius 10 it keeps about 8 of
-    16 digits, at radius 20 none.
+    16 digits, at radius 20 none.  ``ypolar`` is ``polar_(ys, sk)`` when the caller already has it.
     """
     sa, n = polar_(xs, sk)
-    sb, m = polar_(ys, sk)
+    sb, m = polar_(ys, sk) if ypolar is None else ypolar
     half = torch.sinh((torch.asinh(sa) - torch.asinh(sb)) / 2)
     dn = n - m
-    return (2 * half * half + sa * sb * (dn * dn).sum(-1, keepdim=True) / 2).squeeze(-1)
+    h = 2 * half * half + sa * sb * (dn * dn).sum(-1, keepdim=True) / 2
+    # |x_s| is not differentiable at the origin although h is: there use the smooth form (exact at 0)
+    at_origin = (sa == 0) | (sb == 0)
+    if bool(at_origin.any()):
+        h = torch.where(at_origin, _h_smooth(xs / sk, ys / sk), h)
+    return h.squeeze(-1)
+
+
+def _sqrt1p_minus_one(s: torch.Tensor) -> torch.Tensor:
+    """``sqrt(1 + s) - 1`` without cancellation for small ``s``."""
+    return s / (torch.sqrt(1 + s) + 1)
+
+
+def _h_smooth(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``cosh(theta) - 1 = sqrt(1+|p|^2) sqrt(1+|q|^2) - 1 - p.q`` for ``p = x_s/sqrt(k)``, ``q = y_s/sqrt(k)``.
+
+    Smooth everywhere and exact when either point is the origin; loses digits far from it.
+    """
+    ep = _sqrt1p_minus_one((p * p).sum(-1, keepdim=True))
+    eq = _sqrt1p_minus_one((q * q).sum(-1, keepdim=True))
+    return ep * (1 + eq) + eq - (p * q).sum(-1, keepdim=True)
 
 
 def theta_between(x: torch.Tensor, y: torch.Tensor, k) -> torch.Tensor:
@@ -181,25 +201,48 @@ def logmap0_(z: torch.Tensor, k) -> torch.Tensor:
 # boost ``B_x`` that carries ``x`` to the origin.  There the Minkowski metric is the Euclidean dot
 # product, so norms, CG and Newton steps involve no cancellation; ambient tangent vectors at a point of
 # radius ``a`` have components ``cosh(a)`` times larger than their length.
-def frame_logs_(xs: torch.Tensor, zs: torch.Tensor, sk):
-    """Frame coordinates of ``Log_x(z)`` and ``theta = d(x, z)/sqrt(k)`` from spatial parts.
+def frame_boost_(xs: torch.Tensor, zs: torch.Tensor, sk, zpolar=None):
+    """Points ``z`` seen from ``x``: spatial part of ``B_x z / sqrt(k)`` and ``cosh(theta) - 1``.
 
-    ``xs`` ``(..., d)`` broadcasts against ``zs`` ``(..., n, d)`` when given as ``(..., 1, d)``.
-    Boosting ``z = sqrt(k)(cosh b, sinh b m)`` by ``-a`` along ``n`` gives the spatial part
-    ``sinh(b) m + (p - sinh(b) n.m) n`` with ``p = sinh(b - a) - cosh(a) sinh(b) |n - m|^2 / 2``;
-    the logmap at the origin scales it by ``sqrt(k) theta / sinh(theta)``.
+    ``B_x`` is the boost that carries ``x`` to the origin; ``xs`` ``(..., d)`` broadcasts against ``zs``
+    ``(..., n, d)`` when given as ``(..., 1, d)``.  For ``z = sqrt(k)(cosh b, sinh b m)`` and
+    ``x = sqrt(k)(cosh a, sinh a n)`` the boosted spatial part is ``sinh(b) m + (p - sinh(b) n.m) n`` with
+    ``p = sinh(b - a) - cosh(a) sinh(b) |n - m|^2 / 2``; the time part is ``cosh(theta)``.
+    ``zpolar`` is ``polar_(zs, sk)`` when the caller already has it (iterations reuse it).
     """
     sa, n = polar_(xs, sk)
-    sb, m = polar_(zs, sk)
+    sb, m = polar_(zs, sk) if zpolar is None else zpolar
     a, b = torch.asinh(sa), torch.asinh(sb)
     dn = n - m
     dn2 = (dn * dn).sum(-1, keepdim=True)
     half = torch.sinh((b - a) / 2)
     h = 2 * half * half + sa * sb * dn2 / 2  # cosh(theta) - 1
-    theta = 2 * torch.asinh(safe_sqrt(h / 2))
     par = torch.sinh(b - a) - torch.sqrt(1 + sa * sa) * sb * dn2 / 2
-    boosted = zs / sk + (par - (n * zs).sum(-1, keepdim=True) / sk) * n
-    return sk * inv_sinhc(theta) * boosted, theta.squeeze(-1)
+    # sinh(b) m + (par - sinh(b) n.m) n, regrouped with n.m = 1 - |n - m|^2 / 2 so that nothing of size
+    # sinh(b) cancels when z is close to x far from the origin
+    boosted = (par + sb * dn2 / 2) * n - sb * dn
+    at_origin = sb == 0
+    if bool(at_origin.any()):
+        # a point exactly at the origin: the smooth forms give the right value *and* gradient there
+        p = zs / sk
+        h = torch.where(at_origin, _h_smooth(xs / sk, p), h)
+        coef = -sa * torch.sqrt(1 + (p * p).sum(-1, keepdim=True)) + (torch.sqrt(1 + sa * sa) - 1) * (n * p).sum(-1, keepdim=True)
+        boosted = torch.where(at_origin, p + coef * n, boosted)
+    return boosted, h
+
+
+def frame_unboost_(xs: torch.Tensor, time: torch.Tensor, space: torch.Tensor, sk) -> torch.Tensor:
+    """Spatial part of ``B_x^{-1} (time, space) * sqrt(k)`` for a point given in the frame of ``x``."""
+    sa, n = polar_(xs, sk)
+    spar = (space * n).sum(-1, keepdim=True)
+    return sk * (space + ((torch.sqrt(1 + sa * sa) - 1) * spar + sa * time) * n)
+
+
+def frame_logs_(xs: torch.Tensor, zs: torch.Tensor, sk, zpolar=None):
+    """Frame coordinates of ``Log_x(z)`` (the logmap at the origin of ``B_x z``) and ``theta``."""
+    boosted, h = frame_boost_(xs, zs, sk, zpolar)
+    theta = 2 * torch.asinh(safe_sqrt(h / 2))
+    return (sk * inv_sinhc(theta)) * boosted, theta.squeeze(-1)
 
 
 def frame_to_ambient_(xs: torch.Tensor, v: torch.Tensor, sk) -> torch.Tensor:
