@@ -68,6 +68,9 @@ def _add_distill_options(p):
     g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
     g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option (repeatable), e.g. --opt ot_weight=0.5; see each method's docs")
+    g.add_argument("--prune-fraction", type=float, default=DEFAULTS.prune_fraction,
+                   help="hierarchical pruning: share of each class's most root-level images to match (paper Sec. 4.3)")
+    g.add_argument("--prune-level", default=DEFAULTS.prune_level, help="radius (to the origin) | centroid_distance")
     g = p.add_argument_group("IDM")
     g.add_argument("--idm-queue", type=int, default=DEFAULTS.idm_queue, help="networks in the semi-trained queue")
     g.add_argument("--idm-train-steps", type=int, default=DEFAULTS.idm_train_steps)
@@ -135,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--quiet", action="store_true")
 
+    pl = sub.add_parser("plot", help="figures of a run directory")
+    pl.add_argument("what", choices=["poincare"], help="poincare: Poincare-disk views and radius histograms")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
+    pl.add_argument("--per-class", type=int, default=200, help="real images per class to embed")
+    pl.add_argument("--seed", type=int, default=0)
+
     c = sub.add_parser("centroids", help="Law vs Karcher vs tangent centroids of each class, as CSV")
     c.add_argument("--dataset", default="digits")
     c.add_argument("--data-root", default=None)
@@ -175,6 +185,11 @@ def _run(args, argv) -> int:
         print(f"seconds per iteration: " + ", ".join(
             f"{r.method} IPC {r.ipc}: {r.seconds_per_iteration:.3f}" for r in table.itertuples() if r.seconds_per_iteration == r.seconds_per_iteration))
         print(f"wrote {os.path.join(args.out, 'results.csv')} and results.md")
+    elif args.command == "plot":
+        from .plots import poincare_report
+
+        for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class):
+            print(f"wrote {path}")
     elif args.command == "centroids":
         from .analysis import class_features, compare_centroids
         from .data import load_dataset

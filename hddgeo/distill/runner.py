@@ -74,6 +74,9 @@ class DistillConfig:
     idm_net_lr: float = 0.01
     idm_ce_weight: float = 0.5
     threads: Optional[int] = None
+    # hierarchical pruning (paper Sec. 4.3): match only the most root-level share of each class
+    prune_fraction: float = 1.0
+    prune_level: str = "radius"
     # method-specific options (DANCE, GeoDM, ...): each method reads and validates its own keys
     options: dict = field(default_factory=dict)
 
@@ -100,6 +103,9 @@ class DistillConfig:
             raise ValueError(f"k must be positive (curvature K = -1/k), got {self.k}")
         if self.max_norm is not None and not (self.max_norm > 0):
             raise ValueError(f"max-norm must be positive (or 'none'), got {self.max_norm}")
+        if not (0 < self.prune_fraction <= 1):
+            raise ValueError(f"prune-fraction is the share of each class kept and must lie in (0, 1], got {self.prune_fraction}")
+        choice("prune level", self.prune_level, ("radius", "centroid_distance"))
         if not (self.lr_img > 0):
             raise ValueError(f"lr-img must be positive, got {self.lr_img}")
 
@@ -122,6 +128,8 @@ def prepare(cfg: DistillConfig):
     cfg.validate()
     dataset = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
     pool = ClassPool(dataset.train_images, dataset.train_labels, dataset.num_classes)
+    if cfg.prune_fraction < 1:
+        pool = prune_pool(pool, dataset, cfg)
     per = METHODS[cfg.method].factor ** 2
     smallest = min(range(pool.num_classes), key=pool.count)
     if cfg.init == "real" and cfg.ipc * per > pool.count(smallest):
@@ -131,6 +139,21 @@ def prepare(cfg: DistillConfig):
         )
     matcher = Matcher(cfg.matcher, cfg.centroid, cfg.k, cfg.scale, cfg.max_norm, cfg.euclidean_weight, cfg.hdd_weight)
     return dataset, pool, matcher
+
+
+def prune_pool(pool: ClassPool, dataset, cfg: DistillConfig) -> ClassPool:
+    """Keep the most root-level ``prune_fraction`` of each class, ranked on features of a random ConvNet
+    (seeded by the run's seed) lifted with the run's ``k`` and ``max_norm``."""
+    from hddgeo.hierarchy import prune_by_level
+
+    from .methods import fresh_network
+
+    net = fresh_network(cfg.model, dataset, cfg.seed + 777)
+    with torch.no_grad():
+        feats = torch.cat([net.embed(pool.images[i:i + 512]) for i in range(0, len(pool), 512)])
+    keep = prune_by_level(feats, cfg.prune_fraction, level=cfg.prune_level, k=cfg.k, max_norm=cfg.max_norm,
+                          labels=pool.labels)
+    return pool.subset(keep)
 
 
 def eval_augment(cfg: DistillConfig):
