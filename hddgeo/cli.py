@@ -66,6 +66,8 @@ def _add_distill_options(p):
     g.add_argument("--final-eval-nets", type=int, default=DEFAULTS.final_eval_nets)
     g.add_argument("--final-eval-epochs", type=int, default=DEFAULTS.final_eval_epochs)
     g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
+    g.add_argument("--gap-every", type=int, default=DEFAULTS.gap_every,
+                   help="log the Law-Karcher centroid distance of real and synthetic features every N iterations")
     g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option (repeatable), e.g. --opt ot_weight=0.5; see each method's docs")
     g.add_argument("--prune-fraction", type=float, default=DEFAULTS.prune_fraction,

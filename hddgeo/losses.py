@@ -118,6 +118,26 @@ class Matcher:
         self.hdd_weight = float(hdd_weight) if kind == "both" else 1.0
         self.karcher_kwargs = {"tol": karcher_tol, "max_iter": karcher_max_iter}
         self.manifold = geoopt.Lorentz(k=self.k)
+        # when set (by the runner, every few iterations), __call__ also reports the distance between Law's
+        # centroid and the Karcher mean of the real and synthetic sets, averaged over num_classes
+        self.diagnose = False
+        self.num_classes: Optional[int] = None
+
+    def centroid_gaps(self, f_real: torch.Tensor, f_syn: torch.Tensor) -> dict:
+        """Mean over classes of ``d(law, karcher)`` for the real and the synthetic features (no gradients).
+
+        Per-class distances are summed and divided by ``num_classes`` (all classes, not only this
+        process's) so that the values of sharded processes add up to the mean.
+        """
+        kt = torch.tensor(self.k, dtype=torch.float64)
+        out = {}
+        with torch.no_grad():
+            for name, f in (("gap_real", f_real), ("gap_syn", f_syn)):
+                z = lift_(plain(f).double(), kt, self.max_norm)
+                w = normalised_weights(None, z)
+                gap = dist_(centroid_(z, w, kt, "law"), centroid_(z, w, kt, "karcher"), kt)
+                out[name] = float(gap.sum()) / (self.num_classes or gap.numel())
+        return out
 
     def __call__(self, f_real: torch.Tensor, f_syn: torch.Tensor):
         parts = {}
@@ -129,7 +149,10 @@ class Matcher:
             parts["hdd"] = hdd_loss(f_real, f_syn, self.manifold, scale=self.scale, centroid=self.centroid,
                                     max_norm=self.max_norm, **self.karcher_kwargs).to(f_syn.dtype)
             total = total + self.hdd_weight * parts["hdd"]
-        return total, {name: float(v.detach()) for name, v in parts.items()}
+        logged = {name: float(v.detach()) for name, v in parts.items()}
+        if self.diagnose:
+            logged.update(self.centroid_gaps(f_real, f_syn))
+        return total, logged
 
     def describe(self) -> str:
         if self.kind == "euclidean":

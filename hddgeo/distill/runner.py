@@ -68,6 +68,7 @@ class DistillConfig:
     final_eval_nets: int = 3
     final_eval_epochs: int = 1000
     checkpoint_every: int = 50
+    gap_every: int = 0  # log d(Law, Karcher) of real and synthetic features every N iterations (0: never)
     idm_queue: int = 10
     idm_train_steps: int = 1
     idm_net_age: int = 100
@@ -96,7 +97,7 @@ class DistillConfig:
         for name in ("ipc", "iterations", "batch_real", "final_eval_nets", "idm_queue", "idm_net_age"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "final_eval_epochs", "eval_epochs", "checkpoint_every", "idm_train_steps"):
+        for name in ("eval_every", "final_eval_epochs", "eval_epochs", "checkpoint_every", "idm_train_steps", "gap_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if not (self.k > 0) or not math.isfinite(self.k):
@@ -138,6 +139,7 @@ def prepare(cfg: DistillConfig):
             f"{smallest} has {pool.count(smallest)}; lower --ipc or use --init noise"
         )
     matcher = Matcher(cfg.matcher, cfg.centroid, cfg.k, cfg.scale, cfg.max_norm, cfg.euclidean_weight, cfg.hdd_weight)
+    matcher.num_classes = dataset.num_classes
     return dataset, pool, matcher
 
 
@@ -260,6 +262,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
                disable=not (progress and main_proc), desc=describe(cfg), unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.perf_counter()
+        matcher.diagnose = bool(cfg.gap_every) and (it % cfg.gap_every == 0 or it + 1 == cfg.iterations)
         loss, parts, net = method.step(it, syn)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
