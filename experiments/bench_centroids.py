@@ -73,15 +73,17 @@ def run_case(n, d, spread, k, repeats):
 
         return run
 
-    def timed(fn):
-        fn()  # warm-up
-        times = []
+    def timed(*fns):
+        """Median seconds of each function, run interleaved so that machine noise hits all alike."""
+        for fn in fns:
+            fn()  # warm-up
+        times = [[] for _ in fns]
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        times.sort()
-        return times[len(times) // 2]
+            for fn, ts in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+        return [sorted(ts)[len(ts) // 2] for ts in times]
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fwd_bwd(hddgeo.karcher_mean)()  # first: peak memory of one Karcher forward+backward
@@ -89,12 +91,10 @@ def run_case(n, d, spread, k, repeats):
     z = hddgeo.lift(v, M)
     c_k, info = hddgeo.karcher_mean(z, M, return_info=True)
     c_l = hddgeo.law_centroid(z, M)
+    law_f, kar_f, law_fb, kar_fb = timed(law_fwd, karcher_fwd, fwd_bwd(hddgeo.law_centroid), fwd_bwd(hddgeo.karcher_mean))
     return dict(
         n=n, d=d + 1, spread=spread, k=k,
-        law_fwd_ms=1e3 * timed(law_fwd),
-        law_fwd_bwd_ms=1e3 * timed(fwd_bwd(hddgeo.law_centroid)),
-        karcher_fwd_ms=1e3 * timed(karcher_fwd),
-        karcher_fwd_bwd_ms=1e3 * timed(fwd_bwd(hddgeo.karcher_mean)),
+        law_fwd_ms=1e3 * law_f, law_fwd_bwd_ms=1e3 * law_fb, karcher_fwd_ms=1e3 * kar_f, karcher_fwd_bwd_ms=1e3 * kar_fb,
         karcher_iters=info.iterations,
         karcher_grad_norm=float(info.grad_norm),
         karcher_peak_mib=peak_mib,
