@@ -292,11 +292,6 @@ def expmap_(x: torch.Tensor, u: torch.Tensor, k) -> torch.Tensor:
     return torch.cosh(theta) * x + sinhc(theta) * u
 
 
-def project_tangent_(x: torch.Tensor, u: torch.Tensor, k) -> torch.Tensor:
-    """Minkowski-orthogonal projection of an ambient vector onto ``T_x``: ``u + <x, u>_L / k * x``."""
-    return u + inner(x, u, keepdim=True) / k * x
-
-
 def radius_(z: torch.Tensor, k) -> torch.Tensor:
     """Distance to the origin; ``arcosh(z_0/sqrt(k))`` written as ``asinh(|z_s|/sqrt(k))`` (exact near 0)."""
     sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
