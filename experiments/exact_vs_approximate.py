@@ -250,15 +250,28 @@ def wide(table: pd.DataFrame, value) -> pd.DataFrame:
     out = t.pivot_table(index=["method", "geometry"], columns="ipc", values="_v", aggfunc="first", sort=False)
     out.columns = [f"IPC {c}" for c in out.columns]
     out = out.reset_index()
-    order = {m: i for i, m in enumerate(["real init (no distillation)"] + METHOD_ORDER)}
+    order = {m: i for i, m in enumerate([INIT] + METHOD_ORDER)}
     return out.sort_values(["geometry", "method"], key=lambda s: s.map(order) if s.name == "method" else s,
                            kind="stable").reset_index(drop=True)
 
 
-def write_markdown(args, table: pd.DataFrame, init_rows: list, path: str, elapsed: float) -> str:
-    acc = pd.concat([pd.DataFrame([{"method": "real init (no distillation)", "geometry": "-", "ipc": r["ipc"],
-                                    "acc_mean": r["acc_mean"], "acc_std": r["acc_std"]} for r in init_rows]),
-                     table], ignore_index=True) if init_rows else table
+INIT = "real init (no distillation)"
+
+
+def init_table(init_rows: list) -> pd.DataFrame:
+    """The initial real images' accuracy per IPC, pooled over the seeds' evaluation networks like a cell."""
+    rows = []
+    for ipc in dict.fromkeys(r["ipc"] for r in init_rows):
+        accs = [a for r in init_rows if r["ipc"] == ipc for a in r["accs"]]
+        rows.append({"ipc": ipc, "method": INIT, "centroid": "", "k": np.nan, "max_norm": "", "geometry": "-",
+                     "seeds": sum(r["ipc"] == ipc for r in init_rows), "nets": len(accs),
+                     "acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs))})
+    return pd.DataFrame(rows)
+
+
+def write_markdown(args, table: pd.DataFrame, runs: pd.DataFrame, path: str, elapsed: float) -> str:
+    acc = table
+    table = table[table.method != INIT]
     settings = (f"{args.dataset}, DM pipeline, {args.iterations} iterations, {args.batch_real} real images per class per "
                 f"iteration, lambda = {args.scale:g}, lr_img = {args.lr_img:g}, seeds {args.seeds}; each run evaluated by "
                 f"{args.nets} ConvNet(s) x {args.epochs} epochs; accuracy mean ± std (%) over all evaluation networks of all "
@@ -272,6 +285,16 @@ def write_markdown(args, table: pd.DataFrame, init_rows: list, path: str, elapse
              "\n## Final synthetic images: distance to the Karcher run's, relative to the Karcher run's own shift\n",
              "`|x - x_karcher| / |x_karcher - x_init|` (0 = identical images; DM: to each geometry's Karcher run)\n\n",
              save_table_md(wide(table, lambda r: f"{r.shift_vs_karcher:.3g}"))]
+    if runs["seed"].nunique() > 1:
+        per_seed = runs.assign(_v=[_pm(m, sd) for m, sd in zip(runs.acc_mean, runs.acc_std)])
+        per_seed = per_seed.pivot_table(index=["geometry", "method", "seed"], columns="ipc", values="_v",
+                                        aggfunc="first", sort=False)
+        per_seed.columns = [f"IPC {c}" for c in per_seed.columns]
+        per_seed = per_seed.reset_index().sort_values(
+            ["geometry", "method", "seed"], key=lambda c: c.map(METHOD_ORDER.index) if c.name == "method" else c,
+            kind="stable")
+        parts += ["\n## Accuracy (%) per seed (mean ± std over that seed's evaluation networks)\n",
+                  save_table_md(per_seed)]
     text = "\n".join(parts)
     with open(path, "w") as fh:
         fh.write(text)
@@ -371,7 +394,7 @@ def plot_gaps(curves: pd.DataFrame, geometries: list, ipcs: list, path: str) -> 
         return _save(fig, path)
 
 
-def plot_accuracy(table: pd.DataFrame, init_rows: list, geometries: list, ipcs: list, path: str) -> str:
+def plot_accuracy(table: pd.DataFrame, geometries: list, ipcs: list, path: str) -> str:
     ax_style, ctx = _style()
     hdd = [m for m in METHOD_ORDER[1:] if m in set(table.method)]
     with ax_style, ctx:
@@ -392,9 +415,8 @@ def plot_accuracy(table: pd.DataFrame, init_rows: list, geometries: list, ipcs: 
                 m, s = 100 * dm.acc_mean.iloc[0], 100 * dm.acc_std.iloc[0]
                 ax.axhspan(m - s, m + s, color=PALETTE["DM"], alpha=0.15)
                 ax.axhline(m, color=PALETTE["DM"], ls="--", lw=1.5, label="DM (mean ± std band)")
-            for r in init_rows:
-                if r["ipc"] == ipc:
-                    ax.axhline(100 * r["acc_mean"], color="black", ls=":", lw=1.5, label="real init, no distillation")
+            for r in sub[sub.method == INIT].itertuples():
+                ax.axhline(100 * r.acc_mean, color="black", ls=":", lw=1.5, label="real init, no distillation")
             ax.set_xticks(range(len(geometries)), [g.replace(", ", "\n") for g in geometries])
             ax.set_xlabel("geometry of the HDD term")
             ax.set_ylabel("test accuracy (%)")
@@ -448,16 +470,19 @@ def main(argv=None) -> int:
     runs = pd.DataFrame(rows)
     runs["shift_vs_karcher"] = image_shift(runs, init)
     table = aggregate(runs)
+    if init_rows:
+        table = pd.concat([init_table(init_rows), table], ignore_index=True)
     runs.drop(columns=["accs"]).to_csv(os.path.join(args.out, "runs.csv"), index=False)
     table.to_csv(os.path.join(args.out, "results.csv"), index=False)
-    text = write_markdown(args, table, init_rows, os.path.join(args.out, "results.md"), time.time() - t0)
+    text = write_markdown(args, table, runs, os.path.join(args.out, "results.md"), time.time() - t0)
 
     geometries = list(dict.fromkeys(g for g in table.geometry if g != "-")) or ["-"]
+    distilled = table[table.method != INIT]
     curves = _curves(runs)
     plot_loss_curves(curves, geometries, args.ipc, os.path.join(args.out, "loss_curves.png"), args.iterations)
     plot_gaps(curves, geometries, args.ipc, os.path.join(args.out, "centroid_gap.png"))
-    plot_accuracy(table, init_rows, geometries, args.ipc, os.path.join(args.out, "accuracy.png"))
-    plot_seconds(table, args.ipc, os.path.join(args.out, "seconds_per_iteration.png"))
+    plot_accuracy(table, geometries, args.ipc, os.path.join(args.out, "accuracy.png"))
+    plot_seconds(distilled, args.ipc, os.path.join(args.out, "seconds_per_iteration.png"))
     if not args.quiet:
         print(text)
         print(f"wrote {args.out}/results.csv, runs.csv, results.md and 4 figures in {(time.time() - t0) / 60:.1f} min")

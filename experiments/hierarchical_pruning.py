@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-epochs", type=int, default=100, help="epochs per point of the accuracy curve")
     p.add_argument("--nets", type=int, default=3, help="final evaluation networks")
     p.add_argument("--epochs", type=int, default=200, help="final evaluation epochs")
+    p.add_argument("--no-init-row", action="store_true", help="skip evaluating the (pruned) initial real images")
     p.add_argument("--quick", action="store_true", help="smoke setting (tests)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
@@ -125,6 +127,38 @@ def build_cells(args, class_counts: list) -> list:
     return cells
 
 
+INIT = "real init (pruned pool)"
+
+
+def init_rows(args, cells: list) -> list:
+    """Accuracy of the real images each run starts from, per (IPC, level, fraction): they are drawn from the
+    pruned pool, so pruning changes the starting point as well as the matching target.  Cached as JSON."""
+    from hddgeo.distill.study import baseline_row
+
+    out, seen = [], set()
+    for cell, cfg in cells:
+        key = (cell["ipc"], cell["level"], cell["prune_fraction"])
+        if cfg is None or key in seen:
+            continue
+        seen.add(key)
+        path = os.path.join(os.path.dirname(cell["run_dir"]),
+                            "init_" + os.path.basename(cell["run_dir"]).replace("_dm_", "_").replace(f"_hdd-{args.centroid}_", "_") + ".json")
+        ident = {k: v for k, v in cfg.to_json().items() if k in ("dataset", "ipc", "seed", "k", "max_norm", "prune_fraction",
+                                                                "prune_level", "final_eval_nets", "final_eval_epochs", "model")}
+        res = None
+        if os.path.exists(path):
+            with open(path) as fh:
+                saved = json.load(fh)
+            res = saved["row"] if saved.get("key") == ident else None
+        if res is None:
+            res = baseline_row(cfg)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as fh:
+                json.dump({"key": ident, "row": res}, fh)
+        out.append({**cell, "method": INIT, "run_dir": "", "acc_mean": res["acc_mean"], "acc_std": res["acc_std"]})
+    return out
+
+
 def summarise(cell: dict, metrics: dict, iterations: int) -> tuple:
     log = read_log(cell["run_dir"])
     curve = log.dropna(subset=["eval_acc"])[["iteration", "eval_acc"]] if "eval_acc" in log else log.iloc[:0]
@@ -157,6 +191,7 @@ def tables_markdown(args, table: pd.DataFrame, elapsed: float) -> str:
 
     final = pivot(lambda r: _pm(r.acc_mean, r.acc_std))
     stab = pivot(lambda r: "skipped" if r.status != "ok" else f"{100 * r.stability_std:.2f} (mean {100 * r.curve_last_half_mean:.1f})")
+    stab = stab[stab.method != INIT]
     kept = table.drop_duplicates("prune_fraction")[["prune_fraction", "kept_per_class_min"]]
     settings = (f"{args.dataset}, DM pipeline, {args.iterations} iterations, {args.batch_real} real images per class per "
                 f"iteration (fewer when the pruned class is smaller), seed {args.seed}; DM+HDD: {args.centroid} centroid, "
@@ -175,6 +210,7 @@ def tables_markdown(args, table: pd.DataFrame, elapsed: float) -> str:
 
 
 def plot_curves(curves: pd.DataFrame, table: pd.DataFrame, ipcs: list, path: str) -> None:
+    table = table[table.method != INIT]
     methods = list(dict.fromkeys(table.method))
     fractions = sorted(table.prune_fraction.unique())
     colours = dict(zip(fractions, sns.color_palette("viridis", len(fractions))))
@@ -191,11 +227,9 @@ def plot_curves(curves: pd.DataFrame, table: pd.DataFrame, ipcs: list, path: str
                     ax.plot(g["iteration"], 100 * g["eval_acc"], color=colours[fraction], marker="o", ms=4, lw=1.8,
                             ls=styles.get(level, "-"))
                 skipped = table[(table.ipc == ipc) & (table.method == method) & (table.status != "ok")]
-                if len(skipped):
-                    ax.text(0.98, 0.03, "skipped: " + ", ".join(f"{100 * f:g}%" for f in skipped.prune_fraction)
-                            + f" (IPC {ipc} > images kept)", transform=ax.transAxes, ha="right", va="bottom",
-                            fontsize="x-small", color="0.3")
-                ax.set_title(f"{method} · IPC {ipc}")
+                note = ("\n(skipped: keep " + ", ".join(f"{100 * f:g}%" for f in skipped.prune_fraction)
+                        + f", fewer than {ipc} images kept per class)") if len(skipped) else ""
+                ax.set_title(f"{method} · IPC {ipc}{note}", fontsize=11)
                 if i == len(ipcs) - 1:
                     ax.set_xlabel("distillation iteration")
                 if j == 0:
@@ -216,7 +250,8 @@ def plot_curves(curves: pd.DataFrame, table: pd.DataFrame, ipcs: list, path: str
 def plot_final(table: pd.DataFrame, ipcs: list, path: str) -> None:
     ok = table[table.status == "ok"]
     methods = list(dict.fromkeys(table.method))
-    colours = dict(zip(methods, [sns.color_palette("deep")[i] for i in (7, 0, 1, 2)]))
+    colours = dict(zip([m for m in methods if m != INIT], [sns.color_palette("deep")[i] for i in (7, 0, 1, 2)]))
+    colours[INIT] = "black"
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
         fig, axes = plt.subplots(1, len(ipcs), figsize=(5.2 * len(ipcs), 4.2), squeeze=False)
         for ax, ipc in zip(axes[0], ipcs):
@@ -225,8 +260,10 @@ def plot_final(table: pd.DataFrame, ipcs: list, path: str) -> None:
                 for level in dict.fromkeys(l for l in sub.level if l != "full data"):
                     g = sub[(sub.level == level) | (sub.level == "full data")]
                     ax.errorbar(100 * g.prune_fraction * (1 + 0.03 * (h - 0.5)), 100 * g.acc_mean, yerr=100 * g.acc_std,
-                                color=colours[method], marker="o", capsize=4, lw=1.6,
-                                ls="-" if level == "radius" else "--", label=f"{method} ({level})")
+                                color=colours[method], marker="o" if method != INIT else "s", capsize=4,
+                                lw=1.6 if method != INIT else 1.2, ms=6 if method != INIT else 4,
+                                ls=(":" if method == INIT else "-" if level == "radius" else "--"),
+                                label=f"{method} ({level})")
                 if set(sub.level) == {"full data"}:
                     ax.errorbar(100 * sub.prune_fraction, 100 * sub.acc_mean, yerr=100 * sub.acc_std, color=colours[method],
                                 marker="o", capsize=4, label=method)
@@ -267,6 +304,8 @@ def main(argv=None) -> int:
         row, curve = summarise(cell, metrics, args.iterations)
         rows.append(row)
         curves.append(curve)
+    if not args.no_init_row:
+        rows = init_rows(args, cells) + rows
     table = pd.DataFrame(rows)
     curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["iteration", "eval_acc", "ipc", "method", "level", "prune_fraction"])
