@@ -21,7 +21,7 @@ import torch
 from hddgeo.coreset import CORESET_METHODS, FEATURE_MODELS, evaluate_coreset
 from hddgeo.data import load_dataset
 from hddgeo.data.datasets import DATASET_NAMES
-from hddgeo.distill.study import save_table
+from hddgeo.distill.study import write_report
 
 TABLE_NAME = "coreset"
 
@@ -67,12 +67,10 @@ def main(argv=None) -> pd.DataFrame:
             seconds = time.perf_counter() - t0
             print(f"{method:>10s} ipc {ipc:>3d}: {100 * res['mean']:.1f} ± {100 * res['std']:.1f} "
                   f"({seconds:.0f} s)", file=sys.stderr, flush=True)
-            rows.append({"method": method, "ipc": ipc, "acc_mean": res["mean"], "acc_std": res["std"],
-                         "accs": res["accs"]})
+            rows += [{"method": method, "ipc": ipc, "seed": args.seed, "network": j, "acc": acc}
+                     for j, acc in enumerate(res["accs"])]
     table = pd.DataFrame(rows)
-    save_table(table, args.out, TABLE_NAME)
-    with open(os.path.join(args.out, f"{TABLE_NAME}.md")) as fh:
-        print(fh.read(), end="")
+    print(write_report(table, args.out, TABLE_NAME)[2], end="")
     return table
 
 

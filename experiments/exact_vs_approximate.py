@@ -55,6 +55,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
+from hddgeo import stats  # noqa: E402
 from hddgeo.distill import DistillConfig, paper_preset  # noqa: E402
 from hddgeo.distill.study import baseline_row, initial_images, read_log, run_cell  # noqa: E402
 from hddgeo.plots import save_table_md  # noqa: E402
@@ -269,6 +270,22 @@ def init_table(init_rows: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+LABELS = {"DM": "dm", "HDD law": "dm+hdd/law", "HDD karcher": "dm+hdd/karcher", "HDD tangent": "dm+hdd/tangent"}
+
+
+def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Paired differences over seeds (hddgeo.stats) within each geometry; DM is every geometry's baseline."""
+    long = pd.DataFrame([{"method": LABELS[r.method], "geometry": r.geometry, "ipc": r.ipc, "seed": r.seed,
+                          "network": j, "acc": a} for r in runs.itertuples() for j, a in enumerate(r.accs)])
+    if long.empty:
+        return pd.DataFrame()
+    parts = []
+    for geometry in dict.fromkeys(g for g in long.geometry if g != "-"):
+        sub = long[long.geometry.isin([geometry, "-"])].drop(columns="geometry")
+        parts.append(stats.paired_differences(sub).assign(geometry=geometry))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def write_markdown(args, table: pd.DataFrame, runs: pd.DataFrame, path: str, elapsed: float) -> str:
     acc = table
     table = table[table.method != INIT]
@@ -295,6 +312,12 @@ def write_markdown(args, table: pd.DataFrame, runs: pd.DataFrame, path: str, ela
             kind="stable")
         parts += ["\n## Accuracy (%) per seed (mean ± std over that seed's evaluation networks)\n",
                   save_table_md(per_seed)]
+        paired = paired_table(runs)
+        if len(paired):
+            paired.to_csv(os.path.join(os.path.dirname(path), "paired.csv"), index=False)
+            view = pd.concat([paired[["geometry"]], stats.differences_view(paired)], axis=1)
+            parts += ["\n## Paired differences over seeds (accuracy points, 95% t interval; hddgeo.stats)\n",
+                      save_table_md(view)]
     text = "\n".join(parts)
     with open(path, "w") as fh:
         fh.write(text)

@@ -5,6 +5,7 @@
     hddgeo distill --out runs/x --resume
     hddgeo evaluate runs/x [--model resnet18]
     hddgeo centroids                    Law vs Karcher vs tangent centroids per class, as CSV
+    hddgeo compare RUN_DIR...           per-method accuracy and paired differences over seeds
 
 Bad input exits with status 2 and a one-line message; nothing is written before the input is checked.
 """
@@ -137,8 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nets", type=int, default=3, help="evaluation networks per cell")
     m.add_argument("--epochs", type=int, default=200, help="evaluation epochs")
     m.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="distillation seeds; differences are paired by seed and their intervals taken over seeds")
     m.add_argument("--quiet", action="store_true")
+
+    cmp = sub.add_parser("compare", help="per-method accuracy and paired differences (95%% t intervals over seeds) "
+                                         "of finished run directories")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                     help="run directories, or folders holding them (a study's output folder)")
+    cmp.add_argument("--out", default=None, help="folder for compare.csv, compare_paired.csv and compare.md "
+                                                 "(default: the current folder)")
 
     pl = sub.add_parser("plot", help="figures of a run directory")
     pl.add_argument("what", choices=["poincare"], help="poincare: Poincare-disk views and radius histograms")
@@ -175,18 +184,27 @@ def _run(args, argv) -> int:
         res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
     elif args.command == "demo":
-        from .distill.study import format_table, run_study
+        from .distill.study import run_study, write_report
 
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
         torch.set_num_threads(min(2, torch.get_num_threads()))
         base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
-                             scale=args.scale,
-                             final_eval_nets=args.nets, final_eval_epochs=args.epochs, seed=args.seed,
+                             scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
                              checkpoint_every=50)
-        table = run_study(base, args.out, ipcs=args.ipc, progress=not args.quiet)
-        print(format_table(table).to_string(index=False))
-        print(f"seconds per iteration: " + ", ".join(
-            f"{r.method} IPC {r.ipc}: {r.seconds_per_iteration:.3f}" for r in table.itertuples() if r.seconds_per_iteration == r.seconds_per_iteration))
-        print(f"wrote {os.path.join(args.out, 'results.csv')} and results.md")
+        table = run_study(base, args.out, ipcs=args.ipc, seeds=args.seeds, progress=not args.quiet)
+        print(write_report(table, args.out)[2])
+        sec = table.groupby(["method", "ipc"], sort=False)["seconds_per_iteration"].mean().dropna()
+        print("seconds per iteration: " + ", ".join(f"{m} IPC {i}: {v:.3f}" for (m, i), v in sec.items()))
+        print(f"wrote {os.path.join(args.out, 'results.csv')} (one row per method, IPC, seed and network) and "
+              f"results.md")
+    elif args.command == "compare":
+        from .distill.study import load_runs, write_report
+
+        out = args.out or "."
+        summary, diffs, text = write_report(load_runs(args.run_dirs), out, "compare")
+        print(text, end="")
+        print(f"wrote {os.path.join(out, 'compare.csv')}, compare_summary.csv, compare_paired.csv and compare.md")
     elif args.command == "plot":
         from .plots import poincare_report
 

@@ -32,6 +32,7 @@ from matplotlib.patches import Circle  # noqa: E402
 
 from .geometry import karcher_mean, law_centroid, lift, radius  # noqa: E402
 from .geometry.lorentz import check_points, frame_logs_, manifold_k  # noqa: E402
+from .tables import markdown_table as save_table_md  # noqa: E402,F401  (re-exported for the studies)
 
 __all__ = [
     "PoincareProjection", "poincare_projection", "plot_poincare_disk", "plot_radius_histograms",
@@ -602,24 +603,3 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
 
 
 # ----------------------------------------------------------------------------- tables
-def save_table_md(df: pd.DataFrame, path: Optional[str] = None, floatfmt: str = ".4g", index: bool = False) -> str:
-    """A GitHub-flavoured markdown table of ``df`` (no tabulate needed); written to ``path`` if given."""
-    frame = df.reset_index() if index else df
-
-    def fmt(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else format(float(v), floatfmt)
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    header = [str(c).replace("\n", " ") for c in frame.columns]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
-    text = "\n".join(lines) + "\n"
-    if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as fh:
-            fh.write(text)
-    return text

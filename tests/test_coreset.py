@@ -216,7 +216,9 @@ def test_script_writes_csv_and_markdown(tmp_path, capsys):
                          "--out", str(tmp_path)])
     assert list(table["method"]) == ["random", "kcenter"]
     csv = (tmp_path / "coreset.csv").read_text().splitlines()
-    assert csv[0] == "method,ipc,acc_mean,acc_std" and len(csv) == 3
+    assert csv[0] == "method,ipc,seed,network,acc" and len(csv) == 3  # one row per (method, network)
+    summary = (tmp_path / "coreset_summary.csv").read_text().splitlines()
+    assert summary[0].startswith("method,ipc,seeds,evaluations,acc_mean,acc_std") and len(summary) == 3
     out = capsys.readouterr().out
     assert "| method | IPC 1 |" in out and "kcenter" in out and "±" in out
 

@@ -21,6 +21,8 @@ from hddgeo.data import (
 )
 from hddgeo.data import datasets as datasets_module
 
+from conftest import make_fashionmnist, write_idx
+
 
 def _normalised(u8, mean, std):
     """Expected normalised value of uint8 pixels ``(N, C, H, W)``."""
@@ -32,28 +34,9 @@ def _normalised(u8, mean, std):
 # Fake files in the real formats
 # ---------------------------------------------------------------------------------------------
 
-def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
 def _make_fashionmnist(root: Path, rng):
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    data = {
-        "train": (rng.integers(0, 256, (20, 28, 28)), np.arange(20) % 10),
-        "t10k": (rng.integers(0, 256, (10, 28, 28)), (np.arange(10) * 3) % 10),
-    }
-    for split, (images, labels) in data.items():
-        # train gzipped, test plain: both forms torchvision may leave in raw/
-        _write_idx(raw / f"{split}-images-idx3-ubyte", images, compress=split == "train")
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels, compress=split == "train")
-    return data
+    # torchvision's layout; train gzipped, test plain: both forms torchvision may leave in raw/
+    return make_fashionmnist(root / "FashionMNIST" / "raw", rng, per_class=(2, 1))
 
 
 def _make_svhn(root: Path, rng):
@@ -195,7 +178,7 @@ def test_idx_reader_agrees_with_torchvision(tmp_path):
     from hddgeo._torchvision import torchvision
 
     images = np.random.default_rng(1).integers(0, 256, (5, 28, 28))
-    _write_idx(tmp_path / "x-idx3-ubyte", images, compress=False)
+    write_idx(tmp_path / "x-idx3-ubyte", images, compress=False)
     theirs = torchvision.datasets.mnist.read_image_file(str(tmp_path / "x-idx3-ubyte"))
     assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte"), theirs.numpy())
 

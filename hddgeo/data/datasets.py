@@ -14,8 +14,10 @@ structure instead (shapes, dtypes, label ranges) and fail with a message naming 
 Datasets and where they are looked for (``data_root`` is the ``--data-root`` directory):
 
 - ``digits``: scikit-learn's bundled 8x8 digits, 1x8x8, no files; statistics of the train split.
-- ``fashionmnist``: ``FashionMNIST/raw/{train,t10k}-images-idx3-ubyte`` and
-  ``...-labels-idx1-ubyte`` (each also accepted gzipped), 1x28x28.
+- ``fashionmnist``: ``{train,t10k}-images-idx3-ubyte`` and ``...-labels-idx1-ubyte`` (each plain or
+  gzipped) directly in ``data_root`` (Debian's ``dataset-fashion-mnist`` layout) or in
+  ``FashionMNIST/raw/`` (torchvision's), 1x28x28. Without ``data_root``:
+  ``/usr/share/datasets/fashion-mnist`` (where ``apt-get install dataset-fashion-mnist`` puts them).
 - ``svhn``: ``train_32x32.mat`` and ``test_32x32.mat`` directly in ``data_root`` (where
   torchvision puts them), 3x32x32.
 - ``cifar10``: ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``, 3x32x32.
@@ -34,6 +36,7 @@ import math
 import os
 import pickle
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +99,9 @@ _IMAGEWOOF_NAMES = {
 }
 
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+
+# Where a dataset is looked for when no data_root is given: system-wide installs by a package.
+SYSTEM_DATA_ROOTS = {"fashionmnist": Path("/usr/share/datasets/fashion-mnist")}
 
 PathLike = Union[str, os.PathLike]
 
@@ -188,6 +194,8 @@ def load_dataset(
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
     if key == "digits":
         return _load_digits(image_size)
+    if data_root is None and key in SYSTEM_DATA_ROOTS:
+        data_root = SYSTEM_DATA_ROOTS[key]
     if data_root is None:
         raise ValueError(
             f"dataset {key!r} is read from disk: pass --data-root DIR (data_root=DIR) naming the "
@@ -330,12 +338,19 @@ def read_idx(path: PathLike) -> np.ndarray:
     """Read an unsigned-byte IDX file (the MNIST family's format), gzipped or not.
 
     Layout: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then each
-    dimension as a big-endian uint32, then the data in C order.
+    dimension as a big-endian uint32, then the data in C order. A truncated or corrupt file
+    raises ``ValueError`` naming it.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path} is truncated or not a valid gzip file ({err}); replace it with an intact "
+                         f"copy (reinstall the package or download it again)") from None
     if len(data) < 4 or data[0:2] != b"\x00\x00":
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     type_code, ndim = data[2], data[3]
@@ -351,14 +366,39 @@ def read_idx(path: PathLike) -> np.ndarray:
     return values.reshape(dims)
 
 
+_FASHIONMNIST_STEMS = tuple(f"{split}-{kind}" for split in ("train", "t10k")
+                            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+
+
+def _idx_files(folder: Path) -> Optional[list[Path]]:
+    """The four Fashion-MNIST files in ``folder`` (each plain or ``.gz``), or ``None`` if any is missing.
+
+    The plain file wins over the gzipped one: torchvision leaves both after a download, and the plain
+    one needs no decompression."""
+    found = []
+    for stem in _FASHIONMNIST_STEMS:
+        hit = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+        if hit is None:
+            return None
+        found.append(hit)
+    return found
+
+
 def _load_fashionmnist(root: Path, download: bool, image_size: Optional[int]) -> ImageDataset:
-    raw = root / "FashionMNIST" / "raw"
-    stems = [f"{split}-{kind}" for split in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-    # Prefer the uncompressed file: torchvision leaves both after a download, and reading the
-    # plain one skips decompression.
-    required = [[raw / stem, raw / f"{stem}.gz"] for stem in stems]
-    paths = _require("FashionMNIST", root, required, _download_hint("FashionMNIST/"), download,
-                     lambda r: _download_torchvision("fashionmnist", r))
+    # Three layouts: the files flat in root (Debian's dataset-fashion-mnist, any hand-made folder),
+    # torchvision's root/FashionMNIST/raw, and root naming torchvision's FashionMNIST folder itself.
+    folders = [root, root / "FashionMNIST" / "raw", root / "raw"]
+    paths = next((hit for hit in map(_idx_files, folders) if hit is not None), None)
+    if paths is None and download:
+        _download_torchvision("fashionmnist", root)
+        paths = _idx_files(root / "FashionMNIST" / "raw")
+    if paths is None:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found under {root}: none of {', '.join(str(f) for f in folders)} holds "
+            f"{_FASHIONMNIST_STEMS[0]}[.gz] and the other three idx files. Install Debian's package "
+            f"(apt-get install dataset-fashion-mnist, files in {SYSTEM_DATA_ROOTS['fashionmnist']}) or "
+            f"pass --download with --data-root DIR to fetch them with torchvision"
+        )
     train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
     for images, labels, path in ((train_x, train_y, paths[0]), (test_x, test_y, paths[2])):
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:

@@ -1,88 +1,157 @@
-"""Grids of distillation runs that differ in one switch (matcher / centroid / IPC), as tidy tables.
+"""Grids of distillation runs that differ in one switch (matcher / centroid / IPC) over several seeds.
 
-Every cell uses the same seed, budget and evaluation protocol; a baseline row evaluates the real
-images the synthetic sets start from (the "before distillation" row).
+Every cell of one seed uses the same budget, feature networks, real batches, DSA draws, initial images and
+evaluation networks, so the switch is the only difference: results are compared *paired by seed* with
+:mod:`hddgeo.stats`.  A ``random`` row evaluates the real images each seed's synthetic sets start from.
+
+Tables are long: one row per (method, IPC, seed, evaluation network).  Each cell is a run directory under
+``out_dir/runs/``; finished cells are reused and unfinished ones resumed, so a killed study continues.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 import torch
 
+from hddgeo import stats
 from hddgeo.evaluate import evaluate_synset
 
 from .methods import build_method
-from .runner import DistillConfig, describe, eval_augment, prepare, run_distillation
+from .runner import DistillConfig, _write_json, describe, eval_augment, prepare, run_distillation
 
 DEFAULT_VARIANTS = (
     {"matcher": "euclidean"},
     {"matcher": "hdd", "centroid": "law"},
     {"matcher": "hdd", "centroid": "karcher"},
 )
+FINAL_EVAL_OFFSET = 20_000  # evaluation network j of a run with seed s is seeded s + FINAL_EVAL_OFFSET + j
 
 
 def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
-    """Accuracy of the initial synthetic set (real images) under the final evaluation protocol."""
+    """Accuracy of the initial synthetic set (the seed's random real images) under the final evaluation."""
     dataset, pool, matcher = prepare(cfg)
     method = build_method(cfg.method, cfg, dataset, pool, matcher)
     syn = method.init_synset(torch.Generator().manual_seed(cfg.seed))
     images, labels = syn.expanded()
     res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                           model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + 20_000, progress=progress)
-    return {"method": "real init (no distillation)", "ipc": cfg.ipc, "acc_mean": res["mean"], "acc_std": res["std"],
-            "accs": res["accs"], "seconds_per_iteration": float("nan")}
+                          augment=eval_augment(cfg), seed=cfg.seed + FINAL_EVAL_OFFSET, progress=progress)
+    return {"method": stats.RANDOM, "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
+            "acc_std": res["std"], "accs": res["accs"], "seconds_per_iteration": float("nan")}
+
+
+def baseline_cell(cfg: DistillConfig, run_dir: str, progress: bool = False) -> dict:
+    """:func:`baseline_row` kept in ``run_dir`` (``config.json`` + ``metrics.json``), reused when it matches."""
+    cfg = dataclasses.replace(cfg, matcher="euclidean", iterations=1)  # fields that do not change the baseline
+    if os.path.exists(os.path.join(run_dir, "metrics.json")):
+        check_same_run(cfg, run_dir)
+        with open(os.path.join(run_dir, "metrics.json")) as fh:
+            return json.load(fh)
+    row = baseline_row(cfg, progress=progress)
+    os.makedirs(run_dir, exist_ok=True)
+    _write_json(os.path.join(run_dir, "config.json"), cfg.to_json())
+    _write_json(os.path.join(run_dir, "metrics.json"), row)
+    return row
+
+
+def cell_name(cfg: DistillConfig, label: Optional[str] = None) -> str:
+    label = label or describe(cfg)
+    return f"ipc{cfg.ipc}_{label.replace('/', '-').replace('+', '_')}_seed{cfg.seed}"
+
+
+def long_rows(metrics: dict, seed: int, run_dir: str = "") -> list[dict]:
+    """One row per evaluation network of a finished cell (nothing if it was not evaluated)."""
+    return [{"method": metrics["method"], "ipc": metrics["ipc"], "seed": seed, "network": j, "acc": acc,
+             "seconds_per_iteration": metrics.get("seconds_per_iteration", float("nan")), "run_dir": run_dir}
+            for j, acc in enumerate(metrics.get("accs") or [])]
 
 
 def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
-              variants: Iterable[dict] = DEFAULT_VARIANTS, baseline: bool = True, progress: bool = True,
-              resume: bool = True) -> pd.DataFrame:
-    """Run every ``variant`` (overrides of ``base``) at every IPC; return and save the accuracy table.
+              variants: Iterable[dict] = DEFAULT_VARIANTS, seeds: Optional[Sequence[int]] = None,
+              baseline: bool = True, progress: bool = True, resume: bool = True,
+              cfg_for: Optional[callable] = None, name: str = "results") -> pd.DataFrame:
+    """Run every ``variant`` (overrides of ``base``) at every IPC and seed; return and save the long table.
 
-    Each cell writes its own run directory under ``out_dir``; finished cells are reused and
-    unfinished ones resumed, so a killed study continues where it stopped.
+    ``cfg_for(cfg)`` may adjust each cell's configuration (e.g. per-IPC settings) before it runs.  Writes
+    ``<name>.csv`` (long), ``summary.csv``, ``paired.csv`` and ``<name>.md`` into ``out_dir``.
     """
+    seeds = [base.seed] if seeds is None else list(seeds)
+    variants = list(variants)
+    adjust = cfg_for or (lambda c: c)
     rows = []
     for ipc in ipcs:
-        if baseline:
-            rows.append(baseline_row(dataclasses.replace(base, ipc=ipc), progress=False))
-        for variant in variants:
-            cfg = dataclasses.replace(base, ipc=ipc, **variant)
-            run_dir = os.path.join(out_dir, f"ipc{ipc}_{describe(cfg).replace('/', '-').replace('+', '_')}")
-            metrics = run_cell(cfg, run_dir, resume=resume, progress=progress)
-            rows.append({"method": describe(cfg), "ipc": ipc, "acc_mean": metrics.get("acc_mean"),
-                         "acc_std": metrics.get("acc_std"), "accs": metrics.get("accs"),
-                         "seconds_per_iteration": metrics["seconds_per_iteration"], "run_dir": run_dir})
+        for seed in seeds:
+            cell_base = dataclasses.replace(base, ipc=ipc, seed=seed)
+            if baseline:
+                cfg = adjust(cell_base)
+                metrics = baseline_cell(cfg, os.path.join(out_dir, "runs", cell_name(cfg, stats.RANDOM)))
+                rows += long_rows(metrics, seed, os.path.join(out_dir, "runs", cell_name(cfg, stats.RANDOM)))
+            for variant in variants:
+                cfg = adjust(dataclasses.replace(cell_base, **variant))
+                run_dir = os.path.join(out_dir, "runs", cell_name(cfg))
+                metrics = run_cell(cfg, run_dir, resume=resume, progress=progress)
+                rows += long_rows(metrics, seed, run_dir)
     table = pd.DataFrame(rows)
-    save_table(table, out_dir, "results")
+    write_report(table, out_dir, name)
     return table
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Wide view: one row per method, one ``mean ± std`` column (in %) per IPC."""
-    t = table.copy()
-    t["acc"] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(t["acc_mean"], t["acc_std"])]
-    wide = t.pivot_table(index="method", columns="ipc", values="acc", aggfunc="first", sort=False)
-    wide.columns = [f"IPC {c}" for c in wide.columns]
-    return wide.reset_index()
+    """Wide view of a long table: one row per method, one ``mean ± std`` column (in %) per IPC."""
+    return stats.summary_wide(stats.summarise(table))
 
 
-def save_table(table: pd.DataFrame, out_dir: str, name: str, markdown: Optional[str] = None) -> None:
+def write_report(table: pd.DataFrame, out_dir: str, name: str = "results", pairs=None,
+                 preamble: str = "") -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Save a long table as ``<name>.csv``, its per-method summary and paired differences as
+    ``<name>_summary.csv`` / ``<name>_paired.csv``, and both as markdown in ``<name>.md``."""
+    summary, diffs, text = stats.report(table, pairs)
     os.makedirs(out_dir, exist_ok=True)
-    table.drop(columns=["accs"], errors="ignore").to_csv(os.path.join(out_dir, f"{name}.csv"), index=False)
-    wide = format_table(table)
+    table.to_csv(os.path.join(out_dir, f"{name}.csv"), index=False)
+    summary.to_csv(os.path.join(out_dir, f"{name}_summary.csv"), index=False)
+    diffs.to_csv(os.path.join(out_dir, f"{name}_paired.csv"), index=False)
+    text = (preamble + "\n\n" if preamble else "") + text
     with open(os.path.join(out_dir, f"{name}.md"), "w") as fh:
-        fh.write(markdown or _markdown(wide))
+        fh.write(text)
+    return summary, diffs, text
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+def load_runs(paths: Iterable[str]) -> pd.DataFrame:
+    """The long table of finished run directories; a folder that is not a run directory contributes the
+    run directories directly inside it (or inside its ``runs/``), so a study's output folder can be named."""
+    rows = []
+    for path in paths:
+        dirs = _run_dirs(path)
+        if not dirs:
+            raise ValueError(f"{path} holds no finished run (no metrics.json in it, its subfolders or runs/)")
+        for d in dirs:
+            try:
+                with open(os.path.join(d, "metrics.json")) as fh:
+                    metrics = json.load(fh)
+                with open(os.path.join(d, "config.json")) as fh:
+                    seed = json.load(fh)["seed"]
+                if not isinstance(metrics, dict) or not {"method", "ipc"} <= set(metrics):
+                    raise ValueError("metrics.json lacks 'method' or 'ipc'")
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{d}: not a readable run directory ({err})") from None
+            rows += long_rows(metrics, seed, d)
+    table = pd.DataFrame(rows)
+    return table.sort_values("method", key=lambda col: col.map(stats.method_rank), kind="stable", ignore_index=True)
+
+
+def _run_dirs(path: str) -> list[str]:
+    if os.path.isfile(os.path.join(path, "metrics.json")):
+        return [path]
+    found = []
+    for folder in (path, os.path.join(path, "runs")):
+        if os.path.isdir(folder):
+            found += sorted(os.path.join(folder, d) for d in os.listdir(folder)
+                            if os.path.isfile(os.path.join(folder, d, "metrics.json")))
+    return found
 
 
 # ----------------------------------------------------------------------------- helpers for experiment scripts
@@ -101,6 +170,14 @@ def config_mismatch(cfg: DistillConfig, run_dir: str) -> dict:
             if name not in _IGNORED_FIELDS and saved.get(name) != value}
 
 
+def check_same_run(cfg: DistillConfig, run_dir: str) -> None:
+    """``ValueError`` naming the fields in which ``run_dir/config.json`` differs from ``cfg``."""
+    diff = config_mismatch(cfg, run_dir)
+    if diff:
+        shown = ", ".join(f"{k}={old!r} (requested {new!r})" for k, (old, new) in sorted(diff.items()))
+        raise ValueError(f"{run_dir} holds a different run: {shown}; use another output folder or delete it")
+
+
 def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bool = True) -> dict:
     """Distil one cell of a study into ``run_dir`` and return its metrics, reusing what is there.
 
@@ -115,10 +192,7 @@ def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bo
 
     cfg.validate()
     if os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, "config.json")):
-        diff = config_mismatch(cfg, run_dir)
-        if diff:
-            shown = ", ".join(f"{k}={old!r} (requested {new!r})" for k, (old, new) in sorted(diff.items()))
-            raise ValueError(f"{run_dir} holds a different run: {shown}; use another output folder or delete it")
+        check_same_run(cfg, run_dir)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if resume and os.path.exists(metrics_path):
         with open(metrics_path) as fh:

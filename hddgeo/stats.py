@@ -1,0 +1,167 @@
+"""Paired comparisons of distillation methods over seeds: the one place results become claims.
+
+Input is a *long* table with one row per trained evaluation network: columns ``method``, ``ipc``,
+``seed`` (the distillation seed), ``network`` (index of the evaluation network) and ``acc`` (a fraction).
+
+Why paired: runs that share a distillation seed see the same feature networks, real batches, DSA draws
+and initial images, and their evaluation networks share seeds too, so the matcher (or centroid) is the
+only difference between them.  The difference of two methods is therefore taken *within* each seed, and
+the seed is the unit of replication: a 95 % interval over ``n`` seeds uses Student's t with ``n - 1``
+degrees of freedom (``scipy.stats.t``).  Networks of one seed are averaged first; they are not
+independent replicates of the distillation.
+
+A single run of either method is an anecdote: CPUs of different models round differently and a
+distillation amplifies that, so the same command moves single accuracies by a few points between
+machines.  The interval is the claim.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS = ("method", "ipc", "seed", "network", "acc")
+RANDOM = "random"  # the seed's randomly drawn real images: what every synthetic set starts from
+
+
+def check_long(df: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"accuracy table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}")
+    if df.empty:
+        raise ValueError("accuracy table is empty: no finished run with evaluated networks")
+    dup = df.duplicated(["method", "ipc", "seed", "network"])
+    if dup.any():
+        row = df[dup].iloc[0]
+        raise ValueError(f"two results for method {row['method']!r}, IPC {row['ipc']}, seed {row['seed']}, network "
+                         f"{row['network']}: pass each run directory once")
+    return df
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, IPC): mean and sample std (ddof 1) of all (seed, network) accuracies, with the counts."""
+    df = check_long(df)
+    g = df.groupby(["method", "ipc"], sort=False)
+    out = g["acc"].agg(acc_mean="mean", acc_std=lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0,
+                       evaluations="count").reset_index()
+    out["seeds"] = g["seed"].nunique().values
+    return out[["method", "ipc", "seeds", "evaluations", "acc_mean", "acc_std"]]
+
+
+def per_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy of each (method, IPC, seed) over its evaluation networks."""
+    return check_long(df).groupby(["method", "ipc", "seed"], sort=False)["acc"].mean().reset_index()
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for the mean of ``values`` (NaNs for fewer than two values)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    mean, sem = float(x.mean()), float(stats.sem(x))
+    if sem == 0.0:  # every seed gave the same difference; scipy returns NaNs for a zero scale
+        return mean, mean
+    low, high = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=sem)
+    return float(low), float(high)
+
+
+def method_rank(method: str) -> tuple:
+    """Sort key that lists ``random`` first, then each method before its matcher variants (Law, Karcher, tangent)."""
+    base, _, variant = method.partition("+")
+    matcher, _, centroid = variant.partition("/")
+    return (method != RANDOM, base, variant != "", matcher, {"law": 0, "karcher": 1, "tangent": 2}.get(centroid, 3),
+            centroid)
+
+
+def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """``(a, b)`` pairs worth reading as ``a - b``, among ``methods`` (labels like ``dm+hdd/karcher``).
+
+    Every distilled method against the random real images; every matcher variant against its plain
+    method (``dm+hdd/law - dm``); and among the centroids of one method and matcher, Karcher against each
+    approximation and Law against the tangent centroid.
+    """
+    methods = list(dict.fromkeys(methods))
+    present = set(methods)
+    pairs = []
+    for m in methods:
+        if m == RANDOM:
+            continue
+        base = m.split("+")[0]
+        if m == base and RANDOM in present:
+            pairs.append((m, RANDOM))
+        if m != base and base in present:
+            pairs.append((m, base))
+    for m in methods:
+        if "/" not in m:
+            continue
+        prefix, centroid = m.rsplit("/", 1)
+        others = {"karcher": ("law", "tangent"), "law": ("tangent",)}.get(centroid, ())
+        pairs += [(m, f"{prefix}/{o}") for o in others if f"{prefix}/{o}" in present]
+    return pairs
+
+
+def paired_differences(df: pd.DataFrame, pairs: Optional[Iterable[tuple[str, str]]] = None,
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """For each pair ``(a, b)`` and IPC: the mean over seeds of (acc of ``a`` - acc of ``b``), its t interval,
+    and on how many of the shared seeds the difference is positive.
+
+    Only seeds that both methods ran are used (``seeds`` says how many); pairs with no shared seed are left out.
+    """
+    seeds = per_seed(df)
+    pairs = default_pairs(seeds["method"]) if pairs is None else list(pairs)
+    rows = []
+    for ipc in dict.fromkeys(seeds["ipc"]):
+        at = seeds[seeds["ipc"] == ipc].pivot(index="seed", columns="method", values="acc")
+        for a, b in pairs:
+            if a not in at or b not in at:
+                continue
+            diff = (at[a] - at[b]).dropna()
+            if diff.empty:
+                continue
+            low, high = t_interval(diff.values, confidence)
+            rows.append({"ipc": ipc, "a": a, "b": b, "seeds": len(diff), "diff_mean": float(diff.mean()),
+                         "ci_low": low, "ci_high": high, "positive": int((diff > 0).sum()),
+                         "excludes_zero": bool(low > 0 or high < 0)})
+    return pd.DataFrame(rows, columns=["ipc", "a", "b", "seeds", "diff_mean", "ci_low", "ci_high", "positive",
+                                       "excludes_zero"])
+
+
+# ----------------------------------------------------------------------------- presentation (percent)
+def _pct(x: float, digits: int = 1) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}"
+
+
+def summary_wide(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, one ``mean ± std`` column (%) per IPC."""
+    t = summary.assign(cell=[f"{_pct(m)} ± {_pct(s)}" for m, s in zip(summary.acc_mean, summary.acc_std)])
+    wide = t.pivot_table(index="method", columns="ipc", values="cell", aggfunc="first", sort=False)
+    wide.columns = [f"IPC {c}" for c in wide.columns]
+    return wide.reset_index()
+
+
+def differences_view(diffs: pd.DataFrame) -> pd.DataFrame:
+    """Readable paired differences: ``a - b``, mean and interval in accuracy points, positive seeds."""
+    return pd.DataFrame({
+        "IPC": diffs["ipc"],
+        "difference": [f"{a} − {b}" for a, b in zip(diffs["a"], diffs["b"])],
+        "mean (points)": [f"{100 * m:+.2f}" for m in diffs["diff_mean"]],
+        "95% CI": [f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if np.isfinite(lo) else "n/a (1 seed)"
+                   for lo, hi in zip(diffs["ci_low"], diffs["ci_high"])],
+        "seeds > 0": [f"{p}/{n}" for p, n in zip(diffs["positive"], diffs["seeds"])],
+        "excludes 0": ["yes" if e else "no" for e in diffs["excludes_zero"]],
+    })
+
+
+def report(df: pd.DataFrame, pairs=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """``(summary, paired differences, markdown of both)`` for a long accuracy table."""
+    from .tables import markdown_table
+
+    summary = summarise(df)
+    diffs = paired_differences(df, pairs)
+    text = ("Accuracy (%), mean ± std over every (seed, evaluation network):\n\n" + markdown_table(summary_wide(summary))
+            + "\nPaired differences (accuracy points), mean over seeds with a 95% t interval:\n\n"
+            + markdown_table(differences_view(diffs)))
+    return summary, diffs, text

@@ -1,0 +1,49 @@
+"""Shared fixtures: small files in real on-disk formats, made by the tests themselves."""
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_FASHIONMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
+    """An unsigned-byte IDX file (MNIST family), gzipped to ``path.gz`` when ``compress``."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = Path(str(path) + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def make_fashionmnist(folder: Path, rng, per_class=(2, 1), compress=(True, False)) -> dict:
+    """Fake Fashion-MNIST files directly in ``folder``: ``per_class`` train / test images per class,
+    the train files gzipped and the test files plain unless ``compress`` says otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for split, n, gz in (("train", per_class[0], compress[0]), ("t10k", per_class[1], compress[1])):
+        labels = np.arange(10 * n) % 10
+        images = rng.integers(0, 256, (10 * n, 28, 28))
+        write_idx(folder / f"{split}-images-idx3-ubyte", images, compress=gz)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress=gz)
+        data[split] = (images, labels)
+    return data
+
+
+@pytest.fixture
+def fashionmnist_root(tmp_path):
+    """A Debian-layout folder (four ``.gz`` files flat) with 12 train and 3 test images per class."""
+    root = tmp_path / "fashion-mnist"
+    make_fashionmnist(root, np.random.default_rng(0), per_class=(12, 3), compress=(True, True))
+    return root
+
+
+requires_real_fashionmnist = pytest.mark.skipif(
+    not (REAL_FASHIONMNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST is not installed in {REAL_FASHIONMNIST} (apt-get install dataset-fashion-mnist)")

@@ -1,0 +1,62 @@
+"""Multi-seed studies: the demo's long results table, reuse of finished cells, and the Table 1 script."""
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from hddgeo.cli import main
+
+from test_experiments import load_script
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_demo_writes_one_row_per_method_ipc_seed_network(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--iterations", "2", "--epochs", "1", "--nets", "2", "--seeds", "0", "1", "2", "--ipc", "1",
+            "--batch-real", "8", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 4 * 3 * 2  # random, dm, dm+hdd/law, dm+hdd/karcher x 3 seeds x 2 networks
+    assert not table.duplicated(["method", "ipc", "seed", "network"]).any()
+    assert set(table["method"]) == {"random", "dm", "dm+hdd/law", "dm+hdd/karcher"}
+    assert "dm+hdd/karcher − dm+hdd/law" in text and "95% CI" in text and "dm+hdd/law − dm" in text
+    paired = pd.read_csv(out / "results_paired.csv")
+    assert (paired["seeds"] == 3).all()
+    # paired by seed: the same seed gives the same random-init accuracy and the same real images
+    again = tmp_path / "again"
+    assert main(args[:-3] + ["--out", str(again), "--quiet"]) == 0
+    assert pd.read_csv(again / "results.csv")["acc"].tolist() == table["acc"].tolist()
+    # a rerun reuses every finished cell (no run directory is touched)
+    stamp = {d: os.path.getmtime(out / "runs" / d / "metrics.json") for d in os.listdir(out / "runs")}
+    assert main(args) == 0
+    assert stamp == {d: os.path.getmtime(out / "runs" / d / "metrics.json") for d in os.listdir(out / "runs")}
+
+
+def test_demo_refuses_repeated_seeds(tmp_path, capsys):
+    assert main(["demo", "--seeds", "0", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--seeds" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_fashionmnist_table1_quick(tmp_path, fashionmnist_root):
+    out = tmp_path / "t1"
+    script = load_script("fashionmnist_table1")
+    table = script.main(["--quick", "--ipc", "1", "--seeds", "0", "1", "--data-root", str(fashionmnist_root),
+                         "--out", str(out), "--quiet"])
+    assert set(table["method"]) == {"random", "dm", "dm+hdd/law", "dm+hdd/karcher", "dm+hdd/tangent"}
+    assert len(pd.read_csv(out / "results.csv")) == 5 * 2 * 2
+    md = (out / "results.md").read_text()
+    assert "70.7 ± 0.6" in md and "51.4 ± 3.8" in md and "72.1 ± 0.2" in md  # the paper's column beside ours
+    assert "dm+hdd/karcher − dm+hdd/law" in md
+    import json
+
+    with open(out / "runs" / "ipc1_dm_hdd-law_seed0" / "config.json") as fh:
+        cfg = json.load(fh)
+    assert cfg["scale"] == 20.0 and cfg["k"] == 1.0 and cfg["lr_img"] == 1.0  # the paper's Table 5 at IPC 1
