@@ -21,6 +21,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .tables import markdown_table
+
 REQUIRED_COLUMNS = ("method", "ipc", "seed", "network", "acc")
 RANDOM = "random"  # the seed's randomly drawn real images: what every synthetic set starts from
 
@@ -157,8 +159,6 @@ def differences_view(diffs: pd.DataFrame) -> pd.DataFrame:
 
 def report(df: pd.DataFrame, pairs=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """``(summary, paired differences, markdown of both)`` for a long accuracy table."""
-    from .tables import markdown_table
-
     summary = summarise(df)
     diffs = paired_differences(df, pairs)
     text = ("Accuracy (%), mean ± std over every (seed, evaluation network):\n\n" + markdown_table(summary_wide(summary))
