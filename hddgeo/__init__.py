@@ -1,6 +1,6 @@
 """hddgeo: hyperbolic dataset distillation on geoopt's Lorentz model.
 
-The public geometry API (see DESIGN.md) is re-exported here: ``lift``, ``centroid``, ``law_centroid``,
+The public geometry API (conventions in docs/design.md) is re-exported here: ``lift``, ``centroid``, ``law_centroid``,
 ``karcher_mean``, ``tangent_centroid``, ``radius``, ``hierarchical_weights``, ``to_poincare``,
 ``from_poincare`` and the matching loss ``hdd_loss``.
 """

@@ -59,7 +59,7 @@ def _add_distill_options(p):
     g.add_argument("--model", default=DEFAULTS.model, help="feature / evaluation network")
     g.add_argument("--no-dsa", dest="dsa", action="store_false", help="disable differentiable siamese augmentation")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, the physical cores)")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every, help="evaluate every N iterations (0: never)")
     g.add_argument("--eval-nets", type=int, default=DEFAULTS.eval_nets)
@@ -97,18 +97,32 @@ def _parse_options(items) -> dict:
     return out
 
 
-def _config_from_args(args, argv) -> DistillConfig:
+def _given(parser, args) -> set:
+    """The options whose parsed value differs from the parser's default: what the user set, however spelt
+    (argparse accepts abbreviations such as --iter)."""
+    return {name for name, value in vars(args).items() if value != parser.get_default(name)}
+
+
+def _config_from_args(args, given: set) -> DistillConfig:
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     values["options"] = _parse_options(args.options)
     if args.preset == "paper":
         from .distill.presets import paper_preset
 
-        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
         for name, value in paper_preset(args.method, args.dataset, args.ipc).items():
             if name not in given:
                 values[name] = value
     return DistillConfig(**values)
+
+
+def _refuse_flags_with_resume(given: set) -> None:
+    """``--resume`` continues the saved configuration: a flag that would change the run is an error."""
+    changing = sorted(given - {"resume", "out", "quiet", "command", "data_root"})
+    if changing:
+        shown = ", ".join("--" + name.replace("_", "-").replace("options", "opt") for name in changing)
+        raise ValueError(f"--resume continues the run saved in --out with its own config.json; drop {shown} "
+                         f"(only --data-root and --quiet may be given with --resume), or start a new run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="convnet | alexnet | vgg11 | resnet18 (default: the run's)")
     e.add_argument("--nets", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None)
+    e.add_argument("--data-root", default=None, help="folder holding the run's dataset (default: the run's own)")
     e.add_argument("--quiet", action="store_true")
 
     m = sub.add_parser("demo", help="the main job: digits, IPC 1 and 10, DM vs DM+HDD (law, karcher), short budget")
@@ -155,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
     pl.add_argument("--per-class", type=int, default=200, help="real images per class to embed")
     pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--data-root", default=None, help="folder holding the run's dataset (default: the run's own)")
 
     c = sub.add_parser("centroids", help="Law vs Karcher vs tangent centroids of each class, as CSV")
     c.add_argument("--dataset", default="digits")
@@ -164,16 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--feature-scale", type=float, default=1.0, help="multiply features before lifting")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="results/centroids.csv")
+    p.commands = sub.choices  # name -> subparser, whose defaults tell which options the user set
     return p
 
 
-def _run(args, argv) -> int:
+def _run(args, given: set) -> int:
     import torch
 
     if args.command == "distill":
         from .distill.runner import run_distillation
 
-        cfg = _config_from_args(args, argv)
+        if args.resume:
+            _refuse_flags_with_resume(given)
+        cfg = _config_from_args(args, given)
+        if args.resume and args.data_root is not None:
+            cfg = dataclasses.replace(cfg, data_root=args.data_root)
         metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
         acc = f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f}" if "acc_mean" in metrics else "n/a"
         print(f"{metrics['method']} on {metrics['dataset']} IPC {metrics['ipc']}: accuracy {acc} %, "
@@ -181,7 +202,8 @@ def _run(args, argv) -> int:
     elif args.command == "evaluate":
         from .distill.runner import evaluate_run
 
-        res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet)
+        res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet,
+                           data_root=args.data_root)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
     elif args.command == "demo":
         from .distill.study import run_study, write_report
@@ -208,7 +230,8 @@ def _run(args, argv) -> int:
     elif args.command == "plot":
         from .plots import poincare_report
 
-        for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class):
+        for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
+                                    data_root=args.data_root):
             print(f"wrote {path}")
     elif args.command == "centroids":
         from .analysis import class_features, compare_centroids
@@ -216,6 +239,9 @@ def _run(args, argv) -> int:
 
         if not (args.k > 0):
             raise ValueError(f"k must be positive, got {args.k}")
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out} is a directory; name the CSV file to write, e.g. "
+                             f"{os.path.join(args.out, 'centroids.csv')}")
         dataset = load_dataset(args.dataset, data_root=args.data_root)
         df = compare_centroids(class_features(dataset, seed=args.seed), k=args.k, max_norm=args.max_norm,
                                feature_scale=args.feature_scale)
@@ -230,12 +256,17 @@ def _run(args, argv) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return _run(args, argv)
+        return _run(args, _given(parser.commands[args.command], args))
     except (ValueError, FileNotFoundError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"hddgeo: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be written, a file that cannot be read
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"hddgeo: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hddgeo: interrupted; a distill run can be continued with --resume", file=sys.stderr)

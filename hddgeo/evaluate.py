@@ -1,6 +1,6 @@
 """Train-on-synthetic evaluation: fit fresh networks on a (distilled) set, test on real data.
 
-Protocol (DESIGN.md, "Reference protocols"): SGD with lr 0.01, momentum 0.9, weight decay
+Protocol (the reference code bases', see docs/design.md): SGD with lr 0.01, momentum 0.9, weight decay
 5e-4, 1000 epochs with the learning rate divided by 10 at half, batch 256, cross-entropy, DSA
 augmentation during training (passed in as ``augment``), mean and std over several networks.
 """

@@ -32,6 +32,7 @@ from matplotlib.patches import Circle  # noqa: E402
 
 from .geometry import karcher_mean, law_centroid, lift, radius  # noqa: E402
 from .geometry.lorentz import check_points, frame_logs_, manifold_k  # noqa: E402
+from .rundir import load_tensors, read_json  # noqa: E402
 from .tables import markdown_table as save_table_md  # noqa: E402,F401  (re-exported for the studies)
 
 __all__ = [
@@ -472,19 +473,19 @@ def _load_run(run_dir: str):
             f"{run_dir} is not a finished run directory: {', '.join(missing)} missing "
             "(synset.pt is written when a run completes; resume an interrupted run with --resume first)"
         )
-    with open(os.path.join(run_dir, "config.json")) as fh:
-        cfg = json.load(fh)
+    cfg = read_json(os.path.join(run_dir, "config.json"))
     for key in ("dataset", "model", "k"):
         if key not in cfg:
             raise ValueError(f"{run_dir}/config.json lacks {key!r}: not a run directory written by hddgeo")
-    syn = torch.load(os.path.join(run_dir, "synset.pt"), map_location="cpu", weights_only=True)
+    syn = load_tensors(os.path.join(run_dir, "synset.pt"), "synthetic set")
     if "images" not in syn or "train_labels" not in syn:
         raise ValueError(f"{run_dir}/synset.pt lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")
     return cfg, syn
 
 
 def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
-                    per_class: int = 200, axes: str = "pca", root_leaf_n: int = 6) -> list:
+                    per_class: int = 200, axes: str = "pca", root_leaf_n: int = 6,
+                    data_root: Optional[str] = None) -> list:
     """Figures of a finished run: per-class Poincare disks, radius histograms, root/leaf real images.
 
     Loads ``config.json`` and ``synset.pt`` from ``run_dir`` and the run's dataset, embeds the first
@@ -500,7 +501,8 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     * ``root_leaf.png``: the ``root_leaf_n`` real images of each class with the smallest and the largest
       radius (:func:`hddgeo.hierarchy.root_and_leaf`).
 
-    Returns the list of PNG paths.  Raises ``ValueError`` if ``run_dir`` is not a finished run.
+    ``data_root`` is where the run's dataset lives (default: the run's own ``data_root``).  Returns the
+    list of PNG paths.  Raises ``ValueError`` if ``run_dir`` is not a finished run.
     """
     import geoopt
 
@@ -511,7 +513,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
 
     cfg, syn = _load_run(run_dir)
     out_dir = os.path.join(run_dir, "plots") if out_dir is None else out_dir
-    dataset = load_dataset(cfg["dataset"], data_root=cfg.get("data_root"))
+    dataset = load_dataset(cfg["dataset"], data_root=data_root or cfg.get("data_root"))
     C = dataset.num_classes
     classes = list(range(min(C, 10))) if classes is None else [int(c) for c in classes]
     if not classes or any(not 0 <= c < C for c in classes):

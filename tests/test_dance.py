@@ -83,9 +83,10 @@ def test_interpolation_covers_buffers_and_keeps_integer_counters():
 
 def test_unknown_option_lists_valid_keys(tmp_path):
     cfg = dance_cfg(str(tmp_path), options={"num_expert": 2})
-    dataset, pool, matcher = prepare(cfg)
     with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
-        build_method("dance", cfg, dataset, pool, matcher)
+        cfg.validate()  # the configuration's own check, before any data is loaded
+    with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
+        prepare(cfg)
     with pytest.raises(ValueError, match="num_experts"):
         dance.parse_options({"num_experts": 0})
     assert not list(tmp_path.iterdir())  # nothing trained or written

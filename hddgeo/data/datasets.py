@@ -27,7 +27,7 @@ Datasets and where they are looked for (``data_root`` is the ``--data-root`` dir
 - ``imagewoof``: ``imagewoof*/{train,val}/<wnid>/*.JPEG``, resized to 3x128x128 by default,
   ImageNet statistics.
 
-The torchvision datasets use the reference mean/std listed in DESIGN.md.
+The torchvision datasets use the reference mean/std of the public distillation code bases.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGEWOOF_DEFAULT_SIZE = 128
 TINYIMAGENET_SIZE = 64
 
-# Reference normalisation statistics (DESIGN.md, "Reference protocols").
+# Reference normalisation statistics of the public distillation code bases.
 _REFERENCE_STATS = {
     "fashionmnist": ((0.2861,), (0.3530,)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
@@ -467,13 +467,49 @@ def _load_svhn(root: Path, download: bool, image_size: Optional[int]) -> ImageDa
 # CIFAR-10 / CIFAR-100 (python pickles)
 # --------------------------------------------------------------------------------------------
 
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: numbers, strings, bytes, lists, tuples, dicts and numpy arrays.
+
+    The CIFAR batches are pickles, and a pickle can name any callable to run while loading. Only the
+    few numpy functions that rebuild an array (and latin1 decoding of Python 2 byte strings) may be named
+    here; anything else, ``os.system`` say, is refused before it is looked up."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain arrays, lists, dicts, "
+                                         f"strings and bytes are read from dataset files")
+        if module == "numpy.core.multiarray":  # numpy 2 moved it; the old path only warns
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def _no_objects(value, path: Path) -> None:
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        raise ValueError(f"{path}: holds an array of Python objects; dataset files must hold plain numbers")
+    if isinstance(value, dict):
+        for v in value.values():
+            _no_objects(v, path)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _no_objects(v, path)
+
+
 def _unpickle(path: Path) -> dict:
     # The official batches are Python 2 pickles; latin1 decodes their byte strings losslessly.
-    # Note that unpickling runs code from the file: only point data_root at trusted data.
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = _DataUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"{path} is not a readable CIFAR batch ({str(err)[:160]})") from None
     if not isinstance(entry, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+    _no_objects(entry, path)
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
 
 

@@ -60,9 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hddgeo.data import dsa
+from hddgeo.rundir import save_tensors
 
 from .methods import DistillMethod, fresh_network, register_method
-from .synset import atomic_torch_save
 
 CACHE_FORMAT = 1
 
@@ -292,7 +292,7 @@ def load_or_train_experts(dataset, model: str, opts: dict, seed: int, dsa_strate
                                 batch=opts["expert_batch"], dsa_strategy=dsa_strategy)
                    for i in range(opts["num_experts"])]
         os.makedirs(cache_dir, exist_ok=True)
-        atomic_torch_save({"fields": fields, "experts": records}, path)
+        save_tensors({"fields": fields, "experts": records}, path)
     experts = []
     for rec in records:
         net = fresh_network(model, dataset, rec["seed"])
@@ -316,6 +316,7 @@ class Dance(DistillMethod):
     """DANCE on the shared step: middle encoders for matching, the trained expert for calibration."""
 
     name = "dance"
+    parse_options = staticmethod(parse_options)
     factor = 1
 
     def __init__(self, cfg, dataset, pool, matcher):

@@ -272,6 +272,7 @@ class GeoDM(DM):
     """DM plus a geometry-aware Sinkhorn divergence in a learnable product space (see the module doc)."""
 
     name = "geodm"
+    parse_options = staticmethod(parse_options)
 
     def __init__(self, cfg, dataset, pool, matcher):
         super().__init__(cfg, dataset, pool, matcher)

@@ -49,6 +49,16 @@ class DistillMethod:
         self.n_real = min(int(cfg.batch_real), min(pool.count(c) for c in range(pool.num_classes)))
         self.classes = list(range(pool.num_classes))  # this process's classes (all, unless sharded)
 
+    @staticmethod
+    def parse_options(options: Optional[dict]) -> dict:
+        """The method's ``--opt`` options with defaults filled in; ``ValueError`` for a key it does not take.
+
+        Methods with options (DANCE, GeoDM) replace this with their own schema."""
+        if options:
+            raise ValueError(f"this method takes no --opt options, got {', '.join(map(repr, sorted(options)))}; "
+                             f"--opt is for dance and geodm")
+        return {}
+
     # -- hooks ------------------------------------------------------------------------------------
     def network(self, it: int, gen: torch.Generator) -> torch.nn.Module:
         raise NotImplementedError

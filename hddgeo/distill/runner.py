@@ -15,9 +15,7 @@ with exactly the synthetic set of an uninterrupted run.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import os
 import time
@@ -33,10 +31,12 @@ from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
 from hddgeo.models import MODEL_NAMES
+from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, load_tensors, read_json, save_tensors, write_json,
+                           write_log)
 
 from . import distributed
 from .methods import METHODS, build_method
-from .synset import SyntheticSet, atomic_torch_save
+from .synset import SyntheticSet
 
 
 @dataclass
@@ -83,6 +83,8 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option; called before anything is written."""
+        _check_types(self)
+
         def choice(name, value, options):
             if value not in options:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
@@ -94,29 +96,65 @@ class DistillConfig:
         choice("model", self.model, MODEL_NAMES)
         choice("init", self.init, ("real", "noise"))
         parse_strategy(self.dsa_strategy)
-        for name in ("ipc", "iterations", "batch_real", "final_eval_nets", "idm_queue", "idm_net_age"):
+        for name in ("ipc", "iterations", "batch_real", "eval_nets", "final_eval_nets", "idm_queue", "idm_net_age"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("eval_every", "final_eval_epochs", "eval_epochs", "checkpoint_every", "idm_train_steps", "gap_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
-        if not (self.k > 0) or not math.isfinite(self.k):
-            raise ValueError(f"k must be positive (curvature K = -1/k), got {self.k}")
-        if self.max_norm is not None and not (self.max_norm > 0):
-            raise ValueError(f"max-norm must be positive (or 'none'), got {self.max_norm}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or left unset for torch's default), got {self.threads}")
+        for name in ("k", "scale", "lr_img", "idm_net_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be positive and finite, got {value}"
+                                 + (" (curvature K = -1/k)" if name == "k" else ""))
+        for name in ("euclidean_weight", "hdd_weight", "idm_ce_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number >= 0 (a negative weight turns "
+                                 f"its term into gradient ascent), got {value}")
+        if self.matcher == "both" and self.euclidean_weight == 0 and self.hdd_weight == 0:
+            raise ValueError("matcher both with euclidean-weight 0 and hdd-weight 0 matches nothing; give one a weight")
+        if not (0 <= self.momentum < 1):
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.max_norm is not None and not (math.isfinite(self.max_norm) and self.max_norm > 0):
+            raise ValueError(f"max-norm must be positive and finite (or 'none'), got {self.max_norm}")
         if not (0 < self.prune_fraction <= 1):
             raise ValueError(f"prune-fraction is the share of each class kept and must lie in (0, 1], got {self.prune_fraction}")
         choice("prune level", self.prune_level, ("radius", "centroid_distance"))
-        if not (self.lr_img > 0):
-            raise ValueError(f"lr-img must be positive, got {self.lr_img}")
+        METHODS[self.method].parse_options(self.options)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "DistillConfig":
+    def from_json(cls, d: dict, source: str = "config") -> "DistillConfig":
+        """A validated configuration from a JSON object; ``ValueError`` naming unknown keys or bad values."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}")
+        cfg = cls(**d)
+        try:
+            cfg.validate()
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        return cfg
+
+
+# Field annotation -> accepted JSON/Python types (bool is not an int here, although Python says it is).
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+          "Optional[str]": (str, type(None)), "Optional[float]": (int, float, type(None)),
+          "Optional[int]": (int, type(None))}
+
+
+def _check_types(cfg) -> None:
+    for f in dataclasses.fields(cfg):
+        value, allowed = getattr(cfg, f.name), _TYPES[str(f.type)]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            want = str(f.type).replace("Optional[", "").rstrip("]") + (" or null" if "Optional" in str(f.type) else "")
+            raise ValueError(f"{f.name} must be {want}, got {value!r}")
 
 
 def describe(cfg: DistillConfig) -> str:
@@ -179,29 +217,61 @@ def evaluate_spread(cfg: DistillConfig, dataset, images, labels, num_nets: int, 
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs}
 
 
-def _write_log(path: str, rows: list) -> None:
-    if not rows:
-        return
-    fields = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
-
-
 class RunInterrupted(Exception):
     """Raised by a ``stop_after`` hook in tests to simulate a kill between iterations."""
+
+
+# Fields that may differ between a checkpoint and the config.json it is resumed with: they do not change what
+# the run computes (where the data lives, whether it may be downloaded, how many threads compute it).
+RESUMABLE_FIELDS = ("threads", "data_root", "download")
+
+
+def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
+    """``(configuration to run, checkpoint state or None)``; ``ValueError`` before anything is written.
+
+    ``resume`` continues from ``checkpoint.pt`` with the saved ``config.json``; a run that died before its
+    first checkpoint (``config.json`` only) restarts from iteration 0 with its saved configuration."""
+    if resume:
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"cannot resume: {out_dir} is not a run directory (start a new run without --resume)")
+        cfg = DistillConfig.from_json(read_json(os.path.join(out_dir, CONFIG)), source=os.path.join(out_dir, CONFIG))
+        ckpt_path = os.path.join(out_dir, CHECKPOINT)
+        if not os.path.exists(ckpt_path):
+            return cfg, None
+        state = load_tensors(ckpt_path, "checkpoint")
+        missing = [k for k in ("images", "optimizer", "method", "iteration", "rows") if k not in state]
+        if missing:
+            raise ValueError(f"{ckpt_path} lacks {', '.join(missing)}: not a checkpoint written by hddgeo")
+        saved = state.get("config")
+        if isinstance(saved, dict):
+            changed = sorted(k for k, v in cfg.to_json().items()
+                             if k not in RESUMABLE_FIELDS and saved.get(k) != _json_round_trip(v))
+            if changed:
+                raise ValueError(f"{os.path.join(out_dir, CONFIG)} differs from the checkpoint in "
+                                 f"{', '.join(f'{k} ({saved.get(k)!r} in the checkpoint)' for k in changed)}; "
+                                 f"restore config.json or start a new run")
+        return cfg, state
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a directory; choose another --out")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"run directory {out_dir} already exists; pass --resume to continue it or choose another --out")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    ancestor = parent
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {out_dir}: {ancestor} is not a writable directory; choose another --out")
+    return cfg, None
+
+
+def _json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+class NonFiniteError(ValueError):
+    """The loss, the image gradients or the images became NaN or infinite."""
 
 
 def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, progress: bool = True,
@@ -209,24 +279,18 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
     """Distil into ``out_dir`` (created, or resumed from its checkpoint) and return the metrics.
 
     ``stop_after`` stops right after iteration ``stop_after`` has been checkpointed, as a kill would
-    (tests use it to check that resuming reproduces an uninterrupted run).
+    (tests use it to check that resuming reproduces an uninterrupted run).  A non-finite loss, gradient or
+    image stops the run with :class:`NonFiniteError` before it reaches a checkpoint, so the last checkpoint
+    stays good.
     """
     from tqdm import tqdm
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     rank, world = distributed.setup()
     main_proc = rank == 0
-    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-    error = None
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    error, state = None, None
     try:
-        if resume:
-            if not os.path.exists(ckpt_path):
-                raise ValueError(f"cannot resume: {ckpt_path} does not exist (start a new run without --resume)")
-            with open(os.path.join(out_dir, "config.json")) as fh:
-                cfg = DistillConfig.from_json(json.load(fh))
-        elif os.path.exists(out_dir) and os.listdir(out_dir):
-            raise ValueError(f"run directory {out_dir} already exists; pass --resume to continue it or choose another --out")
+        cfg, state = _prepare_directory(cfg, out_dir, resume)
         dataset, pool, matcher = prepare(cfg)
         method = build_method(cfg.method, cfg, dataset, pool, matcher)
     except (ValueError, FileNotFoundError) as err:
@@ -235,41 +299,73 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         error = str(err)
     if world > 1:
         distributed.broadcast_error(error)  # every rank stops if any rank's input was bad
+    if cfg.threads:  # after resuming, so that the saved thread count is honoured
+        torch.set_num_threads(cfg.threads)
     method.classes = distributed.shard(range(pool.num_classes), rank, world)
 
     start_it, rows = 0, []
     syn = method.init_synset(torch.Generator().manual_seed(cfg.seed))
     optimizer = torch.optim.SGD([syn.images], lr=cfg.lr_img, momentum=cfg.momentum)
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if state is not None:
+        if tuple(state["images"].shape) != tuple(syn.images.shape):
+            raise ValueError(f"{ckpt_path} holds images of shape {tuple(state['images'].shape)} but config.json "
+                             f"describes {tuple(syn.images.shape)}; restore config.json or start a new run")
         with torch.no_grad():
             syn.images.copy_(state["images"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
-        start_it, rows = state["iteration"], state["rows"]
+        start_it, rows = int(state["iteration"]), list(state["rows"])
     elif main_proc:
-        os.makedirs(out_dir, exist_ok=True)
-        _write_json(os.path.join(out_dir, "config.json"), cfg.to_json())
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            write_json(os.path.join(out_dir, CONFIG), cfg.to_json())
+        except OSError as err:
+            raise ValueError(f"cannot write the run directory {out_dir}: {err.strerror or err}; choose another --out") from None
+    saved_at = start_it
 
     def checkpoint(it_done: int) -> None:
         if main_proc:
-            atomic_torch_save({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
-                               "method": method.state_dict(), "iteration": it_done, "rows": rows}, ckpt_path)
-            _write_log(os.path.join(out_dir, "log.csv"), rows)
+            save_tensors({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
+                          "method": method.state_dict(), "iteration": it_done, "rows": rows,
+                          "config": cfg.to_json()}, ckpt_path)
+            write_log(os.path.join(out_dir, LOG), rows)
         distributed.barrier()
+
+    def non_finite(what: str, it: int):
+        kept = f"the checkpoint of iteration {saved_at} is kept" if saved_at else "no checkpoint was written"
+        return NonFiniteError(f"iteration {it + 1}: the {what} became NaN or infinite (lower --lr-img or --scale); "
+                              f"{kept}; start a new run with other settings")
 
     bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,
                disable=not (progress and main_proc), desc=describe(cfg), unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.perf_counter()
         matcher.diagnose = bool(cfg.gap_every) and (it % cfg.gap_every == 0 or it + 1 == cfg.iterations)
-        loss, parts, net = method.step(it, syn)
+        try:
+            loss, parts, net = method.step(it, syn)
+        except ValueError as err:
+            if it == 0:  # the images are still the initial ones: the input itself is bad
+                raise
+            # after image updates, NaN/inf features mean the images have run away
+            bar.close()
+            size = float(syn.images.detach().abs().max())
+            raise non_finite(f"features of the synthetic images (largest |pixel| {size:.3g}: {err})", it) from None
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         distributed.sum_(syn.images.grad)  # each class's gradient comes from exactly one rank
+        # one synchronisation for both checks; the summed gradient is the same on every rank
+        if not bool(torch.isfinite(syn.images.grad).all()):
+            bar.close()
+            raise non_finite("image gradient", it)
         optimizer.step()
+        if not bool(torch.isfinite(syn.images).all()):
+            bar.close()
+            raise non_finite("synthetic images", it)
         method.after_step(it, net)
         logged = distributed.sum_floats({"loss": float(loss.detach()), **parts})
+        if not math.isfinite(logged["loss"]):
+            bar.close()
+            raise non_finite("loss", it)
         row = {"iteration": it + 1, **logged, "seconds": time.perf_counter() - t0}
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             images, labels = syn.expanded()
@@ -280,13 +376,14 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         last = it + 1 == cfg.iterations
         if last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or stop_after == it + 1:
             checkpoint(it + 1)
+            saved_at = it + 1
         if stop_after == it + 1 and not last:
             bar.close()
             raise RunInterrupted(f"stopped after iteration {it + 1}")
     bar.close()
 
     if main_proc:
-        syn.save(os.path.join(out_dir, "synset.pt"), {"dataset": cfg.dataset, "config": cfg.to_json()})
+        syn.save(os.path.join(out_dir, SYNSET), {"dataset": cfg.dataset, "config": cfg.to_json()})
         syn.save_grid(os.path.join(out_dir, "synset.png"), dataset)
     seconds = [r["seconds"] for r in rows]
     metrics = {"method": describe(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "iterations": cfg.iterations,
@@ -298,28 +395,34 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         metrics.update({"acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "eval_model": cfg.model,
                         "eval_epochs": cfg.final_eval_epochs})
     if main_proc:
-        _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+        write_json(os.path.join(out_dir, METRICS), metrics)
     distributed.barrier()
     return metrics
 
 
 def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, epochs: Optional[int] = None,
-                 progress: bool = True) -> dict:
-    """Re-evaluate a finished run's ``synset.pt`` (optionally on another architecture)."""
-    path = os.path.join(run_dir, "synset.pt")
+                 progress: bool = True, data_root: Optional[str] = None) -> dict:
+    """Re-evaluate a finished run's ``synset.pt`` (optionally on another architecture).
+
+    ``data_root`` names where the dataset is; by default the run's own ``data_root`` (a received run
+    directory is data: the loaders parse files, they never run code from them)."""
+    path = os.path.join(run_dir, SYNSET)
     if not os.path.exists(path):
         raise ValueError(f"{path} not found: {run_dir} is not a finished run directory")
-    with open(os.path.join(run_dir, "config.json")) as fh:
-        cfg = DistillConfig.from_json(json.load(fh))
+    cfg = DistillConfig.from_json(read_json(os.path.join(run_dir, CONFIG)), source=os.path.join(run_dir, CONFIG))
     model = model or cfg.model
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    dataset = load_dataset(cfg.dataset, data_root=cfg.data_root)
+    if num_nets < 1 or (epochs is not None and epochs < 1):
+        raise ValueError(f"nets and epochs must be at least 1, got {num_nets} and {epochs}")
+    dataset = load_dataset(cfg.dataset, data_root=data_root or cfg.data_root)
     syn = SyntheticSet.load(path)
+    if "images" not in syn or "train_labels" not in syn:
+        raise ValueError(f"{path} lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")
     epochs = cfg.final_eval_epochs if epochs is None else epochs
     res = evaluate_synset(syn["images"], syn["train_labels"], dataset.test_images, dataset.test_labels,
                           dataset.num_classes, model=model, num_nets=num_nets, epochs=epochs,
                           augment=eval_augment(cfg), seed=cfg.seed + 20_000, progress=progress)
     out = {"model": model, "acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "epochs": epochs}
-    _write_json(os.path.join(run_dir, f"eval_{model}.json"), out)
+    write_json(os.path.join(run_dir, f"eval_{model}.json"), out)
     return out

@@ -21,7 +21,9 @@ from hddgeo import stats
 from hddgeo.evaluate import evaluate_synset
 
 from .methods import build_method
-from .runner import DistillConfig, _write_json, describe, eval_augment, prepare, run_distillation
+from hddgeo.rundir import CONFIG, METRICS, is_temporary, read_json, write_json
+
+from .runner import RESUMABLE_FIELDS, DistillConfig, describe, eval_augment, prepare, run_distillation
 
 DEFAULT_VARIANTS = (
     {"matcher": "euclidean"},
@@ -47,14 +49,13 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
 def baseline_cell(cfg: DistillConfig, run_dir: str, progress: bool = False) -> dict:
     """:func:`baseline_row` kept in ``run_dir`` (``config.json`` + ``metrics.json``), reused when it matches."""
     cfg = dataclasses.replace(cfg, matcher="euclidean", iterations=1)  # fields that do not change the baseline
-    if os.path.exists(os.path.join(run_dir, "metrics.json")):
+    if os.path.exists(os.path.join(run_dir, METRICS)):
         check_same_run(cfg, run_dir)
-        with open(os.path.join(run_dir, "metrics.json")) as fh:
-            return json.load(fh)
+        return read_json(os.path.join(run_dir, METRICS))
     row = baseline_row(cfg, progress=progress)
     os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, "config.json"), cfg.to_json())
-    _write_json(os.path.join(run_dir, "metrics.json"), row)
+    write_json(os.path.join(run_dir, CONFIG), cfg.to_json())
+    write_json(os.path.join(run_dir, METRICS), row)
     return row
 
 
@@ -129,16 +130,13 @@ def load_runs(paths: Iterable[str]) -> pd.DataFrame:
         if not dirs:
             raise ValueError(f"{path} holds no finished run (no metrics.json in it, its subfolders or runs/)")
         for d in dirs:
-            try:
-                with open(os.path.join(d, "metrics.json")) as fh:
-                    metrics = json.load(fh)
-                with open(os.path.join(d, "config.json")) as fh:
-                    seed = json.load(fh)["seed"]
-                if not isinstance(metrics, dict) or not {"method", "ipc"} <= set(metrics):
-                    raise ValueError("metrics.json lacks 'method' or 'ipc'")
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{d}: not a readable run directory ({err})") from None
-            rows += long_rows(metrics, seed, d)
+            metrics, config = read_json(os.path.join(d, METRICS)), read_json(os.path.join(d, CONFIG))
+            accs = metrics.get("accs") or []
+            if (not {"method", "ipc"} <= set(metrics) or not isinstance(config.get("seed"), int)
+                    or not isinstance(accs, list) or not all(isinstance(a, (int, float)) for a in accs)):
+                raise ValueError(f"{d}: metrics.json needs 'method', 'ipc' and a list 'accs', config.json an integer "
+                                 f"'seed': not a run directory written by hddgeo")
+            rows += long_rows(metrics, config["seed"], d)
     table = pd.DataFrame(rows)
     return table.sort_values("method", key=lambda col: col.map(stats.method_rank), kind="stable", ignore_index=True)
 
@@ -155,19 +153,13 @@ def _run_dirs(path: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- helpers for experiment scripts
-# Fields that do not change what a run computes; a finished run made with other values is still reused.
-_IGNORED_FIELDS = ("threads", "data_root", "download")
-
-
 def config_mismatch(cfg: DistillConfig, run_dir: str) -> dict:
-    """``{field: (in run_dir/config.json, requested)}`` for every field that differs (empty: same run)."""
-    import json
-
-    with open(os.path.join(run_dir, "config.json")) as fh:
-        saved = json.load(fh)
+    """``{field: (in run_dir/config.json, requested)}`` for every field that differs (empty: same run);
+    fields that do not change what a run computes (``RESUMABLE_FIELDS``) are not compared."""
+    saved = read_json(os.path.join(run_dir, CONFIG))
     wanted = json.loads(json.dumps(cfg.to_json()))  # the JSON round trip (tuples -> lists, ...)
     return {name: (saved.get(name), value) for name, value in wanted.items()
-            if name not in _IGNORED_FIELDS and saved.get(name) != value}
+            if name not in RESUMABLE_FIELDS and saved.get(name) != value}
 
 
 def check_same_run(cfg: DistillConfig, run_dir: str) -> None:
@@ -187,20 +179,18 @@ def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bo
     reuses an old result).  A directory killed before its first checkpoint holds only ``config.json``
     (and perhaps temporary files): it is cleared and the run starts afresh.
     """
-    import json
     import shutil
 
     cfg.validate()
     if os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, "config.json")):
         check_same_run(cfg, run_dir)
-    metrics_path = os.path.join(run_dir, "metrics.json")
+    metrics_path = os.path.join(run_dir, METRICS)
     if resume and os.path.exists(metrics_path):
-        with open(metrics_path) as fh:
-            return json.load(fh)
+        return read_json(metrics_path)
     has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
     if os.path.isdir(run_dir) and not has_ckpt:
         stale = os.listdir(run_dir)
-        if all(name == "config.json" or name == "log.csv" or ".tmp-" in name for name in stale):
+        if all(name == CONFIG or name == "log.csv" or is_temporary(name) for name in stale):
             shutil.rmtree(run_dir)
     return run_distillation(cfg, run_dir, resume=resume and has_ckpt, progress=progress)
 

@@ -7,12 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
-def atomic_torch_save(obj, path: str) -> None:
-    """Write ``obj`` to ``path`` so that a kill mid-write leaves the previous file intact."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+from hddgeo.rundir import load_tensors, save_tensors
 
 
 def partition_expand(images: torch.Tensor, factor: int) -> torch.Tensor:
@@ -89,7 +84,7 @@ class SyntheticSet:
                 "num_classes": self.num_classes, "images": train_images.detach().clone(), "train_labels": train_labels}
 
     def save(self, path: str, extra: Optional[dict] = None) -> None:
-        atomic_torch_save({**self.state(), **(extra or {})}, path)
+        save_tensors({**self.state(), **(extra or {})}, path)
 
     def save_grid(self, path: str, dataset) -> None:
         """Denormalised image grid PNG, one row per class."""
@@ -104,4 +99,4 @@ class SyntheticSet:
 
     @staticmethod
     def load(path: str) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors(path, "synthetic set")

@@ -1,0 +1,113 @@
+"""Reading and writing the files of a run directory, safely.
+
+A run directory may come from someone else, so everything in it is data: JSON is parsed as JSON,
+``.pt`` files are loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings and containers
+only; a pickle that would run code is refused), and every unreadable file raises ``ValueError`` naming it
+and saying what to do.  Writes go to a temporary file that replaces the target, so a kill mid-write
+leaves the previous version intact.
+
+Files (``docs/design.md`` describes what each holds):
+
+    config.json    the run's DistillConfig
+    log.csv        one row per iteration
+    checkpoint.pt  synthetic images, optimiser and method state, log rows, the config they belong to
+    synset.pt      the final synthetic set
+    metrics.json   final evaluation and timing
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import zipfile
+
+import torch
+
+CONFIG, LOG, CHECKPOINT, SYNSET, METRICS = "config.json", "log.csv", "checkpoint.pt", "synset.pt", "metrics.json"
+
+
+def _tmp(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of the temporary files of an interrupted write."""
+    return ".tmp-" in name
+
+
+def write_json(path: str, obj) -> None:
+    tmp = _tmp(path)
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict:
+    """A JSON object from ``path``; ``ValueError`` naming the file if it is missing, unreadable or not an object."""
+    try:
+        with open(path) as fh:
+            obj = json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: this is not a complete hddgeo run directory") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                         f"restore the file or start a new run") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read ({err})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def write_log(path: str, rows: list) -> None:
+    """``rows`` (dicts, possibly with different keys) as CSV, columns in first-seen order."""
+    if not rows:
+        return
+    fields = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    tmp = _tmp(path)
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def save_tensors(obj, path: str) -> None:
+    """``torch.save`` through a temporary file; tensors are moved to the CPU so the file loads anywhere."""
+    tmp = _tmp(path)
+    torch.save(_to_cpu(obj), tmp)
+    os.replace(tmp, path)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_tensors(path: str, what: str = "file") -> dict:
+    """A ``.pt`` file written by hddgeo, loaded as data only (``weights_only=True``) onto the CPU.
+
+    ``ValueError`` naming the file when it is missing, truncated, corrupt, or holds anything but tensors
+    and plain containers (a pickle that would import or call code)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is missing: no {what} in this run directory")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "refused"
+        raise ValueError(f"{path} is not a {what} written by hddgeo: it holds objects other than tensors and plain "
+                         f"data, which are never loaded ({reason[:120]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is truncated or corrupt ({reason[:120]}); delete it or restore an intact copy") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a {what} written by hddgeo (found a {type(obj).__name__}, not a dict)")
+    return obj

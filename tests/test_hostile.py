@@ -1,0 +1,220 @@
+"""Bad input and files received from others: every case ends in status 2 and one line (or ValueError), nothing
+already written is lost, and no file is ever executed as code."""
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from hddgeo.cli import main
+from hddgeo.data.datasets import _unpickle
+
+SMALL = ["--dataset", "digits", "--ipc", "1", "--batch-real", "4", "--final-eval-epochs", "0", "--quiet"]
+
+
+class _Planted:
+    """A pickle payload that creates a file when (and only when) it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tpl") / "run"
+    assert main(["distill", *SMALL, "--iterations", "2", "--checkpoint-every", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run(template, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(template, dst)
+    return dst
+
+
+def _one_line(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- flags, before anything is written
+@pytest.mark.parametrize("args, words", [
+    (["--scale", "-1"], ["scale", "positive"]),
+    (["--scale", "nan"], ["scale"]),
+    (["--hdd-weight", "-1"], ["hdd-weight", "gradient ascent"]),
+    (["--euclidean-weight", "inf"], ["euclidean-weight"]),
+    (["--lr-img", "inf"], ["lr-img"]),
+    (["--threads", "0"], ["threads"]),
+    (["--threads", "-1"], ["threads"]),
+    (["--eval-nets", "0"], ["eval-nets"]),
+    (["--opt", "ot_weight=1"], ["--opt", "ot_weight"]),
+    (["--matcher", "both", "--euclidean-weight", "0", "--hdd-weight", "0"], ["matches nothing"]),
+])
+def test_bad_flags(tmp_path, capsys, args, words):
+    out = tmp_path / "run"
+    assert main(["distill", *SMALL, "--out", str(out), *args]) == 2
+    _one_line(capsys, *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "sys"])
+def test_out_that_cannot_be_a_directory(tmp_path, capsys, where):
+    (tmp_path / "f").write_text("keep me")
+    out = {"file": tmp_path / "f", "under-file": tmp_path / "f" / "run", "sys": "/sys/hddgeo-run"}[where]
+    assert main(["distill", *SMALL, "--iterations", "1", "--out", str(out)]) == 2
+    _one_line(capsys, "--out")
+    assert (tmp_path / "f").read_text() == "keep me" and not os.path.exists("/sys/hddgeo-run")
+
+
+def test_abbreviated_flag_beats_the_preset(tmp_path, fashionmnist_root, capsys):
+    out = tmp_path / "run"
+    assert main(["distill", "--dataset", "fashionmnist", "--data-root", str(fashionmnist_root), "--ipc", "1",
+                 "--batch-real", "4", "--final-eval-epochs", "0", "--quiet", "--iter", "3", "--preset", "paper",
+                 "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["iterations"] == 3 and cfg["scale"] == 20.0 and cfg["matcher"] == "hdd"  # the rest from the preset
+
+
+def test_centroids_out_directory(tmp_path, capsys):
+    assert main(["centroids", "--out", str(tmp_path)]) == 2
+    _one_line(capsys, "directory")
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_refuses_flags_that_change_the_run(run, capsys):
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main(["distill", "--out", str(run), "--resume", "--iterations", "25", "--ipc", "3"]) == 2
+    _one_line(capsys, "--iterations", "--ipc")
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_honours_the_saved_thread_count(tmp_path, capsys):
+    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+
+    out = tmp_path / "run"
+    cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0, threads=1)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(RunInterrupted):
+            run_distillation(cfg, str(out), progress=False, stop_after=1)
+        torch.set_num_threads(2)
+        assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_run_that_died_before_its_first_checkpoint_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    from hddgeo.distill import DistillConfig
+
+    cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=2, final_eval_epochs=0)
+    (out / "config.json").write_text(json.dumps(cfg.to_json()))
+    assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert (out / "synset.pt").is_file() and (out / "metrics.json").is_file()
+
+
+def test_planted_pickle_in_checkpoint_is_inert(run, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    torch.save({"images": _Planted(marker)}, run / "checkpoint.pt")  # torch.save pickles the payload
+    assert main(["distill", "--out", str(run), "--resume"]) == 2
+    _one_line(capsys, "checkpoint.pt")
+    assert not marker.exists() and (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncate-checkpoint", ["checkpoint.pt", "truncated or corrupt"]),
+    ("config-wrong-type", ["ipc", "config.json"]),
+    ("config-invalid-json", ["config.json", "not valid JSON"]),
+    ("config-deleted", ["config.json", "missing"]),
+    ("config-unknown-key", ["colour"]),
+    ("config-ipc-changed", ["differs from the checkpoint", "ipc"]),
+    ("config-method-changed", ["differs from the checkpoint", "method"]),
+])
+def test_damaged_run_directory_on_resume(run, capsys, damage, words):
+    cfg_path, ckpt = run / "config.json", run / "checkpoint.pt"
+    cfg = json.loads(cfg_path.read_text())
+    if damage == "truncate-checkpoint":
+        ckpt.write_bytes(ckpt.read_bytes()[:200])
+    elif damage == "config-wrong-type":
+        cfg_path.write_text(json.dumps({**cfg, "ipc": "ten"}))
+    elif damage == "config-invalid-json":
+        cfg_path.write_text("{ not json")
+    elif damage == "config-deleted":
+        cfg_path.unlink()
+    elif damage == "config-unknown-key":
+        cfg_path.write_text(json.dumps({**cfg, "colour": "red"}))
+    elif damage == "config-ipc-changed":
+        cfg_path.write_text(json.dumps({**cfg, "ipc": 3}))
+    else:
+        cfg_path.write_text(json.dumps({**cfg, "method": "idm"}))
+    listing = sorted(os.listdir(run))
+    assert main(["distill", "--out", str(run), "--resume"]) == 2
+    _one_line(capsys, *words)
+    assert sorted(os.listdir(run)) == listing  # nothing added, nothing removed
+
+
+def test_non_finite_images_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["distill", *SMALL, "--iterations", "6", "--checkpoint-every", "1", "--lr-img", "1e30",
+                 "--out", str(out)]) == 2
+    _one_line(capsys, "NaN or infinite", "lr-img")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert torch.isfinite(state["images"]).all() and state["iteration"] >= 1
+
+
+# ----------------------------------------------------------------------------- received run directories
+def _evil_cifar(folder, marker):
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": _Planted(marker), "labels": [0], "label_names": ["a"] * 10}, fh)
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["plot", "poincare"]])
+def test_received_directory_pointing_at_a_planted_cifar_batch_is_inert(run, tmp_path, capsys, command):
+    marker = tmp_path / "pwned"
+    _evil_cifar(run / "data" / "cifar-10-batches-py", marker)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "dataset": "cifar10", "data_root": str(run / "data")}))
+    assert main([*command, str(run)]) == 2
+    _one_line(capsys, "data_batch_1", "refusing")
+    assert not marker.exists()
+
+
+def test_evaluate_takes_data_root(run, tmp_path, capsys):
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "data_root": "/nowhere"}))  # digits ignores it
+    assert main(["evaluate", str(run), "--nets", "1", "--epochs", "1", "--quiet", "--data-root", str(tmp_path)]) == 0
+    assert (run / "eval_convnet.json").is_file()
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["plot", "poincare"]])
+def test_truncated_synset(run, capsys, command):
+    (run / "synset.pt").write_bytes((run / "synset.pt").read_bytes()[:100])
+    assert main([*command, str(run)]) == 2
+    _one_line(capsys, "synset.pt")
+
+
+def test_cifar_reader_reads_python2_style_pickles(tmp_path):
+    # the official batches name numpy.core.multiarray (numpy 1), pickled with protocol 2
+    data = np.arange(12, dtype=np.uint8).reshape(2, 6)
+    blob = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=2).replace(b"numpy._core.multiarray",
+                                                                                b"numpy.core.multiarray")
+    (tmp_path / "b").write_bytes(blob)
+    entry = _unpickle(tmp_path / "b")
+    assert np.array_equal(entry["data"], data) and entry["labels"] == [1, 2]
+    (tmp_path / "o").write_bytes(pickle.dumps({"data": np.array([1, "x"], dtype=object)}))
+    with pytest.raises(ValueError, match="objects"):
+        _unpickle(tmp_path / "o")
