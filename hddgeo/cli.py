@@ -66,6 +66,8 @@ def _add_distill_options(p):
     g.add_argument("--eval-epochs", type=int, default=DEFAULTS.eval_epochs)
     g.add_argument("--final-eval-nets", type=int, default=DEFAULTS.final_eval_nets)
     g.add_argument("--final-eval-epochs", type=int, default=DEFAULTS.final_eval_epochs)
+    g.add_argument("--eval-test-per-class", type=int, default=DEFAULTS.eval_test_per_class,
+                   help="test on the first N test images of each class (0: the whole test set)")
     g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
     g.add_argument("--gap-every", type=int, default=DEFAULTS.gap_every,
                    help="log the Law-Karcher centroid distance of real and synthetic features every N iterations")

@@ -121,3 +121,28 @@ def test_real_files_distil_a_few_iterations(tmp_path, capsys):
     syn = torch.load(out / "synset.pt", weights_only=True)
     assert syn["images"].shape == (10, 1, 28, 28)
     assert REAL_FASHIONMNIST.is_dir()
+
+
+def test_test_subset_is_the_first_images_of_each_class(tmp_path):
+    data = make_fashionmnist(tmp_path, np.random.default_rng(7), per_class=(2, 4))
+    ds = load_dataset("fashionmnist", data_root=tmp_path)
+    sub = ds.test_subset(3)
+    labels = data["t10k"][1]
+    keep = sorted(i for c in range(10) for i in np.flatnonzero(labels == c)[:3])
+    assert sub.test_labels.tolist() == labels[keep].tolist()
+    assert torch.equal(sub.test_images, ds.test_images[keep]) and torch.equal(sub.train_images, ds.train_images)
+    with pytest.raises(ValueError, match="per_class"):
+        ds.test_subset(0)
+
+
+def test_runs_evaluate_on_the_configured_test_subset(tmp_path, fashionmnist_root, monkeypatch):
+    from hddgeo.distill import DistillConfig, run_distillation
+    from hddgeo.distill import runner
+
+    seen = []
+    real = runner.evaluate_synset
+    monkeypatch.setattr(runner, "evaluate_synset", lambda *a, **kw: seen.append(len(a[3])) or real(*a, **kw))
+    cfg = DistillConfig(dataset="fashionmnist", data_root=str(fashionmnist_root), ipc=1, batch_real=4, iterations=1,
+                        final_eval_nets=1, final_eval_epochs=1, eval_test_per_class=2)
+    run_distillation(cfg, str(tmp_path / "run"), progress=False)
+    assert seen == [20]  # 2 of each of the 10 classes, not the fixture's 30 test images

@@ -38,6 +38,7 @@ import pickle
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -158,6 +159,17 @@ class ImageDataset:
     def image_size(self) -> tuple[int, int]:
         """``(H, W)``."""
         return int(self.train_images.shape[2]), int(self.train_images.shape[3])
+
+    def test_subset(self, per_class: int) -> "ImageDataset":
+        """The same dataset with only the first ``per_class`` test images of each class (in file order).
+
+        A fixed, stratified subset keeps every evaluation of a study on the same images, so paired
+        comparisons stay paired; it only trades test-set size for time (CPU budgets)."""
+        if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
+            raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+        keep = torch.cat([torch.nonzero(self.test_labels == c).flatten()[:per_class] for c in range(self.num_classes)])
+        keep = keep.sort().values
+        return dataclasses.replace(self, test_images=self.test_images[keep], test_labels=self.test_labels[keep])
 
     def denormalise(self, x: Tensor) -> Tensor:
         """Map normalised images (``(C, H, W)`` or ``(..., C, H, W)``) back to ``[0, 1]``.

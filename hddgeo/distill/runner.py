@@ -67,6 +67,7 @@ class DistillConfig:
     eval_epochs: int = 300
     final_eval_nets: int = 3
     final_eval_epochs: int = 1000
+    eval_test_per_class: int = 0  # evaluate on the first N test images of each class (0: the whole test set)
     checkpoint_every: int = 50
     gap_every: int = 0  # log d(Law, Karcher) of real and synthetic features every N iterations (0: never)
     idm_queue: int = 10
@@ -99,7 +100,8 @@ class DistillConfig:
         for name in ("ipc", "iterations", "batch_real", "eval_nets", "final_eval_nets", "idm_queue", "idm_net_age"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "final_eval_epochs", "eval_epochs", "checkpoint_every", "idm_train_steps", "gap_every"):
+        for name in ("eval_every", "final_eval_epochs", "eval_epochs", "checkpoint_every", "idm_train_steps", "gap_every",
+                     "eval_test_per_class"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -166,6 +168,8 @@ def prepare(cfg: DistillConfig):
     """Validate the configuration and load what the run needs; raises before any file is written."""
     cfg.validate()
     dataset = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
+    if cfg.eval_test_per_class:
+        dataset = dataset.test_subset(cfg.eval_test_per_class)
     pool = ClassPool(dataset.train_images, dataset.train_labels, dataset.num_classes)
     if cfg.prune_fraction < 1:
         pool = prune_pool(pool, dataset, cfg)
@@ -416,6 +420,8 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     if num_nets < 1 or (epochs is not None and epochs < 1):
         raise ValueError(f"nets and epochs must be at least 1, got {num_nets} and {epochs}")
     dataset = load_dataset(cfg.dataset, data_root=data_root or cfg.data_root)
+    if cfg.eval_test_per_class:
+        dataset = dataset.test_subset(cfg.eval_test_per_class)
     syn = SyntheticSet.load(path)
     if "images" not in syn or "train_labels" not in syn:
         raise ValueError(f"{path} lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")
