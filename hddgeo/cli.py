@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="distillation seeds; differences are paired by seed and their intervals taken over seeds")
+    m.add_argument("--jobs", type=int, default=2,
+                   help="cells run at a time, each in a one-thread process (2 suits a 2-core machine)")
     m.add_argument("--quiet", action="store_true")
 
     cmp = sub.add_parser("compare", help="per-method accuracy and paired differences (95%% t intervals over seeds) "
@@ -212,11 +214,10 @@ def _run(args, given: set) -> int:
 
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-        torch.set_num_threads(min(2, torch.get_num_threads()))
         base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
                              scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
                              checkpoint_every=50)
-        table = run_study(base, args.out, ipcs=args.ipc, seeds=args.seeds, progress=not args.quiet)
+        table = run_study(base, args.out, ipcs=args.ipc, seeds=args.seeds, progress=not args.quiet, jobs=args.jobs)
         print(write_report(table, args.out)[2])
         sec = table.groupby(["method", "ipc"], sort=False)["seconds_per_iteration"].mean().dropna()
         print("seconds per iteration: " + ", ".join(f"{m} IPC {i}: {v:.3f}" for (m, i), v in sec.items()))

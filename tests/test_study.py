@@ -20,7 +20,7 @@ def _threads():
 def test_demo_writes_one_row_per_method_ipc_seed_network(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--iterations", "2", "--epochs", "1", "--nets", "2", "--seeds", "0", "1", "2", "--ipc", "1",
-            "--batch-real", "8", "--out", str(out), "--quiet"]
+            "--batch-real", "8", "--jobs", "2", "--out", str(out), "--quiet"]
     assert main(args) == 0
     text = capsys.readouterr().out
     table = pd.read_csv(out / "results.csv")
@@ -40,6 +40,24 @@ def test_demo_writes_one_row_per_method_ipc_seed_network(tmp_path, capsys):
     assert stamp == {d: os.path.getmtime(out / "runs" / d / "metrics.json") for d in os.listdir(out / "runs")}
 
 
+def test_jobs_give_the_same_cells_as_one_thread_in_turn(tmp_path):
+    from hddgeo.distill import DistillConfig
+    from hddgeo.distill.study import run_study
+
+    base = DistillConfig(dataset="digits", ipc=1, iterations=2, batch_real=4, final_eval_nets=1, final_eval_epochs=1,
+                         threads=1)
+    kw = dict(ipcs=[1], seeds=[0, 1], progress=False, variants=({"matcher": "euclidean"}, {"matcher": "hdd"}))
+    serial = run_study(base, str(tmp_path / "serial"), jobs=1, **kw)
+    parallel = run_study(base, str(tmp_path / "parallel"), jobs=2, **kw)
+    assert serial["acc"].tolist() == parallel["acc"].tolist()
+    for cell in os.listdir(tmp_path / "serial" / "runs"):
+        if "random" in cell:
+            continue
+        a = torch.load(tmp_path / "serial" / "runs" / cell / "synset.pt", weights_only=True)["images"]
+        b = torch.load(tmp_path / "parallel" / "runs" / cell / "synset.pt", weights_only=True)["images"]
+        assert torch.equal(a, b), cell
+
+
 def test_demo_refuses_repeated_seeds(tmp_path, capsys):
     assert main(["demo", "--seeds", "0", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--seeds" in capsys.readouterr().err and not (tmp_path / "d").exists()
@@ -49,7 +67,7 @@ def test_fashionmnist_table1_quick(tmp_path, fashionmnist_root):
     out = tmp_path / "t1"
     script = load_script("fashionmnist_table1")
     table = script.main(["--quick", "--ipc", "1", "--seeds", "0", "1", "--data-root", str(fashionmnist_root),
-                         "--out", str(out), "--quiet"])
+                         "--out", str(out), "--quiet", "--jobs", "1"])
     assert set(table["method"]) == {"random", "dm", "dm+hdd/law", "dm+hdd/karcher", "dm+hdd/tangent"}
     assert len(pd.read_csv(out / "results.csv")) == 5 * 2 * 2
     md = (out / "results.md").read_text()
