@@ -189,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args, given: set) -> int:
-    import torch
-
     if args.command == "distill":
         from .distill.runner import run_distillation
 
@@ -210,7 +208,7 @@ def _run(args, given: set) -> int:
                            data_root=args.data_root)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
     elif args.command == "demo":
-        from .distill.study import run_study, write_report
+        from .distill.study import run_study
 
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
@@ -218,7 +216,8 @@ def _run(args, given: set) -> int:
                              scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
                              checkpoint_every=50)
         table = run_study(base, args.out, ipcs=args.ipc, seeds=args.seeds, progress=not args.quiet, jobs=args.jobs)
-        print(write_report(table, args.out)[2])
+        with open(os.path.join(args.out, "results.md")) as fh:  # written by run_study
+            print(fh.read())
         sec = table.groupby(["method", "ipc"], sort=False)["seconds_per_iteration"].mean().dropna()
         print("seconds per iteration: " + ", ".join(f"{m} IPC {i}: {v:.3f}" for (m, i), v in sec.items()))
         print(f"wrote {os.path.join(args.out, 'results.csv')} (one row per method, IPC, seed and network) and "

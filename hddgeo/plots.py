@@ -10,7 +10,6 @@ The module selects matplotlib's non-interactive Agg backend: figures are written
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
