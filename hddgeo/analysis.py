@@ -18,7 +18,7 @@ from .geometry import dist, hierarchical_weights, karcher_mean, law_centroid, li
 def class_features(dataset, model: str = "convnet", seed: int = 0, per_class: Optional[int] = None,
                    batch_size: int = 512) -> list:
     """Features of each class's training images under a randomly initialised network (list of ``(n_c, d)``)."""
-    from .distill.methods import fresh_network
+    from .models import fresh_network
 
     net = fresh_network(model, dataset, seed).eval()
     feats = []

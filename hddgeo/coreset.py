@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hddgeo.data import ClassPool, ImageDataset, dsa as dsa_augment, load_dataset
-from hddgeo.distill.methods import fresh_network
+from hddgeo.models import fresh_network
 from hddgeo.evaluate import evaluate_synset
 
 __all__ = [

@@ -506,8 +506,8 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     import geoopt
 
     from .data import load_dataset
-    from .distill.methods import fresh_network
-    from .distill.runner import DistillConfig, describe
+    from .stats import method_label
+    from .models import fresh_network
     from .hierarchy import root_and_leaf, sample_table
 
     cfg, syn = _load_run(run_dir)
@@ -533,7 +533,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
         x_syn = syn_images[syn_labels == c]
         z_syn[c] = lift(_embed(net, x_syn).double(), M, max_norm=max_norm) if len(x_syn) else None
 
-    label = describe(DistillConfig.from_json(cfg))
+    label = method_label(cfg.get("method", "?"), cfg.get("matcher", "euclidean"), cfg.get("centroid", ""))
     clip = "none" if max_norm is None else f"{max_norm:g}"
     setting = f"{cfg['dataset']} · {label} · IPC {cfg.get('ipc', '?')} · k={k:g} · clip={clip}"
     names = dataset.class_names

@@ -70,6 +70,11 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
+def method_label(method: str, matcher: str = "euclidean", centroid: str = "") -> str:
+    """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher`` (the form parsed below)."""
+    return method if matcher == "euclidean" else f"{method}+{matcher}/{centroid}"
+
+
 def method_rank(method: str) -> tuple:
     """Sort key that lists ``random`` first, then each method before its matcher variants (Law, Karcher, tangent)."""
     base, _, variant = method.partition("+")

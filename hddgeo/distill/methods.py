@@ -22,20 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from hddgeo.data import dsa
-from hddgeo.models import build_model
+from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
 
 from .synset import SyntheticSet
 
 def iteration_generator(seed: int, it: int, stream: int = 0) -> torch.Generator:
     """A generator for iteration ``it`` that does not depend on what earlier iterations drew."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(it)) * 7 + stream)
-
-
-def fresh_network(name: str, dataset, seed: int, **kw) -> torch.nn.Module:
-    """A randomly initialised network, seeded without touching the caller's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
 
 
 class DistillMethod:

@@ -33,6 +33,7 @@ from hddgeo.losses import MATCHERS, Matcher
 from hddgeo.models import MODEL_NAMES
 from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, load_tensors, read_json, save_tensors, write_json,
                            write_log)
+from hddgeo.stats import method_label
 
 from . import distributed
 from .methods import METHODS, build_method
@@ -161,7 +162,7 @@ def _check_types(cfg) -> None:
 
 def describe(cfg: DistillConfig) -> str:
     """Short label such as ``dm``, ``dm+hdd/law``, ``idm+both/karcher``."""
-    return cfg.method if cfg.matcher == "euclidean" else f"{cfg.method}+{cfg.matcher}/{cfg.centroid}"
+    return method_label(cfg.method, cfg.matcher, cfg.centroid)
 
 
 def prepare(cfg: DistillConfig):

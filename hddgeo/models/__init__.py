@@ -5,6 +5,7 @@ features, ``feature_dim`` wide) and ``forward(x) = classifier(embed(x))``.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hddgeo.models._layers import ImageSize
@@ -27,4 +28,12 @@ def build_model(name: str, channels: int, num_classes: int, image_size: ImageSiz
     return cls(channels, num_classes, image_size=image_size, **kw)
 
 
-__all__ = ["MODEL_NAMES", "build_model", "ConvNet", "AlexNet", "VGG11", "ResNet18"]
+def fresh_network(name: str, dataset, seed: int, **kw) -> nn.Module:
+    """A randomly initialised ``name`` network for ``dataset`` (its channels, classes and image size),
+    seeded by ``seed`` without touching the caller's global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
+
+
+__all__ = ["MODEL_NAMES", "build_model", "fresh_network", "ConvNet", "AlexNet", "VGG11", "ResNet18"]
