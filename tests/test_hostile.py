@@ -218,3 +218,19 @@ def test_cifar_reader_reads_python2_style_pickles(tmp_path):
     (tmp_path / "o").write_bytes(pickle.dumps({"data": np.array([1, "x"], dtype=object)}))
     with pytest.raises(ValueError, match="objects"):
         _unpickle(tmp_path / "o")
+
+
+def test_resume_takes_a_new_data_root(tmp_path, fashionmnist_root, capsys):
+    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+
+    out = tmp_path / "run"
+    cfg = DistillConfig(dataset="fashionmnist", data_root=str(fashionmnist_root), ipc=1, batch_real=4, iterations=2,
+                        final_eval_epochs=0)
+    with pytest.raises(RunInterrupted):
+        run_distillation(cfg, str(out), progress=False, stop_after=1)
+    moved = tmp_path / "moved"
+    fashionmnist_root.rename(moved)
+    assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 2
+    _one_line(capsys, "Fashion-MNIST not found")
+    assert main(["distill", "--out", str(out), "--resume", "--quiet", "--data-root", str(moved)]) == 0
+    assert (out / "synset.pt").is_file()

@@ -16,6 +16,7 @@ with exactly the synthetic set of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -239,7 +240,10 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
     if resume:
         if not os.path.isdir(out_dir):
             raise ValueError(f"cannot resume: {out_dir} is not a run directory (start a new run without --resume)")
-        cfg = DistillConfig.from_json(read_json(os.path.join(out_dir, CONFIG)), source=os.path.join(out_dir, CONFIG))
+        saved_cfg = DistillConfig.from_json(read_json(os.path.join(out_dir, CONFIG)), source=os.path.join(out_dir, CONFIG))
+        # where the data is and how many threads to use may be given anew; everything else is the saved run's
+        cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in ("data_root", "threads")
+                                                if getattr(cfg, k) is not None})
         ckpt_path = os.path.join(out_dir, CHECKPOINT)
         if not os.path.exists(ckpt_path):
             return cfg, None
@@ -270,8 +274,6 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
 
 
 def _json_round_trip(value):
-    import json
-
     return json.loads(json.dumps(value))
 
 
@@ -358,14 +360,12 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         distributed.sum_(syn.images.grad)  # each class's gradient comes from exactly one rank
-        # one synchronisation for both checks; the summed gradient is the same on every rank
-        if not bool(torch.isfinite(syn.images.grad).all()):
-            bar.close()
-            raise non_finite("image gradient", it)
         optimizer.step()
+        # a NaN or inf gradient makes the images non-finite too, so one check (one synchronisation) covers both;
+        # the summed gradient, hence the images, are the same on every rank
         if not bool(torch.isfinite(syn.images).all()):
             bar.close()
-            raise non_finite("synthetic images", it)
+            raise non_finite("synthetic images (or their gradient)", it)
         method.after_step(it, net)
         logged = distributed.sum_floats({"loss": float(loss.detach()), **parts})
         if not math.isfinite(logged["loss"]):
