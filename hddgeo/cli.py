@@ -197,7 +197,12 @@ def _run(args, given: set) -> int:
         cfg = _config_from_args(args, given)
         if args.resume and args.data_root is not None:
             cfg = dataclasses.replace(cfg, data_root=args.data_root)
-        metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        from .distill import distributed
+
+        try:
+            metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        finally:
+            distributed.cleanup()
         acc = f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f}" if "acc_mean" in metrics else "n/a"
         print(f"{metrics['method']} on {metrics['dataset']} IPC {metrics['ipc']}: accuracy {acc} %, "
               f"{metrics['seconds_per_iteration']:.3f} s/iteration -> {args.out}")

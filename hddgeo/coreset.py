@@ -208,11 +208,11 @@ def train_on_real(dataset: ImageDataset, model: str = "convnet", epochs: int = 3
 # Selection and evaluation
 # ------------------------------------------------------------------------------------------------
 
-def _as_dataset(dataset: Union[str, ImageDataset], data_root=None) -> ImageDataset:
+def _as_dataset(dataset: Union[str, ImageDataset]) -> ImageDataset:
     if isinstance(dataset, ImageDataset):
         return dataset
     if isinstance(dataset, str):
-        return load_dataset(dataset, data_root=data_root)
+        return load_dataset(dataset)
     raise ValueError(f"dataset must be an ImageDataset or a dataset name, got {type(dataset).__name__}")
 
 

@@ -60,11 +60,6 @@ class ClassPool:
         """Number of images of class ``c``."""
         return int(self.indices[self._check_class(c)].numel())
 
-    def class_images(self, c: int) -> Tensor:
-        """All images of class ``c``, in dataset order."""
-        idx = self.indices[self._check_class(c)]
-        return self.images[idx.to(self.images.device)]
-
     def sample_indices(self, c: int, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Dataset indices of ``min(n, count(c))`` distinct images of class ``c``, in random order."""
         idx = self.indices[self._check_class(c)]

@@ -39,10 +39,6 @@ def rank() -> int:
     return dist.get_rank() if active() else 0
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def shard(items, r: int, world: int) -> list:
     """Round-robin share of ``items`` for rank ``r``."""
     return [x for i, x in enumerate(items) if i % world == r]
@@ -87,5 +83,6 @@ def broadcast_error(message) -> None:
 
 
 def cleanup() -> None:
+    """Destroy the process group (the command line calls it once a distributed run is over)."""
     if active():
         dist.destroy_process_group()
