@@ -33,54 +33,31 @@ def _max_norm(text: str):
 
 
 def _add_distill_options(p):
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=DEFAULTS.dataset, help="digits (embedded) | fashionmnist | svhn | cifar10 | "
-                   "cifar100 | tinyimagenet | imagewoof")
-    g.add_argument("--data-root", default=None, help="folder holding the dataset files (not needed for digits)")
-    g.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-root")
-    g = p.add_argument_group("method")
-    g.add_argument("--ipc", type=int, default=DEFAULTS.ipc, help="synthetic images per class")
-    g.add_argument("--method", default=DEFAULTS.method, help="dm | idm | dance | geodm")
-    g.add_argument("--matcher", default=DEFAULTS.matcher, help="euclidean | hdd | both")
-    g.add_argument("--centroid", default=DEFAULTS.centroid, help="law | karcher | tangent (for hdd)")
-    g.add_argument("--k", type=float, default=DEFAULTS.k, help="geoopt's k (curvature K = -1/k)")
-    g.add_argument("--scale", type=float, default=DEFAULTS.scale, help="lambda, the HDD loss scale")
-    g.add_argument("--max-norm", type=_max_norm, default=DEFAULTS.max_norm,
-                   help="clip |v|/sqrt(k) before expmap0 (reference 10; 'none' disables)")
-    g.add_argument("--euclidean-weight", type=float, default=DEFAULTS.euclidean_weight, help="weight of DM's term (matcher both)")
-    g.add_argument("--hdd-weight", type=float, default=DEFAULTS.hdd_weight, help="weight of HDD's term (matcher both)")
-    g.add_argument("--preset", choices=["paper"], default=None,
-                   help="take k, lambda, lr_img and iterations from the paper's Tables 5-6 (explicit flags still win)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--iterations", type=int, default=DEFAULTS.iterations)
-    g.add_argument("--lr-img", type=float, default=DEFAULTS.lr_img)
-    g.add_argument("--batch-real", type=int, default=DEFAULTS.batch_real, help="real images per class per iteration")
-    g.add_argument("--init", default=DEFAULTS.init, help="real | noise")
-    g.add_argument("--model", default=DEFAULTS.model, help="feature / evaluation network")
-    g.add_argument("--no-dsa", dest="dsa", action="store_false", help="disable differentiable siamese augmentation")
-    g.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, the physical cores)")
-    g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every, help="evaluate every N iterations (0: never)")
-    g.add_argument("--eval-nets", type=int, default=DEFAULTS.eval_nets)
-    g.add_argument("--eval-epochs", type=int, default=DEFAULTS.eval_epochs)
-    g.add_argument("--final-eval-nets", type=int, default=DEFAULTS.final_eval_nets)
-    g.add_argument("--final-eval-epochs", type=int, default=DEFAULTS.final_eval_epochs)
-    g.add_argument("--eval-test-per-class", type=int, default=DEFAULTS.eval_test_per_class,
-                   help="test on the first N test images of each class (0: the whole test set)")
-    g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every)
-    g.add_argument("--gap-every", type=int, default=DEFAULTS.gap_every,
-                   help="log the Law-Karcher centroid distance of real and synthetic features every N iterations")
-    g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="method-specific option (repeatable), e.g. --opt ot_weight=0.5; see each method's docs")
-    g.add_argument("--prune-fraction", type=float, default=DEFAULTS.prune_fraction,
-                   help="hierarchical pruning: share of each class's most root-level images to match (paper Sec. 4.3)")
-    g.add_argument("--prune-level", default=DEFAULTS.prune_level, help="radius (to the origin) | centroid_distance")
-    g = p.add_argument_group("IDM")
-    g.add_argument("--idm-queue", type=int, default=DEFAULTS.idm_queue, help="networks in the semi-trained queue")
-    g.add_argument("--idm-train-steps", type=int, default=DEFAULTS.idm_train_steps)
-    g.add_argument("--idm-net-age", type=int, default=DEFAULTS.idm_net_age, help="uses before a network is renewed")
-    g.add_argument("--idm-ce-weight", type=float, default=DEFAULTS.idm_ce_weight)
+    """One flag per :class:`DistillConfig` field, with its help, group and choices from the field's metadata:
+    a new field is a new flag. Values are validated by ``DistillConfig.validate``, in one place."""
+    groups = {}
+    for f in dataclasses.fields(DistillConfig):
+        meta = f.metadata
+        g = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        flag, default = "--" + f.name.replace("_", "-"), getattr(DEFAULTS, f.name)
+        choices = meta["choices"]() if meta["choices"] else None
+        text = meta["help"] + (f" ({' | '.join(choices)})" if choices else "")
+        if f.name == "options":
+            g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE", help=text)
+        elif str(f.type) == "bool":
+            if default:
+                g.add_argument(flag.replace("--", "--no-", 1), dest=f.name, action="store_false", help=f"no {text}")
+            else:
+                g.add_argument(flag, action="store_true", help=text)
+        else:
+            kind = {"int": int, "Optional[int]": int, "float": float, "str": str, "Optional[str]": str}.get(str(f.type))
+            if f.name == "max_norm":
+                kind = _max_norm
+            shown = "" if default is None else f" [default: {default}]"
+            g.add_argument(flag, type=kind, default=default, help=text + shown)
+    p.add_argument_group("method").add_argument(
+        "--preset", choices=["paper"], default=None,
+        help="take k, lambda, lr_img and iterations from the paper's Tables 5-6 (flags you give still win)")
 
 
 def _parse_options(items) -> dict:

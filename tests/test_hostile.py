@@ -234,3 +234,23 @@ def test_resume_takes_a_new_data_root(tmp_path, fashionmnist_root, capsys):
     _one_line(capsys, "Fashion-MNIST not found")
     assert main(["distill", "--out", str(out), "--resume", "--quiet", "--data-root", str(moved)]) == 0
     assert (out / "synset.pt").is_file()
+
+
+def test_every_config_field_is_a_flag_and_round_trips():
+    import dataclasses
+
+    from hddgeo.cli import _config_from_args, _given, build_parser
+    from hddgeo.distill import DistillConfig
+
+    parser = build_parser()
+    sub = parser.commands["distill"]
+    dests = {a.dest for a in sub._actions}
+    assert {f.name for f in dataclasses.fields(DistillConfig)} <= dests
+    argv = ["distill", "--out", "x", "--momentum", "0.9", "--dsa-strategy", "flip_crop", "--idm-net-lr", "0.05",
+            "--no-dsa", "--max-norm", "none", "--opt", "a=1", "--method", "dance", "--threads", "1"]
+    args = parser.parse_args(argv)
+    cfg = _config_from_args(args, _given(sub, args))
+    assert (cfg.momentum, cfg.dsa_strategy, cfg.idm_net_lr, cfg.dsa, cfg.max_norm, cfg.options, cfg.threads) == \
+        (0.9, "flip_crop", 0.05, False, None, {"a": 1}, 1)
+    default = _config_from_args(*(lambda a: (a, _given(sub, a)))(parser.parse_args(["distill", "--out", "x"])))
+    assert default == DistillConfig()

@@ -41,48 +41,67 @@ from .methods import METHODS, build_method
 from .synset import SyntheticSet
 
 
+def _opt(default, help: str, group: str, choices=None, default_factory=None):
+    """A configuration field with what the command line needs to offer it as a flag: its help text, its
+    group in ``--help`` and (a function giving) its valid values, read from the registries."""
+    metadata = {"help": help, "group": group, "choices": choices}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_PRUNE_LEVELS = ("radius", "centroid_distance")
+_INITS = ("real", "noise")
+
+
 @dataclass
 class DistillConfig:
-    dataset: str = "digits"
-    data_root: Optional[str] = None
-    download: bool = False
-    ipc: int = 10
-    method: str = "dm"
-    matcher: str = "euclidean"
-    centroid: str = "law"
-    k: float = 1.0
-    scale: float = 20.0
-    max_norm: Optional[float] = 10.0
-    euclidean_weight: float = 1.0
-    hdd_weight: float = 1.0
-    iterations: int = 1000
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 256
-    init: str = "real"
-    model: str = "convnet"
-    dsa: bool = True
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    seed: int = 0
-    eval_every: int = 0
-    eval_nets: int = 1
-    eval_epochs: int = 300
-    final_eval_nets: int = 3
-    final_eval_epochs: int = 1000
-    eval_test_per_class: int = 0  # evaluate on the first N test images of each class (0: the whole test set)
-    checkpoint_every: int = 50
-    gap_every: int = 0  # log d(Law, Karcher) of real and synthetic features every N iterations (0: never)
-    idm_queue: int = 10
-    idm_train_steps: int = 1
-    idm_net_age: int = 100
-    idm_net_lr: float = 0.01
-    idm_ce_weight: float = 0.5
-    threads: Optional[int] = None
-    # hierarchical pruning (paper Sec. 4.3): match only the most root-level share of each class
-    prune_fraction: float = 1.0
-    prune_level: str = "radius"
-    # method-specific options (DANCE, GeoDM, ...): each method reads and validates its own keys
-    options: dict = field(default_factory=dict)
+    """Everything a distillation run computes from; each field is one ``hddgeo distill`` flag."""
+
+    dataset: str = _opt("digits", "dataset; digits is embedded", "data", lambda: DATASET_NAMES)
+    data_root: Optional[str] = _opt(None, "folder holding the dataset files (Fashion-MNIST: Debian's folder by "
+                                          "default; not needed for digits)", "data")
+    download: bool = _opt(False, "download a torchvision dataset into --data-root", "data")
+    ipc: int = _opt(10, "synthetic images per class", "method")
+    method: str = _opt("dm", "distillation method", "method", lambda: tuple(METHODS))
+    matcher: str = _opt("euclidean", "matching loss: euclidean is DM's mean matching, both a weighted sum", "method",
+                        lambda: MATCHERS)
+    centroid: str = _opt("law", "hyperbolic centroid of the hdd matcher", "method", lambda: CENTROID_METHODS)
+    k: float = _opt(1.0, "geoopt's k (curvature K = -1/k)", "method")
+    scale: float = _opt(20.0, "lambda, the HDD loss scale", "method")
+    max_norm: Optional[float] = _opt(10.0, "clip |v|/sqrt(k) before expmap0 (reference 10; 'none' disables)", "method")
+    euclidean_weight: float = _opt(1.0, "weight of DM's term (matcher both)", "method")
+    hdd_weight: float = _opt(1.0, "weight of HDD's term (matcher both)", "method")
+    iterations: int = _opt(1000, "distillation iterations", "optimisation")
+    lr_img: float = _opt(1.0, "SGD learning rate of the synthetic images", "optimisation")
+    momentum: float = _opt(0.5, "SGD momentum of the synthetic images", "optimisation")
+    batch_real: int = _opt(256, "real images per class per iteration", "optimisation")
+    init: str = _opt("real", "initial synthetic images", "optimisation", lambda: _INITS)
+    model: str = _opt("convnet", "feature and evaluation network", "optimisation", lambda: MODEL_NAMES)
+    dsa: bool = _opt(True, "differentiable siamese augmentation", "optimisation")
+    dsa_strategy: str = _opt("color_crop_cutout_flip_scale_rotate", "DSA operations joined by '_'", "optimisation")
+    seed: int = _opt(0, "seed of every random stream of the run", "optimisation")
+    eval_every: int = _opt(0, "evaluate every N iterations (0: never)", "evaluation and checkpoints")
+    eval_nets: int = _opt(1, "networks of each periodic evaluation", "evaluation and checkpoints")
+    eval_epochs: int = _opt(300, "epochs of each periodic evaluation", "evaluation and checkpoints")
+    final_eval_nets: int = _opt(3, "networks of the final evaluation", "evaluation and checkpoints")
+    final_eval_epochs: int = _opt(1000, "epochs of the final evaluation (0: none)", "evaluation and checkpoints")
+    eval_test_per_class: int = _opt(0, "test on the first N test images of each class (0: the whole test set)",
+                                    "evaluation and checkpoints")
+    checkpoint_every: int = _opt(50, "checkpoint every N iterations (and at the end)", "evaluation and checkpoints")
+    gap_every: int = _opt(0, "log the Law-Karcher centroid distance of real and synthetic features every N "
+                             "iterations (0: never)", "evaluation and checkpoints")
+    idm_queue: int = _opt(10, "networks in the semi-trained queue", "IDM")
+    idm_train_steps: int = _opt(1, "training steps of the used network per iteration", "IDM")
+    idm_net_age: int = _opt(100, "uses before a network is renewed", "IDM")
+    idm_net_lr: float = _opt(0.01, "learning rate of the queue's networks", "IDM")
+    idm_ce_weight: float = _opt(0.5, "weight of the class-aware cross-entropy", "IDM")
+    threads: Optional[int] = _opt(None, "torch CPU threads (default: torch's, the physical cores)", "optimisation")
+    prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
+                                      "match (paper Sec. 4.3)", "method")
+    prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
+    options: dict = _opt(None, "method-specific option KEY=VALUE (repeatable, dance and geodm), e.g. "
+                               "--opt ot_weight=0.5", "method", default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option; called before anything is written."""
@@ -97,7 +116,7 @@ class DistillConfig:
         choice("matcher", self.matcher, MATCHERS)
         choice("centroid", self.centroid, CENTROID_METHODS)
         choice("model", self.model, MODEL_NAMES)
-        choice("init", self.init, ("real", "noise"))
+        choice("init", self.init, _INITS)
         parse_strategy(self.dsa_strategy)
         for name in ("ipc", "iterations", "batch_real", "eval_nets", "final_eval_nets", "idm_queue", "idm_net_age"):
             if getattr(self, name) < 1:
@@ -126,7 +145,7 @@ class DistillConfig:
             raise ValueError(f"max-norm must be positive and finite (or 'none'), got {self.max_norm}")
         if not (0 < self.prune_fraction <= 1):
             raise ValueError(f"prune-fraction is the share of each class kept and must lie in (0, 1], got {self.prune_fraction}")
-        choice("prune level", self.prune_level, ("radius", "centroid_distance"))
+        choice("prune level", self.prune_level, _PRUNE_LEVELS)
         METHODS[self.method].parse_options(self.options)
 
     def to_json(self) -> dict:
