@@ -42,6 +42,7 @@ from torch import Tensor
 
 from hddgeo.data import ClassPool, ImageDataset, dsa as dsa_augment, load_dataset
 from hddgeo.models import fresh_network
+from hddgeo.seeds import coreset_seed
 from hddgeo.evaluate import evaluate_synset
 
 __all__ = [
@@ -59,14 +60,10 @@ __all__ = [
 CORESET_METHODS = ("random", "herding", "kcenter", "forgetting")
 FEATURE_MODELS = ("random", "trained")
 
-# Stream numbers of the seeds derived from the user's seed (see the module docstring).
+# Stream numbers of the seeds derived from the user's seed (see the module docstring and hddgeo.seeds).
 _FEATURE_NET_STREAM = 1
 _FORGETTING_NET_STREAM = 2
-
-
-def _derived_seed(seed: int, stream: int) -> int:
-    # Far above any evaluation seed (seed + net index) for the seeds anyone uses.
-    return (int(seed) + 1) * 1_000_003 + stream
+_derived_seed = coreset_seed
 
 
 # ------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from torch import nn
 
 from hddgeo.data import dsa
 from hddgeo.rundir import save_tensors
+from hddgeo.seeds import expert_seed
 
 from .methods import DistillMethod, fresh_network, register_method
 
@@ -189,11 +190,6 @@ def middle_encoder(expert: Expert, l: float) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # experts: training and the on-disk cache
 # ------------------------------------------------------------------------------------------------
-
-def expert_seed(run_seed: int, index: int) -> int:
-    """Initialisation seed of expert ``index``; apart from DM's and IDM's network seeds."""
-    return (int(run_seed) * 10_007 + 5_003 + int(index)) % (2**31 - 1)
-
 
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     """A cheap checksum of a train split: all labels, an even sample of at most 2^20 pixel values,

@@ -69,6 +69,8 @@ from typing import Dict, Optional
 import torch
 
 from . import distributed
+from hddgeo.seeds import geodm_projection_generator
+
 from .methods import DM, register_method
 
 COMPONENTS = ("euclidean", "hyperbolic", "spherical")
@@ -312,7 +314,7 @@ class GeoDM(DM):
     def heads(self, dim: int) -> Dict[str, torch.Tensor]:
         """The fixed random projection heads for features of size ``dim`` (a function of the seed only)."""
         if dim not in self._heads:
-            gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + 271_828)
+            gen = geodm_projection_generator(self.cfg.seed)
             p = self.options["proj_dim"]
             self._heads[dim] = {g: torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p)
                                 for g in COMPONENTS}

@@ -23,13 +23,9 @@ import torch.nn.functional as F
 
 from hddgeo.data import dsa
 from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
+from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
 
 from .synset import SyntheticSet
-
-def iteration_generator(seed: int, it: int, stream: int = 0) -> torch.Generator:
-    """A generator for iteration ``it`` that does not depend on what earlier iterations drew."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(it)) * 7 + stream)
-
 
 class DistillMethod:
     """Base class: the shared step; subclasses choose the network and extra terms."""
@@ -139,7 +135,7 @@ class IDM(DistillMethod):
         self.opts = []
         self.ages = []
         for i in range(cfg.idm_queue):
-            self._reset(i, seed=cfg.seed * 7919 + i)
+            self._reset(i, seed=idm_queue_seed(cfg.seed, i))
 
     def _reset(self, i: int, seed: int) -> None:
         net = fresh_network(self.cfg.model, self.dataset, seed)
@@ -164,7 +160,7 @@ class IDM(DistillMethod):
     def after_step(self, it, net):
         """Train the network just used for a few steps on real data; renew it when it is old."""
         i = self.current
-        gen = iteration_generator(self.cfg.seed, it, stream=1)
+        gen = iteration_generator(self.cfg.seed, it, stream=IDM_TRAIN)
         net.zero_grad(set_to_none=True)
         for _ in range(self.cfg.idm_train_steps):
             idx = torch.randint(0, len(self.pool), (min(256, len(self.pool)),), generator=gen)

@@ -34,6 +34,7 @@ from hddgeo.losses import MATCHERS, Matcher
 from hddgeo.models import MODEL_NAMES
 from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, load_tensors, read_json, save_tensors, write_json,
                            write_log)
+from hddgeo import seeds
 from hddgeo.stats import method_label
 
 from . import distributed
@@ -213,7 +214,7 @@ def prune_pool(pool: ClassPool, dataset, cfg: DistillConfig) -> ClassPool:
 
     from .methods import fresh_network
 
-    net = fresh_network(cfg.model, dataset, cfg.seed + 777)
+    net = fresh_network(cfg.model, dataset, cfg.seed + seeds.PRUNE_NETWORK_OFFSET)
     with torch.no_grad():
         feats = torch.cat([net.embed(pool.images[i:i + 512]) for i in range(0, len(pool), 512)])
     keep = prune_by_level(feats, cfg.prune_fraction, level=cfg.prune_level, k=cfg.k, max_norm=cfg.max_norm,
@@ -330,7 +331,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
     method.classes = distributed.shard(range(pool.num_classes), rank, world)
 
     start_it, rows = 0, []
-    syn = method.init_synset(torch.Generator().manual_seed(cfg.seed))
+    syn = method.init_synset(seeds.init_generator(cfg.seed))
     optimizer = torch.optim.SGD([syn.images], lr=cfg.lr_img, momentum=cfg.momentum)
     if state is not None:
         if tuple(state["images"].shape) != tuple(syn.images.shape):
@@ -394,7 +395,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             images, labels = syn.expanded()
             row["eval_acc"] = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.eval_nets, cfg.eval_epochs,
-                                              seed=cfg.seed + 10_000)["mean"]
+                                              seed=cfg.seed + seeds.PERIODIC_EVAL_OFFSET)["mean"]
         rows.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", **({"acc": f"{row['eval_acc']:.3f}"} if "eval_acc" in row else {}))
         last = it + 1 == cfg.iterations
@@ -415,7 +416,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
     if final_eval and cfg.final_eval_epochs > 0:
         images, labels = syn.expanded()
         res = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.final_eval_nets, cfg.final_eval_epochs,
-                              seed=cfg.seed + 20_000, progress=progress and main_proc)
+                              seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress and main_proc)
         metrics.update({"acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "eval_model": cfg.model,
                         "eval_epochs": cfg.final_eval_epochs})
     if main_proc:
@@ -448,7 +449,7 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     epochs = cfg.final_eval_epochs if epochs is None else epochs
     res = evaluate_synset(syn["images"], syn["train_labels"], dataset.test_images, dataset.test_labels,
                           dataset.num_classes, model=model, num_nets=num_nets, epochs=epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + 20_000, progress=progress)
+                          augment=eval_augment(cfg), seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress)
     out = {"model": model, "acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "epochs": epochs}
     write_json(os.path.join(run_dir, f"eval_{model}.json"), out)
     return out
