@@ -367,7 +367,7 @@ class _Lift(torch.autograd.Function):
         r = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
         theta, clipped = _lift_angle(r, sk, ctx.max_norm)
         g0, gs = gz[..., :1], gz[..., 1:]
-        gv_dot = (gs * v).sum(-1, keepdim=True)
+        gv_dot = torch.matmul(gs.unsqueeze(-2), v.unsqueeze(-1)).squeeze(-1)  # no full-size temporary
         scale = _lift_scale(r, theta, clipped, sk)
         slope = _sinhc_slope(theta)
         # unclipped z = (sk cosh t, sinhc(t) v), t = |v|/sk; clipped z = sk (cosh m, sinh m v/|v|)
