@@ -140,9 +140,9 @@ def polar_(xs: torch.Tensor, sk):
     A point on the hyperboloid is fixed by its spatial part; ``sinh(a)`` and ``n`` are exact to
     rounding at any radius, unlike differences of the huge time and space coordinates.
     """
-    r = safe_sqrt((xs * xs).sum(-1, keepdim=True))
+    r = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)  # its gradient at 0 is 0, as for safe_sqrt
     pos = r > 0
-    n = torch.where(pos, xs / torch.where(pos, r, torch.ones_like(r)), torch.zeros_like(xs))
+    n = torch.where(pos, xs / torch.where(pos, r, 1.0), 0.0)
     return r / sk, n
 
 
