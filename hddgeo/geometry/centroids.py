@@ -91,8 +91,8 @@ def law_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
     """
     # a weighted sum over points is one matrix product: one read of z, and one write in the backward
     zbar = torch.matmul(w.unsqueeze(-2), z).squeeze(-2)
-    space2 = torch.linalg.vector_norm(zbar[..., 1:], dim=-1, keepdim=True) ** 2
-    q = (zbar[..., :1] - safe_sqrt(space2)) * (zbar[..., :1] + safe_sqrt(space2))
+    snorm = torch.linalg.vector_norm(zbar[..., 1:], dim=-1, keepdim=True)
+    q = (zbar[..., :1] - snorm) * (zbar[..., :1] + snorm)
     lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.clamp_min(0)
     c = torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
     if bool(lost.any()):
@@ -198,7 +198,7 @@ class _FrameLogs:
         self.mu, self.sb = mu, sb
         dn2 = ((self.e * self.e).sum(-1, keepdim=True).unsqueeze(-2) - 2 * e_dm + dm2).clamp_min(0)  # |n - m_i|^2
         h, par = boost_terms_(sa.unsqueeze(-2), sb, dn2)
-        self.theta = (2 * torch.asinh(safe_sqrt(h / 2))).squeeze(-1)  # (B, n)
+        self.theta = _theta_(h).squeeze(-1)  # (B, n)
         self.coef = sk * inv_sinhc(self.theta)
         self.gamma = self.coef * sb.squeeze(-1)
         self.along = self.coef * (par + sb * dn2 / 2).squeeze(-1)
@@ -325,10 +325,10 @@ def _karcher_newton(z, w, sk, tol, max_iter, x0s):
         step = _conjugate_gradient(logs.hvp, logs.grad, rtol=rtol, max_iter=200)
         steps = torch.cat([tries * step.unsqueeze(-2), (logs.grad / logs.alpha).unsqueeze(-2)], dim=-2)  # (B, K, D)
         cand = frame_exp_(xs.unsqueeze(-2), steps, sk)
-        _, cn = polar_(cand, sk)
+        ca, cn = polar_(cand, sk)
         ce = cn - mu.unsqueeze(-2)
         c_dm = _dot_rows(ce, dm)  # (B, K, n)
-        f = _candidate_objective(pts, cand, ce, c_dm, w, sk)
+        f = _candidate_objective(pts, ca, ce, c_dm, w, sk)
         ok = (f <= (logs.objective * (1 + slack)).unsqueeze(-1)) & active.unsqueeze(-1)
         pick = ok.to(torch.int8).argmax(-1)  # the first acceptable candidate: the longest step
         moved = ok.any(-1)
@@ -339,14 +339,19 @@ def _karcher_newton(z, w, sk, tol, max_iter, x0s):
     return logs, iterations
 
 
-def _candidate_objective(pts, cand, ce, c_dm, w, sk):
-    """``sum_i w_i d(x_j, z_i)^2`` for candidates ``x_j`` ``(B, K, D)`` given ``e_j . dm_i`` ``(B, K, n)``."""
+def _candidate_objective(pts, sa, ce, c_dm, w, sk):
+    """``sum_i w_i d(x_j, z_i)^2`` for candidates ``x_j`` with ``sinh`` radii ``sa`` ``(B, K, 1)``, ``e_j = n_j - mu``
+    ``(B, K, D)`` and ``e_j . dm_i`` ``(B, K, n)``."""
     sb, _, dm2, _ = pts
-    sa, _ = polar_(cand, sk)  # (B, K, 1)
     dn2 = ((ce * ce).sum(-1, keepdim=True) - 2 * c_dm + dm2.transpose(-1, -2)).clamp_min(0)  # (B, K, n)
     h, _ = boost_terms_(sa, sb.transpose(-1, -2), dn2)
-    theta = 2 * torch.asinh(safe_sqrt(h / 2))
+    theta = _theta_(h)
     return sk * sk * (w.unsqueeze(-2) * theta * theta).sum(-1)
+
+
+def _theta_(h):
+    """``theta`` from ``h = cosh(theta) - 1 >= 0`` (no gradient needed: the Newton loop runs without autograd)."""
+    return 2 * torch.asinh(torch.sqrt(h / 2))
 
 
 class _KarcherImplicit(torch.autograd.Function):
