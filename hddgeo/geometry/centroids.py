@@ -8,8 +8,9 @@ need not sum to one (each set is normalised).
   ``c = sqrt(k) zbar / sqrt(|<zbar, zbar>_L|)``.  It minimises the sum of *squared Lorentzian*
   distances, not geodesic ones, so it is an approximation of the Frechet mean.
 * :func:`karcher_mean`: the minimiser of ``sum_i w_i d(x, z_i)^2``, by Newton's method on the manifold
-  (Hessian-vector products and conjugate gradients, never a ``d x d`` matrix), differentiable by
-  implicit differentiation at the optimum in ``O(n d)`` memory.
+  (Hessian-vector products and conjugate gradients, never a ``d x d`` matrix, nor the ``n x d`` logmaps:
+  see :class:`_FrameLogs`), differentiable by implicit differentiation at the optimum with an explicit
+  vector-Jacobian product, in ``O(n d)`` memory.  A set of one point is returned as it is.
 * :func:`tangent_centroid` (paper Eq. 18): the weighted mean of ``Log_o(z_i)`` mapped back by ``Exp_o``.
 """
 from __future__ import annotations
@@ -449,7 +450,9 @@ def karcher_mean(
     """The exact weighted Frechet (Karcher) mean ``argmin_x sum_i w_i d(x, z_i)^2`` of each set.
 
     ``z``: ``(..., n, d+1)`` points on ``M``; returns ``(..., d+1)``.  Starts from the Law centroid and
-    takes Riemannian Newton steps (matrix-free CG) with backtracking until the Riemannian gradient norm
+    takes Riemannian Newton steps (matrix-free CG) with a line search (the full step, a quarter step and
+    a damped gradient step, evaluated together; the longest that does not increase the objective is
+    kept) until the Riemannian gradient norm
     ``|sum_i w_i Log_x(z_i)|`` (normalised weights; distance units) is at most ``tol`` (default
     ``1e-10 sqrt(k)`` in float64, ``1e-4 sqrt(k)`` in float32) or ``max_iter`` (default 50) steps.
 
