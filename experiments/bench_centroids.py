@@ -28,7 +28,11 @@ SPREADS = {
     # like clipped random-ConvNet features; wide: radii uniform in [0, 10 sqrt(k)], random directions
     "tight": dict(radius=10.0, radial_jitter=0.01, angular=0.05),
     "wide": dict(radius=10.0, radial_jitter=None, angular=None),
+    # clipped: every point exactly at the clip radius 10 with angular spread 1e-3, where -<zbar, zbar>_L
+    # cancels in float64 and Law's centroid takes its frame path (not in the default list)
+    "clipped": dict(radius=10.0, radial_jitter=0.0, angular=1e-3),
 }
+DEFAULT_SPREADS = ["tight", "wide"]
 
 
 def make_cloud(n, d, k, spread, seed=0):
@@ -136,7 +140,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[64, 256, 1024, 4096])
     p.add_argument("--d", type=int, nargs="+", default=[128, 2048], help="feature dims (points have d+1 coords)")
-    p.add_argument("--spread", nargs="+", default=list(SPREADS), choices=list(SPREADS))
+    p.add_argument("--spread", nargs="+", default=DEFAULT_SPREADS, choices=list(SPREADS))
     p.add_argument("--k", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 gives steadier numbers on a busy machine)")

@@ -33,7 +33,6 @@ from .lorentz import (
     expmap_,
     frame_exp_,
     frame_logs_,
-    frame_unboost_,
     inv_sinhc,
     k_tensor,
     logmap0_,
@@ -83,34 +82,35 @@ def normalised_weights(weights: Optional[torch.Tensor], z: torch.Tensor) -> torc
 
 # ----------------------------------------------------------------------------- Law and tangent
 def law_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
-    """Law's centroid ``sqrt(k) zbar / sqrt(-<zbar, zbar>_L)``, accurate at any radius.
+    """Law's centroid ``sqrt(k) zbar / sqrt(q)``, ``q = -<zbar, zbar>_L``, accurate at any radius.
 
-    ``-<zbar, zbar>_L`` is a difference of numbers of size ``zbar_0^2``; its rounding error is about
-    ``eps zbar_0^2``, which far from the origin swamps the value (in float32 a point at radius 23
-    gives 0 and an infinite centroid; in float64 radius 10 leaves ~8 digits).  Sets where that bound
-    is not negligible are handled by :func:`_law_in_frame` instead.
+    ``q`` is a difference of numbers of size ``zbar_0^2``; its rounding error is about ``eps zbar_0^2``,
+    which far from the origin swamps the value (in float32 a point at radius 23 gives 0 and an infinite
+    centroid; in float64 radius 10 leaves ~8 digits).  For sets where that bound is not negligible
+    :func:`_law_q_in_frame` evaluates ``q`` without cancellation; ``zbar`` itself is accurate.  The
+    derivative of ``q``, ``-2 <zbar, dzbar>_L``, has no cancellation either, so the accurate value is
+    spliced in with the closed form's derivative, and the backward stays one outer product.
     """
     # a weighted sum over points is one matrix product: one read of z, and one write in the backward
     zbar = torch.matmul(w.unsqueeze(-2), z).squeeze(-2)
     snorm = torch.linalg.vector_norm(zbar[..., 1:], dim=-1, keepdim=True)
     q = (zbar[..., :1] - snorm) * (zbar[..., :1] + snorm)
-    lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.clamp_min(0)
-    c = torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
+    lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.detach().clamp_min(0)
     if bool(lost.any()):
-        c = torch.where(lost, _law_in_frame(z, w, zbar, k), c)
-    return c
+        with torch.no_grad():
+            accurate = torch.where(lost, k * _law_q_in_frame(z, w, zbar, torch.sqrt(k)), q)
+        q = accurate + (q - q.detach())
+    return torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
 
 
-def _law_in_frame(z: torch.Tensor, w: torch.Tensor, zbar: torch.Tensor, k) -> torch.Tensor:
-    """Law's centroid computed in the frame of a reference point near the set.
+def _law_q_in_frame(z: torch.Tensor, w: torch.Tensor, zbar: torch.Tensor, sk) -> torch.Tensor:
+    """``-<zbar, zbar>_L / k`` computed in the frame of a reference point near the set.
 
-    The centroid commutes with isometries, so the points are boosted to the frame of ``ref`` (the
-    point whose spatial part is the weighted mean of theirs, held constant), averaged there, where
-    nothing cancels, and the result is boosted back.  Only the time part of the boosted mean,
-    ``1 + sum_i w_i (cosh(theta_i) - 1)``, needs the accurate distances; its spatial part is small.
+    The points are boosted to the frame of ``ref`` (the point whose spatial part is ``zbar``'s), where
+    their mean has time part ``1 + sum_i w_i (cosh(theta_i) - 1)`` (accurate distances, nothing cancels)
+    and a small spatial part, and the Lorentz norm is invariant.
     """
-    sk = torch.sqrt(k)
-    ref = zbar.detach().clone()
+    ref = zbar.clone()
     ref[..., 0] = 0
     sa, mu = polar_(ref, sk)
     sb, dm, dm2 = directions_about_(z, mu, sk)
@@ -118,17 +118,11 @@ def _law_in_frame(z: torch.Tensor, w: torch.Tensor, zbar: torch.Tensor, k) -> to
     wc = w.unsqueeze(-1)
     time = 1 + (wc * h).sum(-2)
     # seen from ref, z_i has spatial part (par_i + sinh(b_i) |dm_i|^2 / 2) mu + sinh(b_i) dm_i
-    space = (wc * (par + sb * dm2 / 2)).sum(-2) * mu + torch.matmul((w.unsqueeze(-1) * sb).transpose(-1, -2), dm).squeeze(-2)
+    space = (wc * (par + sb * dm2 / 2)).sum(-2) * mu + torch.matmul((wc * sb).transpose(-1, -2), dm).squeeze(-2)
     snorm = torch.linalg.vector_norm(space, dim=-1, keepdim=True)
-    q = (time - snorm) * (time + snorm)
     # a mean of unit hyperboloid points has q = sum_ij w_i w_j cosh(theta_ij) >= 1; far out (radius ~40,
-    # where float64 coordinates no longer resolve positions) rounding of the directions can break that,
-    # and then the set is as good as one point: ref
-    inside = q >= 1
-    scale = torch.sqrt(torch.where(inside, q, torch.ones_like(q)))
-    time = torch.where(inside, time / scale, torch.ones_like(time))
-    space = torch.where(inside, space / scale, torch.zeros_like(space))
-    return with_time_(frame_unboost_(ref, time, space, sk)[..., 1:], k)
+    # where float64 coordinates no longer resolve positions) rounding of the directions can break that
+    return ((time - snorm) * (time + snorm)).clamp_min(1)
 
 
 def tangent_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
