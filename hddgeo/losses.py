@@ -81,7 +81,8 @@ def hdd_loss(
         vr, vs = vr.to(dtype), vs.to(dtype)
     kt = k_tensor(M, vr)
     zr, zs = lift_(vr, kt, max_norm), lift_(vs, kt, max_norm)
-    if not (bool(torch.isfinite(zr).all()) and bool(torch.isfinite(zs).all())):
+    # |spatial part| <= time coordinate: the time coordinates decide whether the lift overflowed
+    if not (bool(torch.isfinite(zr[..., 0].detach()).all()) and bool(torch.isfinite(zs[..., 0].detach()).all())):
         raise ValueError(f"lifting the features overflowed in {zr.dtype} (k={k:g}); use float64, a max_norm, or smaller features")
     cr = centroid_(zr, normalised_weights(weights_real, zr), kt, centroid, **karcher_kwargs)
     cs = centroid_(zs, normalised_weights(weights_syn, zs), kt, centroid, **karcher_kwargs)

@@ -8,8 +8,9 @@ need not sum to one (each set is normalised).
   ``c = sqrt(k) zbar / sqrt(|<zbar, zbar>_L|)``.  It minimises the sum of *squared Lorentzian*
   distances, not geodesic ones, so it is an approximation of the Frechet mean.
 * :func:`karcher_mean`: the minimiser of ``sum_i w_i d(x, z_i)^2``, by Newton's method on the manifold
-  (Hessian-vector products and conjugate gradients, never a ``d x d`` matrix), differentiable by
-  implicit differentiation at the optimum in ``O(n d)`` memory.
+  (Hessian-vector products and conjugate gradients, never a ``d x d`` matrix, nor the ``n x d`` logmaps:
+  see :class:`_FrameLogs`), differentiable by implicit differentiation at the optimum with an explicit
+  vector-Jacobian product, in ``O(n d)`` memory.  A set of one point is returned as it is.
 * :func:`tangent_centroid` (paper Eq. 18): the weighted mean of ``Log_o(z_i)`` mapped back by ``Exp_o``.
 """
 from __future__ import annotations
@@ -24,20 +25,20 @@ from torch.autograd.function import once_differentiable
 from .lorentz import (
     ambient_grad_to_frame_,
     as_manifold_tensor,
+    boost_terms_,
     check_finite,
     check_points,
     cosh_theta_minus_one,
+    directions_about_,
     expmap_,
-    frame_boost_,
     frame_exp_,
     frame_logs_,
-    frame_unboost_,
-    inner,
+    inv_sinhc,
     k_tensor,
     logmap0_,
     origin_like,
-    polar_,
     plain,
+    polar_,
     safe_sqrt,
     t_coth_t,
     with_time_,
@@ -81,38 +82,47 @@ def normalised_weights(weights: Optional[torch.Tensor], z: torch.Tensor) -> torc
 
 # ----------------------------------------------------------------------------- Law and tangent
 def law_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
-    """Law's centroid ``sqrt(k) zbar / sqrt(-<zbar, zbar>_L)``, accurate at any radius.
+    """Law's centroid ``sqrt(k) zbar / sqrt(q)``, ``q = -<zbar, zbar>_L``, accurate at any radius.
 
-    ``-<zbar, zbar>_L`` is a difference of numbers of size ``zbar_0^2``; its rounding error is about
-    ``eps zbar_0^2``, which far from the origin swamps the value (in float32 a point at radius 23
-    gives 0 and an infinite centroid; in float64 radius 10 leaves ~8 digits).  Sets where that bound
-    is not negligible are handled by :func:`_law_in_frame` instead.
+    ``q`` is a difference of numbers of size ``zbar_0^2``; its rounding error is about ``eps zbar_0^2``,
+    which far from the origin swamps the value (in float32 a point at radius 23 gives 0 and an infinite
+    centroid; in float64 radius 10 leaves ~8 digits).  For sets where that bound is not negligible
+    :func:`_law_q_in_frame` evaluates ``q`` without cancellation; ``zbar`` itself is accurate.  The
+    derivative of ``q``, ``-2 <zbar, dzbar>_L``, has no cancellation either, so the accurate value is
+    spliced in with the closed form's derivative, and the backward stays one outer product.
     """
-    zbar = (w.unsqueeze(-1) * z).sum(-2)
-    q = -inner(zbar, zbar, keepdim=True)
-    lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.clamp_min(0)
-    c = torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
+    # a weighted sum over points is one matrix product: one read of z, and one write in the backward
+    zbar = torch.matmul(w.unsqueeze(-2), z).squeeze(-2)
+    snorm = torch.linalg.vector_norm(zbar[..., 1:], dim=-1, keepdim=True)
+    q = (zbar[..., :1] - snorm) * (zbar[..., :1] + snorm)
+    lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.detach().clamp_min(0)
     if bool(lost.any()):
-        c = torch.where(lost, _law_in_frame(z, w, k), c)
-    return c
+        with torch.no_grad():
+            accurate = torch.where(lost, k * _law_q_in_frame(z, w, zbar, torch.sqrt(k)), q)
+        q = accurate + (q - q.detach())
+    return torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
 
 
-def _law_in_frame(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
-    """Law's centroid computed in the frame of a reference point near the set.
+def _law_q_in_frame(z: torch.Tensor, w: torch.Tensor, zbar: torch.Tensor, sk) -> torch.Tensor:
+    """``-<zbar, zbar>_L / k`` computed in the frame of a reference point near the set.
 
-    The centroid commutes with isometries, so the points are boosted to the frame of ``ref`` (the
-    point whose spatial part is the weighted mean of theirs, held constant), averaged there, where
-    nothing cancels, and the result is boosted back.
+    The points are boosted to the frame of ``ref`` (the point whose spatial part is ``zbar``'s), where
+    their mean has time part ``1 + sum_i w_i (cosh(theta_i) - 1)`` (accurate distances, nothing cancels)
+    and a small spatial part, and the Lorentz norm is invariant.
     """
-    sk = torch.sqrt(k)
-    zs = z[..., 1:]
-    ref = (w.unsqueeze(-1) * zs).sum(-2).detach().unsqueeze(-2)  # (..., 1, d)
-    boosted, h = frame_boost_(ref, zs, sk)
-    time = 1 + (w.unsqueeze(-1) * h).sum(-2)  # (..., 1): time part of the boosted mean
-    space = (w.unsqueeze(-1) * boosted).sum(-2)  # (..., d)
-    snorm = space.norm(dim=-1, keepdim=True)
-    scale = torch.sqrt((time - snorm) * (time + snorm)).clamp_min(torch.finfo(z.dtype).tiny)
-    return with_time_(frame_unboost_(ref.squeeze(-2), time / scale, space / scale, sk), k)
+    ref = zbar.clone()
+    ref[..., 0] = 0
+    sa, mu = polar_(ref, sk)
+    sb, dm, dm2 = directions_about_(z, mu, sk)
+    h, par = boost_terms_(sa.unsqueeze(-2), sb, dm2)  # ref's own direction is mu: |mu - m_i|^2 = |dm_i|^2
+    wc = w.unsqueeze(-1)
+    time = 1 + (wc * h).sum(-2)
+    # seen from ref, z_i has spatial part (par_i + sinh(b_i) |dm_i|^2 / 2) mu + sinh(b_i) dm_i
+    space = (wc * (par + sb * dm2 / 2)).sum(-2) * mu + torch.matmul((wc * sb).transpose(-1, -2), dm).squeeze(-2)
+    snorm = torch.linalg.vector_norm(space, dim=-1, keepdim=True)
+    # a mean of unit hyperboloid points has q = sum_ij w_i w_j cosh(theta_ij) >= 1; far out (radius ~40,
+    # where float64 coordinates no longer resolve positions) rounding of the directions can break that
+    return ((time - snorm) * (time + snorm)).clamp_min(1)
 
 
 def tangent_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
@@ -153,90 +163,192 @@ def default_tol(dtype: torch.dtype, k: float) -> float:
     return (1e-10 if dtype == torch.float64 else 1e-4) * math.sqrt(k)
 
 
-class _Hessian:
-    """Riemannian gradient and Hessian of ``F(x)/2 = sum_i w_i d(x, z_i)^2 / 2`` in the frame of ``x``.
+def _log_slope(theta: torch.Tensor) -> torch.Tensor:
+    """``(1/cosh t - t/sinh t) / t^2``: how the length of ``Log_x(z)`` and its direction respond differently
+    to a move of ``z`` (see :meth:`_FrameLogs.vjp`); ``-1/3`` at 0, ``-> 0`` far out."""
+    small = theta < 1e-3
+    t = torch.where(small, torch.ones_like(theta), theta)
+    return torch.where(small, -1.0 / 3 + 17.0 / 90 * theta * theta, (1 / torch.cosh(t) - inv_sinhc(t)) / (t * t))
 
-    For one point, the Hessian of ``d^2/2`` at distance ``d = sqrt(k) theta`` has eigenvalue 1 along the
-    geodesic and ``theta coth(theta)`` across it, so with ``l_i = Log_x(z_i)`` (frame coordinates):
-    ``H v = alpha v + sum_i beta_i (l_i . v) l_i``, ``alpha = sum_i w_i theta_i coth(theta_i)``,
-    ``beta_i = w_i (1 - theta_i coth theta_i) / (k theta_i^2)``.  All eigenvalues lie in ``[1, alpha]``
-    and the matrix is never formed.
+
+class _FrameLogs:
+    """``l_i = Log_x(z_i)`` in the frame of ``x`` for every point of each set, never formed.
+
+    With the points as ``sinh(b_i) (mu + dm_i)`` (:func:`directions_about_`) and ``x = sqrt(k) sinh(a) n``,
+    ``e = n - mu``, the boosted point is ``(p_i + sinh(b_i) |n - m_i|^2 / 2) n - sinh(b_i) (e - dm_i)``, so
+    ``l_i = gamma_i dm_i + a_i n - gamma_i e``: a diagonal scaling of the fixed ``dm`` plus two vectors.
+    Products with ``L`` or ``L^T`` are then one read of ``dm`` each, and a new ``x`` needs only
+    ``dm e`` (``e_dm``, one product).  The Hessian of ``F/2 = sum_i w_i d(x, z_i)^2 / 2`` is
+    ``H v = alpha v + sum_i beta_i (l_i . v) l_i``: eigenvalue 1 along each geodesic, ``theta coth theta``
+    across, ``alpha = sum_i w_i theta_i coth theta_i``, ``beta_i = w_i (1 - theta_i coth theta_i) / (k theta_i^2)``;
+    all its eigenvalues lie in ``[1, alpha]``.  Vectors are ``(B, D)`` with time slot 0.
     """
 
-    def __init__(self, xs, zs, w, sk, zpolar=None):
-        self.logs, theta = frame_logs_(xs.unsqueeze(-2), zs, sk, zpolar)  # (B, n, d), (B, n)
-        self.grad = (w.unsqueeze(-1) * self.logs).sum(-2)  # minus the Riemannian gradient of F/2
-        self.grad_norm = self.grad.norm(dim=-1)
-        c = t_coth_t(theta)
-        self.alpha = (w * c).sum(-1, keepdim=True)  # (B, 1)
-        small = theta < 1e-3
-        ts = torch.where(small, torch.ones_like(theta), theta)
-        ratio = torch.where(small, -1.0 / 3 + theta * theta / 45, (1 - c) / (ts * ts))
-        self.beta = (w * ratio).unsqueeze(-1) / (sk * sk)  # (B, n, 1)
-        self.objective = sk * sk * (w * theta * theta).sum(-1)  # sum_i w_i d_i^2
+    def __init__(self, pts, xs, e_dm, w, sk):
+        sb, dm, dm2, mu = pts
+        self.dm, self.xs, self.w, self.sk = dm, xs, w, sk
+        sa, n = polar_(xs, sk)
+        self.sa, self.n, self.e = sa, n, n - mu
+        self.en = torch.stack([self.e, n], dim=-2)
+        self.mu, self.sb = mu, sb
+        dn2 = ((self.e * self.e).sum(-1, keepdim=True).unsqueeze(-2) - 2 * e_dm + dm2).clamp_min(0)  # |n - m_i|^2
+        h, par = boost_terms_(sa.unsqueeze(-2), sb, dn2)
+        self.theta = _theta_(h).squeeze(-1)  # (B, n)
+        self.coef = sk * inv_sinhc(self.theta)
+        self.gamma = self.coef * sb.squeeze(-1)
+        self.along = self.coef * (par + sb * dn2 / 2).squeeze(-1)
+        self.objective = sk * sk * (w * self.theta * self.theta).sum(-1)  # sum_i w_i d_i^2
+        self._gamma_row, self._along_row = self.gamma.unsqueeze(-2), self.along.unsqueeze(-2)  # (B, 1, n)
+        self.grad = self.apply_t(w)  # minus the Riemannian gradient of F/2
+        self.grad_norm = torch.linalg.vector_norm(self.grad, dim=-1)
+        c = t_coth_t(self.theta)
+        self.alpha = (w * c).sum(-1, keepdim=True)
+        small = self.theta < 1e-3
+        ts = torch.where(small, 1.0, self.theta)
+        self._beta_row = (w * torch.where(small, -1.0 / 3 + self.theta * self.theta / 45, (1 - c) / (ts * ts))).unsqueeze(-2) / (sk * sk)
 
-    def __call__(self, v):
-        s = torch.bmm(self.logs, v.unsqueeze(-1))  # (B, n, 1)
-        return self.alpha * v + torch.bmm(self.logs.transpose(1, 2), self.beta * s).squeeze(-1)
+    def apply(self, v):
+        """``(l_i . v)_i`` for vectors ``v`` ``(B, D)`` -> ``(B, n)``, or rows ``(B, j, D)`` -> ``(B, j, n)``."""
+        rows = v if v.dim() == 3 else v.unsqueeze(-2)
+        en_v = _dot_rows(rows, self.en)
+        out = torch.addcmul(self._gamma_row * (_dot_rows(rows, self.dm) - en_v[..., :1]), self._along_row, en_v[..., 1:])
+        return out if v.dim() == 3 else out.squeeze(-2)
+
+    def apply_t(self, u):
+        """``sum_i u_i l_i`` for ``u`` ``(B, n)`` -> ``(B, D)``, or rows ``(B, j, n)`` -> ``(B, j, D)``."""
+        rows = u if u.dim() == 3 else u.unsqueeze(-2)
+        gu = self._gamma_row * rows
+        en_coef = torch.stack([-gu.sum(-1), (self._along_row * rows).sum(-1)], dim=-1)  # (B, j, 2) for (e, n)
+        out = torch.baddbmm(torch.bmm(en_coef, self.en), gu, self.dm)
+        return out if u.dim() == 3 else out.squeeze(-2)
+
+    def hvp(self, v):
+        return torch.addcmul(self.apply_t(self._beta_row * self.apply(v.unsqueeze(-2))).squeeze(-2), self.alpha, v)
+
+    def vjp(self, lam, needs_w):
+        """Gradients of ``lam . sum_i w_i l_i`` with respect to the points ``(B, n, D)`` and the normalised weights.
+
+        For ``Y = B_x z / sqrt(k) = (cosh t, sinh t u)`` and ``l = sqrt(k) t u``, a move ``dY`` changes
+        ``lam . l`` by ``rho . dY_s`` with ``rho = sqrt(k) (t/sinh t) lam + (lam . l) s(t) / sqrt(k) l``,
+        ``s = `` :func:`_log_slope`; through ``B_x^T`` and ``z_0 = sqrt(k + |z_s|^2)`` the gradient on
+        ``z_s`` is ``(rho + (cosh a - 1)(rho . n) n - sinh a (rho . n) z_s / z_0) / sqrt(k)``, and
+        ``z_s / z_0 = tanh(b) (mu + dm)``: again ``dm`` scaled plus four vectors, written in one pass.
+        """
+        sk, w = self.sk, self.w
+        lam_l, n_l = self.apply(torch.stack([lam, self.n], dim=-2)).unbind(-2)  # l_i . lam, l_i . n
+        phi = lam_l * _log_slope(self.theta) / sk
+        rho_n = self.coef * (lam * self.n).sum(-1, keepdim=True) + phi * n_l
+        sb = self.sb.squeeze(-1)
+        pull = self.sa * rho_n * sb / torch.sqrt(1 + sb * sb)  # sinh(a) (rho . n) tanh(b)
+        ca1 = self.sa * self.sa / (torch.sqrt(1 + self.sa * self.sa) + 1)  # cosh(a) - 1
+        ws = w / sk
+        grad_z = (ws * (phi * self.gamma - pull)).unsqueeze(-1) * self.dm
+        coefs = torch.stack([ws * self.coef, ws * (phi * self.along + ca1 * rho_n), -ws * phi * self.gamma, -ws * pull], dim=-1)
+        grad_z.baddbmm_(coefs, torch.stack([lam, self.n, self.e, self.mu], dim=-2))
+        return grad_z, (lam_l if needs_w else None)
+
+
+def _dot_rows(rows, dm):
+    """``rows @ dm^T``: ``(B, j, D)`` x ``(B, n, D)`` -> ``(B, j, n)``; BLAS reads ``dm`` several times faster
+    in this orientation than as ``dm @ v`` once ``dm`` no longer fits in cache."""
+    return torch.bmm(rows, dm.transpose(-1, -2))
 
 
 def _conjugate_gradient(hvp, b, rtol, max_iter):
-    """Batched conjugate gradients for ``H s = b`` with ``H`` symmetric positive definite."""
+    """Batched conjugate gradients for ``H s = b``, ``H`` symmetric positive definite; ``rtol`` per set ``(B, 1)``.
+
+    Sets that have converged keep iterating with step size 0, so the only host synchronisation is the
+    stopping test.  On the CPU it is free and made every iteration (the spectrum is clustered and a
+    solve often takes 1-5); on an accelerator, where it stalls the queue, every
+    ``_CG_CHECK_ACCELERATOR`` iterations.
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(-1, keepdim=True)
     target = (rtol * rtol) * rs
     tiny = torch.finfo(b.dtype).tiny
-    for _ in range(max_iter):
-        if bool((rs <= target).all()):
+    check = 1 if b.device.type == "cpu" else _CG_CHECK_ACCELERATOR
+    for it in range(max_iter):
+        if it % check == 0 and bool((rs <= target).all()):
             break
         hp = hvp(p)
-        alpha = rs / (p * hp).sum(-1, keepdim=True).clamp_min(tiny)
-        x = x + alpha * p
-        r = r - alpha * hp
-        rs_new = (r * r).sum(-1, keepdim=True)
-        p = r + (rs_new / rs.clamp_min(tiny)) * p
+        curv = torch.linalg.vecdot(p, hp).unsqueeze(-1)
+        # H >= 1, so curv <= 0 is rounding (coordinates far beyond radius 30 no longer resolve points):
+        # that set stops; and a set that has converged stops moving, so that it ends where it would alone
+        target = torch.where(curv > 0, target, torch.inf)
+        alpha = torch.where(rs <= target, 0.0, rs / curv.clamp_min(tiny))
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, hp, value=-1)
+        rs_new = torch.linalg.vecdot(r, r).unsqueeze(-1)
+        p = torch.addcmul(r, rs_new / rs.clamp_min(tiny), p)
         rs = rs_new
     return x
 
 
-def _frechet_value(xs, zs, w, sk, zpolar=None):
-    theta = 2 * torch.asinh(safe_sqrt(cosh_theta_minus_one(xs.unsqueeze(-2), zs, sk, zpolar) / 2))
-    return sk * sk * (w * theta * theta).sum(-1)
+_CG_CHECK_ACCELERATOR = 4
+_LINE_SEARCH = (1.0, 0.25)  # fractions of the Newton step tried at once; the damped gradient step is the fallback
 
 
-def _karcher_newton(zs, w, sk, tol, max_iter, x0s):
-    """Riemannian Newton with backtracking on spatial parts ``(B, n, d)``, started at ``x0s``; no autograd."""
-    xs = x0s
-    zpolar = polar_(zs, sk)  # radii and directions of the points, reused by every evaluation
-    slack = 64 * torch.finfo(zs.dtype).eps
+def _points_about(z, x0s, sk):
+    x0 = torch.cat([torch.zeros_like(x0s[..., :1]), x0s], dim=-1)
+    _, mu = polar_(x0, sk)
+    sb, dm, dm2 = directions_about_(z, mu, sk)
+    return sb, dm, dm2, mu
+
+
+def _karcher_newton(z, w, sk, tol, max_iter, x0s):
+    """Riemannian Newton with a batched line search on sets ``(B, n, D)``, started at spatial parts ``x0s``.
+
+    Every candidate step of every set is evaluated at once (one product with ``dm`` for all), the best
+    acceptable one is kept per set, and the host looks at the tensors once per Newton step.
+    Returns the :class:`_FrameLogs` at the final point, the iteration count and ``(dm, mu)``.
+    """
+    pts = _points_about(z, x0s, sk)
+    dm, mu = pts[1], pts[3]
+    xs = torch.cat([torch.zeros_like(x0s[..., :1]), x0s], dim=-1)
+    e_dm = torch.zeros_like(dm[..., :1])  # x0 lies along mu
+    slack = 64 * torch.finfo(z.dtype).eps
+    stalled = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    tries = torch.tensor(_LINE_SEARCH, dtype=z.dtype, device=z.device).view(1, -1, 1)
     iterations = 0
     for iterations in range(max_iter + 1):
-        hess = _Hessian(xs, zs, w, sk, zpolar)
-        gnorm = hess.grad_norm
-        active = gnorm > tol
+        logs = _FrameLogs(pts, xs, e_dm, w, sk)
+        active = (logs.grad_norm > tol) & ~stalled
         if iterations == max_iter or not bool(active.any()):
             break
         # inexact Newton: a loose CG tolerance far from the optimum, a tight one near it
-        rtol = max(1e-14, 0.1 * min(0.1, float(gnorm.max())) ** 0.5)
-        step = _conjugate_gradient(hess, hess.grad, rtol=rtol, max_iter=200)
-        f0 = hess.objective
-        t = torch.ones_like(f0)
-        accepted = ~active
-        new = xs
-        for _ in range(40):
-            cand = frame_exp_(xs, t.unsqueeze(-1) * step, sk)
-            ok = (_frechet_value(cand, zs, w, sk, zpolar) <= f0 + slack * f0) & ~accepted
-            new = torch.where(ok.unsqueeze(-1), cand, new)
-            accepted = accepted | ok
-            if bool(accepted.all()):
-                break
-            t = torch.where(accepted, t, t / 2)
-        if not bool((accepted & active).any()):  # no descent left at working precision
-            break
-        xs = new
-    return xs, iterations, gnorm
+        rtol = (0.1 * logs.grad_norm.clamp(max=0.1).sqrt()).clamp_min(1e-14).unsqueeze(-1)
+        step = _conjugate_gradient(logs.hvp, logs.grad, rtol=rtol, max_iter=200)
+        steps = torch.cat([tries * step.unsqueeze(-2), (logs.grad / logs.alpha).unsqueeze(-2)], dim=-2)  # (B, K, D)
+        cand = frame_exp_(xs.unsqueeze(-2), steps, sk)
+        ca, cn = polar_(cand, sk)
+        ce = cn - mu.unsqueeze(-2)
+        c_dm = _dot_rows(ce, dm)  # (B, K, n)
+        f = _candidate_objective(pts, ca, ce, c_dm, w, sk)
+        ok = (f <= (logs.objective * (1 + slack)).unsqueeze(-1)) & active.unsqueeze(-1)
+        pick = ok.to(torch.int8).argmax(-1)  # the first acceptable candidate: the longest step
+        moved = ok.any(-1)
+        rows = torch.arange(z.shape[0], device=z.device)
+        xs = torch.where(moved.unsqueeze(-1), cand[rows, pick], xs)
+        e_dm = torch.where(moved.view(-1, 1, 1), c_dm[rows, pick].unsqueeze(-1), e_dm)
+        stalled = stalled | (active & ~moved)  # no descent left at working precision
+    return logs, iterations
+
+
+def _candidate_objective(pts, sa, ce, c_dm, w, sk):
+    """``sum_i w_i d(x_j, z_i)^2`` for candidates ``x_j`` with ``sinh`` radii ``sa`` ``(B, K, 1)``, ``e_j = n_j - mu``
+    ``(B, K, D)`` and ``e_j . dm_i`` ``(B, K, n)``."""
+    sb, _, dm2, _ = pts
+    dn2 = ((ce * ce).sum(-1, keepdim=True) - 2 * c_dm + dm2.transpose(-1, -2)).clamp_min(0)  # (B, K, n)
+    h, _ = boost_terms_(sa, sb.transpose(-1, -2), dn2)
+    theta = _theta_(h)
+    return sk * sk * (w.unsqueeze(-2) * theta * theta).sum(-1)
+
+
+def _theta_(h):
+    """``theta`` from ``h = cosh(theta) - 1 >= 0`` (no gradient needed: the Newton loop runs without autograd)."""
+    return 2 * torch.asinh(torch.sqrt(h / 2))
 
 
 class _KarcherImplicit(torch.autograd.Function):
@@ -245,7 +357,8 @@ class _KarcherImplicit(torch.autograd.Function):
     With ``H = -dG/dx`` (the Hessian of ``F/2``), a variation of the inputs moves the mean by
     ``dx = H^{-1} dG``.  For an upstream ambient gradient, ``gamma`` is its Riemannian form in the frame
     of ``x``; the input gradients are those of ``lambda . G(x*; z, w)`` with ``x*`` held fixed and
-    ``lambda = H^{-1} gamma``: one CG solve and one pass of logmaps, ``O(n d)`` memory.
+    ``lambda = H^{-1} gamma``: one CG solve and an explicit vector-Jacobian product of the logmaps
+    (:meth:`_FrameLogs.vjp`), ``O(n d)`` memory and one write of the gradient.
     """
 
     @staticmethod
@@ -253,31 +366,28 @@ class _KarcherImplicit(torch.autograd.Function):
         sk = torch.sqrt(k)
         w = w_raw / w_raw.sum(-1, keepdim=True)
         x0s = law_(z, w, k)[..., 1:]
-        xs, iterations, gnorm = _karcher_newton(z[..., 1:], w, sk, tol, max_iter, x0s)
-        info_box.append((iterations, gnorm))
-        ctx.save_for_backward(z, w_raw, xs, k)
-        return with_time_(xs, k)
+        logs, iterations = _karcher_newton(z, w, sk, tol, max_iter, x0s)
+        info_box.append((iterations, logs.grad_norm))
+        ctx.logs = logs
+        ctx.save_for_backward(w_raw)
+        return with_time_(logs.xs[..., 1:], k)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_x):
-        z, w_raw, xs, k = ctx.saved_tensors
-        sk = torch.sqrt(k)
-        w = w_raw / w_raw.sum(-1, keepdim=True)
-        gamma = ambient_grad_to_frame_(xs, grad_x, sk)
-        hess = _Hessian(xs, z[..., 1:], w, sk)
-        lam = _conjugate_gradient(hess, gamma, rtol=1e-13 if z.dtype == torch.float64 else 1e-6, max_iter=500)
+        (w_raw,) = ctx.saved_tensors
+        logs = ctx.logs
+        gamma = ambient_grad_to_frame_(logs.xs[..., 1:], grad_x, logs.sk)
+        gamma = torch.cat([torch.zeros_like(gamma[..., :1]), gamma], dim=-1)
+        # CG gains ~3 digits per iteration here: 1e-11 leaves the gradient 1e-11-accurate in one step fewer than 1e-13
+        rtol = torch.full_like(gamma[..., :1], 1e-11 if grad_x.dtype == torch.float64 else 1e-6)
+        lam = _conjugate_gradient(logs.hvp, gamma, rtol=rtol, max_iter=500)
         need_z, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.enable_grad():
-            zz = z.detach().requires_grad_(need_z)
-            ww = w_raw.detach().requires_grad_(need_w)
-            logs, _ = frame_logs_(xs.unsqueeze(-2), zz[..., 1:], sk)
-            g = ((ww / ww.sum(-1, keepdim=True)).unsqueeze(-1) * logs).sum(-2)
-            inputs = [t for t, need in ((zz, need_z), (ww, need_w)) if need]
-            grads = list(torch.autograd.grad((lam * g).sum(), inputs)) if inputs else []
-        gz = grads.pop(0) if need_z else None
-        gw = grads.pop(0) if need_w else None
-        return gz, gw, None, None, None, None
+        gz, lam_l = logs.vjp(lam, need_w)
+        gw = None
+        if need_w:  # lam . G = sum_i (w_i / sum w) lam . l_i
+            gw = (lam_l - (logs.w * lam_l).sum(-1, keepdim=True)) / w_raw.sum(-1, keepdim=True)
+        return (gz if need_z else None), gw, None, None, None, None
 
 
 def _karcher_unrolled(z, w, k, tol, max_iter):
@@ -285,18 +395,20 @@ def _karcher_unrolled(z, w, k, tol, max_iter):
 
     The undamped step (``alpha = 1``) overshoots in negative curvature once points are spread out;
     ``1/alpha`` is one over an upper bound of the Hessian, so every step contracts.  Autograd records
-    every iteration (memory grows with the count): a reference for tests, not the default.
+    every iteration (memory grows with the count): a reference for tests, not the default.  It forms
+    the logmaps explicitly (:func:`frame_logs_`), independently of :class:`_FrameLogs`.
     """
     sk = torch.sqrt(k)
     zs = z[..., 1:]
     xs = law_(z, w, k)[..., 1:]
     iterations = 0
     for iterations in range(max_iter + 1):
-        hess = _Hessian(xs, zs, w, sk)
-        gnorm = hess.grad_norm
+        logs, theta = frame_logs_(xs.unsqueeze(-2), zs, sk)
+        grad = (w.unsqueeze(-1) * logs).sum(-2)
+        gnorm = grad.norm(dim=-1)
         if iterations == max_iter or not bool((gnorm > tol).any()):
             break
-        xs = frame_exp_(xs, hess.grad / hess.alpha, sk)
+        xs = frame_exp_(xs, grad / (w * t_coth_t(theta)).sum(-1, keepdim=True), sk)
     return with_time_(xs, k), iterations, gnorm
 
 
@@ -307,6 +419,10 @@ def karcher_(z, w_raw, k: float, tol: float, max_iter: int, backward: str = "imp
     :func:`karcher_mean`, also called by the losses.
     """
     batch_shape, (n, dim) = z.shape[:-2], z.shape[-2:]
+    if n == 1:
+        # the mean of one point is the point; w / sum(w) == 1 exactly, and keeps the weights in the graph
+        x = z[..., 0, :] * (w_raw / w_raw.sum(-1, keepdim=True))
+        return x, 0, torch.zeros(batch_shape, dtype=z.dtype, device=z.device)
     zf = z.reshape(-1, n, dim)
     wf = w_raw.reshape(-1, n)
     kt = torch.tensor(k, dtype=z.dtype, device=z.device)
@@ -331,7 +447,9 @@ def karcher_mean(
     """The exact weighted Frechet (Karcher) mean ``argmin_x sum_i w_i d(x, z_i)^2`` of each set.
 
     ``z``: ``(..., n, d+1)`` points on ``M``; returns ``(..., d+1)``.  Starts from the Law centroid and
-    takes Riemannian Newton steps (matrix-free CG) with backtracking until the Riemannian gradient norm
+    takes Riemannian Newton steps (matrix-free CG) with a line search (the full step, a quarter step and
+    a damped gradient step, evaluated together; the longest that does not increase the objective is
+    kept) until the Riemannian gradient norm
     ``|sum_i w_i Log_x(z_i)|`` (normalised weights; distance units) is at most ``tol`` (default
     ``1e-10 sqrt(k)`` in float64, ``1e-4 sqrt(k)`` in float32) or ``max_iter`` (default 50) steps.
 
@@ -366,7 +484,8 @@ def frechet_objective(x: torch.Tensor, z: torch.Tensor, M, weights: Optional[tor
     z, w = check_set(z, M, weights)
     x = check_points(x, M, "centroid x")
     kt = k_tensor(M, z)
-    return _frechet_value(x[..., 1:], z[..., 1:], w, torch.sqrt(kt))
+    theta = 2 * torch.asinh(safe_sqrt(cosh_theta_minus_one(x[..., 1:].unsqueeze(-2), z[..., 1:], torch.sqrt(kt)) / 2))
+    return kt * (w * theta * theta).sum(-1)
 
 
 def centroid_(z, w, k: torch.Tensor, method: str, **karcher_kwargs):

@@ -50,7 +50,9 @@ def check_finite(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; convert with .double()")
-    if not bool(torch.isfinite(x).all()):
+    # one reduction rather than isfinite's four full-size passes: a sum is finite whenever every term is
+    # (it may overflow for huge finite values, and then the exact test decides)
+    if x.numel() and not bool(torch.isfinite(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN/inf value(s); remove or repair them before the geometry")
 
@@ -62,15 +64,22 @@ def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int =
     numbers of size ``z_0^2``: in float32 a point at radius 10 carries an absolute error near 1.
     """
     k = manifold_k(M)
-    check_finite(z, what)
+    if not torch.is_tensor(z) or not z.is_floating_point():
+        check_finite(z, what)
     if z.dim() < min_points_dim or z.shape[-1] < 2:
         raise ValueError(
             f"{what} must have shape (..., d+1) with d >= 1 (got {tuple(z.shape)}); lift features of shape (..., d) with hddgeo.lift"
         )
     z = plain(z)
+    zd = z.detach()
+    # one pass over the points: the squared spatial norms are non-finite whenever a coordinate is
+    space2 = torch.linalg.vector_norm(zd[..., 1:], dim=-1) ** 2
+    time = zd[..., 0]
+    if z.numel() and not bool(torch.isfinite(space2.sum() + time.sum())):
+        check_finite(z, what)
     tol = math.sqrt(torch.finfo(z.dtype).eps) * 10
-    err = (inner(z, z) + k).abs() / (k + z[..., 0] ** 2)
-    if z.numel() and (bool((err > tol).any()) or bool((z[..., 0] <= 0).any())):
+    err = (space2 - time * time + k).abs() / (k + time * time)
+    if z.numel() and (bool((err > tol).any()) or bool((time <= 0).any())):
         raise ValueError(
             f"{what} are not on the Lorentz manifold with k={k:g} (max relative |<z,z>_L + k| = {float(err.max()):.3g}, "
             f"tolerance {tol:.1g}); map Euclidean features with hddgeo.lift(v, M) or project with M.projx(z)"
@@ -131,9 +140,9 @@ def polar_(xs: torch.Tensor, sk):
     A point on the hyperboloid is fixed by its spatial part; ``sinh(a)`` and ``n`` are exact to
     rounding at any radius, unlike differences of the huge time and space coordinates.
     """
-    r = safe_sqrt((xs * xs).sum(-1, keepdim=True))
+    r = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)  # its gradient at 0 is 0, as for safe_sqrt
     pos = r > 0
-    n = torch.where(pos, xs / torch.where(pos, r, torch.ones_like(r)), torch.zeros_like(xs))
+    n = torch.where(pos, xs / torch.where(pos, r, 1.0), 0.0)
     return r / sk, n
 
 
@@ -147,9 +156,8 @@ def cosh_theta_minus_one(xs: torch.Tensor, ys: torch.Tensor, sk, ypolar=None) ->
     """
     sa, n = polar_(xs, sk)
     sb, m = polar_(ys, sk) if ypolar is None else ypolar
-    half = torch.sinh((torch.asinh(sa) - torch.asinh(sb)) / 2)
     dn = n - m
-    h = 2 * half * half + sa * sb * (dn * dn).sum(-1, keepdim=True) / 2
+    h, _ = boost_terms_(sa, sb, (dn * dn).sum(-1, keepdim=True))
     # |x_s| is not differentiable at the origin although h is: there use the smooth form (exact at 0)
     at_origin = (sa == 0) | (sb == 0)
     if bool(at_origin.any()):
@@ -197,6 +205,35 @@ def logmap0_(z: torch.Tensor, k) -> torch.Tensor:
     return torch.cat([torch.zeros_like(z[..., :1]), inv_sinhc(theta) * zs], dim=-1)
 
 
+def boost_terms_(sa: torch.Tensor, sb: torch.Tensor, dn2: torch.Tensor):
+    """``cosh(theta) - 1`` between ``x = sqrt(k)(cosh a, sinh a n)`` and ``z = sqrt(k)(cosh b, sinh b m)``,
+    and ``p = sinh(b - a) - cosh(a) sinh(b) |n - m|^2 / 2``, the coordinate along ``n`` of ``z`` seen from ``x``
+    (less ``sinh(b) n.m``), from ``sinh a``, ``sinh b`` and ``dn2 = |n - m|^2``; sums of terms that do not cancel.
+    """
+    a, b = torch.asinh(sa), torch.asinh(sb)
+    half = torch.sinh((b - a) / 2)
+    h = 2 * half * half + sa * sb * dn2 / 2
+    par = torch.sinh(b - a) - torch.sqrt(1 + sa * sa) * sb * dn2 / 2
+    return h, par
+
+
+def directions_about_(z: torch.Tensor, mu: torch.Tensor, sk):
+    """The points ``z`` ``(..., n, D)`` as ``sinh`` radii and unit directions ``m_i = mu + dm_i``.
+
+    ``mu`` ``(..., D)`` is a unit spatial direction near the set's (time slot 0).  Differences of directions
+    then come from ``dm`` (one pass to build) and ``|n - m_i|^2 = |e|^2 - 2 e.dm_i + |dm_i|^2`` with
+    ``e = n - mu``, with an error relative to the angular spread of the set, not to 1: a tight cloud far
+    from the origin keeps all its digits, as with ``n - m_i`` formed explicitly, without a pass per ``n``.
+    Returns ``sinh(b)`` ``(..., n, 1)``, ``dm`` ``(..., n, D)`` with time slot 0, and ``|dm|^2`` ``(..., n, 1)``.
+    A point at the origin has ``m = 0`` (only ``sinh(b) m`` enters any formula).
+    """
+    r = torch.linalg.vector_norm(z[..., 1:], dim=-1, keepdim=True)
+    inv = torch.where(r > 0, 1 / torch.where(r > 0, r, torch.ones_like(r)), torch.zeros_like(r))
+    dm = torch.addcmul(-mu.unsqueeze(-2), z, inv)
+    dm[..., 0] = 0
+    return r / sk, dm, torch.linalg.vector_norm(dm, dim=-1, keepdim=True) ** 2
+
+
 # Tangent vectors at ``x`` are handled in *frame coordinates*: the spatial part of the vector after the
 # boost ``B_x`` that carries ``x`` to the origin.  There the Minkowski metric is the Euclidean dot
 # product, so norms, CG and Newton steps involve no cancellation; ambient tangent vectors at a point of
@@ -212,12 +249,9 @@ def frame_boost_(xs: torch.Tensor, zs: torch.Tensor, sk, zpolar=None):
     """
     sa, n = polar_(xs, sk)
     sb, m = polar_(zs, sk) if zpolar is None else zpolar
-    a, b = torch.asinh(sa), torch.asinh(sb)
     dn = n - m
     dn2 = (dn * dn).sum(-1, keepdim=True)
-    half = torch.sinh((b - a) / 2)
-    h = 2 * half * half + sa * sb * dn2 / 2  # cosh(theta) - 1
-    par = torch.sinh(b - a) - torch.sqrt(1 + sa * sa) * sb * dn2 / 2
+    h, par = boost_terms_(sa, sb, dn2)
     # sinh(b) m + (par - sinh(b) n.m) n, regrouped with n.m = 1 - |n - m|^2 / 2 so that nothing of size
     # sinh(b) cancels when z is close to x far from the origin
     boosted = (par + sb * dn2 / 2) * n - sb * dn
@@ -298,18 +332,80 @@ def radius_(z: torch.Tensor, k) -> torch.Tensor:
     return torch.asinh(z[..., 1:].norm(dim=-1) / sk) * sk
 
 
+def _sinhc_slope(theta: torch.Tensor) -> torch.Tensor:
+    """``sinhc'(t) / t = (t cosh t - sinh t) / t^3``, finite at 0."""
+    small = theta.abs() < 1e-2
+    t = torch.where(small, torch.ones_like(theta), theta)
+    t2 = theta * theta
+    return torch.where(small, 1 / 3 + t2 / 30 + t2 * t2 / 840, (t * torch.cosh(t) - torch.sinh(t)) / (t * t * t))
+
+
+class _Lift(torch.autograd.Function):
+    """``expmap0([0, v])`` with an explicit vector-Jacobian product.
+
+    Autograd through the elementwise formula writes about seven full-size temporaries in the backward;
+    the gradient is ``a gs + c v`` with per-point scalars ``a``, ``c`` (one dot product per point), so it
+    costs one pass.  The backward is made of differentiable operations, so double backward still works.
+    """
+
+    @staticmethod
+    def forward(ctx, v, k, max_norm):
+        sk = torch.sqrt(k)
+        r = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        theta, clipped = _lift_angle(r, sk, max_norm)
+        z = v.new_empty(*v.shape[:-1], v.shape[-1] + 1)
+        z[..., :1] = sk * torch.cosh(theta)
+        torch.mul(v, _lift_scale(r, theta, clipped, sk), out=z[..., 1:])
+        ctx.max_norm = max_norm
+        ctx.save_for_backward(v, k)
+        return z
+
+    @staticmethod
+    def backward(ctx, gz):
+        v, k = ctx.saved_tensors
+        sk = torch.sqrt(k)
+        r = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        theta, clipped = _lift_angle(r, sk, ctx.max_norm)
+        g0, gs = gz[..., :1], gz[..., 1:]
+        gv_dot = torch.matmul(gs.unsqueeze(-2), v.unsqueeze(-1)).squeeze(-1)  # no full-size temporary
+        scale = _lift_scale(r, theta, clipped, sk)
+        slope = _sinhc_slope(theta)
+        # unclipped z = (sk cosh t, sinhc(t) v), t = |v|/sk; clipped z = sk (cosh m, sinh m v/|v|)
+        safe_r2 = torch.where(r > 0, r * r, torch.ones_like(r))
+        coef_v = torch.where(clipped, -scale * gv_dot / safe_r2, g0 * scale / sk + gv_dot * slope / k)
+        grad_v = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_v = (gs * scale).addcmul_(v, coef_v)
+        if ctx.needs_input_grad[1]:
+            time = sk * torch.cosh(theta)
+            dk = torch.where(
+                clipped,
+                (g0 * time + scale * gv_dot) / (2 * k),
+                g0 * (torch.cosh(theta) - theta * torch.sinh(theta)) / (2 * sk) - gv_dot * theta * theta * slope / (2 * k),
+            )
+            grad_k = dk.sum().reshape(k.shape)
+        return grad_v, grad_k, None
+
+
+def _lift_angle(r, sk, max_norm):
+    theta = r / sk
+    if max_norm is None:
+        return theta, torch.zeros_like(theta, dtype=torch.bool)
+    clipped = theta > max_norm
+    return torch.where(clipped, torch.full_like(theta, max_norm), theta), clipped
+
+
+def _lift_scale(r, theta, clipped, sk):
+    """Factor taking ``v`` to the spatial part of its lift: ``sinhc(t)``, or ``sk sinh(m) / |v|`` when clipped."""
+    safe_r = torch.where(r > 0, r, torch.ones_like(r))
+    return torch.where(clipped, sk * torch.sinh(theta) / safe_r, sinhc(theta))
+
+
 def lift_(v: torch.Tensor, k, max_norm: Optional[float] = None) -> torch.Tensor:
     """``expmap0([0, v])`` with optional clipping of ``|v|/sqrt(k)`` at ``max_norm`` (plain tensor)."""
-    sk = torch.sqrt(k) if torch.is_tensor(k) else math.sqrt(k)
-    theta = safe_sqrt((v * v).sum(-1, keepdim=True)) / sk
-    if max_norm is not None:
-        # clip the tangent vector's length, keep its direction (the reference clamps at 10)
-        scale = torch.where(theta > max_norm, max_norm / torch.where(theta > 0, theta, torch.ones_like(theta)), torch.ones_like(theta))
-        v = v * scale
-        theta = theta * scale
-    time = sk * torch.cosh(theta)
-    space = sinhc(theta) * v
-    return torch.cat([time, space], dim=-1)
+    if not torch.is_tensor(k):
+        k = torch.tensor(float(k), dtype=v.dtype, device=v.device)
+    return _Lift.apply(v, k.to(dtype=v.dtype), max_norm)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -332,7 +428,8 @@ def lift(v: torch.Tensor, M, max_norm: Optional[float] = None, dtype: Optional[t
         v = v.to(dtype)
     kt = k_tensor(M, v)
     z = lift_(v, kt, max_norm)
-    if not bool(torch.isfinite(z).all()):
+    # |spatial part| <= time coordinate, so the time coordinates decide whether the lift overflowed
+    if not bool(torch.isfinite(z[..., 0].detach()).all()):
         raise ValueError(
             f"lifting overflowed in {z.dtype} (largest |v|/sqrt(k) = {float(v.norm(dim=-1).max()) / math.sqrt(k):.3g}); "
             "use dtype=torch.float64, a max_norm, or rescale the features"
