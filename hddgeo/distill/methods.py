@@ -89,8 +89,13 @@ class DistillMethod:
             real = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(real, self.classes)]
             syn_sel = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(syn_sel, self.classes)]
         mine = len(self.classes)
-        with torch.no_grad():
-            f_real = net.embed(torch.cat(real)).reshape(mine, self.n_real, -1)
+        # Real images class by class, without autograd: one class's activations stay in cache instead of
+        # a gigabyte batch of all classes being allocated and faulted in every iteration.  Bitwise the same
+        # values for the instance-norm ConvNet; with batch norm the statistics are per class, as in the
+        # reference DM loop.  The clone leaves inference mode, so the features can enter the loss's graph.
+        with torch.inference_mode():
+            f_real = torch.stack([net.embed(x) for x in real])
+        f_real = f_real.clone()
         f_syn = net.embed(torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
 
