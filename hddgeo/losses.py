@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .geometry.centroids import CENTROID_METHODS, centroid_, normalised_weights
-from .geometry.lorentz import check_finite, dist_, k_tensor, lift_, manifold_k, plain
+from .geometry.lorentz import check_finite, check_reach, dist_, k_tensor, lift_, manifold_k, plain
 
 REDUCTIONS = ("sum", "mean", "none")
 
@@ -81,9 +81,8 @@ def hdd_loss(
         vr, vs = vr.to(dtype), vs.to(dtype)
     kt = k_tensor(M, vr)
     zr, zs = lift_(vr, kt, max_norm), lift_(vs, kt, max_norm)
-    # |spatial part| <= time coordinate: the time coordinates decide whether the lift overflowed
-    if not (bool(torch.isfinite(zr[..., 0].detach()).all()) and bool(torch.isfinite(zs[..., 0].detach()).all())):
-        raise ValueError(f"lifting the features overflowed in {zr.dtype} (k={k:g}); use float64, a max_norm, or smaller features")
+    check_reach(zr, k, "lifting the real features")
+    check_reach(zs, k, "lifting the synthetic features")
     cr = centroid_(zr, normalised_weights(weights_real, zr), kt, centroid, **karcher_kwargs)
     cs = centroid_(zs, normalised_weights(weights_syn, zs), kt, centroid, **karcher_kwargs)
     return _reduce(scale * dist_(cr, cs, kt), reduction)

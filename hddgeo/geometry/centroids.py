@@ -16,6 +16,8 @@ need not sum to one (each set is normalised).
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,10 +76,13 @@ def normalised_weights(weights: Optional[torch.Tensor], z: torch.Tensor) -> torc
         ) from None
     if bool((weights < 0).any()):
         raise ValueError("weights must be non-negative (found a negative weight)")
-    total = weights.sum(-1, keepdim=True)
-    if bool((total <= 0).any()):
+    # divide by each set's largest weight first (a constant: the normalised weights do not depend on it), so
+    # that weights near the top of the floating-point range cannot overflow the sum to inf
+    largest = weights.detach().amax(-1, keepdim=True)
+    if bool((largest <= 0).any()):
         raise ValueError("weights of some set are all zero; give every set at least one positive weight")
-    return weights / total
+    weights = weights / largest
+    return weights / weights.sum(-1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------- Law and tangent
@@ -463,19 +468,22 @@ def karcher_mean(
     """
     z, w = check_set(z, M, weights)
     k_val = float(M.k.detach())
-    tol = default_tol(z.dtype, k_val) if tol is None else float(tol)
-    max_iter = 50 if max_iter is None else int(max_iter)
-    if tol < 0 or max_iter < 0:
-        raise ValueError(f"tol and max_iter must be non-negative, got tol={tol}, max_iter={max_iter}")
-    if backward not in ("implicit", "unroll"):
-        raise ValueError(f"backward must be 'implicit' or 'unroll', got {backward!r}")
+    tol, max_iter, backward = karcher_options(z.dtype, k_val, tol=tol, max_iter=max_iter, backward=backward)
     # keep the user's weight tensor in the graph so that gradients reach it
-    w_raw = w if weights is None else plain(weights).to(dtype=z.dtype, device=z.device).expand(z.shape[:-1])
+    if weights is None:
+        w_raw = w
+    else:  # divided by a constant (the result does not depend on it) so that huge weights cannot overflow
+        w_raw = plain(weights).to(dtype=z.dtype, device=z.device).expand(z.shape[:-1])
+        w_raw = w_raw / w_raw.detach().amax(-1, keepdim=True)
     x, iterations, gnorm = karcher_(z, w_raw, k_val, tol, max_iter, backward)
     x = as_manifold_tensor(x, M)
+    gnorm = gnorm.detach()
+    if z.dtype in (torch.float16, torch.bfloat16) and not bool((gnorm <= tol).all()):
+        warnings.warn(f"karcher_mean in {z.dtype} stopped at a gradient norm of {float(gnorm.max()):.3g} above "
+                      f"tol={tol:g} after {max_iter} steps: half precision cannot resolve it; use float64",
+                      RuntimeWarning, stacklevel=2)
     if not return_info:
         return x
-    gnorm = gnorm.detach()
     return x, KarcherInfo(iterations=iterations, grad_norm=gnorm, converged=gnorm <= tol, tol=tol)
 
 
@@ -488,18 +496,34 @@ def frechet_objective(x: torch.Tensor, z: torch.Tensor, M, weights: Optional[tor
     return kt * (w * theta * theta).sum(-1)
 
 
+def karcher_options(dtype, k_val: float, tol=None, max_iter=None, backward="implicit", **unknown):
+    """``(tol, max_iter, backward)`` checked and with defaults filled in; ``ValueError`` naming a bad value or
+    an option the Karcher mean does not take (one check for :func:`karcher_mean` and the losses)."""
+    if unknown:
+        raise ValueError(f"unknown Karcher option(s) {', '.join(map(repr, sorted(unknown)))}; "
+                         f"valid: tol, max_iter, backward")
+    tol = default_tol(dtype, k_val) if tol is None else tol
+    max_iter = 50 if max_iter is None else max_iter
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if backward not in ("implicit", "unroll"):
+        raise ValueError(f"backward must be 'implicit' or 'unroll', got {backward!r}")
+    return float(tol), int(max_iter), backward
+
+
 def centroid_(z, w, k: torch.Tensor, method: str, **karcher_kwargs):
-    """Unchecked dispatcher on plain tensors (``w`` normalised, ``k`` a tensor); used by the losses."""
+    """Dispatcher on plain tensors (``w`` normalised, ``k`` a tensor); used by the losses.  The Karcher
+    options are checked as :func:`karcher_mean` checks them."""
     if method == "law":
         return law_(z, w, k)
     if method == "tangent":
         return tangent_(z, w, k)
     if method == "karcher":
         k_val = float(k.detach())
-        tol, max_iter = karcher_kwargs.get("tol"), karcher_kwargs.get("max_iter")
-        tol = default_tol(z.dtype, k_val) if tol is None else float(tol)
-        max_iter = 50 if max_iter is None else int(max_iter)
-        return karcher_(z, w, k_val, tol, max_iter)[0]
+        tol, max_iter, backward = karcher_options(z.dtype, k_val, **karcher_kwargs)
+        return karcher_(z, w, k_val, tol, max_iter, backward)[0]
     raise ValueError(f"unknown centroid method {method!r}; choose one of {', '.join(CENTROID_METHODS)}")
 
 

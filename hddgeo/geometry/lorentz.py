@@ -77,9 +77,10 @@ def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int =
     time = zd[..., 0]
     if z.numel() and not bool(torch.isfinite(space2.sum() + time.sum())):
         check_finite(z, what)
+    check_reach(zd, k, what)
     tol = math.sqrt(torch.finfo(z.dtype).eps) * 10
     err = (space2 - time * time + k).abs() / (k + time * time)
-    if z.numel() and (bool((err > tol).any()) or bool((time <= 0).any())):
+    if z.numel() and (not bool((err <= tol).all()) or bool((time <= 0).any())):
         raise ValueError(
             f"{what} are not on the Lorentz manifold with k={k:g} (max relative |<z,z>_L + k| = {float(err.max()):.3g}, "
             f"tolerance {tol:.1g}); map Euclidean features with hddgeo.lift(v, M) or project with M.projx(z)"
@@ -423,18 +424,32 @@ def lift(v: torch.Tensor, M, max_norm: Optional[float] = None, dtype: Optional[t
         raise ValueError(f"features must have shape (..., d) with d >= 1, got {tuple(v.shape)}")
     if max_norm is not None and not (max_norm > 0):
         raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type (float64 by default), got {dtype}")
     v = plain(v)
     if dtype is not None:
         v = v.to(dtype)
     kt = k_tensor(M, v)
     z = lift_(v, kt, max_norm)
-    # |spatial part| <= time coordinate, so the time coordinates decide whether the lift overflowed
-    if not bool(torch.isfinite(z[..., 0].detach()).all()):
-        raise ValueError(
-            f"lifting overflowed in {z.dtype} (largest |v|/sqrt(k) = {float(v.norm(dim=-1).max()) / math.sqrt(k):.3g}); "
-            "use dtype=torch.float64, a max_norm, or rescale the features"
-        )
+    check_reach(z, k, "lifting the features")
     return as_manifold_tensor(z, M)
+
+
+def check_reach(z: torch.Tensor, k: float, what: str) -> None:
+    """``ValueError`` if some point lies beyond the reach of its dtype.
+
+    Every formula here squares the time coordinate ``sqrt(k) cosh(r/sqrt k)`` somewhere (inner products,
+    the on-manifold check), so a point is usable only while that square is finite: ``r/sqrt(k)`` up to
+    about 354 in float64 and 44 in float32.  Beyond it ``inf - inf`` turns into NaN and distances into 0
+    without a word, hence the check.  |spatial part| <= time coordinate, so the time coordinates decide.
+    """
+    time = z[..., 0].detach()
+    if z.numel() and not bool(torch.isfinite(time * time).all()):
+        reach = math.log(2 * math.sqrt(torch.finfo(z.dtype).max / k))
+        advice = ("a max_norm (the reference clips |v|/sqrt(k) at 10) or smaller features: float64 is already "
+                  "the widest type" if z.dtype == torch.float64 else "dtype=torch.float64, a max_norm, or smaller features")
+        raise ValueError(f"{what} gave points beyond {z.dtype}'s reach (radius/sqrt(k) above about {reach:.0f}, where "
+                         f"their squared coordinates overflow); use {advice}")
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""Library edge cases: every wrong input is a ValueError that says what to fix, never a silent wrong answer."""
+import math
+
+import geoopt
+import pytest
+import torch
+
+import hddgeo
+from hddgeo.geometry.lorentz import check_points
+
+M = geoopt.Lorentz(k=1.0)
+
+
+def _far(radius, n=6, d=16, seed=0):
+    v = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return v / v.norm(dim=-1, keepdim=True) * radius
+
+
+@pytest.mark.parametrize("radius", [360.0, 500.0, 700.0])
+def test_points_beyond_float64_reach_raise_with_advice_to_clip(radius):
+    with pytest.raises(ValueError, match="max_norm"):
+        hddgeo.lift(_far(radius), M)
+    with pytest.raises(ValueError, match="reach"):
+        hddgeo.hdd_loss(_far(radius)[None], _far(radius, seed=1)[None], M, max_norm=None)
+    # a hand-made point out there (finite coordinates, squares overflow) is refused by the point check too
+    t = torch.tensor(radius, dtype=torch.float64)
+    z = torch.stack([torch.cosh(t), torch.sinh(t), torch.zeros((), dtype=torch.float64)])
+    assert torch.isfinite(z).all()
+    with pytest.raises(ValueError, match="reach"):
+        check_points(z, M)
+    with pytest.raises(ValueError, match="reach"):
+        hddgeo.dist(z, z, M)
+
+
+def test_points_just_inside_reach_still_work():
+    v = _far(300.0)
+    vs = (_far(300.0, seed=1) * 0.99).requires_grad_(True)
+    loss = hddgeo.hdd_loss(v[None], vs[None], M, max_norm=None, centroid="karcher")
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0 and torch.isfinite(vs.grad).all()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"max_iter": -1}, "max_iter"),
+    ({"max_iter": 2.5}, "max_iter"),
+    ({"tol": -1.0}, "tol"),
+    ({"tol": float("nan")}, "tol"),
+    ({"tol": float("inf")}, "tol"),
+    ({"maxiter": 3}, "maxiter"),
+    ({"backward": "magic"}, "backward"),
+])
+def test_karcher_options_are_checked_alike_in_the_loss_and_the_mean(kwargs, word):
+    v = torch.randn(1, 8, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=word):
+        hddgeo.hdd_loss(v, v[:, :3], M, centroid="karcher", **kwargs)
+    with pytest.raises((ValueError, TypeError), match=word):
+        hddgeo.karcher_mean(hddgeo.lift(v, M), M, **kwargs)
+
+
+def test_huge_weights_do_not_overflow_the_centroid():
+    z = hddgeo.lift(torch.randn(5, 8, dtype=torch.float64), M)
+    for w in (torch.full((5,), 1e308, dtype=torch.float64), torch.tensor([1e308, 1e308, 1.0, 0.0, 5e307], dtype=torch.float64)):
+        for centroid in (hddgeo.law_centroid, hddgeo.tangent_centroid, hddgeo.karcher_mean):
+            c = centroid(z, M, weights=w)
+            inner = -c[0] ** 2 + (c[1:] ** 2).sum()
+            assert torch.isfinite(c).all() and float(inner) == pytest.approx(-1.0, abs=1e-9), centroid.__name__
+            ref = centroid(z, M, weights=w / w.max())  # the same weights, rescaled: the same centroid
+            torch.testing.assert_close(c, ref)
+
+
+def test_integer_dtype_is_refused_not_truncated():
+    with pytest.raises(ValueError, match="floating-point"):
+        hddgeo.lift(torch.randn(3, 4), M, dtype=torch.long)
+
+
+def test_half_precision_karcher_warns_when_it_cannot_converge():
+    v = torch.randn(20, 16, generator=torch.Generator().manual_seed(3)) * 2
+    z = hddgeo.lift(v, M, max_norm=5.0, dtype=torch.float16)
+    with pytest.warns(RuntimeWarning, match="float64"):
+        _, info = hddgeo.karcher_mean(z, M, return_info=True)
+    assert not bool(info.converged.all())
+
+
+def test_overflow_advice_does_not_recommend_float64_to_float64_input():
+    with pytest.raises(ValueError) as err:
+        hddgeo.lift(_far(720.0), M)
+    assert "use dtype=torch.float64" not in str(err.value) and "already" in str(err.value)
+    with pytest.raises(ValueError, match="dtype=torch.float64"):
+        hddgeo.lift(_far(60.0).float(), M, dtype=None)
+    assert math.isfinite(float(hddgeo.lift(_far(40.0).float(), M, dtype=None)[0, 0]))
