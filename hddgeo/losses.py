@@ -102,7 +102,8 @@ class Matcher:
 
     def __init__(self, kind: str = "euclidean", centroid: str = "law", k: float = 1.0, scale: float = 20.0,
                  max_norm: Optional[float] = 10.0, euclidean_weight: float = 1.0, hdd_weight: float = 1.0,
-                 karcher_tol: Optional[float] = None, karcher_max_iter: Optional[int] = None):
+                 karcher_tol: Optional[float] = None, karcher_max_iter: Optional[int] = None,
+                 num_classes: Optional[int] = None):
         import geoopt
 
         if kind not in MATCHERS:
@@ -118,10 +119,8 @@ class Matcher:
         self.hdd_weight = float(hdd_weight) if kind == "both" else 1.0
         self.karcher_kwargs = {"tol": karcher_tol, "max_iter": karcher_max_iter}
         self.manifold = geoopt.Lorentz(k=self.k)
-        # when set (by the runner, every few iterations), __call__ also reports the distance between Law's
-        # centroid and the Karcher mean of the real and synthetic sets, averaged over num_classes
-        self.diagnose = False
-        self.num_classes: Optional[int] = None
+        # classes of the whole run (sharded processes see only some), for the centroid-gap averages
+        self.num_classes = num_classes
 
     def centroid_gaps(self, f_real: torch.Tensor, f_syn: torch.Tensor) -> dict:
         """Mean over classes of ``d(law, karcher)`` for the real and the synthetic features (no gradients).
@@ -139,7 +138,9 @@ class Matcher:
                 out[name] = float(gap.sum()) / (self.num_classes or gap.numel())
         return out
 
-    def __call__(self, f_real: torch.Tensor, f_syn: torch.Tensor):
+    def __call__(self, f_real: torch.Tensor, f_syn: torch.Tensor, diagnose: bool = False):
+        """``(loss, logged parts)``; ``diagnose`` also logs the distance between Law's centroid and the Karcher
+        mean of the real and the synthetic features (``gap_real``, ``gap_syn``), averaged over classes."""
         parts = {}
         total = f_syn.new_zeros(())
         if self.kind in ("euclidean", "both"):
@@ -150,7 +151,7 @@ class Matcher:
                                     max_norm=self.max_norm, **self.karcher_kwargs).to(f_syn.dtype)
             total = total + self.hdd_weight * parts["hdd"]
         logged = {name: float(v.detach()) for name, v in parts.items()}
-        if self.diagnose:
+        if diagnose:
             logged.update(self.centroid_gaps(f_real, f_syn))
         return total, logged
 

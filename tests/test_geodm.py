@@ -140,13 +140,13 @@ def test_curvatures_and_weights_get_finite_gradients_and_stay_in_range():
     dataset, pool, matcher = prepare(cfg)
     m = build_method("geodm", cfg, dataset, pool, matcher)
     syn = m.init_synset(torch.Generator().manual_seed(0))
-    loss, parts, net = m.step(0, syn)
+    loss, parts, step = m.step(0, syn)
     assert {"ot", "w_hyperbolic", "curvature_spherical"} <= set(parts)
     loss.backward()
     for name, p in m.geo_params.items():
         assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).all(), name
     before = {k: p.detach().clone() for k, p in m.geo_params.items()}
-    m.after_step(0, net)
+    m.after_step(step)
     assert all(p.grad is None for p in m.geo_params.values())
     assert all(not torch.equal(before[k], p) for k, p in m.geo_params.items())
     # many steps with a huge learning rate on cheap random features: everything stays valid
@@ -154,7 +154,7 @@ def test_curvatures_and_weights_get_finite_gradients_and_stay_in_range():
     for it in range(25):
         fr, fs = clouds(C=2, n=8, m=3, d=16, seed=it)
         m.ot_loss(fr, fs.requires_grad_(True))[0].backward()
-        m.after_step(it, None)
+        m.after_step()
         for g, K in m.curvatures().items():
             assert lo <= K.item() <= hi, (g, K.item())
         w = torch.stack(list(m.weights().values()))

@@ -321,34 +321,33 @@ class Dance(DistillMethod):
         expert_dsa = cfg.dsa if self.opts["expert_dsa"] is None else self.opts["expert_dsa"]
         self.experts, self.cache_file = load_or_train_experts(
             dataset, cfg.model, self.opts, cfg.seed, cfg.dsa_strategy if expert_dsa else None)
-        self.draw = None  # (expert index, l, per-class calibration DSA seeds) of the current iteration
 
-    def network(self, it, gen):
+    def network(self, it, gen, draw=None):
         # One draw from the step's generator, like DM's network seed, so DANCE and DM see the same
         # real batches and augmentations at the same seed; everything DANCE needs derives from it.
         sub = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=gen)))
         e = int(torch.randint(0, len(self.experts), (), generator=sub))
         l = float(torch.rand((), generator=sub, dtype=torch.float64))
         ce_seeds = torch.randint(0, 2**31 - 1, (self.pool.num_classes,), generator=sub).tolist()
-        self.draw = (e, l, ce_seeds)
+        if draw is not None:
+            draw.update(expert=e, l=l, ce_seeds=ce_seeds)
         return middle_encoder(self.experts[e], l)
 
-    def calibration_images(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def calibration_images(self, images: torch.Tensor, labels: torch.Tensor, seeds: list) -> torch.Tensor:
         """Per-class DSA (per-image draws, one seed per class) of the synthetic images, so a class's
         augmentation does not depend on which other classes are in the batch."""
         if not self.cfg.dsa:
             return images
-        seeds = self.draw[2]
         classes, counts = torch.unique_consecutive(labels, return_counts=True)
         parts = torch.split(images, counts.tolist())
         return torch.cat([dsa(x, seeds[int(c)], self.cfg.dsa_strategy, siamese=False) for x, c in zip(parts, classes)])
 
-    def extra_loss(self, net, syn_images, syn_labels, total: Optional[int] = None):
+    def extra_loss(self, step, syn_images, syn_labels, total: Optional[int] = None):
         w = self.opts["ce_weight"]
         if w == 0 or len(syn_labels) == 0:
             return None, {}
-        expert = self.experts[self.draw[0]].network
-        logits = expert(self.calibration_images(syn_images, syn_labels))
+        expert = self.experts[step.draw["expert"]].network
+        logits = expert(self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"]))
         ce = F.cross_entropy(logits, syn_labels, reduction="sum") / (total or len(syn_labels))
         return w * ce, {"ce": float(ce.detach())}
 

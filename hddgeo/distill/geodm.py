@@ -292,7 +292,6 @@ class GeoDM(DM):
         self.geo_params = params
         self.geo_opt = torch.optim.Adam(list(params.values()), lr=o["geo_lr"])
         self._heads: Dict[str, torch.Tensor] = {}
-        self._pending = None
 
     # -- learnt geometry -----------------------------------------------------------------------------
     def weights(self) -> Dict[str, torch.Tensor]:
@@ -358,22 +357,13 @@ class GeoDM(DM):
         return {k: v / world for k, v in values.items()} if world > 1 else values
 
     # -- hooks ---------------------------------------------------------------------------------------
-    def features(self, net, syn, gen):
-        # the shared step computes the features once; keep them for extra_loss of the same step
-        f_real, f_syn = super().features(net, syn, gen)
-        self._pending = (f_real, f_syn)
-        return f_real, f_syn
-
-    def extra_loss(self, net, syn_images, syn_labels, total=None):
-        pending, self._pending = self._pending, None
-        if pending is None:
-            raise RuntimeError("GeoDM.extra_loss uses the features of the same step(); call step(), not extra_loss alone")
+    def extra_loss(self, step, syn_images, syn_labels, total=None):
         if self.options["ot_weight"] == 0:
             return None, self._per_run(self.geometry())
-        loss, parts = self.ot_loss(*pending)
-        return (self.options["ot_weight"] * loss).to(pending[1].dtype), parts
+        loss, parts = self.ot_loss(step.f_real, step.f_syn)  # the features of this same step
+        return (self.options["ot_weight"] * loss).to(step.f_syn.dtype), parts
 
-    def after_step(self, it, net):
+    def after_step(self, step=None):
         """One Adam step of the curvatures and weights on the gradients of this iteration's loss."""
         if self.options["ot_weight"] == 0:
             return
@@ -387,8 +377,9 @@ class GeoDM(DM):
         if all(bool(torch.isfinite(p.grad).all()) for p in params):
             self.geo_opt.step()
         else:
-            warnings.warn(f"GeoDM: non-finite gradient of the curvatures/weights at iteration {it + 1}; "
-                          "geometry update skipped", RuntimeWarning)
+            where = f" at iteration {step.it + 1}" if step is not None else ""
+            warnings.warn(f"GeoDM: non-finite gradient of the curvatures/weights{where}; geometry update skipped",
+                          RuntimeWarning)
         self.geo_opt.zero_grad(set_to_none=True)
 
     def state_dict(self):

@@ -16,6 +16,7 @@ state in :meth:`state_dict` this makes an interrupted run resume to exactly the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -26,6 +27,18 @@ from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods bui
 from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
 
 from .synset import SyntheticSet
+
+@dataclass
+class Step:
+    """What one iteration drew and computed, handed to the method's later hooks (``extra_loss``,
+    ``after_step``) instead of being kept on the method between calls."""
+
+    it: int
+    net: torch.nn.Module
+    draw: dict = field(default_factory=dict)  # the method's own draws: IDM's queue index, DANCE's expert, ...
+    f_real: Optional[torch.Tensor] = None     # (C', n, d) features of this process's classes
+    f_syn: Optional[torch.Tensor] = None      # (C', m, d)
+
 
 class DistillMethod:
     """Base class: the shared step; subclasses choose the network and extra terms."""
@@ -49,15 +62,16 @@ class DistillMethod:
         return {}
 
     # -- hooks ------------------------------------------------------------------------------------
-    def network(self, it: int, gen: torch.Generator) -> torch.nn.Module:
+    def network(self, it: int, gen: torch.Generator, draw: Optional[dict] = None) -> torch.nn.Module:
+        """The feature network of iteration ``it``; what else it draws goes into ``draw`` (becomes ``Step.draw``)."""
         raise NotImplementedError
 
-    def extra_loss(self, net, syn_images, syn_labels, total: int):
+    def extra_loss(self, step: Step, syn_images, syn_labels, total: int):
         """Extra terms on this process's synthetic images; per-image terms are summed and divided by
         ``total`` (the image count of all classes) so that shards add up to the full mean."""
         return None, {}
 
-    def after_step(self, it: int, net) -> None:
+    def after_step(self, step: Step) -> None:
         pass
 
     def state_dict(self) -> dict:
@@ -99,28 +113,32 @@ class DistillMethod:
         f_syn = net.embed(torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
 
-    def step(self, it: int, syn: SyntheticSet):
-        """Loss of iteration ``it`` (to be back-propagated into ``syn.images``) and its logged parts."""
+    def step(self, it: int, syn: SyntheticSet, diagnose: bool = False):
+        """``(loss, logged parts, Step)`` of iteration ``it``: the loss is to be back-propagated into
+        ``syn.images``, the :class:`Step` passed to :meth:`after_step`.  ``diagnose`` also logs the
+        Law-Karcher centroid gaps."""
         gen = iteration_generator(self.cfg.seed, it)
-        net = self.network(it, gen)
+        draw = {}
+        net = self.network(it, gen, draw)
         f_real, f_syn = self.features(net, syn, gen)
-        loss, parts = self.matcher(f_real, f_syn)
+        state = Step(it=it, net=net, draw=draw, f_real=f_real, f_syn=f_syn)
+        loss, parts = self.matcher(f_real, f_syn, diagnose=diagnose)
         images, labels = syn.expanded()
         total = len(labels)
         if len(self.classes) < self.pool.num_classes:
             keep = torch.isin(labels, torch.tensor(self.classes))
             images, labels = images[keep], labels[keep]
-        extra, extra_parts = self.extra_loss(net, images, labels, total)
+        extra, extra_parts = self.extra_loss(state, images, labels, total)
         if extra is not None:
             loss = loss + extra
         parts.update(extra_parts)
-        return loss, parts, net
+        return loss, parts, state
 
 
 class DM(DistillMethod):
     name = "dm"
 
-    def network(self, it, gen):
+    def network(self, it, gen, draw=None):
         net = fresh_network(self.cfg.model, self.dataset, int(torch.randint(0, 2**31 - 1, (), generator=gen)))
         net.train()  # instance norm has no running statistics: train/eval give the same features
         for p in net.parameters():
@@ -152,19 +170,21 @@ class IDM(DistillMethod):
             self.opts.append(opt)
             self.ages.append(0)
 
-    def network(self, it, gen):
-        self.current = int(torch.randint(0, len(self.nets), (), generator=gen))
-        return self.nets[self.current]
+    def network(self, it, gen, draw=None):
+        index = int(torch.randint(0, len(self.nets), (), generator=gen))
+        if draw is not None:
+            draw["queue_index"] = index
+        return self.nets[index]
 
-    def extra_loss(self, net, syn_images, syn_labels, total):
+    def extra_loss(self, step, syn_images, syn_labels, total):
         if self.cfg.idm_ce_weight <= 0:
             return None, {}
-        ce = F.cross_entropy(net(syn_images), syn_labels, reduction="sum") / total
+        ce = F.cross_entropy(step.net(syn_images), syn_labels, reduction="sum") / total
         return self.cfg.idm_ce_weight * ce, {"ce": float(ce.detach())}
 
-    def after_step(self, it, net):
+    def after_step(self, step):
         """Train the network just used for a few steps on real data; renew it when it is old."""
-        i = self.current
+        i, it, net = step.draw["queue_index"], step.it, step.net
         gen = iteration_generator(self.cfg.seed, it, stream=IDM_TRAIN)
         net.zero_grad(set_to_none=True)
         for _ in range(self.cfg.idm_train_steps):

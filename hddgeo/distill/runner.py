@@ -202,8 +202,8 @@ def prepare(cfg: DistillConfig):
             f"IPC {cfg.ipc} needs {cfg.ipc * per} real images per class for {cfg.method}'s initialisation, but class "
             f"{smallest} has {pool.count(smallest)}; lower --ipc or use --init noise"
         )
-    matcher = Matcher(cfg.matcher, cfg.centroid, cfg.k, cfg.scale, cfg.max_norm, cfg.euclidean_weight, cfg.hdd_weight)
-    matcher.num_classes = dataset.num_classes
+    matcher = Matcher(cfg.matcher, cfg.centroid, cfg.k, cfg.scale, cfg.max_norm, cfg.euclidean_weight, cfg.hdd_weight,
+                      num_classes=dataset.num_classes)
     return dataset, pool, matcher
 
 
@@ -367,9 +367,9 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
                disable=not (progress and main_proc), desc=describe(cfg), unit="it", dynamic_ncols=True)
     for it in bar:
         t0 = time.perf_counter()
-        matcher.diagnose = bool(cfg.gap_every) and (it % cfg.gap_every == 0 or it + 1 == cfg.iterations)
+        diagnose = bool(cfg.gap_every) and (it % cfg.gap_every == 0 or it + 1 == cfg.iterations)
         try:
-            loss, parts, net = method.step(it, syn)
+            loss, parts, step = method.step(it, syn, diagnose=diagnose)
         except ValueError as err:
             if it == 0:  # the images are still the initial ones: the input itself is bad
                 raise
@@ -386,7 +386,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         if not bool(torch.isfinite(syn.images).all()):
             bar.close()
             raise non_finite("synthetic images (or their gradient)", it)
-        method.after_step(it, net)
+        method.after_step(step)
         logged = distributed.sum_floats({"loss": float(loss.detach()), **parts})
         if not math.isfinite(logged["loss"]):
             bar.close()
