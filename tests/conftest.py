@@ -5,8 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REAL_FASHIONMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Scripts and runs set torch's thread count; no test leaves it changed for the next one."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:

@@ -5,7 +5,6 @@ import os
 
 import pandas as pd
 import pytest
-import torch
 
 from hddgeo.distill import DistillConfig
 from hddgeo.distill.study import config_mismatch, run_cell
@@ -18,13 +17,6 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def assert_pngs(out, names):

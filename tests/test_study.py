@@ -2,19 +2,11 @@
 import os
 
 import pandas as pd
-import pytest
 import torch
 
 from hddgeo.cli import main
 
 from test_experiments import load_script
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def test_demo_writes_one_row_per_method_ipc_seed_network(tmp_path, capsys):
