@@ -18,7 +18,8 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 import torch
 
-from hddgeo import seeds, stats
+from hddgeo import stats
+from hddgeo.seeds import FINAL_EVAL_OFFSET, init_generator
 from hddgeo.evaluate import evaluate_synset
 
 from .methods import build_method
@@ -37,11 +38,11 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
     """Accuracy of the initial synthetic set (the seed's random real images) under the final evaluation."""
     dataset, pool, matcher = prepare(cfg)
     method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    syn = method.init_synset(seeds.init_generator(cfg.seed))
+    syn = method.init_synset(init_generator(cfg.seed))
     images, labels = syn.expanded()
     res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                           model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress)
+                          augment=eval_augment(cfg), seed=cfg.seed + FINAL_EVAL_OFFSET, progress=progress)
     return {"method": stats.RANDOM, "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
             "acc_std": res["std"], "accs": res["accs"], "seconds_per_iteration": float("nan")}
 
@@ -236,4 +237,4 @@ def initial_images(cfg: DistillConfig) -> torch.Tensor:
     """The synthetic images a run of ``cfg`` starts from (its seed's real or noise initialisation)."""
     dataset, pool, matcher = prepare(cfg)
     method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    return method.init_synset(seeds.init_generator(cfg.seed)).images.detach()
+    return method.init_synset(init_generator(cfg.seed)).images.detach()
