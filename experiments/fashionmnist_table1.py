@@ -1,7 +1,7 @@
 """The Fashion-MNIST column of the paper's Table 1: Random, DM, and DM+HDD with the Law, Karcher and tangent
 centroids, paired over distillation seeds.
 
-    python experiments/fashionmnist_table1.py                 # CPU budget, IPC 1 and 10 (about 1.5 h on 2 cores)
+    python experiments/fashionmnist_table1.py                 # CPU budget, IPC 1 and 10 (54 min on 2 shared cores)
     python experiments/fashionmnist_table1.py --ipc50         # add IPC 50
     python experiments/fashionmnist_table1.py --preset paper  # the paper's budget, for a GPU
     python experiments/fashionmnist_table1.py --quick --data-root DIR --out /tmp/t1   # smoke test (seconds)
