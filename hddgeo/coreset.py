@@ -37,12 +37,12 @@ from functools import partial
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hddgeo.data import ClassPool, ImageDataset, dsa as dsa_augment, load_dataset
 from hddgeo.models import fresh_network
 from hddgeo.seeds import coreset_seed
+from hddgeo.training import sgd_epochs
 from hddgeo.evaluate import evaluate_synset
 
 __all__ = [
@@ -186,18 +186,11 @@ def train_on_real(dataset: ImageDataset, model: str = "convnet", epochs: int = 3
         net = fresh_network(model, dataset, seed, **model_kw).to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)
-        net.train()
-        for epoch in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                x, y = images[idx].to(device), labels[idx].to(device)
-                logits = net(x)
-                history[epoch, idx] = (logits.detach().argmax(1) == y).cpu()
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+
+        def record(epoch, idx, logits, y):
+            history[epoch, idx.cpu()] = (logits.argmax(1) == y).cpu()
+
+        sgd_epochs(net, images.to(device), labels.to(device), optimizer, gen, epochs, batch_size, on_batch=record)
     return net, history
 
 

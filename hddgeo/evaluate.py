@@ -12,10 +12,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from hddgeo.models import build_model
+from hddgeo.training import sgd_epochs
 
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -99,31 +99,12 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)
-        x_all, y_all = images.to(device), labels.to(device)
-        n = len(x_all)
         epoch_iter = range(epochs)
         if progress:
             epoch_iter = tqdm(epoch_iter, desc=f"{model} seed {seed}", file=sys.stderr,
                               leave=False)
-        train_loss = float("nan")
-        net.train()
-        for epoch in epoch_iter:
-            if epoch == epochs // 2 and epoch > 0:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.1
-            order = torch.randperm(n, generator=gen).to(device)
-            total = 0.0
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                x, y = x_all[idx], y_all[idx]
-                if augment is not None:
-                    x = augment(x, int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                loss = F.cross_entropy(net(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-            train_loss = total / n
+        train_loss = sgd_epochs(net, images.to(device), labels.to(device), optimizer, gen, epochs, batch_size,
+                                augment=augment, lr_drop_at=epochs // 2, epoch_iter=epoch_iter)
         acc = _accuracy(net, test_images, test_labels, batch_size, device)
     return {"acc": acc, "train_loss": train_loss}
 

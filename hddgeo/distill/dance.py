@@ -52,6 +52,7 @@ import json
 import os
 import sys
 import warnings
+from functools import partial
 from dataclasses import dataclass
 from typing import Optional
 
@@ -62,6 +63,7 @@ from torch import nn
 from hddgeo.data import dsa
 from hddgeo.rundir import save_tensors
 from hddgeo.seeds import expert_seed
+from hddgeo.training import sgd_epochs
 
 from .methods import DistillMethod, fresh_network, register_method
 
@@ -235,28 +237,17 @@ def train_expert(model: str, dataset, seed: int, epochs: int, lr: float = 0.01, 
     init = _clone_state(net)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=EXPERT_MOMENTUM, weight_decay=EXPERT_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(int(seed))
-    x_all, y_all = dataset.train_images, dataset.train_labels
-    n = len(x_all)
-    loss_sum, correct = float("nan"), 0
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        loss_sum, correct = 0.0, 0
-        for start in range(0, n, batch):
-            idx = order[start:start + batch]
-            x, y = x_all[idx], y_all[idx]
-            if dsa_strategy:
-                x = dsa(x, int(torch.randint(0, 2**31 - 1, (), generator=gen)), dsa_strategy, siamese=False)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y).sum())
-    return {"seed": int(seed), "init": init, "trained": _clone_state(net),
-            "train_loss": loss_sum / n if epochs else float("nan"),
-            "train_acc": correct / n if epochs else float("nan")}
+    n = len(dataset.train_labels)
+    correct = {}
+
+    def count(epoch, idx, logits, y):  # correct predictions of the last epoch
+        correct[epoch] = correct.get(epoch, 0) + int((logits.argmax(1) == y).sum())
+
+    augment = partial(dsa, strategy=dsa_strategy, siamese=False) if dsa_strategy else None
+    train_loss = sgd_epochs(net, dataset.train_images, dataset.train_labels, opt, gen, epochs, batch,
+                            augment=augment, on_batch=count)
+    return {"seed": int(seed), "init": init, "trained": _clone_state(net), "train_loss": train_loss,
+            "train_acc": correct[epochs - 1] / n if epochs else float("nan")}
 
 
 def _load_cache(path: str, fields: dict) -> Optional[list]:
