@@ -10,7 +10,6 @@ from typing import Optional
 
 import geoopt
 import pandas as pd
-import torch
 
 from .geometry import dist, hierarchical_weights, karcher_mean, law_centroid, lift, radius, tangent_centroid
 
@@ -18,16 +17,13 @@ from .geometry import dist, hierarchical_weights, karcher_mean, law_centroid, li
 def class_features(dataset, model: str = "convnet", seed: int = 0, per_class: Optional[int] = None,
                    batch_size: int = 512) -> list:
     """Features of each class's training images under a randomly initialised network (list of ``(n_c, d)``)."""
-    from .models import fresh_network
+    from .models import embed, fresh_network
 
     net = fresh_network(model, dataset, seed).eval()
     feats = []
-    with torch.no_grad():
-        for c in range(dataset.num_classes):
-            x = dataset.train_images[dataset.train_labels == c]
-            if per_class is not None:
-                x = x[:per_class]
-            feats.append(torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]))
+    for c in range(dataset.num_classes):
+        x = dataset.train_images[dataset.train_labels == c]
+        feats.append(embed(net, x if per_class is None else x[:per_class], batch_size))
     return feats
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from hddgeo.data import ClassPool, ImageDataset, dsa as dsa_augment, load_dataset
-from hddgeo.models import fresh_network
+from hddgeo.models import embed, fresh_network
 from hddgeo.seeds import coreset_seed
 from hddgeo.training import sgd_epochs
 from hddgeo.evaluate import evaluate_synset
@@ -158,10 +158,8 @@ def _most_forgotten(counts: Tensor, n: int, generator: torch.Generator) -> Tenso
 
 @torch.no_grad()
 def embed_dataset(net: torch.nn.Module, images: Tensor, batch_size: int = 512, device="cpu") -> Tensor:
-    """``net.embed`` of every image, ``(N, d)`` float32 on the CPU."""
-    net = net.to(device).eval()
-    out = [net.embed(images[s:s + batch_size].to(device)).cpu() for s in range(0, len(images), batch_size)]
-    return torch.cat(out).float()
+    """``net.embed`` of every image, ``(N, d)`` float32 on the CPU (:func:`hddgeo.models.embed`)."""
+    return embed(net.eval(), images.cpu(), batch_size, device=device).float()
 
 
 def train_on_real(dataset: ImageDataset, model: str = "convnet", epochs: int = 3, seed: int = 0,

@@ -455,13 +455,6 @@ def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, class
 
 
 # ----------------------------------------------------------------------------- run report
-def _embed(net, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    if len(x) == 0:
-        raise ValueError("no images to embed")
-    with torch.no_grad():
-        return torch.cat([net.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def _load_run(run_dir: str):
     """``(config dict, synset dict)`` of a finished run, or a ``ValueError`` saying what is missing."""
     if not os.path.isdir(run_dir):
@@ -507,7 +500,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
 
     from .data import load_dataset
     from .stats import method_label
-    from .models import fresh_network
+    from .models import embed, fresh_network
     from .hierarchy import root_and_leaf, sample_table
 
     cfg, syn = _load_run(run_dir)
@@ -528,10 +521,10 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     real_imgs, z_real, z_syn, feats = {}, {}, {}, {}
     for c in classes:
         real_imgs[c] = dataset.train_images[dataset.train_labels == c][:per_class]
-        feats[c] = _embed(net, real_imgs[c]).double()
+        feats[c] = embed(net, real_imgs[c]).double()
         z_real[c] = lift(feats[c], M, max_norm=max_norm)
         x_syn = syn_images[syn_labels == c]
-        z_syn[c] = lift(_embed(net, x_syn).double(), M, max_norm=max_norm) if len(x_syn) else None
+        z_syn[c] = lift(embed(net, x_syn).double(), M, max_norm=max_norm) if len(x_syn) else None
 
     label = method_label(cfg.get("method", "?"), cfg.get("matcher", "euclidean"), cfg.get("centroid", ""))
     clip = "none" if max_norm is None else f"{max_norm:g}"

@@ -41,3 +41,18 @@ def test_cross_arch_shapes(name, channels, size):
 def test_build_model_unknown_name():
     with pytest.raises(ValueError, match="convnet, alexnet, vgg11, resnet18"):
         build_model("lenet", 1, 10, 8)
+
+
+def test_embed_in_chunks_equals_one_batch_and_refuses_nothing():
+    import pytest
+
+    from hddgeo.models import build_model, embed
+
+    torch.manual_seed(0)
+    net = build_model("convnet", 1, 10, (8, 8))
+    x = torch.randn(23, 1, 8, 8)
+    whole = net.embed(x).detach()
+    assert torch.equal(embed(net, x, batch_size=5), whole)  # per-image layers: chunking changes nothing
+    assert not embed(net, x).requires_grad
+    with pytest.raises(ValueError, match="no images"):
+        embed(net, x[:0])

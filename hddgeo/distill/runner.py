@@ -31,7 +31,7 @@ from hddgeo.data.datasets import DATASET_NAMES
 from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
-from hddgeo.models import MODEL_NAMES
+from hddgeo.models import MODEL_NAMES, embed
 from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, load_tensors, read_json, save_tensors, write_json,
                            write_log)
 from hddgeo import seeds
@@ -215,8 +215,7 @@ def prune_pool(pool: ClassPool, dataset, cfg: DistillConfig) -> ClassPool:
     from .methods import fresh_network
 
     net = fresh_network(cfg.model, dataset, cfg.seed + seeds.PRUNE_NETWORK_OFFSET)
-    with torch.no_grad():
-        feats = torch.cat([net.embed(pool.images[i:i + 512]) for i in range(0, len(pool), 512)])
+    feats = embed(net, pool.images)
     keep = prune_by_level(feats, cfg.prune_fraction, level=cfg.prune_level, k=cfg.k, max_norm=cfg.max_norm,
                           labels=pool.labels)
     return pool.subset(keep)

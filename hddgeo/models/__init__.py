@@ -36,4 +36,20 @@ def fresh_network(name: str, dataset, seed: int, **kw) -> nn.Module:
         return build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
 
 
-__all__ = ["MODEL_NAMES", "build_model", "fresh_network", "ConvNet", "AlexNet", "VGG11", "ResNet18"]
+def embed(net: nn.Module, images: torch.Tensor, batch_size: int = 512, device=None) -> torch.Tensor:
+    """``net.embed`` of every image, ``(N, d)``, in chunks of ``batch_size`` without autograd.
+
+    The result is on ``images``' device; ``device`` is where the network computes (default: where its
+    parameters are). Every layer treats images independently, so the chunk size does not change the
+    values (bitwise, for the instance-norm ConvNet)."""
+    if len(images) == 0:
+        raise ValueError("no images to embed")
+    if device is not None:
+        net = net.to(device)
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        out = [net.embed(images[s:s + batch_size].to(device)).to(images.device) for s in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+__all__ = ["MODEL_NAMES", "build_model", "embed", "fresh_network", "ConvNet", "AlexNet", "VGG11", "ResNet18"]
