@@ -43,10 +43,8 @@ def test_build_model_unknown_name():
         build_model("lenet", 1, 10, 8)
 
 
-def test_embed_in_chunks_equals_one_batch_and_refuses_nothing():
-    import pytest
-
-    from hddgeo.models import build_model, embed
+def test_embed_in_chunks_equals_one_batch_and_refuses_an_empty_batch():
+    from hddgeo.models import embed
 
     torch.manual_seed(0)
     net = build_model("convnet", 1, 10, (8, 8))
