@@ -17,6 +17,7 @@ state in :meth:`state_dict` this makes an interrupted run resume to exactly the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from hddgeo.data import dsa
 from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
 from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
+from hddgeo.training import sgd_epochs
 
 from .synset import SyntheticSet
 
@@ -186,15 +188,12 @@ class IDM(DistillMethod):
         """Train the network just used for a few steps on real data; renew it when it is old."""
         i, it, net = step.draw["queue_index"], step.it, step.net
         gen = iteration_generator(self.cfg.seed, it, stream=IDM_TRAIN)
-        net.zero_grad(set_to_none=True)
-        for _ in range(self.cfg.idm_train_steps):
+        net.zero_grad(set_to_none=True)  # what the distillation loss left in the network's gradients
+        augment = partial(dsa, strategy=self.cfg.dsa_strategy, siamese=False) if self.cfg.dsa else None
+        for _ in range(self.cfg.idm_train_steps):  # each step: one fresh batch drawn with replacement
             idx = torch.randint(0, len(self.pool), (min(256, len(self.pool)),), generator=gen)
-            x, y = self.pool.images[idx], self.pool.labels[idx]
-            if self.cfg.dsa:
-                x = dsa(x, int(torch.randint(0, 2**31 - 1, (), generator=gen)), self.cfg.dsa_strategy, siamese=False)
-            self.opts[i].zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
-            self.opts[i].step()
+            sgd_epochs(net, self.pool.images[idx], self.pool.labels[idx], self.opts[i], gen, epochs=1,
+                       batch_size=len(idx), augment=augment)
         self.opts[i].zero_grad(set_to_none=True)
         self.ages[i] += 1
         if self.ages[i] >= self.cfg.idm_net_age:
