@@ -138,3 +138,8 @@ def test_cross_architecture_outputs(tmp_path):
         assert os.path.exists(os.path.join(run_dir, "eval_resnet18.json"))
     assert "resnet18" in open(os.path.join(out, "results.md")).read()
     assert_pngs(out, ["cross_architecture.png"])
+
+
+def test_compare_official_names_what_it_needs(tmp_path):
+    with pytest.raises(SystemExit, match="DM-HDD"):
+        load_script("compare_official").main(["--official", str(tmp_path)])
