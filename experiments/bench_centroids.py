@@ -176,13 +176,18 @@ def main(argv=None):
                 print(f"n={n:5d} d={d + 1:5d} {spread:5s}  law {row['law_fwd_bwd_ms']:8.2f} ms  karcher "
                       f"{row['karcher_fwd_bwd_ms']:8.2f} ms ({row['ratio_fwd_bwd']:.1f}x)  iters {row['karcher_iters']}  "
                       f"|grad| {row['karcher_grad_norm']:.1e}  peak {row['karcher_peak_mib']:.0f} MiB", flush=True)
-    df = pd.DataFrame(rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    df.to_csv(args.out, index=False)
-    cols = ["n", "d", "spread", "law_fwd_ms", "law_fwd_bwd_ms", "karcher_fwd_ms", "karcher_fwd_bwd_ms", "ratio_fwd_bwd",
-            "karcher_iters", "karcher_grad_norm", "karcher_peak_mib", "law_karcher_dist"]
-    print(df[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[cols].to_string(index=False))
-    print(f"wrote {args.out}")
+    return _save(pd.DataFrame(rows), args.out, ["n", "d", "spread", "law_fwd_ms", "law_fwd_bwd_ms", "karcher_fwd_ms",
+                                                 "karcher_fwd_bwd_ms", "ratio_fwd_bwd", "karcher_iters",
+                                                 "karcher_grad_norm", "karcher_peak_mib", "law_karcher_dist"])
+
+
+def _save(df, out, cols=None) -> int:
+    """Write the CSV and print the table (``cols`` of it) as markdown when tabulate is there."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    df.to_csv(out, index=False)
+    shown = df if cols is None else df[cols]
+    print(shown.to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else shown.to_string(index=False))
+    print(f"wrote {out}")
     return 0
 
 
@@ -209,12 +214,7 @@ def api_main(args):
                     print(f"n={n:5d} d={d + 1:5d} classes={classes:3d} {spread:5s}  law {row['law_fwd_bwd_ms']:8.2f} ms  karcher "
                           f"{row['karcher_fwd_bwd_ms']:8.2f} ms ({row['ratio_fwd_bwd']:.2f}x)  iters {row['karcher_iters']}  "
                           f"|grad| {row['karcher_grad_norm']:.1e}", flush=True)
-    df = pd.DataFrame(rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    df.to_csv(args.out, index=False)
-    print(df.to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df.to_string(index=False))
-    print(f"wrote {args.out}")
-    return 0
+    return _save(pd.DataFrame(rows), args.out)
 
 
 def _has_tabulate():

@@ -272,11 +272,10 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
             raise ValueError(f"{ckpt_path} lacks {', '.join(missing)}: not a checkpoint written by hddgeo")
         saved = state.get("config")
         if isinstance(saved, dict):
-            changed = sorted(k for k, v in cfg.to_json().items()
-                             if k not in RESUMABLE_FIELDS and saved.get(k) != _json_round_trip(v))
+            changed = config_differences(cfg, saved)
             if changed:
                 raise ValueError(f"{os.path.join(out_dir, CONFIG)} differs from the checkpoint in "
-                                 f"{', '.join(f'{k} ({saved.get(k)!r} in the checkpoint)' for k in changed)}; "
+                                 f"{', '.join(f'{k} ({old!r} in the checkpoint)' for k, (old, _) in sorted(changed.items()))}; "
                                  f"restore config.json or start a new run")
         return cfg, state
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -292,8 +291,12 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
     return cfg, None
 
 
-def _json_round_trip(value):
-    return json.loads(json.dumps(value))
+def config_differences(cfg: DistillConfig, saved: dict) -> dict:
+    """``{field: (saved value, cfg's value)}`` for every field in which a saved configuration (JSON) describes
+    another run than ``cfg``; ``RESUMABLE_FIELDS`` are not compared."""
+    wanted = json.loads(json.dumps(cfg.to_json()))  # the JSON round trip (tuples -> lists, ...)
+    return {name: (saved.get(name), value) for name, value in wanted.items()
+            if name not in RESUMABLE_FIELDS and saved.get(name) != value}
 
 
 class NonFiniteError(ValueError):
@@ -437,8 +440,6 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     model = model or cfg.model
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if num_nets < 1 or (epochs is not None and epochs < 1):
-        raise ValueError(f"nets and epochs must be at least 1, got {num_nets} and {epochs}")
     dataset = load_dataset(cfg.dataset, data_root=data_root or cfg.data_root)
     if cfg.eval_test_per_class:
         dataset = dataset.test_subset(cfg.eval_test_per_class)

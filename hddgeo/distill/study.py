@@ -10,7 +10,6 @@ Tables are long: one row per (method, IPC, seed, evaluation network).  Each cell
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Iterable, Optional, Sequence
@@ -25,7 +24,7 @@ from hddgeo.evaluate import evaluate_synset
 from .methods import build_method
 from hddgeo.rundir import CONFIG, METRICS, is_temporary, read_json, write_json
 
-from .runner import RESUMABLE_FIELDS, DistillConfig, describe, eval_augment, prepare, run_distillation
+from .runner import DistillConfig, config_differences, describe, eval_augment, prepare, run_distillation
 
 DEFAULT_VARIANTS = (
     {"matcher": "euclidean"},
@@ -189,10 +188,7 @@ def _run_dirs(path: str) -> list[str]:
 def config_mismatch(cfg: DistillConfig, run_dir: str) -> dict:
     """``{field: (in run_dir/config.json, requested)}`` for every field that differs (empty: same run);
     fields that do not change what a run computes (``RESUMABLE_FIELDS``) are not compared."""
-    saved = read_json(os.path.join(run_dir, CONFIG))
-    wanted = json.loads(json.dumps(cfg.to_json()))  # the JSON round trip (tuples -> lists, ...)
-    return {name: (saved.get(name), value) for name, value in wanted.items()
-            if name not in RESUMABLE_FIELDS and saved.get(name) != value}
+    return config_differences(cfg, read_json(os.path.join(run_dir, CONFIG)))
 
 
 def check_same_run(cfg: DistillConfig, run_dir: str) -> None:
