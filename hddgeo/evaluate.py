@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from hddgeo.device import autocast
 from hddgeo.models import build_model
 from hddgeo.training import sgd_epochs
 
@@ -59,21 +60,23 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
 
 @torch.no_grad()
 def _accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-              device: torch.device) -> float:
+              device: torch.device, amp: str = "none") -> float:
     net.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # read once, not once per batch
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         y = labels[start:start + batch_size].to(device)
-        correct += int((net(x).argmax(1) == y).sum())
-    return correct / len(images)
+        with autocast(device, amp):
+            logits = net(x)
+        correct += (logits.argmax(1) == y).sum()
+    return int(correct) / len(images)
 
 
 def train_and_test(images, labels, test_images, test_labels, model: str = "convnet",
                    num_classes: Optional[int] = None, epochs: int = 1000, lr: float = 0.01,
                    momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
-                   augment: Optional[Augment] = None, seed: int = 0, device="cpu",
-                   progress: bool = False, model_kwargs: Optional[dict] = None) -> dict:
+                   augment: Optional[Augment] = None, seed: int = 0, device=None,
+                   progress: bool = False, model_kwargs: Optional[dict] = None, amp: str = "none") -> dict:
     """Train one fresh ``model`` on ``(images, labels)`` and return its test accuracy.
 
     ``images`` is ``(N, C, H, W)``; channels and image size come from it, ``num_classes``
@@ -83,19 +86,21 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
     is left untouched (everything runs inside ``torch.random.fork_rng``).
 
     Returns ``{"acc": test accuracy in [0, 1], "train_loss": mean cross-entropy of the last
-    epoch}``.
+    epoch}``.  ``device`` is where the network trains (default: where ``images`` are); the network is
+    initialised on the CPU and moved there, so a seed gives the same initial network on every device.
+    ``amp="bf16"`` trains and tests under bf16 autocast.
     """
     images, labels, test_images, test_labels, num_classes = _check_inputs(
         images, labels, test_images, test_labels, num_classes)
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    device = torch.device(device)
+    device = images.device if device is None else torch.device(device)
     # Fork every CUDA generator too: torch.manual_seed below reseeds all of them.
     fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         net = build_model(model, images.shape[1], num_classes, tuple(images.shape[2:]),
-                          **(model_kwargs or {})).to(device)
+                          **(model_kwargs or {})).to(device)  # drawn on the CPU (fork_rng above), then moved
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)
@@ -104,8 +109,8 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
             epoch_iter = tqdm(epoch_iter, desc=f"{model} seed {seed}", file=sys.stderr,
                               leave=False)
         train_loss = sgd_epochs(net, images.to(device), labels.to(device), optimizer, gen, epochs, batch_size,
-                                augment=augment, lr_drop_at=epochs // 2, epoch_iter=epoch_iter)
-        acc = _accuracy(net, test_images, test_labels, batch_size, device)
+                                augment=augment, lr_drop_at=epochs // 2, epoch_iter=epoch_iter, amp=amp)
+        acc = _accuracy(net, test_images, test_labels, batch_size, device, amp)
     return {"acc": acc, "train_loss": train_loss}
 
 
@@ -113,17 +118,23 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
                     model: str = "convnet", num_nets: int = 3, epochs: int = 1000,
                     lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                     batch_size: int = 256, augment: Optional[Augment] = None, seed: int = 0,
-                    device="cpu", progress: bool = True,
-                    model_kwargs: Optional[dict] = None) -> dict:
+                    device=None, progress: bool = True,
+                    model_kwargs: Optional[dict] = None, amp: str = "none") -> dict:
     """Train ``num_nets`` fresh networks (seeds ``seed .. seed + num_nets - 1``) on a synthetic
     set and test each on real data.
 
     Returns ``{"mean", "std", "accs", "train_losses", "model"}``; accuracies are fractions in
     [0, 1] and ``std`` is the population standard deviation (``numpy.std``, ddof=0), so a single
     network gives std 0. ``progress`` shows a bar over networks (and one over epochs) on stderr.
+    ``device`` (default: where ``images`` are) and ``amp`` as in :func:`train_and_test`; the set and the
+    test split are moved there once.
     """
     # Validate once up front so a bad input fails before any training starts.
-    _check_inputs(images, labels, test_images, test_labels, num_classes)
+    images, labels, test_images, test_labels, num_classes = _check_inputs(
+        images, labels, test_images, test_labels, num_classes)
+    device = images.device if device is None else torch.device(device)
+    images, labels = images.to(device), labels.to(device)
+    test_images, test_labels = test_images.to(device), test_labels.to(device)
     if num_nets < 1:
         raise ValueError(f"num_nets must be >= 1, got {num_nets}")
     accs, losses = [], []
@@ -135,7 +146,7 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
                                 num_classes=num_classes, epochs=epochs, lr=lr,
                                 momentum=momentum, weight_decay=weight_decay,
                                 batch_size=batch_size, augment=augment, seed=net_seed,
-                                device=device, progress=progress, model_kwargs=model_kwargs)
+                                device=device, progress=progress, model_kwargs=model_kwargs, amp=amp)
         accs.append(result["acc"])
         losses.append(result["train_loss"])
         if progress:

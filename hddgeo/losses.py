@@ -20,8 +20,9 @@ REDUCTIONS = ("sum", "mean", "none")
 
 
 def _check_pair(v_real: torch.Tensor, v_syn: torch.Tensor):
-    check_finite(v_real, "real features")
-    check_finite(v_syn, "synthetic features")
+    """Shapes and dtypes of a feature pair; their values are checked by :func:`_check_values`."""
+    for x, what in ((v_real, "real features"), (v_syn, "synthetic features")):
+        check_finite(x[:0] if torch.is_tensor(x) else x, what)  # type and dtype only: no values read
     if v_real.dim() not in (2, 3) or v_real.dim() != v_syn.dim():
         raise ValueError(
             f"features must both be (n, d) or both (C, n, d); got real {tuple(v_real.shape)} and synthetic {tuple(v_syn.shape)}"
@@ -32,6 +33,22 @@ def _check_pair(v_real: torch.Tensor, v_syn: torch.Tensor):
         )
     if v_real.shape[-2] == 0 or v_syn.shape[-2] == 0:
         raise ValueError("empty feature set: every class needs at least one real and one synthetic sample")
+
+
+def _check_values(v_real, v_syn, z_real=None, z_syn=None, k: float = 1.0) -> None:
+    """The features are finite and their lifts within float reach, read back in one host synchronisation
+    (one per loss on a GPU, instead of one per check): the sums are finite whenever every value is, and when
+    they are not (or overflow) the exact checks say which input is bad."""
+    total = v_real.detach().sum() + v_syn.detach().sum()
+    if z_real is not None:
+        total = total + (z_real[..., 0].detach() ** 2).sum() + (z_syn[..., 0].detach() ** 2).sum()
+    if bool(torch.isfinite(total)):
+        return
+    check_finite(v_real, "real features")
+    check_finite(v_syn, "synthetic features")
+    if z_real is not None:
+        check_reach(z_real, k, "lifting the real features")
+        check_reach(z_syn, k, "lifting the synthetic features")
 
 
 def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -47,6 +64,7 @@ def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:
 def euclidean_mean_loss(v_real: torch.Tensor, v_syn: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """DM's moment matching: ``|mean(v_real) - mean(v_syn)|^2`` per class, summed over classes."""
     _check_pair(v_real, v_syn)
+    _check_values(plain(v_real), plain(v_syn))
     diff = plain(v_real).mean(-2) - plain(v_syn).mean(-2)
     return _reduce((diff * diff).sum(-1), reduction)
 
@@ -81,10 +99,9 @@ def hdd_loss(
         vr, vs = vr.to(dtype), vs.to(dtype)
     kt = k_tensor(M, vr)
     zr, zs = lift_(vr, kt, max_norm), lift_(vs, kt, max_norm)
-    check_reach(zr, k, "lifting the real features")
-    check_reach(zs, k, "lifting the synthetic features")
-    cr = centroid_(zr, normalised_weights(weights_real, zr), kt, centroid, **karcher_kwargs)
-    cs = centroid_(zs, normalised_weights(weights_syn, zs), kt, centroid, **karcher_kwargs)
+    _check_values(plain(v_real), plain(v_syn), zr, zs, k)
+    cr = centroid_(zr, normalised_weights(weights_real, zr), kt, centroid, k_val=k, **karcher_kwargs)
+    cs = centroid_(zs, normalised_weights(weights_syn, zs), kt, centroid, k_val=k, **karcher_kwargs)
     return _reduce(scale * dist_(cr, cs, kt), reduction)
 
 
@@ -128,13 +145,13 @@ class Matcher:
         Per-class distances are summed and divided by ``num_classes`` (all classes, not only this
         process's) so that the values of sharded processes add up to the mean.
         """
-        kt = torch.tensor(self.k, dtype=torch.float64)
+        kt = torch.tensor(self.k, dtype=torch.float64, device=f_real.device)
         out = {}
         with torch.no_grad():
             for name, f in (("gap_real", f_real), ("gap_syn", f_syn)):
                 z = lift_(plain(f).double(), kt, self.max_norm)
                 w = normalised_weights(None, z)
-                gap = dist_(centroid_(z, w, kt, "law"), centroid_(z, w, kt, "karcher"), kt)
+                gap = dist_(centroid_(z, w, kt, "law"), centroid_(z, w, kt, "karcher", k_val=self.k), kt)
                 out[name] = float(gap.sum()) / (self.num_classes or gap.numel())
         return out
 
@@ -150,7 +167,8 @@ class Matcher:
             parts["hdd"] = hdd_loss(f_real, f_syn, self.manifold, scale=self.scale, centroid=self.centroid,
                                     max_norm=self.max_norm, **self.karcher_kwargs).to(f_syn.dtype)
             total = total + self.hdd_weight * parts["hdd"]
-        logged = {name: float(v.detach()) for name, v in parts.items()}
+        # detached 0-d tensors: the runner reads every logged value of an iteration in one transfer
+        logged = {name: v.detach() for name, v in parts.items()}
         if diagnose:
             logged.update(self.centroid_gaps(f_real, f_syn))
         return total, logged

@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
+from hddgeo.device import autocast
+
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
 OnBatch = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
@@ -20,14 +22,18 @@ OnBatch = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 def sgd_epochs(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                gen: torch.Generator, epochs: int, batch_size: int, augment: Optional[Augment] = None,
                lr_drop_at: Optional[int] = None, on_batch: Optional[OnBatch] = None,
-               epoch_iter: Optional[Iterable[int]] = None) -> float:
+               epoch_iter: Optional[Iterable[int]] = None, amp: str = "none") -> float:
     """Train ``net`` in place for ``epochs`` epochs; return the mean cross-entropy of the last epoch (NaN for 0).
 
     ``images`` and ``labels`` live where ``net`` does.  ``augment(x, seed)`` is applied to every batch;
     ``lr_drop_at`` multiplies every group's learning rate by 0.1 at that epoch (the evaluation protocol's
     drop at half); ``on_batch(epoch, indices, logits, y)`` sees each batch's detached logits before the
     update (coreset's forgetting history, DANCE's training accuracy).  ``epoch_iter`` replaces
-    ``range(epochs)`` (a progress bar over it).
+    ``range(epochs)`` (a progress bar over it).  ``amp="bf16"`` runs the forward pass under bf16 autocast
+    (the cross-entropy is computed in float32 by autocast's rules).
+
+    The loss is accumulated on the device and read once per epoch, not once per batch: on a GPU every read
+    is a host synchronisation.
     """
     n = len(images)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -38,19 +44,20 @@ def sgd_epochs(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * 0.1
         order = torch.randperm(n, generator=gen).to(images.device)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=images.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             x, y = images[idx], labels[idx]
             if augment is not None:
                 x = augment(x, int(torch.randint(0, 2**31 - 1, (), generator=gen)))
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast(images.device, amp):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
             if on_batch is not None:
-                on_batch(epoch, idx, logits.detach(), y)
+                on_batch(epoch, idx, logits.detach().float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        last = total / n
+            total += loss.detach().double() * len(idx)
+        last = float(total) / n
     return last

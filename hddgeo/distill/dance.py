@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hddgeo.data import dsa
+from hddgeo.device import autocast
 from hddgeo.rundir import save_tensors
 from hddgeo.seeds import expert_seed
 from hddgeo.training import sgd_epochs
@@ -181,7 +182,7 @@ class Expert:
 
 def middle_encoder(expert: Expert, l: float) -> nn.Module:
     """A new frozen network with weights ``l * init + (1 - l) * trained`` (train mode, as DM's
-    networks; instance norm makes train and eval mode agree)."""
+    networks; instance norm makes train and eval mode agree), on the device of the expert's network."""
     net = copy.deepcopy(expert.network)
     net.load_state_dict(interpolate_state(expert.init, expert.trained, l))
     for p in net.parameters():
@@ -226,28 +227,34 @@ def _clone_state(net: nn.Module) -> dict:
 
 
 def train_expert(model: str, dataset, seed: int, epochs: int, lr: float = 0.01, batch: int = 256,
-                 dsa_strategy: Optional[str] = None) -> dict:
-    """Train one ``model`` from the initialisation seeded by ``seed`` on the real train split.
+                 dsa_strategy: Optional[str] = None, device=None, amp: str = "none") -> dict:
+    """Train one ``model`` from the initialisation seeded by ``seed`` on the real train split, on ``device``
+    (default: the CPU).
 
     SGD (momentum 0.9, weight decay 5e-4), shuffled batches and per-image DSA draws all come from
     generators seeded by ``seed`` (the global RNG is not used).  Returns the initial and trained
-    state dicts and the last epoch's training loss and accuracy.
+    state dicts (CPU tensors) and the last epoch's training loss and accuracy.
     """
-    net = fresh_network(model, dataset, seed)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    net = fresh_network(model, dataset, seed, device=device)
     init = _clone_state(net)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=EXPERT_MOMENTUM, weight_decay=EXPERT_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(int(seed))
     n = len(dataset.train_labels)
     correct = {}
 
-    def count(epoch, idx, logits, y):  # correct predictions of the last epoch
-        correct[epoch] = correct.get(epoch, 0) + int((logits.argmax(1) == y).sum())
+    def count(epoch, idx, logits, y):  # correct predictions per epoch, kept on the device (read once)
+        correct[epoch] = correct.get(epoch, 0) + (logits.argmax(1) == y).sum()
 
     augment = partial(dsa, strategy=dsa_strategy, siamese=False) if dsa_strategy else None
-    train_loss = sgd_epochs(net, dataset.train_images, dataset.train_labels, opt, gen, epochs, batch,
-                            augment=augment, on_batch=count)
-    return {"seed": int(seed), "init": init, "trained": _clone_state(net), "train_loss": train_loss,
-            "train_acc": correct[epochs - 1] / n if epochs else float("nan")}
+    train_loss = sgd_epochs(net, dataset.train_images.to(device), dataset.train_labels.to(device), opt, gen, epochs,
+                            batch, augment=augment, on_batch=count, amp=amp)
+    return {"seed": int(seed), "init": _to_cpu(init), "trained": _to_cpu(_clone_state(net)), "train_loss": train_loss,
+            "train_acc": int(correct[epochs - 1]) / n if epochs else float("nan")}
+
+
+def _to_cpu(state: dict) -> dict:
+    return {k: v.cpu() for k, v in state.items()}
 
 
 def _load_cache(path: str, fields: dict) -> Optional[list]:
@@ -266,8 +273,10 @@ def _load_cache(path: str, fields: dict) -> Optional[list]:
 
 
 def load_or_train_experts(dataset, model: str, opts: dict, seed: int, dsa_strategy: Optional[str],
-                          cache_dir: Optional[str] = None) -> tuple:
-    """The run's experts (``list[Expert]``) and the cache file they came from or were written to."""
+                          cache_dir: Optional[str] = None, device=None, amp: str = "none") -> tuple:
+    """The run's experts (``list[Expert]``, networks on ``device``) and the cache file they came from or were
+    written to.  The cache holds CPU tensors: experts trained on a GPU load on the CPU and the other way
+    round (experts trained on different devices differ by rounding; the cache key does not name the device)."""
     cache_dir = os.path.expanduser(cache_dir or opts.get("expert_cache") or default_cache_dir())
     fields = cache_fields(dataset, model, opts, seed, dsa_strategy)
     path = cache_path(cache_dir, fields)
@@ -276,19 +285,24 @@ def load_or_train_experts(dataset, model: str, opts: dict, seed: int, dsa_strate
         print(f"dance: training {opts['num_experts']} {model} expert(s) for {opts['expert_epochs']} epoch(s) on "
               f"{dataset.name} (cached at {path})", file=sys.stderr)
         records = [train_expert(model, dataset, expert_seed(seed, i), opts["expert_epochs"], lr=opts["expert_lr"],
-                                batch=opts["expert_batch"], dsa_strategy=dsa_strategy)
+                                batch=opts["expert_batch"], dsa_strategy=dsa_strategy, device=device, amp=amp)
                    for i in range(opts["num_experts"])]
         os.makedirs(cache_dir, exist_ok=True)
         save_tensors({"fields": fields, "experts": records}, path)
     experts = []
     for rec in records:
-        net = fresh_network(model, dataset, rec["seed"])
+        net = fresh_network(model, dataset, rec["seed"], device=device)
         net.load_state_dict(rec["trained"])
         for p in net.parameters():
             p.requires_grad_(False)
-        experts.append(Expert(seed=rec["seed"], init=rec["init"], trained=rec["trained"], network=net.eval(),
+        on_device = {k: {n: v.to(net_device(net)) for n, v in rec[k].items()} for k in ("init", "trained")}
+        experts.append(Expert(seed=rec["seed"], init=on_device["init"], trained=on_device["trained"], network=net.eval(),
                               train_loss=rec["train_loss"], train_acc=rec["train_acc"]))
     return experts, path
+
+
+def net_device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def _fingerprint(expert: Expert) -> float:
@@ -311,7 +325,8 @@ class Dance(DistillMethod):
         self.opts = parse_options(getattr(cfg, "options", None))
         expert_dsa = cfg.dsa if self.opts["expert_dsa"] is None else self.opts["expert_dsa"]
         self.experts, self.cache_file = load_or_train_experts(
-            dataset, cfg.model, self.opts, cfg.seed, cfg.dsa_strategy if expert_dsa else None)
+            dataset, cfg.model, self.opts, cfg.seed, cfg.dsa_strategy if expert_dsa else None, device=self.device,
+            amp=cfg.amp)
 
     def network(self, it, gen, draw=None):
         # One draw from the step's generator, like DM's network seed, so DANCE and DM see the same
@@ -338,9 +353,10 @@ class Dance(DistillMethod):
         if w == 0 or len(syn_labels) == 0:
             return None, {}
         expert = self.experts[step.draw["expert"]].network
-        logits = expert(self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"]))
-        ce = F.cross_entropy(logits, syn_labels, reduction="sum") / (total or len(syn_labels))
-        return w * ce, {"ce": float(ce.detach())}
+        with autocast(self.device, self.cfg.amp):
+            logits = expert(self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"]))
+        ce = F.cross_entropy(logits.float(), syn_labels, reduction="sum") / (total or len(syn_labels))
+        return w * ce, {"ce": ce.detach()}
 
     def state_dict(self):
         # Experts are deterministic and cached; record a fingerprint so a resume notices if they changed.

@@ -1,4 +1,4 @@
-"""Multi-process distillation with ``torchrun`` (gloo on CPU, NCCL on GPU).
+"""Multi-process distillation with ``torchrun`` (gloo on CPU, NCCL on GPU, one GPU per process).
 
 Design: **classes are sharded across ranks.**  Every rank builds the same network and draws the same
 random numbers for iteration ``it`` (generators seeded by ``(seed, it)``), embeds only its own
@@ -20,13 +20,30 @@ import torch
 import torch.distributed as dist
 
 
-def setup() -> tuple:
-    """Initialise the process group from torchrun's environment; ``(rank, world)`` (``(0, 1)`` alone)."""
+_COMM_DEVICE = torch.device("cpu")  # where collectives run: cuda:LOCAL_RANK under NCCL, else the CPU
+
+
+def setup(device: str = "auto") -> tuple:
+    """Initialise the process group from torchrun's environment; ``(rank, world)`` (``(0, 1)`` alone).
+
+    A run on CUDA (``device`` resolving to a GPU: ``auto`` or ``cuda`` give ``cuda:LOCAL_RANK``) uses NCCL
+    with this process's GPU as the current device; a CPU run, or ``HDDGEO_BACKEND=gloo``, uses gloo.  A
+    device name that does not resolve is left for the run's own checks to report (they broadcast it)."""
+    global _COMM_DEVICE
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("HDDGEO_BACKEND") != "gloo" else "gloo"
+        from hddgeo.device import resolve_device
+
+        try:
+            target = resolve_device(device)
+        except ValueError:
+            target = torch.device("cpu")
+        backend = "nccl" if target.type == "cuda" and os.environ.get("HDDGEO_BACKEND") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(target)
+            _COMM_DEVICE = target
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return dist.get_rank(), dist.get_world_size()
 
@@ -45,9 +62,14 @@ def shard(items, r: int, world: int) -> list:
 
 
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (no-op alone)."""
+    """In-place sum over ranks (no-op alone); a tensor off the backend's device goes there and back."""
     if active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if tensor.device == _COMM_DEVICE:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        else:
+            moved = tensor.to(_COMM_DEVICE)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            tensor.copy_(moved)
     return tensor
 
 
@@ -56,7 +78,7 @@ def sum_floats(values: dict) -> dict:
     if not active() or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_COMM_DEVICE)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return dict(zip(keys, t.tolist()))
 

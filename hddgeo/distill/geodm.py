@@ -284,11 +284,12 @@ class GeoDM(DM):
         _import_ot()
         o = self.options
         self.components = o["components"]
-        params = {"weight_logits": torch.nn.Parameter(torch.zeros(len(self.components), dtype=torch.float64))}
+        dev = self.device
+        params = {"weight_logits": torch.nn.Parameter(torch.zeros(len(self.components), dtype=torch.float64, device=dev))}
         for g in self.components:
             if g != "euclidean":
                 params[f"curvature_{g}"] = torch.nn.Parameter(
-                    torch.tensor(curvature_to_logit(o["init_curvature"]), dtype=torch.float64))
+                    torch.tensor(curvature_to_logit(o["init_curvature"]), dtype=torch.float64, device=dev))
         self.geo_params = params
         self.geo_opt = torch.optim.Adam(list(params.values()), lr=o["geo_lr"])
         self._heads: Dict[str, torch.Tensor] = {}
@@ -315,7 +316,8 @@ class GeoDM(DM):
         if dim not in self._heads:
             gen = geodm_projection_generator(self.cfg.seed)
             p = self.options["proj_dim"]
-            self._heads[dim] = {g: torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p)
+            # drawn on the CPU (the same heads on every device), kept where the features are
+            self._heads[dim] = {g: (torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p)).to(self.device)
                                 for g in COMPONENTS}
         return self._heads[dim]
 
@@ -347,7 +349,7 @@ class GeoDM(DM):
         fr = f_real.detach().double()
         units = 2 * (fr - fr.mean(-2, keepdim=True)).pow(2).sum(-1).mean(-1)
         loss = (div * units).sum()
-        return loss, {"ot": float(loss.detach()), **self._per_run({"sinkhorn_iters": iters, **self.geometry()})}
+        return loss, {"ot": loss.detach(), **self._per_run({"sinkhorn_iters": iters, **self.geometry()})}
 
     @staticmethod
     def _per_run(values: dict) -> dict:
@@ -374,7 +376,7 @@ class GeoDM(DM):
             if p.grad is None:  # e.g. a rank without classes: it still joins the sum below
                 p.grad = torch.zeros_like(p)
             distributed.sum_(p.grad)  # class-sharded runs: every rank takes the same step
-        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+        if bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):  # one read-back
             self.geo_opt.step()
         else:
             where = f" at iteration {step.it + 1}" if step is not None else ""

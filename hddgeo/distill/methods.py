@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hddgeo.data import dsa
+from hddgeo.device import autocast, resolve_device
 from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
 from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
 from hddgeo.training import sgd_epochs
@@ -50,6 +51,7 @@ class DistillMethod:
 
     def __init__(self, cfg, dataset, pool, matcher):
         self.cfg, self.dataset, self.pool, self.matcher = cfg, dataset, pool, matcher
+        self.device = resolve_device(getattr(cfg, "device", "auto"))  # networks, images and state live here
         self.n_real = min(int(cfg.batch_real), min(pool.count(c) for c in range(pool.num_classes)))
         self.classes = list(range(pool.num_classes))  # this process's classes (all, unless sharded)
 
@@ -85,9 +87,16 @@ class DistillMethod:
     # -- the shared step --------------------------------------------------------------------------
     def init_synset(self, gen: torch.Generator) -> SyntheticSet:
         if self.cfg.init == "noise":
-            return SyntheticSet.from_noise(self.dataset.train_images.shape[1:], self.pool.num_classes, self.cfg.ipc, gen,
-                                           self.factor)
-        return SyntheticSet.from_real(self.pool, self.cfg.ipc, gen, self.factor)
+            syn = SyntheticSet.from_noise(self.dataset.train_images.shape[1:], self.pool.num_classes, self.cfg.ipc, gen,
+                                          self.factor)
+        else:
+            syn = SyntheticSet.from_real(self.pool, self.cfg.ipc, gen, self.factor)
+        return syn.to(self.device)
+
+    def embed(self, net, images: torch.Tensor) -> torch.Tensor:
+        """``net.embed(images)`` under the run's autocast, as float32 (the losses' input)."""
+        with autocast(self.device, self.cfg.amp):
+            return net.embed(images).float()
 
     def features(self, net, syn: SyntheticSet, gen: torch.Generator):
         """Real and synthetic features ``(C', n, d)`` / ``(C', m, d)`` of this process's classes.
@@ -99,7 +108,7 @@ class DistillMethod:
         syn_by_class = syn.by_class()
         seeds = torch.randint(0, 2**31 - 1, (C,), generator=gen).tolist()
         real_idx = [self.pool.sample_indices(c, self.n_real, gen) for c in range(C)]
-        real = [self.pool.images[real_idx[c]] for c in self.classes]
+        real = [self.pool.images[real_idx[c].to(self.pool.images.device)].to(self.device) for c in self.classes]
         syn_sel = [syn_by_class[c] for c in self.classes]
         if self.cfg.dsa:
             real = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(real, self.classes)]
@@ -110,9 +119,9 @@ class DistillMethod:
         # values for the instance-norm ConvNet; with batch norm the statistics are per class, as in the
         # reference DM loop.  The clone leaves inference mode, so the features can enter the loss's graph.
         with torch.inference_mode():
-            f_real = torch.stack([net.embed(x) for x in real])
+            f_real = torch.stack([self.embed(net, x) for x in real])
         f_real = f_real.clone()
-        f_syn = net.embed(torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
+        f_syn = self.embed(net, torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
 
     def step(self, it: int, syn: SyntheticSet, diagnose: bool = False):
@@ -128,7 +137,7 @@ class DistillMethod:
         images, labels = syn.expanded()
         total = len(labels)
         if len(self.classes) < self.pool.num_classes:
-            keep = torch.isin(labels, torch.tensor(self.classes))
+            keep = torch.isin(labels, torch.tensor(self.classes, device=labels.device))
             images, labels = images[keep], labels[keep]
         extra, extra_parts = self.extra_loss(state, images, labels, total)
         if extra is not None:
@@ -141,7 +150,8 @@ class DM(DistillMethod):
     name = "dm"
 
     def network(self, it, gen, draw=None):
-        net = fresh_network(self.cfg.model, self.dataset, int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+        net = fresh_network(self.cfg.model, self.dataset, int(torch.randint(0, 2**31 - 1, (), generator=gen)),
+                            device=self.device)
         net.train()  # instance norm has no running statistics: train/eval give the same features
         for p in net.parameters():
             p.requires_grad_(False)
@@ -163,7 +173,7 @@ class IDM(DistillMethod):
             self._reset(i, seed=idm_queue_seed(cfg.seed, i))
 
     def _reset(self, i: int, seed: int) -> None:
-        net = fresh_network(self.cfg.model, self.dataset, seed)
+        net = fresh_network(self.cfg.model, self.dataset, seed, device=self.device)
         opt = torch.optim.SGD(net.parameters(), lr=self.cfg.idm_net_lr, momentum=0.9, weight_decay=5e-4)
         if i < len(self.nets):
             self.nets[i], self.opts[i], self.ages[i] = net, opt, 0
@@ -181,8 +191,10 @@ class IDM(DistillMethod):
     def extra_loss(self, step, syn_images, syn_labels, total):
         if self.cfg.idm_ce_weight <= 0:
             return None, {}
-        ce = F.cross_entropy(step.net(syn_images), syn_labels, reduction="sum") / total
-        return self.cfg.idm_ce_weight * ce, {"ce": float(ce.detach())}
+        with autocast(self.device, self.cfg.amp):
+            logits = step.net(syn_images)
+        ce = F.cross_entropy(logits.float(), syn_labels, reduction="sum") / total
+        return self.cfg.idm_ce_weight * ce, {"ce": ce.detach()}
 
     def after_step(self, step):
         """Train the network just used for a few steps on real data; renew it when it is old."""
@@ -192,8 +204,9 @@ class IDM(DistillMethod):
         augment = partial(dsa, strategy=self.cfg.dsa_strategy, siamese=False) if self.cfg.dsa else None
         for _ in range(self.cfg.idm_train_steps):  # each step: one fresh batch drawn with replacement
             idx = torch.randint(0, len(self.pool), (min(256, len(self.pool)),), generator=gen)
-            sgd_epochs(net, self.pool.images[idx], self.pool.labels[idx], self.opts[i], gen, epochs=1,
-                       batch_size=len(idx), augment=augment)
+            sgd_epochs(net, self.pool.images[idx.to(self.pool.images.device)].to(self.device),
+                       self.pool.labels[idx].to(self.device), self.opts[i], gen, epochs=1, batch_size=len(idx),
+                       augment=augment, amp=self.cfg.amp)
         self.opts[i].zero_grad(set_to_none=True)
         self.ages[i] += 1
         if self.ages[i] >= self.cfg.idm_net_age:

@@ -28,6 +28,7 @@ import torch
 
 from hddgeo.data import ClassPool, dsa, load_dataset, parse_strategy
 from hddgeo.data.datasets import DATASET_NAMES
+from hddgeo.device import AMP_MODES, autocast, check_device_name, deterministic, resolve_device
 from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
@@ -97,7 +98,13 @@ class DistillConfig:
     idm_net_age: int = _opt(100, "uses before a network is renewed", "IDM")
     idm_net_lr: float = _opt(0.01, "learning rate of the queue's networks", "IDM")
     idm_ce_weight: float = _opt(0.5, "weight of the class-aware cross-entropy", "IDM")
-    threads: Optional[int] = _opt(None, "torch CPU threads (default: torch's, the physical cores)", "optimisation")
+    threads: Optional[int] = _opt(None, "torch CPU threads (default: torch's, the physical cores)", "device")
+    device: str = _opt("auto", "where the run computes: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda, "
+                               "cuda:N; under torchrun cuda means cuda:LOCAL_RANK", "device")
+    amp: str = _opt("none", "bf16: feature and evaluation networks under bf16 autocast (the geometry stays "
+                            "float64, losses float32 or float64)", "device", lambda: AMP_MODES)
+    deterministic: bool = _opt(False, "torch's deterministic algorithms and no cuDNN autotuning (CUDA: slower, "
+                                      "repeatable; the CPU is deterministic already)", "device")
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
     prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
@@ -126,6 +133,8 @@ class DistillConfig:
                      "eval_test_per_class"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
+        check_device_name(self.device)
+        choice("amp", self.amp, AMP_MODES)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 (or left unset for torch's default), got {self.threads}")
         for name in ("k", "scale", "lr_img", "idm_net_lr"):
@@ -189,10 +198,12 @@ def describe(cfg: DistillConfig) -> str:
 def prepare(cfg: DistillConfig):
     """Validate the configuration and load what the run needs; raises before any file is written."""
     cfg.validate()
+    device = resolve_device(cfg.device)  # a device that does not exist fails here, before the data loads
     dataset = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
     if cfg.eval_test_per_class:
         dataset = dataset.test_subset(cfg.eval_test_per_class)
-    pool = ClassPool(dataset.train_images, dataset.train_labels, dataset.num_classes)
+    # the train split goes to the device once; every iteration indexes its batches there
+    pool = ClassPool(dataset.train_images.to(device), dataset.train_labels, dataset.num_classes)
     if cfg.prune_fraction < 1:
         pool = prune_pool(pool, dataset, cfg)
     per = METHODS[cfg.method].factor ** 2
@@ -214,8 +225,9 @@ def prune_pool(pool: ClassPool, dataset, cfg: DistillConfig) -> ClassPool:
 
     from .methods import fresh_network
 
-    net = fresh_network(cfg.model, dataset, cfg.seed + seeds.PRUNE_NETWORK_OFFSET)
-    feats = embed(net, pool.images)
+    net = fresh_network(cfg.model, dataset, cfg.seed + seeds.PRUNE_NETWORK_OFFSET, device=pool.images.device)
+    with autocast(pool.images.device, cfg.amp):
+        feats = embed(net, pool.images).float()
     keep = prune_by_level(feats, cfg.prune_fraction, level=cfg.prune_level, k=cfg.k, max_norm=cfg.max_norm,
                           labels=pool.labels)
     return pool.subset(keep)
@@ -234,7 +246,8 @@ def evaluate_spread(cfg: DistillConfig, dataset, images, labels, num_nets: int, 
     if stop > start:
         res = evaluate_synset(images, labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                               model=model or cfg.model, num_nets=stop - start, epochs=epochs,
-                              augment=eval_augment(cfg), seed=seed + start, progress=progress)
+                              augment=eval_augment(cfg), seed=seed + start, progress=progress,
+                              device=resolve_device(cfg.device), amp=cfg.amp)
         accs = res["accs"]
     accs = [a for block in distributed.gather(accs) for a in block]
     import numpy as np
@@ -247,8 +260,10 @@ class RunInterrupted(Exception):
 
 
 # Fields that may differ between a checkpoint and the config.json it is resumed with: they do not change what
-# the run computes (where the data lives, whether it may be downloaded, how many threads compute it).
-RESUMABLE_FIELDS = ("threads", "data_root", "download")
+# the run computes (where the data lives, whether it may be downloaded, how many threads or which device
+# compute it, whether CUDA's kernels are the deterministic ones).  Checkpoints hold CPU tensors, so a run
+# started on a GPU resumes on the CPU and the other way round.
+RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic")
 
 
 def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
@@ -260,9 +275,11 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
         if not os.path.isdir(out_dir):
             raise ValueError(f"cannot resume: {out_dir} is not a run directory (start a new run without --resume)")
         saved_cfg = DistillConfig.from_json(read_json(os.path.join(out_dir, CONFIG)), source=os.path.join(out_dir, CONFIG))
-        # where the data is and how many threads to use may be given anew; everything else is the saved run's
-        cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in ("data_root", "threads")
-                                                if getattr(cfg, k) is not None})
+        # where the data is, the threads and the device may be given anew (a value other than the default);
+        # everything else is the saved run's
+        defaults = DistillConfig()
+        cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in RESUMABLE_FIELDS
+                                                if getattr(cfg, k) != getattr(defaults, k)})
         ckpt_path = os.path.join(out_dir, CHECKPOINT)
         if not os.path.exists(ckpt_path):
             return cfg, None
@@ -299,6 +316,17 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
             if name not in RESUMABLE_FIELDS and saved.get(name) != value}
 
 
+def read_back(flag: torch.Tensor, values: dict) -> tuple:
+    """``(bool(flag), values as floats)`` with every tensor among them read from the device in one transfer:
+    on a GPU each ``float(tensor)`` is a host synchronisation, and an iteration makes one."""
+    names = [k for k, v in values.items() if torch.is_tensor(v)]
+    packed = torch.stack([flag.to(torch.float64)] + [values[k].detach().reshape(()).to(flag.device, torch.float64)
+                                                     for k in names]).tolist()
+    out = {k: (float(v) if not torch.is_tensor(v) else v) for k, v in values.items()}
+    out.update(zip(names, packed[1:]))
+    return packed[0] != 0, out
+
+
 class NonFiniteError(ValueError):
     """The loss, the image gradients or the images became NaN or infinite."""
 
@@ -312,11 +340,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
     image stops the run with :class:`NonFiniteError` before it reaches a checkpoint, so the last checkpoint
     stays good.
     """
-    from tqdm import tqdm
-
-    rank, world = distributed.setup()
-    main_proc = rank == 0
-    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    rank, world = distributed.setup(cfg.device)
     error, state = None, None
     try:
         cfg, state = _prepare_directory(cfg, out_dir, resume)
@@ -331,6 +355,16 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
     if cfg.threads:  # after resuming, so that the saved thread count is honoured
         torch.set_num_threads(cfg.threads)
     method.classes = distributed.shard(range(pool.num_classes), rank, world)
+    with deterministic(cfg.deterministic):
+        return _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval)
+
+
+def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval) -> dict:
+    """The loop of :func:`run_distillation`, once the configuration, data and method are ready."""
+    from tqdm import tqdm
+
+    main_proc = rank == 0
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
 
     start_it, rows = 0, []
     syn = method.init_synset(seeds.init_generator(cfg.seed))
@@ -340,8 +374,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
             raise ValueError(f"{ckpt_path} holds images of shape {tuple(state['images'].shape)} but config.json "
                              f"describes {tuple(syn.images.shape)}; restore config.json or start a new run")
         with torch.no_grad():
-            syn.images.copy_(state["images"])
-        optimizer.load_state_dict(state["optimizer"])
+            syn.images.copy_(state["images"])  # CPU tensors from the file, onto the run's device
+        optimizer.load_state_dict(state["optimizer"])  # moves its state to where syn.images is
         method.load_state_dict(state["method"])
         start_it, rows = int(state["iteration"]), list(state["rows"])
     elif main_proc:
@@ -383,13 +417,14 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         loss.backward()
         distributed.sum_(syn.images.grad)  # each class's gradient comes from exactly one rank
         optimizer.step()
-        # a NaN or inf gradient makes the images non-finite too, so one check (one synchronisation) covers both;
-        # the summed gradient, hence the images, are the same on every rank
-        if not bool(torch.isfinite(syn.images).all()):
+        # a NaN or inf gradient makes the images non-finite too, so one check covers both (the summed gradient,
+        # hence the images, are the same on every rank); it and every logged value come back in one transfer
+        finite, logged = read_back(torch.isfinite(syn.images).all(), {"loss": loss.detach(), **parts})
+        if not finite:
             bar.close()
             raise non_finite("synthetic images (or their gradient)", it)
         method.after_step(step)
-        logged = distributed.sum_floats({"loss": float(loss.detach()), **parts})
+        logged = distributed.sum_floats(logged)
         if not math.isfinite(logged["loss"]):
             bar.close()
             raise non_finite("loss", it)

@@ -67,6 +67,13 @@ class SyntheticSet:
         labels = torch.arange(num_classes).repeat_interleave(ipc)
         return cls(images, labels, num_classes, factor)
 
+    def to(self, device) -> "SyntheticSet":
+        """This set with its images (still a leaf that requires grad) and labels on ``device``."""
+        if self.images.device != torch.device(device):
+            self.images = self.images.detach().to(device).requires_grad_(True)
+        self.labels = self.labels.to(device)
+        return self
+
     def expanded(self, images: Optional[torch.Tensor] = None):
         """Training images and labels (after partition-and-expansion), differentiable in ``images``."""
         images = self.images if images is None else images
@@ -80,6 +87,7 @@ class SyntheticSet:
 
     def state(self) -> dict:
         train_images, train_labels = self.expanded()
+        # save_tensors writes CPU copies, so the file loads on any device
         return {"params": self.images.detach().clone(), "labels": self.labels, "factor": self.factor,
                 "num_classes": self.num_classes, "images": train_images.detach().clone(), "train_labels": train_labels}
 

@@ -36,6 +36,7 @@ from .lorentz import (
     frame_exp_,
     frame_logs_,
     inv_sinhc,
+    maybe_any,
     k_tensor,
     logmap0_,
     origin_like,
@@ -101,7 +102,7 @@ def law_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
     snorm = torch.linalg.vector_norm(zbar[..., 1:], dim=-1, keepdim=True)
     q = (zbar[..., :1] - snorm) * (zbar[..., :1] + snorm)
     lost = 8 * torch.finfo(z.dtype).eps * zbar[..., :1] ** 2 > 1e-9 * q.detach().clamp_min(0)
-    if bool(lost.any()):
+    if maybe_any(lost):
         with torch.no_grad():
             accurate = torch.where(lost, k * _law_q_in_frame(z, w, zbar, torch.sqrt(k)), q)
         q = accurate + (q - q.detach())
@@ -264,8 +265,8 @@ def _conjugate_gradient(hvp, b, rtol, max_iter):
 
     Sets that have converged keep iterating with step size 0, so the only host synchronisation is the
     stopping test.  On the CPU it is free and made every iteration (the spectrum is clustered and a
-    solve often takes 1-5); on an accelerator, where it stalls the queue, every
-    ``_CG_CHECK_ACCELERATOR`` iterations.
+    solve often takes 1-5); on an accelerator, where it stalls the queue, after every
+    ``_CG_CHECK_ACCELERATOR`` iterations (so a typical solve synchronises once, at its end).
     """
     x = torch.zeros_like(b)
     r = b.clone()
@@ -273,9 +274,9 @@ def _conjugate_gradient(hvp, b, rtol, max_iter):
     rs = (r * r).sum(-1, keepdim=True)
     target = (rtol * rtol) * rs
     tiny = torch.finfo(b.dtype).tiny
-    check = 1 if b.device.type == "cpu" else _CG_CHECK_ACCELERATOR
+    check, first = (1, 0) if b.device.type == "cpu" else (_CG_CHECK_ACCELERATOR, _CG_CHECK_ACCELERATOR)
     for it in range(max_iter):
-        if it % check == 0 and bool((rs <= target).all()):
+        if it >= first and it % check == 0 and bool((rs <= target).all()):
             break
         hp = hvp(p)
         curv = torch.linalg.vecdot(p, hp).unsqueeze(-1)
@@ -291,7 +292,7 @@ def _conjugate_gradient(hvp, b, rtol, max_iter):
     return x
 
 
-_CG_CHECK_ACCELERATOR = 4
+_CG_CHECK_ACCELERATOR = 6
 _LINE_SEARCH = (1.0, 0.25)  # fractions of the Newton step tried at once; the damped gradient step is the fallback
 
 
@@ -513,15 +514,16 @@ def karcher_options(dtype, k_val: float, tol=None, max_iter=None, backward="impl
     return float(tol), int(max_iter), backward
 
 
-def centroid_(z, w, k: torch.Tensor, method: str, **karcher_kwargs):
+def centroid_(z, w, k: torch.Tensor, method: str, k_val: Optional[float] = None, **karcher_kwargs):
     """Dispatcher on plain tensors (``w`` normalised, ``k`` a tensor); used by the losses.  The Karcher
-    options are checked as :func:`karcher_mean` checks them."""
+    options are checked as :func:`karcher_mean` checks them; ``k_val`` is ``k`` as a Python number when
+    the caller has it (reading it from a GPU tensor is a host synchronisation)."""
     if method == "law":
         return law_(z, w, k)
     if method == "tangent":
         return tangent_(z, w, k)
     if method == "karcher":
-        k_val = float(k.detach())
+        k_val = float(k.detach()) if k_val is None else float(k_val)
         tol, max_iter, backward = karcher_options(z.dtype, k_val, **karcher_kwargs)
         return karcher_(z, w, k_val, tol, max_iter, backward)[0]
     raise ValueError(f"unknown centroid method {method!r}; choose one of {', '.join(CENTROID_METHODS)}")

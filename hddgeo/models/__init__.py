@@ -28,12 +28,16 @@ def build_model(name: str, channels: int, num_classes: int, image_size: ImageSiz
     return cls(channels, num_classes, image_size=image_size, **kw)
 
 
-def fresh_network(name: str, dataset, seed: int, **kw) -> nn.Module:
+def fresh_network(name: str, dataset, seed: int, device=None, **kw) -> nn.Module:
     """A randomly initialised ``name`` network for ``dataset`` (its channels, classes and image size),
-    seeded by ``seed`` without touching the caller's global random state."""
+    seeded by ``seed`` without touching the caller's global random state.
+
+    The weights are drawn on the CPU and then moved to ``device``, so a seed gives the same network on
+    every device."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
+        net = build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
+    return net if device is None else net.to(device)
 
 
 def embed(net: nn.Module, images: torch.Tensor, batch_size: int = 512, device=None) -> torch.Tensor:
