@@ -21,6 +21,7 @@ import torch
 from hddgeo.coreset import CORESET_METHODS, FEATURE_MODELS, evaluate_coreset
 from hddgeo.data import load_dataset
 from hddgeo.data.datasets import DATASET_NAMES
+from hddgeo.device import resolve_device
 from hddgeo.distill.study import write_report
 
 TABLE_NAME = "coreset"
@@ -43,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--feature-epochs", type=int, default=3, help="training epochs when --feature-model trained")
     p.add_argument("--forgetting-epochs", type=int, default=3,
                    help="epochs of the network whose forgetting events are counted")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster than the default on a busy shared machine)")
     p.add_argument("--out", default="results/coreset")
@@ -62,7 +63,7 @@ def main(argv=None) -> pd.DataFrame:
         for method in args.methods:
             t0 = time.perf_counter()
             res = evaluate_coreset(method, dataset, ipc, num_nets=args.nets, epochs=args.epochs, seed=args.seed,
-                                   dsa=not args.no_dsa, model=args.model, device=args.device,
+                                   dsa=not args.no_dsa, model=args.model, device=resolve_device(args.device),
                                    select_kwargs=select_kwargs)
             seconds = time.perf_counter() - t0
             print(f"{method:>10s} ipc {ipc:>3d}: {100 * res['mean']:.1f} ± {100 * res['std']:.1f} "

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke setting (tests)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -87,7 +88,7 @@ def distil(args) -> list:
     base = DistillConfig(dataset=args.dataset, data_root=args.data_root, ipc=args.ipc, method="dm", k=args.k,
                          max_norm=args.max_norm, scale=args.scale, iterations=args.iterations,
                          batch_real=args.batch_real, seed=args.seed, final_eval_nets=args.nets,
-                         final_eval_epochs=args.epochs, checkpoint_every=25)
+                         final_eval_epochs=args.epochs, checkpoint_every=25, device=args.device)
     dirs = []
     for name in args.variants:
         cfg = dataclasses.replace(base, **VARIANTS[name])
@@ -99,7 +100,7 @@ def distil(args) -> list:
     return dirs
 
 
-def evaluate(run_dir: str, model: str, nets: int, epochs: int, progress: bool) -> dict:
+def evaluate(run_dir: str, model: str, nets: int, epochs: int, progress: bool, device: str = "auto") -> dict:
     """``evaluate_run`` unless ``RUN_DIR/eval_<model>.json`` already holds the same protocol."""
     path = os.path.join(run_dir, f"eval_{model}.json")
     if os.path.exists(path):
@@ -107,7 +108,7 @@ def evaluate(run_dir: str, model: str, nets: int, epochs: int, progress: bool) -
             saved = json.load(fh)
         if saved.get("epochs") == epochs and len(saved.get("accs", [])) == nets:
             return saved
-    return evaluate_run(run_dir, model=model, num_nets=nets, epochs=epochs, progress=progress)
+    return evaluate_run(run_dir, model=model, num_nets=nets, epochs=epochs, progress=progress, device=device)
 
 
 def plot(table: pd.DataFrame, models: list, path: str) -> None:
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
         for model in args.models:
             if not args.quiet:
                 print(f"evaluating {label} on {model}", file=sys.stderr, flush=True)
-            res = evaluate(run_dir, model, args.nets, args.epochs, progress=not args.quiet)
+            res = evaluate(run_dir, model, args.nets, args.epochs, progress=not args.quiet, device=args.device)
             rows.append({"run": label, "method": describe(cfg), "ipc": cfg.ipc, "dataset": cfg.dataset, "model": model,
                          "acc_mean": res["acc_mean"], "acc_std": res["acc_std"], "nets": len(res["accs"]),
                          "epochs": res["epochs"], "run_dir": run_dir})

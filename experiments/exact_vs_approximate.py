@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-scale", action="store_true", help="the paper's budget and hyperparameters (see above)")
     p.add_argument("--quick", action="store_true", help="tiny smoke setting (tests): 2 iterations, IPC 1, 1 net x 1 epoch")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -138,7 +139,7 @@ def base_config(args, ipc: int, seed: int):
                         matcher="euclidean", k=1.0, scale=args.scale, max_norm=10.0, iterations=args.iterations,
                         lr_img=args.lr_img, batch_real=args.batch_real, seed=seed, final_eval_nets=args.nets,
                         final_eval_epochs=args.epochs, gap_every=args.gap_every,
-                        checkpoint_every=500 if args.paper_scale else 25)
+                        checkpoint_every=500 if args.paper_scale else 25, device=args.device)
     if args.paper_scale:
         try:
             preset = paper_preset("dm", args.dataset, ipc)

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST files "
                                                      "(default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads with --jobs 1 (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--jobs", type=int, default=2, help="cells run at a time, each in a one-thread process")
     p.add_argument("--out", default="results/fashionmnist_table1")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -121,7 +122,7 @@ def main(argv=None) -> pd.DataFrame:
     base = DistillConfig(dataset="fashionmnist", data_root=args.data_root, method="dm",
                          iterations=budget["iterations"], batch_real=budget["batch_real"],
                          final_eval_nets=budget["final_eval_nets"], eval_test_per_class=budget["test_per_class"],
-                         checkpoint_every=50, threads=args.threads)
+                         checkpoint_every=50, threads=args.threads, device=args.device)
 
     def cfg_for(cfg: DistillConfig) -> DistillConfig:
         preset = paper_preset("dm", "fashionmnist", cfg.ipc)  # HDD's k, lambda, lr_img for this IPC

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-init-row", action="store_true", help="skip evaluating the (pruned) initial real images")
     p.add_argument("--quick", action="store_true", help="smoke setting (tests)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -101,7 +102,8 @@ def build_cells(args, class_counts: list) -> list:
     base = DistillConfig(dataset=args.dataset, data_root=args.data_root, method="dm", k=args.k, max_norm=args.max_norm,
                          scale=args.scale, iterations=args.iterations, batch_real=args.batch_real, seed=args.seed,
                          eval_every=args.eval_every, eval_nets=args.eval_nets, eval_epochs=args.eval_epochs,
-                         final_eval_nets=args.nets, final_eval_epochs=args.epochs, checkpoint_every=25)
+                         final_eval_nets=args.nets, final_eval_epochs=args.epochs, checkpoint_every=25,
+                         device=args.device)
     methods = ([] if args.no_dm else [("DM", {"matcher": "euclidean"})]) + \
         [(f"DM+HDD {args.centroid}", {"matcher": "hdd", "centroid": args.centroid})]
     cells = []

@@ -35,6 +35,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from hddgeo.analysis import class_features  # noqa: E402
+from hddgeo.device import resolve_device  # noqa: E402
 from hddgeo.data import load_dataset  # noqa: E402
 from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples, spread_table  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="root / leaf images shown per class")
     p.add_argument("--quick", action="store_true", help="smoke setting: 20 images per class, 3 classes' images shown")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="where the network embeds: auto (CUDA when torch sees a GPU, "
+                                                     "else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     dataset = load_dataset(args.dataset, data_root=args.data_root)
-    feats = class_features(dataset, model=args.model, seed=args.seed, per_class=args.per_class)
+    feats = class_features(dataset, model=args.model, seed=args.seed, per_class=args.per_class,
+                           device=resolve_device(args.device))
     images = [dataset.train_images[dataset.train_labels == c][: len(feats[c])] for c in range(dataset.num_classes)]
 
     # per-sample tables at every setting (the Karcher distance column needs sample_table, not spread_samples)

@@ -15,15 +15,19 @@ from .geometry import dist, hierarchical_weights, karcher_mean, law_centroid, li
 
 
 def class_features(dataset, model: str = "convnet", seed: int = 0, per_class: Optional[int] = None,
-                   batch_size: int = 512) -> list:
-    """Features of each class's training images under a randomly initialised network (list of ``(n_c, d)``)."""
+                   batch_size: int = 512, device=None) -> list:
+    """Features of each class's training images under a randomly initialised network (list of ``(n_c, d)``).
+
+    The network runs on ``device`` (default: the CPU; its weights are drawn on the CPU whatever the
+    device) and the features are returned on that device, where :func:`compare_centroids` computes."""
     from .models import embed, fresh_network
 
-    net = fresh_network(model, dataset, seed).eval()
+    net = fresh_network(model, dataset, seed, device=device).eval()
     feats = []
     for c in range(dataset.num_classes):
         x = dataset.train_images[dataset.train_labels == c]
-        feats.append(embed(net, x if per_class is None else x[:per_class], batch_size))
+        x = x if per_class is None else x[:per_class]
+        feats.append(embed(net, x.to(device) if device is not None else x, batch_size))
     return feats
 
 

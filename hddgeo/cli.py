@@ -16,7 +16,8 @@ import dataclasses
 import os
 import sys
 
-from .distill.runner import DistillConfig
+from .device import AMP_MODES
+from .distill.runner import RESUMABLE_FIELDS, DistillConfig
 
 DEFAULTS = DistillConfig()
 
@@ -60,6 +61,18 @@ def _add_distill_options(p):
         help="take k, lambda, lr_img and iterations from the paper's Tables 5-6 (flags you give still win)")
 
 
+def _add_device_option(p) -> None:
+    field = next(f for f in dataclasses.fields(DistillConfig) if f.name == "device")
+    p.add_argument("--device", default=DEFAULTS.device, help=field.metadata["help"] + f" [default: {DEFAULTS.device}]")
+
+
+def _device(name: str):
+    """The torch device a command computes on; ``ValueError`` (exit 2) naming the available ones."""
+    from .device import resolve_device
+
+    return resolve_device(name)
+
+
 def _parse_options(items) -> dict:
     """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (JSON values where they parse, else strings)."""
     import json
@@ -97,11 +110,12 @@ def _config_from_args(args, given: set) -> DistillConfig:
 
 def _refuse_flags_with_resume(given: set) -> None:
     """``--resume`` continues the saved configuration: a flag that would change the run is an error."""
-    changing = sorted(given - {"resume", "out", "quiet", "command", "data_root"})
+    changing = sorted(given - {"resume", "out", "quiet", "command", *RESUMABLE_FIELDS})
     if changing:
         shown = ", ".join("--" + name.replace("_", "-").replace("options", "opt") for name in changing)
+        allowed = ", ".join("--" + name.replace("_", "-") for name in RESUMABLE_FIELDS)
         raise ValueError(f"--resume continues the run saved in --out with its own config.json; drop {shown} "
-                         f"(only --data-root and --quiet may be given with --resume), or start a new run")
+                         f"(only {allowed} and --quiet may be given with --resume), or start a new run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nets", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--data-root", default=None, help="folder holding the run's dataset (default: the run's own)")
+    _add_device_option(e)
+    e.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 autocast of the evaluation networks "
+                                                                  "(default: the run's own --amp)")
     e.add_argument("--quiet", action="store_true")
 
     m = sub.add_parser("demo", help="the main job: digits, IPC 1 and 10, DM vs DM+HDD (law, karcher), short budget")
@@ -136,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distillation seeds; differences are paired by seed and their intervals taken over seeds")
     m.add_argument("--jobs", type=int, default=2,
                    help="cells run at a time, each in a one-thread process (2 suits a 2-core machine)")
+    _add_device_option(m)
     m.add_argument("--quiet", action="store_true")
 
     cmp = sub.add_parser("compare", help="per-method accuracy and paired differences (95%% t intervals over seeds) "
@@ -152,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--per-class", type=int, default=200, help="real images per class to embed")
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--data-root", default=None, help="folder holding the run's dataset (default: the run's own)")
+    _add_device_option(pl)
 
     c = sub.add_parser("centroids", help="Law vs Karcher vs tangent centroids of each class, as CSV")
     c.add_argument("--dataset", default="digits")
@@ -161,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--feature-scale", type=float, default=1.0, help="multiply features before lifting")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="results/centroids.csv")
+    _add_device_option(c)
     p.commands = sub.choices  # name -> subparser, whose defaults tell which options the user set
     return p
 
@@ -172,8 +192,6 @@ def _run(args, given: set) -> int:
         if args.resume:
             _refuse_flags_with_resume(given)
         cfg = _config_from_args(args, given)
-        if args.resume and args.data_root is not None:
-            cfg = dataclasses.replace(cfg, data_root=args.data_root)
         from .distill import distributed
 
         try:
@@ -187,16 +205,17 @@ def _run(args, given: set) -> int:
         from .distill.runner import evaluate_run
 
         res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet,
-                           data_root=args.data_root)
+                           data_root=args.data_root, device=args.device, amp=args.amp)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
     elif args.command == "demo":
         from .distill.study import run_study
 
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+        _device(args.device)
         base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
                              scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
-                             checkpoint_every=50)
+                             checkpoint_every=50, device=args.device)
         table = run_study(base, args.out, ipcs=args.ipc, seeds=args.seeds, progress=not args.quiet, jobs=args.jobs)
         with open(os.path.join(args.out, "results.md")) as fh:  # written by run_study
             print(fh.read())
@@ -215,7 +234,7 @@ def _run(args, given: set) -> int:
         from .plots import poincare_report
 
         for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
-                                    data_root=args.data_root):
+                                    data_root=args.data_root, device=_device(args.device)):
             print(f"wrote {path}")
     elif args.command == "centroids":
         from .analysis import class_features, compare_centroids
@@ -226,8 +245,9 @@ def _run(args, given: set) -> int:
         if os.path.isdir(args.out):
             raise ValueError(f"--out {args.out} is a directory; name the CSV file to write, e.g. "
                              f"{os.path.join(args.out, 'centroids.csv')}")
+        device = _device(args.device)
         dataset = load_dataset(args.dataset, data_root=args.data_root)
-        df = compare_centroids(class_features(dataset, seed=args.seed), k=args.k, max_norm=args.max_norm,
+        df = compare_centroids(class_features(dataset, seed=args.seed, device=device), k=args.k, max_norm=args.max_norm,
                                feature_scale=args.feature_scale)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         df.to_csv(args.out, index=False)

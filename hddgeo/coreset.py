@@ -177,19 +177,19 @@ def train_on_real(dataset: ImageDataset, model: str = "convnet", epochs: int = 3
     device = torch.device(device)
     images, labels = dataset.train_images, dataset.train_labels
     n = len(labels)
-    history = torch.zeros(epochs, n, dtype=torch.bool)
+    history = torch.zeros(epochs, n, dtype=torch.bool, device=device)  # on the device: no copy per batch
     fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        net = fresh_network(model, dataset, seed, **model_kw).to(device)
+        net = fresh_network(model, dataset, seed, device=device, **model_kw)
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)
 
         def record(epoch, idx, logits, y):
-            history[epoch, idx.cpu()] = (logits.argmax(1) == y).cpu()
+            history[epoch, idx] = logits.argmax(1) == y
 
         sgd_epochs(net, images.to(device), labels.to(device), optimizer, gen, epochs, batch_size, on_batch=record)
-    return net, history
+    return net, history.cpu()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -105,8 +105,12 @@ def deterministic(enabled: bool) -> Iterator[None]:
 
 
 def tensors_off_device(obj, device: torch.device, path: str = "") -> list:
-    """``[(path, device)]`` of every tensor inside ``obj`` (modules, optimisers, containers, objects with a
-    ``__dict__``) that is not on ``device``: what a forgotten ``.to(device)`` leaves behind."""
+    """``[(path, device)]`` of every tensor inside ``obj`` (modules, optimisers, containers, hddgeo objects
+    with a ``__dict__``) that is not on ``device``: what a forgotten ``.to(device)`` leaves behind.
+
+    Two kinds of tensor stay on the host by design and are skipped: the attributes a class lists in
+    ``_host_tensors`` (a dataset as loaded, a class pool's index lists), and optimiser ``step`` counters
+    (torch keeps them on the CPU unless an optimiser is ``capturable``)."""
     device = torch.device(device)
     seen, out = set(), []
 
@@ -129,7 +133,8 @@ def tensors_off_device(obj, device: torch.device, path: str = "") -> list:
                 walk(t, f"{where}.{name}")
             return
         if isinstance(x, torch.optim.Optimizer):
-            walk(x.state_dict()["state"], f"{where}.state")
+            for i, state in enumerate(x.state.values()):
+                walk({k: v for k, v in state.items() if k != "step"}, f"{where}.state[{i}]")
             for i, group in enumerate(x.param_groups):
                 walk(group["params"], f"{where}.param_groups[{i}]")
             return
@@ -140,8 +145,10 @@ def tensors_off_device(obj, device: torch.device, path: str = "") -> list:
             for i, v in enumerate(x):
                 walk(v, f"{where}[{i}]")
         elif hasattr(x, "__dict__") and type(x).__module__.startswith("hddgeo"):
+            host = getattr(type(x), "_host_tensors", ())
             for k, v in vars(x).items():
-                walk(v, f"{where}.{k}")
+                if k not in host:
+                    walk(v, f"{where}.{k}")
 
     walk(obj, path or type(obj).__name__)
     return out

@@ -121,8 +121,6 @@ class Matcher:
                  max_norm: Optional[float] = 10.0, euclidean_weight: float = 1.0, hdd_weight: float = 1.0,
                  karcher_tol: Optional[float] = None, karcher_max_iter: Optional[int] = None,
                  num_classes: Optional[int] = None):
-        import geoopt
-
         if kind not in MATCHERS:
             raise ValueError(f"unknown matcher {kind!r}; choose one of {', '.join(MATCHERS)}")
         if centroid not in CENTROID_METHODS:
@@ -135,9 +133,16 @@ class Matcher:
         self.euclidean_weight = float(euclidean_weight) if kind == "both" else 1.0
         self.hdd_weight = float(hdd_weight) if kind == "both" else 1.0
         self.karcher_kwargs = {"tol": karcher_tol, "max_iter": karcher_max_iter}
-        self.manifold = geoopt.Lorentz(k=self.k)
         # classes of the whole run (sharded processes see only some), for the centroid-gap averages
         self.num_classes = num_classes
+
+    @property
+    def manifold(self):
+        """``geoopt.Lorentz(k)``, made when asked: its ``k`` is a CPU constant that the geometry reads as a
+        number and copies to the features' device, not state of the run that lives on the device."""
+        import geoopt
+
+        return geoopt.Lorentz(k=self.k)
 
     def centroid_gaps(self, f_real: torch.Tensor, f_syn: torch.Tensor) -> dict:
         """Mean over classes of ``d(law, karcher)`` for the real and the synthetic features (no gradients).

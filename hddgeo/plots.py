@@ -477,7 +477,7 @@ def _load_run(run_dir: str):
 
 def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
                     per_class: int = 200, axes: str = "pca", root_leaf_n: int = 6,
-                    data_root: Optional[str] = None) -> list:
+                    data_root: Optional[str] = None, device=None) -> list:
     """Figures of a finished run: per-class Poincare disks, radius histograms, root/leaf real images.
 
     Loads ``config.json`` and ``synset.pt`` from ``run_dir`` and the run's dataset, embeds the first
@@ -493,8 +493,10 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     * ``root_leaf.png``: the ``root_leaf_n`` real images of each class with the smallest and the largest
       radius (:func:`hddgeo.hierarchy.root_and_leaf`).
 
-    ``data_root`` is where the run's dataset lives (default: the run's own ``data_root``).  Returns the
-    list of PNG paths.  Raises ``ValueError`` if ``run_dir`` is not a finished run.
+    ``data_root`` is where the run's dataset lives (default: the run's own ``data_root``).  ``device`` is
+    where the network embeds the images (default: the CPU); the features come back to the CPU, where the
+    small geometry of a figure and matplotlib run.  Returns the list of PNG paths.  Raises ``ValueError``
+    if ``run_dir`` is not a finished run.
     """
     import geoopt
 
@@ -515,7 +517,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     k = float(cfg["k"])
     max_norm = cfg.get("max_norm")
     M = geoopt.Lorentz(k=k)
-    net = fresh_network(cfg["model"], dataset, seed).eval()
+    net = fresh_network(cfg["model"], dataset, seed, device=device).eval()
     syn_images, syn_labels = syn["images"].float(), syn["train_labels"].long()
 
     real_imgs, z_real, z_syn, feats = {}, {}, {}, {}

@@ -9,6 +9,27 @@ import torch
 
 REAL_FASHIONMNIST = Path("/usr/share/datasets/fashion-mnist")
 
+# Every device a test that builds tensors runs on: the CPU always, CUDA where torch sees a GPU (elsewhere those
+# cases skip with the reason).  ``pytest -k cuda`` selects the CUDA cases (experiments/gpu_check.py runs them).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="torch sees no CUDA GPU"))]
+
+
+def tiny_config(**kw):
+    """A seconds-long digits run (overrides in ``kw``), the distillation tests' common setting."""
+    from hddgeo.distill import DistillConfig
+
+    base = dict(dataset="digits", ipc=2, iterations=4, batch_real=16, final_eval_nets=1, final_eval_epochs=2,
+                checkpoint_every=2, idm_queue=2, threads=2)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """A device to build tensors on (see ``DEVICES``)."""
+    return torch.device(request.param)
+
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from hddgeo.cli import main
 from hddgeo.data import ClassPool, load_dataset
@@ -20,11 +21,7 @@ from hddgeo.distill import (
 from hddgeo.losses import Matcher
 
 
-def tiny(**kw):
-    base = dict(dataset="digits", ipc=2, iterations=4, batch_real=16, final_eval_nets=1, final_eval_epochs=2,
-                checkpoint_every=2, idm_queue=2, threads=2)
-    base.update(kw)
-    return DistillConfig(**base)
+tiny = tiny_config
 
 
 def test_partition_expand_and_pack_roundtrip_layout():

@@ -128,6 +128,10 @@ class ImageDataset:
     std: tuple[float, ...]
     extra: dict = field(default_factory=dict, repr=False)
 
+    # the dataset as loaded stays in host memory; a run copies what it computes on (its class pool, the test
+    # split of an evaluation) to its device (see hddgeo.device.tensors_off_device)
+    _host_tensors = ("train_images", "train_labels", "test_images", "test_labels")
+
     def __post_init__(self) -> None:
         # A loader bug that mixes up layouts would otherwise only surface deep inside a
         # network as a shape error; check the contract once, here.

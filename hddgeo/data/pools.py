@@ -23,6 +23,9 @@ class ClassPool:
     Images stay on whatever device they were given; indices live on the CPU.
     """
 
+    # index bookkeeping for the CPU generators that draw batches (hddgeo.device.tensors_off_device skips it)
+    _host_tensors = ("labels", "indices")
+
     def __init__(self, images: Tensor, labels: Tensor, num_classes: int):
         if images.dim() < 2 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
             raise ValueError(

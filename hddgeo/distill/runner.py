@@ -463,11 +463,13 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
 
 
 def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, epochs: Optional[int] = None,
-                 progress: bool = True, data_root: Optional[str] = None) -> dict:
+                 progress: bool = True, data_root: Optional[str] = None, device: str = "auto",
+                 amp: Optional[str] = None) -> dict:
     """Re-evaluate a finished run's ``synset.pt`` (optionally on another architecture).
 
     ``data_root`` names where the dataset is; by default the run's own ``data_root`` (a received run
-    directory is data: the loaders parse files, they never run code from them)."""
+    directory is data: the loaders parse files, they never run code from them).  ``device`` is where the
+    networks train (whatever device the run was distilled on), ``amp`` defaults to the run's."""
     path = os.path.join(run_dir, SYNSET)
     if not os.path.exists(path):
         raise ValueError(f"{path} not found: {run_dir} is not a finished run directory")
@@ -475,6 +477,10 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     model = model or cfg.model
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    amp = cfg.amp if amp is None else amp
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown amp mode {amp!r}; choose one of {', '.join(AMP_MODES)}")
+    device = resolve_device(device)
     dataset = load_dataset(cfg.dataset, data_root=data_root or cfg.data_root)
     if cfg.eval_test_per_class:
         dataset = dataset.test_subset(cfg.eval_test_per_class)
@@ -484,7 +490,8 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     epochs = cfg.final_eval_epochs if epochs is None else epochs
     res = evaluate_synset(syn["images"], syn["train_labels"], dataset.test_images, dataset.test_labels,
                           dataset.num_classes, model=model, num_nets=num_nets, epochs=epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress)
+                          augment=eval_augment(cfg), seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress,
+                          device=device, amp=amp)
     out = {"model": model, "acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "epochs": epochs}
     write_json(os.path.join(run_dir, f"eval_{model}.json"), out)
     return out

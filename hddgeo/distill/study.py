@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from hddgeo import stats
+from hddgeo.device import resolve_device
 from hddgeo.seeds import FINAL_EVAL_OFFSET, init_generator
 from hddgeo.evaluate import evaluate_synset
 
@@ -41,7 +42,8 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
     images, labels = syn.expanded()
     res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                           model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + FINAL_EVAL_OFFSET, progress=progress)
+                          augment=eval_augment(cfg), seed=cfg.seed + FINAL_EVAL_OFFSET, progress=progress,
+                          device=method.device, amp=cfg.amp)
     return {"method": stats.RANDOM, "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
             "acc_std": res["std"], "accs": res["accs"], "seconds_per_iteration": float("nan")}
 
@@ -103,6 +105,7 @@ def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
                 cells.append(("distill", cfg, os.path.join(out_dir, "runs", cell_name(cfg))))
     for _, cfg, _ in cells:
         cfg.validate()  # every cell's configuration is checked before the first one starts
+        resolve_device(cfg.device)  # and its device exists
     if jobs == 1:
         results = [_run_cell_task(kind, cfg, run_dir, resume, progress) for kind, cfg, run_dir in cells]
     else:

@@ -1,0 +1,274 @@
+"""One device for a whole run: resolution, placement of every tensor, portable files, autocast, determinism.
+
+Tests that build tensors take the ``device`` fixture (tests/conftest.py): on a CPU-only machine the CUDA
+cases skip with a reason; ``pytest -k cuda`` runs them where a GPU is (experiments/gpu_check.py does).
+"""
+import geoopt
+import pytest
+import torch
+from conftest import tiny_config
+
+from hddgeo import device as devices
+from hddgeo.cli import main
+from hddgeo.device import deterministic, resolve_device, tensors_off_device
+from hddgeo.distill import DistillConfig, RunInterrupted, build_method, prepare, run_distillation
+from hddgeo.distill.runner import read_back
+from hddgeo.evaluate import train_and_test
+from hddgeo.geometry import karcher_mean, law_centroid, lift
+from hddgeo.geometry.lorentz import maybe_any
+from hddgeo.losses import hdd_loss
+from hddgeo.rundir import load_tensors
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def tiny(**kw):
+    return tiny_config(**{"iterations": 3, **kw})
+
+
+# ----------------------------------------------------------------------------- resolving a device name
+def test_auto_and_cpu_resolve_here():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == (torch.device("cuda", torch.cuda.current_device()) if HAS_CUDA
+                                      else torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "cpu:1", "cuda:x", "CUDA", ""])
+def test_malformed_device_names_are_refused(name):
+    with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+
+
+def test_a_device_that_does_not_exist_names_the_ones_that_do():
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    with pytest.raises(ValueError, match="available: cpu") as err:
+        resolve_device(missing)
+    assert "cuda" in str(err.value)
+    if not HAS_CUDA:
+        with pytest.raises(ValueError, match="sees no CUDA GPU.*use --device cpu"):
+            resolve_device("cuda")
+
+
+def test_cuda_under_torchrun_is_the_local_rank(monkeypatch):
+    """Without a GPU here, torch's CUDA queries are replaced: the rule is what is tested."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"cuda:4 does not exist; available: cpu, cuda:0, cuda:1, cuda:2, cuda:3"):
+        resolve_device("cuda:4")
+
+
+@pytest.mark.parametrize("args", [["--device", "cuda:97"], ["--device", "tpu"]] + ([] if HAS_CUDA else [["--device", "cuda"]]))
+def test_distill_with_a_bad_device_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args):
+    out = tmp_path / "run"
+    code = main(["distill", "--iterations", "1", "--out", str(out), "--quiet", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("hddgeo: error:")
+    assert "cpu" in err[0] or "use auto, cpu, cuda or cuda:N" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "centroids"])
+def test_other_commands_refuse_a_missing_device_before_writing(tmp_path, capsys, command):
+    out = tmp_path / "x"
+    args = {"demo": ["demo", "--out", str(out), "--quiet"], "centroids": ["centroids", "--out", str(out / "c.csv")]}
+    code = main(args[command] + ["--device", "cuda:97"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cuda:97" in err and "available: cpu" in err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- where every tensor lives
+def _walk_run(cfg, iterations=2):
+    """The runner's loop by hand for a few iterations; returns everything a run holds."""
+    dataset, pool, matcher = prepare(cfg)
+    method = build_method(cfg.method, cfg, dataset, pool, matcher)
+    syn = method.init_synset(torch.Generator().manual_seed(cfg.seed))
+    opt = torch.optim.SGD([syn.images], lr=cfg.lr_img, momentum=cfg.momentum)
+    steps = []
+    for it in range(iterations):
+        loss, parts, step = method.step(it, syn)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step(step)
+        steps.append(step)
+    return {"pool": pool, "syn": syn, "optimizer": opt, "method": method, "steps": steps}
+
+
+METHOD_CASES = [
+    dict(method="dm", matcher="hdd", centroid="karcher"),
+    dict(method="idm", matcher="both", centroid="law", idm_net_age=1),  # renews a network within the test
+    dict(method="geodm", matcher="euclidean", options={"proj_dim": 8, "ot_max_iter": 20}),
+    dict(method="dm", matcher="hdd", centroid="law", prune_fraction=0.5),
+]
+
+
+@pytest.mark.parametrize("case", METHOD_CASES, ids=lambda c: f"{c['method']}-{c['matcher']}")
+def test_every_tensor_of_a_run_is_on_the_configured_device(device, case):
+    if case["method"] == "geodm":
+        pytest.importorskip("ot")
+    held = _walk_run(tiny(device=device.type, **case))
+    off = tensors_off_device(held, device)
+    assert off == [], off[:5]
+    # what the method keeps must be found by the walk: its networks, optimisers and parameters
+    found = tensors_off_device(held, "meta")
+    assert any(".net" in where or "nets" in where for where, _ in found)
+    assert any("optimizer" in where for where, _ in found)
+
+
+def test_dance_experts_and_middle_encoders_are_on_the_device(device, tmp_path):
+    cfg = tiny(method="dance", device=device.type,
+               options={"num_experts": 2, "expert_epochs": 1, "expert_cache": str(tmp_path / "experts")})
+    held = _walk_run(cfg)
+    assert tensors_off_device(held, device) == []
+    # the cache on disk holds CPU tensors, so it loads on any device
+    (cache,) = list((tmp_path / "experts").iterdir())
+    assert tensors_off_device(load_tensors(str(cache)), "cpu") == []
+
+
+def test_the_walk_finds_a_forgotten_tensor():
+    """On this CPU every tensor is on the CPU; a planted one elsewhere (``meta``) shows that the walk looks
+    into methods, networks, optimisers and nested containers."""
+    held = _walk_run(tiny(method="idm", matcher="euclidean"), iterations=1)
+    method = held["method"]
+    method.cache = {"deep": [torch.zeros(2, device="meta")]}
+    method.nets[1].register_buffer("stray", torch.zeros(1, device="meta"))
+    off = tensors_off_device(held, "cpu")
+    assert sorted(w for w, _ in off) == ["dict['method'].cache['deep'][0]", "dict['method'].nets[1].stray"]
+
+
+# ----------------------------------------------------------------------------- portable files
+def test_checkpoints_and_synsets_hold_cpu_tensors(device, tmp_path):
+    cfg = tiny(method="idm", matcher="hdd", device=device.type)
+    with pytest.raises(RunInterrupted):
+        run_distillation(cfg, str(tmp_path / "run"), progress=False, stop_after=2, final_eval=False)
+    state = load_tensors(str(tmp_path / "run" / "checkpoint.pt"))
+    assert tensors_off_device(state, "cpu") == []
+    run_distillation(cfg, str(tmp_path / "run"), resume=True, progress=False, final_eval=False)
+    assert tensors_off_device(load_tensors(str(tmp_path / "run" / "synset.pt")), "cpu") == []
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="torch sees no CUDA GPU")
+def test_a_cuda_run_resumes_on_the_cpu_and_back(tmp_path):
+    cfg = tiny(matcher="hdd", centroid="karcher", iterations=6, checkpoint_every=2, device="cuda")
+    whole = tmp_path / "whole"
+    run_distillation(cfg, str(whole), progress=False, final_eval=False)
+    part = tmp_path / "part"
+    with pytest.raises(RunInterrupted):
+        run_distillation(cfg, str(part), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted):
+        run_distillation(DistillConfig(device="cpu"), str(part), resume=True, progress=False, stop_after=4,
+                         final_eval=False)
+    run_distillation(DistillConfig(device="cuda"), str(part), resume=True, progress=False, final_eval=False)
+    a = load_tensors(str(whole / "synset.pt"))["params"]
+    b = load_tensors(str(part / "synset.pt"))["params"]
+    assert torch.allclose(a, b, atol=1e-3), float((a - b).abs().max())  # rounding differs between devices
+
+
+def test_resume_may_move_to_another_device_but_not_change_amp(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        run_distillation(tiny(iterations=3, device="auto"), str(out), progress=False, stop_after=2, final_eval=False)
+    assert main(["distill", "--out", str(out), "--resume", "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--out", str(out), "--resume", "--amp", "bf16", "--quiet"]) == 2
+    assert "drop --amp" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- geometry agrees across devices
+def _features(device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(3, 64, 48, generator=g, dtype=torch.float64)
+    real[0] *= 3.0  # |v| ~ 21 > 10: these lifts are clipped at max_norm 10; the others are not
+    syn = torch.randn(3, 5, 48, generator=g, dtype=torch.float64) * 0.7
+    return real.to(device).requires_grad_(True), syn.to(device).requires_grad_(True)
+
+
+@pytest.mark.parametrize("centroid", ["law", "karcher"])
+def test_hdd_loss_and_its_gradients_agree_with_the_cpu(device, centroid):
+    M = geoopt.Lorentz(k=1.0)
+    out = {}
+    for where in ("cpu", device):
+        real, syn = _features(where)
+        loss = hdd_loss(real, syn, M, scale=20.0, centroid=centroid, max_norm=10.0)
+        loss.backward()
+        out[str(where)] = (loss.detach().cpu(), real.grad.cpu(), syn.grad.cpu())
+    (a, ga, sa), (b, gb, sb) = out["cpu"], out[str(device)]
+    assert torch.allclose(a, b, rtol=1e-10, atol=0)
+    assert torch.allclose(ga, gb, rtol=1e-10, atol=1e-13) and torch.allclose(sa, sb, rtol=1e-10, atol=1e-13)
+
+
+def test_lift_and_centroids_stay_on_the_device_and_agree(device):
+    M = geoopt.Lorentz(k=1.0)
+    real, _ = _features(device)
+    cpu_real, _ = _features("cpu")
+    z, zc = lift(real, M, max_norm=10.0), lift(cpu_real, M, max_norm=10.0)
+    for f in (law_centroid, karcher_mean):
+        c, cc = f(z, M), f(zc, M)
+        assert tensors_off_device(c, device) == []
+        assert torch.allclose(c.detach().cpu(), cc.detach(), rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- autocast, determinism, syncs
+def test_bf16_autocast_runs_the_networks_in_bf16_and_the_losses_in_float(device):
+    if device.type == "cpu" and not hasattr(torch, "autocast"):
+        pytest.skip("no autocast")
+    full, half = [tiny(device=device.type, matcher="hdd", amp=amp) for amp in ("none", "bf16")]
+    losses = {}
+    for cfg in (full, half):
+        dataset, pool, matcher = prepare(cfg)
+        method = build_method("dm", cfg, dataset, pool, matcher)
+        syn = method.init_synset(torch.Generator().manual_seed(0))
+        net = method.network(0, torch.Generator().manual_seed(0))
+        f_real, f_syn = method.features(net, syn, torch.Generator().manual_seed(1))
+        assert f_real.dtype == f_syn.dtype == torch.float32
+        loss, _, _ = method.step(0, syn)
+        loss.backward()
+        assert torch.isfinite(syn.images.grad).all()
+        losses[cfg.amp] = float(loss.detach())
+    assert losses["bf16"] != losses["none"]  # bf16 really ran ...
+    assert abs(losses["bf16"] - losses["none"]) < 0.05 * abs(losses["none"])  # ... and is close
+
+
+def test_bf16_evaluation_trains_and_tests(device):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 4
+    res = train_and_test(x, y, x, y, epochs=3, batch_size=16, device=device, amp="bf16")
+    assert 0 <= res["acc"] <= 1 and res["train_loss"] == res["train_loss"]
+
+
+def test_deterministic_mode_is_scoped_and_changes_nothing_on_the_cpu(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic(True):
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled() == before
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_distillation(tiny(matcher="hdd", device="cpu"), str(a), progress=False, final_eval=False)
+    run_distillation(tiny(matcher="hdd", device="cpu", deterministic=True), str(b), progress=False, final_eval=False)
+    assert torch.equal(load_tensors(str(a / "synset.pt"))["params"], load_tensors(str(b / "synset.pt"))["params"])
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_read_back_returns_every_value_and_the_flag_in_one_go():
+    flag, values = read_back(torch.tensor(True), {"loss": torch.tensor(2.5), "ce": 0.25, "gap": torch.tensor([1.5])})
+    assert flag is True and values == {"loss": 2.5, "ce": 0.25, "gap": 1.5}
+    assert read_back(torch.tensor(False), {"loss": torch.tensor(float("nan"))})[0] is False
+
+
+def test_maybe_any_reads_the_cpu_and_does_not_read_an_accelerator():
+    assert maybe_any(torch.tensor([False, True])) and not maybe_any(torch.tensor([False, False]))
+    # a tensor without data (meta) cannot be read: True comes back without looking
+    assert maybe_any(torch.zeros(3, dtype=torch.bool, device="meta"))
+
+
+def test_available_devices_lists_the_cpu_first():
+    have = devices.available_devices()
+    assert have[0] == "cpu" and len(have) == 1 + (torch.cuda.device_count() if HAS_CUDA else 0)
