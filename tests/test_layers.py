@@ -6,7 +6,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "hddgeo"
 LOWER = ["geometry", "data", "models", "losses.py", "evaluate.py", "coreset.py", "hierarchy.py", "analysis.py",
-         "plots.py", "stats.py", "rundir.py", "tables.py", "training.py", "seeds.py"]
+         "plots.py", "stats.py", "rundir.py", "tables.py", "training.py", "seeds.py", "device.py"]
 
 
 def _imports(path: Path):
