@@ -1,0 +1,96 @@
+"""experiments/gpu_check.py runs end to end on --quick settings on the CPU, and bench_iterations.bench takes a device."""
+import importlib.util
+import os
+
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
+    out = tmp_path / "out"
+    rc = load_script("gpu_check").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
+                                        "--fashionmnist-root", str(fashionmnist_root)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    table = pd.read_csv(out / "gpu_check.csv", keep_default_na=False)
+    assert list(table.columns) == ["step", "check", "status", "value", "target", "met", "seconds", "detail"]
+    # the printed table comes last, and is the one written beside the CSV
+    tail = printed[printed.rindex("step  check"):]
+    assert (out / "table.txt").read_text().split("\n\n")[1].strip() in tail
+    assert "no step failed" in printed.splitlines()[-1]
+    steps = dict(zip(table["check"], table["status"]))
+    assert steps["CUDA tests"] == "skipped: --skip-tests"
+    # b: every function's value and gradient, CPU against CPU: the same numbers
+    agree = table[table["step"] == "b"]
+    names = ["lift", "law_centroid", "karcher_mean", "hdd_loss law", "hdd_loss karcher"]
+    assert list(agree["check"]) == [f"{n} {w}" for n in names for w in ("value", "grad")]
+    assert (agree["status"] == "ok").all() and (agree["met"] == "yes").all()
+    errors = agree["value"].str.extract(r"rel err (\S+)")[0].astype(float)
+    assert errors.notna().all() and (errors <= 1e-12).all()
+    assert "clipped at max_norm 10" in agree["detail"].iloc[0]
+    # c: the three matchers on both shapes, then bf16 for two; ratios against their targets
+    timing = table[table["step"] == "c"]
+    assert (timing["status"] == "ok").all()
+    assert len(timing) == 2 * 3 + 2 * 2
+    assert set(timing[timing["check"].str.endswith("hdd/law")]["target"]) == {"<= 1.05x"}
+    assert set(timing[timing["check"].str.endswith("hdd/karcher")]["target"]) == {"<= 1.2x"}
+    bench_rows = pd.read_csv(out / "bench_iterations.csv")
+    assert set(bench_rows["device"]) == {"cpu"} and set(bench_rows["amp"]) == {"none", "bf16"}
+    # d: both runs on the fake Fashion-MNIST, with accuracies and the 20,000-iteration projection
+    distill = table[table["step"] == "d"].set_index("check")
+    assert (distill["status"] == "ok").all()
+    for name in ("DM", "DM+HDD law"):
+        acc = float(distill.loc[f"{name} accuracy", "value"].split()[0])
+        assert 0 <= acc <= 1
+    assert "projected" in distill.loc["20000 DM iterations", "value"]
+    assert (out / "runs" / "dm" / "metrics.json").exists() and (out / "runs" / "dm_hdd_law" / "metrics.json").exists()
+
+
+def test_gpu_check_skips_what_it_cannot_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = load_script("gpu_check").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
+                                        "--fashionmnist-root", str(tmp_path / "nowhere"), "--budget-s", "0"])
+    assert rc == 0
+    table = pd.read_csv(out / "gpu_check.csv", keep_default_na=False)
+    statuses = dict(zip(table["step"], table["status"]))
+    assert statuses["b"].startswith("skipped: budget spent") and statuses["d"].startswith("skipped: budget spent")
+    assert "step  check" in capsys.readouterr().out
+
+
+def test_bench_takes_a_device():
+    bench = load_script("bench_iterations")
+    data = bench.random_images((1, 8, 8), "tiny", n_per_class=6, classes=2)
+    rows = bench.bench(data, ipc=1, iterations=1, batch_real=4, warmup=0, device="cpu")
+    assert [r["matcher"] for r in rows] == ["euclidean", "hdd/law", "hdd/karcher"]
+    assert all(r["device"] == "cpu" and r["amp"] == "none" and r["seconds_per_iteration"] > 0 for r in rows)
+    assert rows[0]["ratio_to_euclidean"] == 1.0
+    two = bench.bench(data, ipc=1, iterations=1, batch_real=4, warmup=0, device="cpu", amp="bf16",
+                      matchers=bench.MATCHERS[:2])
+    assert [r["amp"] for r in two] == ["bf16", "bf16"] and len(two) == 2
+    with pytest.raises(ValueError, match="euclidean"):
+        bench.bench(data, 1, 1, 4, device="cpu", matchers=bench.MATCHERS[1:])
+
+
+def test_gpu_check_plans_the_runs_into_the_budget():
+    gpu_check = load_script("gpu_check")
+    sizes = gpu_check.Sizes()  # 20,000 iterations, 5 nets x 1000 epochs; runner 1.15x the benchmark, 15 s a run
+    eval_cost = lambda epochs: 5 * (1.0 + 0.004 * epochs)  # noqa: E731  one run's final evaluation
+    spi = [0.010, 0.0105]
+    assert gpu_check.plan_runs(2000, spi, eval_cost, sizes) == (20000, 1000, [])
+    # a little short: fewer evaluation epochs, all the iterations
+    iters, epochs, notes = gpu_check.plan_runs(540, spi, eval_cost, sizes)
+    assert iters == 20000 and 300 <= epochs < 1000 and "epochs" in notes[0]
+    # far short: fewer iterations (whole hundreds), the full evaluation
+    iters, epochs, notes = gpu_check.plan_runs(300, spi, eval_cost, sizes)
+    assert epochs == 1000 and iters % 100 == 0 and 500 <= iters < 20000 and "iterations shortened" in notes[-1]
+    assert 2 * 15 + iters * sum(spi) * 1.15 + 2 * eval_cost(epochs) <= 300
+    assert gpu_check.plan_runs(30, spi, eval_cost, sizes)[:2] == (0, 0)
