@@ -272,3 +272,12 @@ def test_maybe_any_reads_the_cpu_and_does_not_read_an_accelerator():
 def test_available_devices_lists_the_cpu_first():
     have = devices.available_devices()
     assert have[0] == "cpu" and len(have) == 1 + (torch.cuda.device_count() if HAS_CUDA else 0)
+
+
+def test_a_pool_built_on_the_cpu_is_uploaded_once(device):
+    cfg = tiny(device=device.type)
+    dataset, pool, matcher = prepare(tiny(device="cpu"))
+    method = build_method("dm", cfg, dataset, pool, matcher)
+    assert tensors_off_device(method.pool, device) == []
+    assert method.pool.indices is pool.indices  # the index lists are shared, not copied
+    assert (method.pool is pool) == (device.type == "cpu")

@@ -54,3 +54,20 @@ def test_embed_in_chunks_equals_one_batch_and_refuses_an_empty_batch():
     assert not embed(net, x).requires_grad
     with pytest.raises(ValueError, match="no images"):
         embed(net, x[:0])
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 4, 7, 9), (1, 2, 2, 3)])
+def test_avgpool2x2_is_avgpool2d_bit_for_bit_in_values_and_gradients(shape):
+    from hddgeo.models._layers import AvgPool2x2
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g).relu().requires_grad_(True)
+    y = x.detach().clone().requires_grad_(True)
+    ours, ref = AvgPool2x2()(x), torch.nn.AvgPool2d(2)(y)
+    assert ours.shape == ref.shape and torch.equal(ours, ref)
+    cot = torch.randn(ref.shape, generator=g)
+    (ours * cot).sum().backward()
+    (ref * cot).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+    cl = x.detach().contiguous(memory_format=torch.channels_last)
+    assert torch.equal(AvgPool2x2()(cl), ref.detach())

@@ -93,6 +93,15 @@ class ClassPool:
         labels = torch.arange(self.num_classes, dtype=torch.int64).repeat_interleave(ipc)
         return images, labels
 
+    def to(self, device) -> "ClassPool":
+        """This pool with its images on ``device`` (the index lists are shared; they stay on the CPU)."""
+        if self.images.device == torch.device(device):
+            return self
+        pool = ClassPool.__new__(ClassPool)
+        pool.images, pool.labels, pool.num_classes, pool.indices = (self.images.to(device), self.labels,
+                                                                    self.num_classes, self.indices)
+        return pool
+
     def subset(self, keep_indices: Union[Tensor, Sequence[int]]) -> "ClassPool":
         """A new pool holding only the images at ``keep_indices`` (dataset indices of this pool),
         e.g. what survives pruning. Classes keep their numbering even if one ends up empty."""

@@ -33,8 +33,8 @@ from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
 from hddgeo.models import MODEL_NAMES, embed
-from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, load_tensors, read_json, save_tensors, write_json,
-                           write_log)
+from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, LogWriter, load_tensors, pack_rows, read_json,
+                           save_tensors, unpack_rows, write_json)
 from hddgeo import seeds
 from hddgeo.stats import method_label
 
@@ -377,7 +377,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
             syn.images.copy_(state["images"])  # CPU tensors from the file, onto the run's device
         optimizer.load_state_dict(state["optimizer"])  # moves its state to where syn.images is
         method.load_state_dict(state["method"])
-        start_it, rows = int(state["iteration"]), list(state["rows"])
+        start_it, rows = int(state["iteration"]), unpack_rows(state["rows"])
     elif main_proc:
         try:
             os.makedirs(out_dir, exist_ok=True)
@@ -386,19 +386,25 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
             raise ValueError(f"cannot write the run directory {out_dir}: {err.strerror or err}; choose another --out") from None
     saved_at = start_it
 
+    log = LogWriter(os.path.join(out_dir, LOG))
+    spent = {"checkpoint": 0.0, "periodic_eval": 0.0}
+
     def checkpoint(it_done: int) -> None:
+        t0 = time.perf_counter()
         if main_proc:
             save_tensors({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
-                          "method": method.state_dict(), "iteration": it_done, "rows": rows,
+                          "method": method.state_dict(), "iteration": it_done, "rows": pack_rows(rows),
                           "config": cfg.to_json()}, ckpt_path)
-            write_log(os.path.join(out_dir, LOG), rows)
+            log.write(rows)
         distributed.barrier()
+        spent["checkpoint"] += time.perf_counter() - t0
 
     def non_finite(what: str, it: int):
         kept = f"the checkpoint of iteration {saved_at} is kept" if saved_at else "no checkpoint was written"
         return NonFiniteError(f"iteration {it + 1}: the {what} became NaN or infinite (lower --lr-img or --scale); "
                               f"{kept}; start a new run with other settings")
 
+    loop_start = time.perf_counter()
     bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,
                disable=not (progress and main_proc), desc=describe(cfg), unit="it", dynamic_ncols=True)
     for it in bar:
@@ -430,9 +436,11 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
             raise non_finite("loss", it)
         row = {"iteration": it + 1, **logged, "seconds": time.perf_counter() - t0}
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
+            t_eval = time.perf_counter()
             images, labels = syn.expanded()
             row["eval_acc"] = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.eval_nets, cfg.eval_epochs,
                                               seed=cfg.seed + seeds.PERIODIC_EVAL_OFFSET)["mean"]
+            spent["periodic_eval"] += time.perf_counter() - t_eval
         rows.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", **({"acc": f"{row['eval_acc']:.3f}"} if "eval_acc" in row else {}))
         last = it + 1 == cfg.iterations
@@ -448,14 +456,19 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         syn.save(os.path.join(out_dir, SYNSET), {"dataset": cfg.dataset, "config": cfg.to_json()})
         syn.save_grid(os.path.join(out_dir, "synset.png"), dataset)
     seconds = [r["seconds"] for r in rows]
+    # seconds_per_iteration: the steps alone (every iteration, also those before a resume); the others are this
+    # process's wall clock: the loop with its checkpoints and periodic evaluations, and their shares
     metrics = {"method": describe(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "iterations": cfg.iterations,
-               "seconds_per_iteration": sum(seconds) / max(len(seconds), 1), "processes": world}
+               "seconds_per_iteration": sum(seconds) / max(len(seconds), 1), "processes": world,
+               "device": str(method.device), "loop_seconds": time.perf_counter() - loop_start,
+               "checkpoint_seconds": spent["checkpoint"], "periodic_eval_seconds": spent["periodic_eval"]}
     if final_eval and cfg.final_eval_epochs > 0:
+        t_eval = time.perf_counter()
         images, labels = syn.expanded()
         res = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.final_eval_nets, cfg.final_eval_epochs,
                               seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress and main_proc)
         metrics.update({"acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "eval_model": cfg.model,
-                        "eval_epochs": cfg.final_eval_epochs})
+                        "eval_epochs": cfg.final_eval_epochs, "final_eval_seconds": time.perf_counter() - t_eval})
     if main_proc:
         write_json(os.path.join(out_dir, METRICS), metrics)
     distributed.barrier()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hddgeo.models._layers import ImageSize, as_hw, norm_layer
+from hddgeo.models._layers import AvgPool2x2, ImageSize, as_hw, norm_layer
 
 
 class ConvNet(nn.Module):
@@ -24,7 +24,7 @@ class ConvNet(nn.Module):
         for i in range(depth):
             pad = 3 if i == 0 and (h, w) == (28, 28) else 1
             blocks += [nn.Conv2d(in_ch, width, kernel_size=3, padding=pad),
-                       norm_layer(norm, width), nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+                       norm_layer(norm, width), nn.ReLU(inplace=True), AvgPool2x2()]
             h, w = (h + 2 * pad - 2) // 2, (w + 2 * pad - 2) // 2
             if h < 1 or w < 1:
                 raise ValueError(f"depth {depth} is too deep for {as_hw(image_size)} images: "
