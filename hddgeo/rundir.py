@@ -22,6 +22,7 @@ import os
 import pickle
 import zipfile
 
+import numpy as np
 import torch
 
 CONFIG, LOG, CHECKPOINT, SYNSET, METRICS = "config.json", "log.csv", "checkpoint.pt", "synset.pt", "metrics.json"
@@ -112,10 +113,12 @@ def pack_rows(rows: list) -> dict:
     """Log rows (dicts of numbers) as two tensors, which a checkpoint saves and loads far faster than a list
     of thousands of dicts: ``values`` ``(N, K)`` float64 and ``present`` ``(N, K)``, with ``names``."""
     names = _fields(rows)
-    values = torch.tensor([[float(row.get(k, 0.0)) for k in names] for row in rows], dtype=torch.float64)
-    present = torch.tensor([[k in row for k in names] for row in rows], dtype=torch.bool)
-    return {"names": names, "values": values.reshape(len(rows), len(names)),
-            "present": present.reshape(len(rows), len(names))}
+    # numpy builds the arrays from flat lists several times faster than torch.tensor from nested ones
+    values = np.array([float(row.get(k, 0.0)) for row in rows for k in names], dtype=np.float64)
+    present = np.array([k in row for row in rows for k in names], dtype=bool)
+    shape = (len(rows), len(names))
+    return {"names": names, "values": torch.from_numpy(values.reshape(shape)),
+            "present": torch.from_numpy(present.reshape(shape))}
 
 
 def unpack_rows(packed) -> list:

@@ -281,3 +281,25 @@ def test_a_pool_built_on_the_cpu_is_uploaded_once(device):
     assert tensors_off_device(method.pool, device) == []
     assert method.pool.indices is pool.indices  # the index lists are shared, not copied
     assert (method.pool is pool) == (device.type == "cpu")
+
+
+def test_run_directories_written_before_the_device_fields_are_still_reused_and_resumed(tmp_path):
+    """config.json and checkpoints of an older hddgeo lack device/amp/deterministic: they mean the defaults."""
+    import json
+
+    from hddgeo.rundir import save_tensors
+
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        run_distillation(tiny(iterations=3), str(out), progress=False, stop_after=2, final_eval=False)
+    for name in ("config.json",):
+        cfg = json.loads((out / name).read_text())
+        for key in ("device", "amp", "deterministic"):
+            cfg.pop(key)
+        (out / name).write_text(json.dumps(cfg))
+    state = load_tensors(str(out / "checkpoint.pt"))
+    for key in ("device", "amp", "deterministic"):
+        state["config"].pop(key)
+    save_tensors(state, str(out / "checkpoint.pt"))
+    metrics = run_distillation(tiny(iterations=3), str(out), resume=True, progress=False, final_eval=False)
+    assert metrics["iterations"] == 3

@@ -310,8 +310,11 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
 
 def config_differences(cfg: DistillConfig, saved: dict) -> dict:
     """``{field: (saved value, cfg's value)}`` for every field in which a saved configuration (JSON) describes
-    another run than ``cfg``; ``RESUMABLE_FIELDS`` are not compared."""
+    another run than ``cfg``; ``RESUMABLE_FIELDS`` are not compared.  A field missing from ``saved`` (a run
+    written before the field existed) counts as its default, which is what that version computed."""
     wanted = json.loads(json.dumps(cfg.to_json()))  # the JSON round trip (tuples -> lists, ...)
+    defaults = json.loads(json.dumps(DistillConfig().to_json()))
+    saved = {**defaults, **saved}
     return {name: (saved.get(name), value) for name, value in wanted.items()
             if name not in RESUMABLE_FIELDS and saved.get(name) != value}
 
