@@ -150,7 +150,7 @@ class Matcher:
         Per-class distances are summed and divided by ``num_classes`` (all classes, not only this
         process's) so that the values of sharded processes add up to the mean.
         """
-        kt = torch.tensor(self.k, dtype=torch.float64, device=f_real.device)
+        kt = torch.full((), self.k, dtype=torch.float64, device=f_real.device)
         out = {}
         with torch.no_grad():
             for name, f in (("gap_real", f_real), ("gap_syn", f_syn)):

@@ -117,18 +117,21 @@ def pack_rows(rows: list) -> dict:
     values = np.array([float(row.get(k, 0.0)) for row in rows for k in names], dtype=np.float64)
     present = np.array([k in row for row in rows for k in names], dtype=bool)
     shape = (len(rows), len(names))
+    # columns whose every value is an int (the iteration, Sinkhorn's iteration count) come back as ints
+    integer = [all(type(row[k]) is int for row in rows if k in row) for k in names]
     return {"names": names, "values": torch.from_numpy(values.reshape(shape)),
-            "present": torch.from_numpy(present.reshape(shape))}
+            "present": torch.from_numpy(present.reshape(shape)), "integer": integer}
 
 
 def unpack_rows(packed) -> list:
-    """The rows of :func:`pack_rows` (``iteration`` as an int); a plain list of dicts is returned as it is."""
+    """The rows of :func:`pack_rows` (integer columns as ints); a plain list of dicts is returned as it is."""
     if isinstance(packed, list):
         return list(packed)
     if not isinstance(packed, dict) or not {"names", "values", "present"} <= set(packed):
         raise ValueError("log rows of a checkpoint must be a list or a packed table (names, values, present)")
     names, values, present = packed["names"], packed["values"].tolist(), packed["present"].tolist()
-    return [{k: (int(v) if k == "iteration" else v) for k, v, here in zip(names, vals, mask) if here}
+    integer = packed.get("integer") or [k == "iteration" for k in names]
+    return [{k: (int(v) if is_int else v) for k, v, here, is_int in zip(names, vals, mask, integer) if here}
             for vals, mask in zip(values, present)]
 
 

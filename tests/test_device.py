@@ -260,6 +260,7 @@ def test_deterministic_mode_is_scoped_and_changes_nothing_on_the_cpu(tmp_path):
 def test_read_back_returns_every_value_and_the_flag_in_one_go():
     flag, values = read_back(torch.tensor(True), {"loss": torch.tensor(2.5), "ce": 0.25, "gap": torch.tensor([1.5])})
     assert flag is True and values == {"loss": 2.5, "ce": 0.25, "gap": 1.5}
+    assert read_back(torch.tensor(True), {"iters": 12})[1]["iters"] == 12  # a number is left as it is
     assert read_back(torch.tensor(False), {"loss": torch.tensor(float("nan"))})[0] is False
 
 

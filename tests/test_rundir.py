@@ -7,7 +7,7 @@ from hddgeo.rundir import LogWriter, load_tensors, pack_rows, save_tensors, unpa
 def _rows(n, start=0):
     rows = []
     for i in range(start, start + n):
-        row = {"iteration": i + 1, "loss": 1.0 / (i + 1), "seconds": 0.1 * i}
+        row = {"iteration": i + 1, "loss": 1.0 / (i + 1), "sinkhorn_iters": 30 + i, "seconds": 0.1 * i}
         if (i + 1) % 3 == 0:
             row["eval_acc"] = 0.5 + 0.01 * i  # a column that first appears at row 3
         rows.append(row)
@@ -37,7 +37,8 @@ def test_packed_rows_round_trip_through_a_checkpoint_file(tmp_path):
     save_tensors({"rows": pack_rows(rows)}, str(tmp_path / "c.pt"))
     back = unpack_rows(load_tensors(str(tmp_path / "c.pt"))["rows"])
     assert [set(r) for r in back] == [set(r) for r in rows]
-    assert all(isinstance(r["iteration"], int) for r in back)
+    assert all(type(r["iteration"]) is int and type(r["sinkhorn_iters"]) is int for r in back)
+    assert all(type(r["loss"]) is float for r in back)
     same = lambda a, b: a == b or (a != a and b != b)  # noqa: E731
     assert all(same(a[k], b[k]) for a, b in zip(rows, back) for k in a)
     assert unpack_rows(rows) == rows  # checkpoints written before the packing load too

@@ -111,8 +111,9 @@ class DistillMethod:
         C = self.pool.num_classes
         syn_by_class = syn.by_class()
         seeds = torch.randint(0, 2**31 - 1, (C,), generator=gen).tolist()
-        real_idx = [self.pool.sample_indices(c, self.n_real, gen) for c in range(C)]
-        real = [self.pool.images[real_idx[c].to(self.device)] for c in self.classes]
+        real_idx = torch.stack([self.pool.sample_indices(c, self.n_real, gen) for c in range(C)])
+        real_idx = real_idx.to(self.device)  # one copy to the device for all classes
+        real = [self.pool.images[real_idx[c]] for c in self.classes]
         syn_sel = [syn_by_class[c] for c in self.classes]
         if self.cfg.dsa:
             real = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(real, self.classes)]

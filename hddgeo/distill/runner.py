@@ -325,7 +325,7 @@ def read_back(flag: torch.Tensor, values: dict) -> tuple:
     names = [k for k, v in values.items() if torch.is_tensor(v)]
     packed = torch.stack([flag.to(torch.float64)] + [values[k].detach().reshape(()).to(flag.device, torch.float64)
                                                      for k in names]).tolist()
-    out = {k: (float(v) if not torch.is_tensor(v) else v) for k, v in values.items()}
+    out = dict(values)  # numbers stay as they are
     out.update(zip(names, packed[1:]))
     return packed[0] != 0, out
 

@@ -316,7 +316,8 @@ def _karcher_newton(z, w, sk, tol, max_iter, x0s):
     e_dm = torch.zeros_like(dm[..., :1])  # x0 lies along mu
     slack = 64 * torch.finfo(z.dtype).eps
     stalled = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-    tries = torch.tensor(_LINE_SEARCH, dtype=z.dtype, device=z.device).view(1, -1, 1)
+    # made on the device, not copied from the host (a copy from pageable memory waits for the queue)
+    tries = torch.cat([torch.full((1,), t, dtype=z.dtype, device=z.device) for t in _LINE_SEARCH]).view(1, -1, 1)
     iterations = 0
     for iterations in range(max_iter + 1):
         logs = _FrameLogs(pts, xs, e_dm, w, sk)
@@ -431,7 +432,7 @@ def karcher_(z, w_raw, k: float, tol: float, max_iter: int, backward: str = "imp
         return x, 0, torch.zeros(batch_shape, dtype=z.dtype, device=z.device)
     zf = z.reshape(-1, n, dim)
     wf = w_raw.reshape(-1, n)
-    kt = torch.tensor(k, dtype=z.dtype, device=z.device)
+    kt = torch.full((), k, dtype=z.dtype, device=z.device)  # a fill, not a copy from the host
     if backward == "implicit":
         box = []
         x = _KarcherImplicit.apply(zf, wf, kt, tol, max_iter, box)

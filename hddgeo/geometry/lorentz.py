@@ -36,7 +36,12 @@ def manifold_k(M) -> float:
 
 
 def k_tensor(M, like: torch.Tensor) -> torch.Tensor:
-    """``M.k`` cast to the dtype/device of ``like``; keeps autograd to a learnable ``k``."""
+    """``M.k`` cast to the dtype/device of ``like``; keeps autograd to a learnable ``k``.
+
+    A constant ``k`` is filled in on the device rather than copied there: a copy from host memory waits for
+    the device's queue, a fill does not (the value is the same: ``M.k``'s, rounded to ``like``'s dtype)."""
+    if like.device != M.k.device and not M.k.requires_grad:
+        return torch.full((), float(M.k.detach()), dtype=like.dtype, device=like.device)
     return M.k.to(dtype=like.dtype, device=like.device)
 
 
@@ -414,7 +419,7 @@ def _lift_scale(r, theta, clipped, sk):
 def lift_(v: torch.Tensor, k, max_norm: Optional[float] = None) -> torch.Tensor:
     """``expmap0([0, v])`` with optional clipping of ``|v|/sqrt(k)`` at ``max_norm`` (plain tensor)."""
     if not torch.is_tensor(k):
-        k = torch.tensor(float(k), dtype=v.dtype, device=v.device)
+        k = torch.full((), float(k), dtype=v.dtype, device=v.device)
     return _Lift.apply(v, k.to(dtype=v.dtype), max_norm)
 
 
