@@ -192,6 +192,13 @@ def _features(device, seed=0):
     return real.to(device).requires_grad_(True), syn.to(device).requires_grad_(True)
 
 
+def _rel(a, b) -> float:
+    """``|a - b| / |b|`` in the Frobenius norm (element-wise tolerances fail on small entries of a gradient
+    whose error is set by its largest ones)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
 @pytest.mark.parametrize("centroid", ["law", "karcher"])
 def test_hdd_loss_and_its_gradients_agree_with_the_cpu(device, centroid):
     M = geoopt.Lorentz(k=1.0)
@@ -201,9 +208,8 @@ def test_hdd_loss_and_its_gradients_agree_with_the_cpu(device, centroid):
         loss = hdd_loss(real, syn, M, scale=20.0, centroid=centroid, max_norm=10.0)
         loss.backward()
         out[str(where)] = (loss.detach().cpu(), real.grad.cpu(), syn.grad.cpu())
-    (a, ga, sa), (b, gb, sb) = out["cpu"], out[str(device)]
-    assert torch.allclose(a, b, rtol=1e-10, atol=0)
-    assert torch.allclose(ga, gb, rtol=1e-10, atol=1e-13) and torch.allclose(sa, sb, rtol=1e-10, atol=1e-13)
+    for a, b in zip(out["cpu"], out[str(device)]):
+        assert _rel(b, a) <= 1e-10
 
 
 def test_lift_and_centroids_stay_on_the_device_and_agree(device):
@@ -211,10 +217,11 @@ def test_lift_and_centroids_stay_on_the_device_and_agree(device):
     real, _ = _features(device)
     cpu_real, _ = _features("cpu")
     z, zc = lift(real, M, max_norm=10.0), lift(cpu_real, M, max_norm=10.0)
+    assert _rel(z, zc) <= 1e-12
     for f in (law_centroid, karcher_mean):
         c, cc = f(z, M), f(zc, M)
         assert tensors_off_device(c, device) == []
-        assert torch.allclose(c.detach().cpu(), cc.detach(), rtol=1e-10, atol=1e-12)
+        assert _rel(c, cc) <= 1e-10
 
 
 # ----------------------------------------------------------------------------- autocast, determinism, syncs
