@@ -16,7 +16,8 @@ c. seconds per DM iteration of euclidean, hdd/law and hdd/karcher (``bench_itera
    interleaved), IPC 10, 256 real images per class, on Fashion-MNIST (random 1x28x28 tensors when its
    files are not found) and on random 3x32x32 (CIFAR-sized) tensors, and the ratios to euclidean
    (targets: hdd/law <= 1.05x, hdd/karcher <= 1.2x); then the same under ``--amp bf16`` for euclidean and
-   hdd/law.  Every timer is read after ``torch.cuda.synchronize()``.
+   hdd/law, and with ``--deterministic`` (torch's deterministic kernels) for euclidean and hdd/law on the first
+   shape, to say what that flag costs.  Every timer is read after ``torch.cuda.synchronize()``.
 d. in the time left: DM and DM+HDD (law; the paper's Fashion-MNIST IPC 10 settings: k 1, lambda 40,
    lr_img 1) on Fashion-MNIST, IPC 10, 20,000 iterations, 256 real images per class, final evaluation
    with 5 ConvNets of 1000 epochs (``run_distillation``).  The run lengths are estimated beforehand from
@@ -361,33 +362,41 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
     """Step c; returns ``{(dataset label, amp, matcher): seconds per iteration}``."""
     bench, datasets = bench_datasets(sizes, fashionmnist)
     measured, all_rows, last = {}, [], 0.0
-    passes = [("none", bench.MATCHERS), ("bf16", bench.MATCHERS[:2])]
-    for amp, matchers in passes:
-        for label, dataset in datasets:
-            tag = f"{label}" + (" bf16" if amp != "none" else "")
+    from hddgeo.device import deterministic
+
+    # fp32 and bf16 on both shapes; then the cost of --deterministic, on the first shape only
+    passes = [("none", bench.MATCHERS, False, datasets), ("bf16", bench.MATCHERS[:2], False, datasets),
+              ("none", bench.MATCHERS[:2], True, datasets[:1])]
+    for amp, matchers, det, pass_datasets in passes:
+        for label, dataset in pass_datasets:
+            tag = f"{label}" + (" bf16" if amp != "none" else "") + (" deterministic" if det else "")
             # a pass is left out rather than eating into step d: the bf16 passes leave d its share, and none
             # starts that would not end in time if it took 1.5x the last one
-            reserve = sizes.need_s[3] + sizes.margin_s if amp != "none" else sizes.margin_s
+            reserve = sizes.need_s[3] + sizes.margin_s if (amp != "none" or det) else sizes.margin_s
             if clock.left() < reserve + max(sizes.need_s[2] / 2, 1.5 * last):
                 report.add("c", tag, f"skipped: {clock.left():.0f} s of the budget left"
-                                     + (" (kept for step d)" if amp != "none" else ""))
+                                     + (" (kept for step d)" if (amp != "none" or det) else ""))
                 continue
             t0 = time.perf_counter()
             try:
-                rows = bench.bench(dataset, sizes.bench_ipc, sizes.bench_iterations, sizes.bench_batch_real,
-                                   warmup=sizes.bench_warmup, device=device, amp=amp, matchers=matchers)
+                with deterministic(det):
+                    rows = bench.bench(dataset, sizes.bench_ipc, sizes.bench_iterations, sizes.bench_batch_real,
+                                       warmup=sizes.bench_warmup, device=device, amp=amp, matchers=matchers)
             except Exception as err:  # noqa: BLE001
                 report.add("c", tag, _error(err), seconds=time.perf_counter() - t0,
                            detail=traceback.format_exc()[-1500:])
                 continue
             seconds = last = time.perf_counter() - t0
             for i, r in enumerate(rows):
-                r["label"] = label
+                r["label"], r["deterministic"] = label, det
                 all_rows.append(r)
-                measured[(label, amp, r["matcher"])] = r["seconds_per_iteration"]
+                measured[(label, amp + ("-deterministic" if det else ""), r["matcher"])] = r["seconds_per_iteration"]
                 ratio = r["ratio_to_euclidean"]
-                goal = RATIO_TARGETS.get(r["matcher"])
+                goal = None if det else RATIO_TARGETS.get(r["matcher"])
                 value = _fmt_seconds(r["seconds_per_iteration"]) + ("" if r["matcher"] == "euclidean" else f", {ratio:.3f}x")
+                plain = measured.get((label, amp, r["matcher"]))
+                if det and plain:  # what --deterministic costs: against the same step without it
+                    value += f"; {r['seconds_per_iteration'] / plain:.3f}x the non-deterministic step"
                 report.add("c", f"{tag} {r['matcher']}", "ok", value, f"<= {goal}x" if goal else "",
                            ("yes" if ratio <= goal else "NO") if goal else "", seconds if i == 0 else None,
                            f"IPC {r['ipc']}, {r['batch_real']} real/class, {dataset.num_classes} classes, median of "
