@@ -88,3 +88,27 @@ def test_overflow_advice_does_not_recommend_float64_to_float64_input():
     with pytest.raises(ValueError, match="dtype=torch.float64"):
         hddgeo.lift(_far(60.0).float(), M, dtype=None)
     assert math.isfinite(float(hddgeo.lift(_far(40.0).float(), M, dtype=None)[0, 0]))
+
+
+@pytest.mark.parametrize("far,rtol", [(20.0, 1e-12), (32.0, 1e-7)])
+def test_law_centroid_of_a_spread_set_with_one_far_point_matches_high_precision(far, rtol):
+    """A set spread in angle whose one point is far out has its Law centroid much nearer the origin than the
+    point with zbar's spatial part; in that point's frame q cancelled (q = 1 instead of 3.3e18 at radius 32,
+    found by a property test; 3e-5 off at radius 20).  The closed form's value from 60-digit arithmetic on the
+    same float64 points, to what float64 resolves there."""
+    import mpmath
+
+    k = 0.25
+    M = geoopt.Lorentz(k=k)
+    g = torch.Generator().manual_seed(168)
+    v = torch.randn(1, 9, 2, generator=g, dtype=torch.float64) * 3.0
+    v[0, 5] *= far * math.sqrt(k) / float(v[0, 5].norm())  # that point at radius far * sqrt(k)
+    z = hddgeo.lift(v, M)
+    c = hddgeo.law_centroid(z, M)
+    check_points(c, M, "Law centroid")  # on the manifold
+    with mpmath.workdps(60):
+        pts = [[mpmath.mpf(float(x)) for x in p] for p in z[0].as_subclass(torch.Tensor).tolist()]
+        zb = [mpmath.fsum(p[i] for p in pts) / len(pts) for i in range(3)]
+        q = zb[0] ** 2 - zb[1] ** 2 - zb[2] ** 2
+        exact = [float(mpmath.sqrt(k) * x / mpmath.sqrt(q)) for x in zb]
+    assert torch.allclose(c[0].as_subclass(torch.Tensor), torch.tensor(exact, dtype=torch.float64), rtol=rtol, atol=0)
