@@ -67,6 +67,7 @@ Without them step c times random tensors of the same shape and step d is skipped
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -187,17 +188,13 @@ def _error(err: BaseException) -> str:
     return f"FAILED: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _fmt_seconds(s: float) -> str:
     return f"{s * 1e3:.2f} ms/it" if s < 1 else f"{s:.3f} s/it"
 
 
+@functools.lru_cache(maxsize=None)
 def load_bench():
-    """experiments/bench_iterations.py as a module (experiments/ is no package)."""
+    """experiments/bench_iterations.py as a module (experiments/ is no package), loaded once."""
     spec = importlib.util.spec_from_file_location("hddgeo_bench_iterations", Path(__file__).with_name("bench_iterations.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -435,11 +432,11 @@ def probe_evaluation(sizes: Sizes, device, fashionmnist) -> tuple:
     augment = eval_augment(DistillConfig())
     times = []
     for epochs in (1, 1 + sizes.probe_epochs):
-        _sync(device)
+        load_bench()._sync(device)
         t0 = time.perf_counter()
         evaluate_synset(images, labels, ds.test_images, ds.test_labels, ds.num_classes, num_nets=1, epochs=epochs,
                         augment=augment, device=device, progress=False)
-        _sync(device)
+        load_bench()._sync(device)
         times.append(time.perf_counter() - t0)
     per_epoch = max(times[1] - times[0], 0.0) / sizes.probe_epochs
     return max(times[0] - per_epoch, 0.0), per_epoch

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 
-from .device import AMP_MODES
+from .device import AMP_MODES, resolve_device
 from .distill.runner import RESUMABLE_FIELDS, DistillConfig
 
 DEFAULTS = DistillConfig()
@@ -64,13 +64,6 @@ def _add_distill_options(p):
 def _add_device_option(p) -> None:
     field = next(f for f in dataclasses.fields(DistillConfig) if f.name == "device")
     p.add_argument("--device", default=DEFAULTS.device, help=field.metadata["help"] + f" [default: {DEFAULTS.device}]")
-
-
-def _device(name: str):
-    """The torch device a command computes on; ``ValueError`` (exit 2) naming the available ones."""
-    from .device import resolve_device
-
-    return resolve_device(name)
 
 
 def _parse_options(items) -> dict:
@@ -212,7 +205,7 @@ def _run(args, given: set) -> int:
 
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-        _device(args.device)
+        resolve_device(args.device)
         base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
                              scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
                              checkpoint_every=50, device=args.device)
@@ -234,7 +227,7 @@ def _run(args, given: set) -> int:
         from .plots import poincare_report
 
         for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
-                                    data_root=args.data_root, device=_device(args.device)):
+                                    data_root=args.data_root, device=resolve_device(args.device)):
             print(f"wrote {path}")
     elif args.command == "centroids":
         from .analysis import class_features, compare_centroids
@@ -245,7 +238,7 @@ def _run(args, given: set) -> int:
         if os.path.isdir(args.out):
             raise ValueError(f"--out {args.out} is a directory; name the CSV file to write, e.g. "
                              f"{os.path.join(args.out, 'centroids.csv')}")
-        device = _device(args.device)
+        device = resolve_device(args.device)
         dataset = load_dataset(args.dataset, data_root=args.data_root)
         df = compare_centroids(class_features(dataset, seed=args.seed, device=device), k=args.k, max_norm=args.max_norm,
                                feature_scale=args.feature_scale)

@@ -1,18 +1,7 @@
 """experiments/gpu_check.py runs end to end on --quick settings on the CPU, and bench_iterations.bench takes a device."""
-import importlib.util
-import os
-
 import pandas as pd
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from test_experiments import load_script
 
 
 def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):

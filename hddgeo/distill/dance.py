@@ -233,7 +233,7 @@ def train_expert(model: str, dataset, seed: int, epochs: int, lr: float = 0.01, 
 
     SGD (momentum 0.9, weight decay 5e-4), shuffled batches and per-image DSA draws all come from
     generators seeded by ``seed`` (the global RNG is not used).  Returns the initial and trained
-    state dicts (CPU tensors) and the last epoch's training loss and accuracy.
+    state dicts (on ``device``; the cache file gets CPU copies) and the last epoch's training loss and accuracy.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     net = fresh_network(model, dataset, seed, device=device)
@@ -249,12 +249,8 @@ def train_expert(model: str, dataset, seed: int, epochs: int, lr: float = 0.01, 
     augment = partial(dsa, strategy=dsa_strategy, siamese=False) if dsa_strategy else None
     train_loss = sgd_epochs(net, dataset.train_images.to(device), dataset.train_labels.to(device), opt, gen, epochs,
                             batch, augment=augment, on_batch=count, amp=amp)
-    return {"seed": int(seed), "init": _to_cpu(init), "trained": _to_cpu(_clone_state(net)), "train_loss": train_loss,
+    return {"seed": int(seed), "init": init, "trained": _clone_state(net), "train_loss": train_loss,
             "train_acc": int(correct[epochs - 1]) / n if epochs else float("nan")}
-
-
-def _to_cpu(state: dict) -> dict:
-    return {k: v.cpu() for k, v in state.items()}
 
 
 def _load_cache(path: str, fields: dict) -> Optional[list]:
@@ -288,21 +284,18 @@ def load_or_train_experts(dataset, model: str, opts: dict, seed: int, dsa_strate
                                 batch=opts["expert_batch"], dsa_strategy=dsa_strategy, device=device, amp=amp)
                    for i in range(opts["num_experts"])]
         os.makedirs(cache_dir, exist_ok=True)
-        save_tensors({"fields": fields, "experts": records}, path)
+        save_tensors({"fields": fields, "experts": records}, path)  # CPU copies
+    device = torch.device("cpu") if device is None else torch.device(device)
     experts = []
     for rec in records:
         net = fresh_network(model, dataset, rec["seed"], device=device)
         net.load_state_dict(rec["trained"])
         for p in net.parameters():
             p.requires_grad_(False)
-        on_device = {k: {n: v.to(net_device(net)) for n, v in rec[k].items()} for k in ("init", "trained")}
+        on_device = {k: {n: v.to(device) for n, v in rec[k].items()} for k in ("init", "trained")}
         experts.append(Expert(seed=rec["seed"], init=on_device["init"], trained=on_device["trained"], network=net.eval(),
                               train_loss=rec["train_loss"], train_acc=rec["train_acc"]))
     return experts, path
-
-
-def net_device(net: nn.Module) -> torch.device:
-    return next(net.parameters()).device
 
 
 def _fingerprint(expert: Expert) -> float:
