@@ -145,19 +145,42 @@ class Matcher:
         return geoopt.Lorentz(k=self.k)
 
     def centroid_gaps(self, f_real: torch.Tensor, f_syn: torch.Tensor) -> dict:
-        """Mean over classes of ``d(law, karcher)`` for the real and the synthetic features (no gradients).
+        """Diagnostics of the lifted real and synthetic features (no gradients), each a mean over classes:
 
-        Per-class distances are summed and divided by ``num_classes`` (all classes, not only this
-        process's) so that the values of sharded processes add up to the mean.
+        * ``gap_real`` / ``gap_syn``: ``d(law, karcher)`` of the class;
+        * ``radius_real`` / ``radius_syn``: the class's mean geodesic radius (the root-centric bias compares them);
+        * ``clip_real`` / ``clip_syn``: the share of the class's features that ``max_norm`` clips;
+        * ``wstd_real`` / ``wstd_syn``: the standard deviation of the class's hierarchical weights (Eq. 17),
+          0 when every point lies at one radius.
+
+        Per-class values are summed and divided by ``num_classes`` (all classes, not only this process's) so
+        that the values of sharded processes add up to the mean.
         """
+        from .geometry.lorentz import inv_sinhc, radius_
+
         kt = torch.full((), self.k, dtype=torch.float64, device=f_real.device)
+        sk = self.k ** 0.5
         out = {}
+        per_class = {}
         with torch.no_grad():
-            for name, f in (("gap_real", f_real), ("gap_syn", f_syn)):
-                z = lift_(plain(f).double(), kt, self.max_norm)
+            for side, f in (("real", f_real), ("syn", f_syn)):
+                v = plain(f).double()
+                z = lift_(v, kt, self.max_norm)
                 w = normalised_weights(None, z)
-                gap = dist_(centroid_(z, w, kt, "law"), centroid_(z, w, kt, "karcher", k_val=self.k), kt)
-                out[name] = float(gap.sum()) / (self.num_classes or gap.numel())
+                per_class[f"gap_{side}"] = dist_(centroid_(z, w, kt, "law"),
+                                                 centroid_(z, w, kt, "karcher", k_val=self.k), kt)
+                r = radius_(z, kt)
+                per_class[f"radius_{side}"] = r.mean(-1)
+                clipped = (v.norm(dim=-1) / sk >= self.max_norm) if self.max_norm is not None else torch.zeros_like(r)
+                per_class[f"clip_{side}"] = clipped.double().mean(-1)
+                weights = inv_sinhc(r / sk)
+                per_class[f"wstd_{side}"] = (weights.std(-1, unbiased=False) if weights.shape[-1] > 1
+                                             else torch.zeros_like(weights[..., 0]))
+            names = list(per_class)
+            # one transfer for all of them (a GPU waits once)
+            sums = torch.stack([per_class[n].sum() for n in names]).tolist()
+        divisor = self.num_classes or per_class["gap_real"].numel()
+        out.update({n: s / divisor for n, s in zip(names, sums)})
         return out
 
     def __call__(self, f_real: torch.Tensor, f_syn: torch.Tensor, diagnose: bool = False):

@@ -70,25 +70,30 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
-def method_label(method: str, matcher: str = "euclidean", centroid: str = "") -> str:
-    """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher`` (the form parsed below)."""
-    return method if matcher == "euclidean" else f"{method}+{matcher}/{centroid}"
+def method_label(method: str, matcher: str = "euclidean", centroid: str = "", tag: str = "") -> str:
+    """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher``, and with a variant's tag
+    ``dm@lr10`` or ``dm+hdd/law@noclip`` (the form parsed below)."""
+    label = method if matcher == "euclidean" else f"{method}+{matcher}/{centroid}"
+    return f"{label}@{tag}" if tag else label
 
 
 def method_rank(method: str) -> tuple:
-    """Sort key that lists ``random`` first, then each method before its matcher variants (Law, Karcher, tangent)."""
-    base, _, variant = method.partition("+")
+    """Sort key that lists ``random`` first, then each method before its matcher variants (Law, Karcher, tangent),
+    and a label before its tagged variants (``dm`` before ``dm@lr10``)."""
+    label, _, tag = method.partition("@")
+    base, _, variant = label.partition("+")
     matcher, _, centroid = variant.partition("/")
     return (method != RANDOM, base, variant != "", matcher, {"law": 0, "karcher": 1, "tangent": 2}.get(centroid, 3),
-            centroid)
+            centroid, tag != "", tag)
 
 
 def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
     """``(a, b)`` pairs worth reading as ``a - b``, among ``methods`` (labels like ``dm+hdd/karcher``).
 
     Every distilled method against the random real images; every matcher variant against its plain
-    method (``dm+hdd/law - dm``); and among the centroids of one method and matcher, Karcher against each
-    approximation and Law against the tangent centroid.
+    method (``dm+hdd/law - dm``); among the centroids of one method, matcher and tag, Karcher against each
+    approximation and Law against the tangent centroid; and a tagged variant against its untagged label
+    (``dm@lr10 - dm``).
     """
     methods = list(dict.fromkeys(methods))
     present = set(methods)
@@ -96,17 +101,21 @@ def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
     for m in methods:
         if m == RANDOM:
             continue
-        base = m.split("+")[0]
+        label, at, tag = m.partition("@")
+        base = label.split("+")[0]
         if m == base and RANDOM in present:
             pairs.append((m, RANDOM))
-        if m != base and base in present:
-            pairs.append((m, base))
+        if label != base and base + at + tag in present:
+            pairs.append((m, base + at + tag))
+        if tag and label in present:
+            pairs.append((m, label))
     for m in methods:
-        if "/" not in m:
+        label, at, tag = m.partition("@")
+        if "/" not in label:
             continue
-        prefix, centroid = m.rsplit("/", 1)
+        prefix, centroid = label.rsplit("/", 1)
         others = {"karcher": ("law", "tangent"), "law": ("tangent",)}.get(centroid, ())
-        pairs += [(m, f"{prefix}/{o}") for o in others if f"{prefix}/{o}" in present]
+        pairs += [(m, f"{prefix}/{o}{at}{tag}") for o in others if f"{prefix}/{o}{at}{tag}" in present]
     return pairs
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -108,6 +109,8 @@ class DistillConfig:
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
     prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
+    tag: str = _opt("", "a name for this variant in tables, appended to the method's label after '@' (e.g. "
+                        "lr10 for a DM with a larger image learning rate); letters, digits, '.', '-' and '_'", "method")
     options: dict = _opt(None, "method-specific option KEY=VALUE (repeatable, dance and geodm), e.g. "
                                "--opt ot_weight=0.5", "method", default_factory=dict)
 
@@ -156,6 +159,8 @@ class DistillConfig:
         if not (0 < self.prune_fraction <= 1):
             raise ValueError(f"prune-fraction is the share of each class kept and must lie in (0, 1], got {self.prune_fraction}")
         choice("prune level", self.prune_level, _PRUNE_LEVELS)
+        if self.tag and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", self.tag):
+            raise ValueError(f"tag must be 1-40 letters, digits, '.', '-' or '_', got {self.tag!r}")
         METHODS[self.method].parse_options(self.options)
 
     def to_json(self) -> dict:
@@ -191,8 +196,8 @@ def _check_types(cfg) -> None:
 
 
 def describe(cfg: DistillConfig) -> str:
-    """Short label such as ``dm``, ``dm+hdd/law``, ``idm+both/karcher``."""
-    return method_label(cfg.method, cfg.matcher, cfg.centroid)
+    """Short label such as ``dm``, ``dm+hdd/law``, ``idm+both/karcher``, ``dm@lr10`` (with a tag)."""
+    return method_label(cfg.method, cfg.matcher, cfg.centroid, cfg.tag)
 
 
 def prepare(cfg: DistillConfig):
@@ -425,10 +430,14 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         distributed.sum_(syn.images.grad)  # each class's gradient comes from exactly one rank
+        # the image gradient's norm (the step-size control of a study compares it between matchers); the summed
+        # gradient is the same on every rank, so each contributes 1/world of it to the summed log values
+        grad_norm = syn.images.grad.detach().norm() / world
         optimizer.step()
         # a NaN or inf gradient makes the images non-finite too, so one check covers both (the summed gradient,
         # hence the images, are the same on every rank); it and every logged value come back in one transfer
-        finite, logged = read_back(torch.isfinite(syn.images).all(), {"loss": loss.detach(), **parts})
+        finite, logged = read_back(torch.isfinite(syn.images).all(),
+                                   {"loss": loss.detach(), **parts, "grad_norm": grad_norm})
         if not finite:
             bar.close()
             raise non_finite("synthetic images (or their gradient)", it)
