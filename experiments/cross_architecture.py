@@ -33,7 +33,8 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from hddgeo.distill import DistillConfig, describe, evaluate_run  # noqa: E402
-from hddgeo.distill.study import run_cell  # noqa: E402
+from hddgeo.cli import run_main  # noqa: E402
+from hddgeo.distill.study import check_seeds_and_jobs, run_cell  # noqa: E402
 from hddgeo.models import MODEL_NAMES  # noqa: E402
 from hddgeo.plots import save_table_md  # noqa: E402
 
@@ -133,6 +134,7 @@ def plot(table: pd.DataFrame, models: list, path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_seeds_and_jobs([args.seed])
     torch.set_num_threads(args.threads)
     if args.scale is None:
         args.scale = 1.0 if args.dataset == "digits" else 20.0
@@ -171,4 +173,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -57,7 +57,8 @@ import torch  # noqa: E402
 
 from hddgeo import stats  # noqa: E402
 from hddgeo.distill import DistillConfig, paper_preset  # noqa: E402
-from hddgeo.distill.study import baseline_row, initial_images, read_log, run_cell  # noqa: E402
+from hddgeo.cli import run_main  # noqa: E402
+from hddgeo.distill.study import baseline_row, check_seeds_and_jobs, initial_images, read_log, run_cell  # noqa: E402
 from hddgeo.plots import save_table_md  # noqa: E402
 
 CENTROIDS = ("law", "karcher", "tangent")
@@ -473,6 +474,7 @@ def plot_seconds(table: pd.DataFrame, ipcs: list, path: str) -> str:
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_seeds_and_jobs(args.seeds)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     cells = build_cells(args)
@@ -514,4 +516,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -40,7 +40,8 @@ import torch
 
 from hddgeo import stats
 from hddgeo.distill import DistillConfig, paper_preset
-from hddgeo.distill.study import run_study, write_report
+from hddgeo.cli import run_main
+from hddgeo.distill.study import check_seeds_and_jobs, run_study, write_report
 from hddgeo.tables import markdown_table
 
 # The paper's Table 1, Fashion-MNIST column (mean ± std in %, IPC 1 / 10 / 50).
@@ -110,6 +111,7 @@ def cpu_model() -> str:
 
 def main(argv=None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
+    check_seeds_and_jobs(args.seeds, args.jobs)
     budget = dict(BUDGETS["quick" if args.quick else args.preset])
     for name in ("iterations", "batch_real"):
         if getattr(args, name) is not None:
@@ -154,4 +156,4 @@ def main(argv=None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -40,7 +40,8 @@ import pandas as pd
 
 from hddgeo import stats
 from hddgeo.distill import DistillConfig, paper_preset
-from hddgeo.distill.study import run_study, write_report
+from hddgeo.cli import run_main
+from hddgeo.distill.study import check_seeds_and_jobs, run_study, write_report
 from hddgeo.tables import markdown_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,6 +156,7 @@ def gradient_ratio(table: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
+    check_seeds_and_jobs(args.seeds, args.jobs)
     budget = BUDGETS["quick" if args.quick else "verdict"]
     base = base_config(budget, args)
     t0 = time.time()
@@ -182,4 +184,4 @@ def main(argv=None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

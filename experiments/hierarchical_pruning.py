@@ -47,7 +47,8 @@ import torch  # noqa: E402
 
 from hddgeo.data import load_dataset  # noqa: E402
 from hddgeo.distill import DistillConfig  # noqa: E402
-from hddgeo.distill.study import read_log, run_cell  # noqa: E402
+from hddgeo.cli import run_main  # noqa: E402
+from hddgeo.distill.study import check_seeds_and_jobs, read_log, run_cell  # noqa: E402
 from hddgeo.hierarchy import PRUNE_LEVELS, kept_count  # noqa: E402
 from hddgeo.plots import save_table_md  # noqa: E402
 
@@ -285,6 +286,7 @@ def plot_final(table: pd.DataFrame, ipcs: list, path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_seeds_and_jobs([args.seed])
     torch.set_num_threads(args.threads)
     if args.scale is None:
         args.scale = 1.0 if args.dataset == "digits" else 20.0
@@ -327,4 +329,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

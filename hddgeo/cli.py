@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="distillation seeds; differences are paired by seed and their intervals taken over seeds")
-    m.add_argument("--jobs", type=int, default=2,
-                   help="cells run at a time, each in a one-thread process (2 suits a 2-core machine)")
+    m.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="cells run at a time, each in a one-thread process (at most the cores; 2 suits a 2-core machine)")
     _add_device_option(m)
     m.add_argument("--quiet", action="store_true")
 
@@ -201,10 +201,9 @@ def _run(args, given: set) -> int:
                            data_root=args.data_root, device=args.device, amp=args.amp)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
     elif args.command == "demo":
-        from .distill.study import run_study
+        from .distill.study import check_seeds_and_jobs, run_study
 
-        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-            raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+        check_seeds_and_jobs(args.seeds, args.jobs)
         resolve_device(args.device)
         base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
                              scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
@@ -217,10 +216,13 @@ def _run(args, given: set) -> int:
         print(f"wrote {os.path.join(args.out, 'results.csv')} (one row per method, IPC, seed and network) and "
               f"results.md")
     elif args.command == "compare":
-        from .distill.study import load_runs, write_report
+        from .distill.study import read_runs, write_report
 
         out = args.out or "."
-        summary, diffs, text = write_report(load_runs(args.run_dirs), out, "compare")
+        table, unevaluated = read_runs(args.run_dirs)  # every file checked before anything is written
+        note = (f"Not evaluated (distilled with --final-eval-epochs 0), left out: {', '.join(unevaluated)}\n"
+                if unevaluated else "")
+        summary, diffs, text = write_report(table, out, "compare", preamble=note.rstrip("\n"))
         print(text, end="")
         print(f"wrote {os.path.join(out, 'compare.csv')}, compare_summary.csv, compare_paired.csv and compare.md")
     elif args.command == "plot":
@@ -232,6 +234,7 @@ def _run(args, given: set) -> int:
     elif args.command == "centroids":
         from .analysis import class_features, compare_centroids
         from .data import load_dataset
+        from .rundir import write_csv
 
         if not (args.k > 0):
             raise ValueError(f"k must be positive, got {args.k}")
@@ -243,7 +246,7 @@ def _run(args, given: set) -> int:
         df = compare_centroids(class_features(dataset, seed=args.seed, device=device), k=args.k, max_norm=args.max_norm,
                                feature_scale=args.feature_scale)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        df.to_csv(args.out, index=False)
+        write_csv(args.out, df)
         cols = ["class", "n", "feature_norm_mean", "radius_mean", "radius_std", "d_law_karcher", "d_tangent_karcher",
                 "radius_law", "radius_karcher", "karcher_iterations"]
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
@@ -251,23 +254,33 @@ def _run(args, given: set) -> int:
     return 0
 
 
+def run_main(main, argv=None, prog: str = "", interrupted: str = "interrupted") -> int:
+    """``main(argv)`` as a command (``hddgeo`` and every study script): its status (0 when it returns no
+    integer); bad input (``ValueError``: a flag, a file, a study cell that holds another run, a run directory
+    another process owns) or a folder that cannot be written is one line on stderr and status 2."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        status = main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be written, a file that cannot be read
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    return status if isinstance(status, int) else 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return _run(args, _given(parser.commands[args.command], args))
-    except (ValueError, FileNotFoundError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"hddgeo: error: {msg}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a folder that cannot be written, a file that cannot be read
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"hddgeo: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hddgeo: interrupted; a distill run can be continued with --resume", file=sys.stderr)
-        return 130
+    return run_main(lambda _: _run(args, _given(parser.commands[args.command], args)), prog="hddgeo",
+                    interrupted="interrupted; a distill run can be continued with --resume")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from matplotlib.patches import Circle  # noqa: E402
 
 from .geometry import karcher_mean, law_centroid, lift, radius  # noqa: E402
 from .geometry.lorentz import check_points, frame_logs_, manifold_k  # noqa: E402
-from .rundir import load_tensors, read_json  # noqa: E402
+from .rundir import load_tensors, read_json, write_file  # noqa: E402
 from .tables import markdown_table as save_table_md  # noqa: E402,F401  (re-exported for the studies)
 
 __all__ = [
@@ -53,8 +53,12 @@ def _style(font_scale: float = 1.15):
 
 def _save(fig, path: str, dpi: int = 110) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"  # the file object has no name to infer it from
+    try:
+        write_file(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight", facecolor="white"),
+                   binary=True)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -17,19 +17,132 @@ Files (``docs/design.md`` describes what each holds):
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import pickle
+import secrets
 import zipfile
+from typing import Callable
 
 import numpy as np
 import torch
 
 CONFIG, LOG, CHECKPOINT, SYNSET, METRICS = "config.json", "log.csv", "checkpoint.pt", "synset.pt", "metrics.json"
+LOCK = "run.lock"  # present while a process owns the directory (and after a kill, unlocked)
 
 
-def _tmp(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
+class RunDirBusy(ValueError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """Ownership of a run directory by this process: an advisory ``fcntl.flock`` on ``run.lock``, whose
+    content is the holder's pid.  The kernel drops the lock when the holder dies, so a lock file left by a
+    killed process blocks nothing; :meth:`release` removes the file while still holding the lock."""
+
+    def __init__(self, run_dir: str):
+        self.path, self.fd = os.path.join(run_dir, LOCK), None
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except OSError as err:
+                if os.path.islink(self.path):  # a planted link: removed, never followed
+                    os.unlink(self.path)
+                    continue
+                raise ValueError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise RunDirBusy(f"{run_dir} is in use by process {holder if holder.isdigit() else '(pid not yet written)'} "
+                                 f"(a distill, --resume or study cell owns it); wait for it to end or choose another "
+                                 f"folder") from None
+            try:  # the previous holder may have removed the file between our open and our lock: lock the one there
+                same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+            return
+        raise RunDirBusy(f"cannot lock the run directory {run_dir}: its lock file keeps changing")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if os.path.samestat(os.fstat(self.fd), os.lstat(self.path)):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def remove_temporaries(run_dir: str) -> None:
+    """Delete what interrupted writes (or a planter) left under temporary names in ``run_dir``: files and links
+    themselves, never what a link points to.  Called with the directory's lock held."""
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if is_temporary(name) and (os.path.islink(path) or os.path.isfile(path)):
+            os.unlink(path)
+
+
+def _open_temporary(path: str):
+    """``(fd, name)`` of a new temporary file beside ``path``, created exclusively (``O_EXCL``) and without
+    following links (``O_NOFOLLOW``): whatever was planted under any name in the folder, a file, a link or a
+    link named like a temporary file, is never opened, written through or renamed over ``path``."""
+    folder, base = os.path.split(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(folder, f"{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a temporary file beside {path}: 100 names taken")
+
+
+def write_file(path: str, write: Callable, binary: bool = False) -> str:
+    """The one writer of every file hddgeo writes: ``write(fh)`` fills a temporary file (see
+    :func:`_open_temporary`) that then replaces ``path`` with ``os.replace``.  A kill mid-write leaves the
+    previous version intact; a link planted under ``path`` is replaced, never followed; on any error the
+    temporary file is removed.  Returns ``path``."""
+    fd, tmp = _open_temporary(str(path))
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return str(path)
+
+
+def write_text(path: str, text: str) -> str:
+    """``text`` into ``path`` through :func:`write_file`."""
+    return write_file(path, lambda fh: fh.write(text))
+
+
+def write_csv(path: str, frame) -> str:
+    """A pandas DataFrame as CSV (no index) through :func:`write_file`."""
+    return write_file(path, lambda fh: frame.to_csv(fh, index=False))
 
 
 def is_temporary(name: str) -> bool:
@@ -38,10 +151,7 @@ def is_temporary(name: str) -> bool:
 
 
 def write_json(path: str, obj) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
+    write_file(path, lambda fh: json.dump(obj, fh, indent=2))
 
 
 def read_json(path: str) -> dict:
@@ -66,12 +176,12 @@ def write_log(path: str, rows: list) -> None:
     if not rows:
         return
     fields = _fields(rows)
-    tmp = _tmp(path)
-    with open(tmp, "w", newline="") as fh:
+
+    def fill(fh):
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+    write_file(path, fill)
 
 
 class LogWriter:
@@ -94,12 +204,21 @@ class LogWriter:
             fields = list(self.fields)
             for row in rows[self.written:]:
                 fields += [k for k in row if k not in fields]
-        if fields != self.fields or self.written > len(rows):
+        if fields != self.fields or self.written > len(rows) or not self._append(rows[self.written:], fields):
             write_log(self.path, rows)
-        else:
-            with open(self.path, "a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=fields).writerows(rows[self.written:])
         self.fields, self.written = fields, len(rows)
+
+
+    def _append(self, rows: list, fields: list) -> bool:
+        """Append ``rows`` to the file written before, never through a link (``O_NOFOLLOW``); ``False`` when the
+        file is gone or was replaced by a link, which the caller then rewrites whole."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return False
+        with os.fdopen(fd, "a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=fields).writerows(rows)
+        return True
 
 
 def _fields(rows: list) -> list:
@@ -136,10 +255,9 @@ def unpack_rows(packed) -> list:
 
 
 def save_tensors(obj, path: str) -> None:
-    """``torch.save`` through a temporary file; tensors are moved to the CPU so the file loads anywhere."""
-    tmp = _tmp(path)
-    torch.save(_to_cpu(obj), tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`write_file`; tensors are moved to the CPU so the file loads anywhere."""
+    obj = _to_cpu(obj)
+    write_file(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def _to_cpu(obj):

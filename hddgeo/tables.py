@@ -25,7 +25,8 @@ def markdown_table(df: pd.DataFrame, path: Optional[str] = None, floatfmt: str =
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     text = "\n".join(lines) + "\n"
     if path is not None:
+        from .rundir import write_text
+
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as fh:
-            fh.write(text)
+        write_text(path, text)
     return text

@@ -6,6 +6,7 @@ import pickle
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -254,3 +255,190 @@ def test_every_config_field_is_a_flag_and_round_trips():
         (0.9, "flip_crop", 0.05, False, None, {"a": 1}, 1)
     default = _config_from_args(*(lambda a: (a, _given(sub, a)))(parser.parse_args(["distill", "--out", "x"])))
     assert default == DistillConfig()
+
+
+# ----------------------------------------------------------------------------- compare: received runs that must not mix
+def _received(root, name, metrics=None, raw=None, **fields):
+    """A finished run directory as someone else might send it: config.json of ``fields`` (then ``raw`` written over
+    it as it is), metrics.json naming the same run with two accuracies (then ``metrics`` written over it)."""
+    from hddgeo.distill import DistillConfig, describe
+
+    cfg = DistillConfig(**{"dataset": "digits", "ipc": 1, "iterations": 10, "final_eval_nets": 2,
+                           "final_eval_epochs": 5, **fields})
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({**cfg.to_json(), **(raw or {})}))
+    (d / "metrics.json").write_text(json.dumps({"method": describe(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc,
+                                                "accs": [0.5 + 0.01 * cfg.seed, 0.6], "seconds_per_iteration": 0.1,
+                                                **(metrics or {})}))
+    return d
+
+
+HDD = {"matcher": "hdd", "centroid": "law"}
+COMPARE_CASES = {  # name: (runs as (fields, metrics, raw config), words of the one-line refusal)
+    "eval-epochs-differ": ([({}, {}, {}), ({**HDD, "final_eval_epochs": 50}, {}, {})], ["final_eval_epochs", "paired"]),
+    "eval-model-differs": ([({}, {}, {}), ({**HDD, "model": "alexnet"}, {}, {})], ["model"]),
+    "test-subset-differs": ([({}, {}, {}), ({**HDD, "eval_test_per_class": 10}, {}, {})], ["eval_test_per_class"]),
+    "eval-nets-differ": ([({}, {}, {}), ({**HDD, "final_eval_nets": 3}, {"accs": [0.5, 0.5, 0.5]}, {})],
+                         ["final_eval_nets"]),
+    "dsa-differs": ([({}, {}, {}), ({**HDD, "dsa": False}, {}, {})], ["dsa"]),
+    "budget-differs": ([({}, {}, {}), ({**HDD, "iterations": 20}, {}, {})], ["iterations"]),
+    "pooled-lr-differs": ([({}, {}, {}), ({"seed": 1, "lr_img": 10.0}, {}, {})], ["lr_img", "pooled"]),
+    "nan-accuracy": ([({}, {"accs": [float("nan"), 0.5]}, {})], ["metrics.json", "accs", "finite"]),
+    "inf-accuracy": ([({}, {"accs": [float("inf"), 0.5]}, {})], ["metrics.json", "accs"]),
+    "accuracy-500-percent": ([({}, {"accs": [5.0, 0.5]}, {})], ["metrics.json", "accs", "[0, 1]"]),
+    "accuracy-bool": ([({}, {"accs": [True, 0.5]}, {})], ["metrics.json", "accs"]),
+    "accuracy-count": ([({}, {"accs": [0.5]}, {})], ["metrics.json", "accs", "2 networks"]),
+    "seed-true": ([({}, {}, {"seed": True})], ["config.json", "seed"]),
+    "config-ipc-ten": ([({}, {}, {"ipc": "ten"})], ["config.json", "ipc"]),
+    "metrics-ipc-ten": ([({}, {"ipc": "ten"}, {})], ["metrics.json", "ipc", "integer"]),
+    "metrics-ipc-other": ([({}, {"ipc": 10}, {})], ["metrics.json", "ipc"]),
+    "method-list": ([({}, {"method": [1, 2]}, {})], ["metrics.json", "method", "string"]),
+    "method-other-than-config": ([({}, {}, {"method": "idm"})], ["metrics.json", "method", "describes 'idm'"]),
+    "matcher-other-than-config": ([({}, {"method": "dm+hdd/karcher"}, {})], ["metrics.json", "method"]),
+    "tag-missing": ([({"tag": "lr10"}, {"method": "dm"}, {})], ["metrics.json", "method", "dm@lr10"]),
+    "dataset-other-than-config": ([({}, {"dataset": "fashionmnist"}, {})], ["metrics.json", "dataset"]),
+    "same-seed-twice": ([({}, {}, {}), ({"lr_img": 2.0}, {}, {})], ["seed 0", "pass each run once"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPARE_CASES))
+def test_compare_refuses_runs_that_cannot_be_compared(tmp_path, capsys, case):
+    runs, words = COMPARE_CASES[case]
+    dirs = [str(_received(tmp_path / "in", f"run{i}", metrics, raw, **fields))
+            for i, (fields, metrics, raw) in enumerate(runs)]
+    out = tmp_path / "out"
+    assert main(["compare", *dirs, "--out", str(out)]) == 2
+    _one_line(capsys, *words)
+    assert not out.exists()  # every file checked before anything is written
+
+
+def test_compare_refuses_the_same_run_named_twice(tmp_path, capsys):
+    d = str(_received(tmp_path / "study" / "runs", "run0"))
+    assert main(["compare", str(tmp_path / "study"), d, "--out", str(tmp_path / "out")]) == 2
+    _one_line(capsys, "named twice")
+
+
+def test_compare_groups_by_dataset(tmp_path, capsys):
+    # digits seeds 0-2 and Fashion-MNIST seeds 3-5, same method and IPC: two rows of 3 seeds, never one of 6;
+    # with the same seeds on both datasets, no "pass each run once"
+    for seeds in ([0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 2]):
+        root = tmp_path / "".join(map(str, seeds))
+        dirs = [str(_received(root, f"{dataset}{seed}", dataset=dataset, seed=seed))
+                for dataset, seed in zip(["digits"] * 3 + ["fashionmnist"] * 3, seeds)]
+        assert main(["compare", *dirs, "--out", str(root / "out")]) == 0
+        summary = pd.read_csv(root / "out" / "compare_summary.csv")
+        assert summary[["dataset", "seeds"]].values.tolist() == [["digits", 3], ["fashionmnist", 3]]
+        assert set(pd.read_csv(root / "out" / "compare.csv")["dataset"]) == {"digits", "fashionmnist"}
+        text = capsys.readouterr().out
+        assert "## digits" in text and "## fashionmnist" in text
+
+
+@pytest.mark.parametrize("unevaluated", ["no-accs", "empty-accs"])
+def test_compare_lists_a_run_without_evaluation(tmp_path, capsys, unevaluated):
+    from hddgeo.distill import DistillConfig
+
+    evaluated = [str(_received(tmp_path, f"dm{s}", seed=s)) for s in (0, 1)]
+    bare = _received(tmp_path, "bare", seed=2, final_eval_epochs=0)
+    metrics = json.loads((bare / "metrics.json").read_text())
+    if unevaluated == "no-accs":
+        del metrics["accs"]
+    else:
+        metrics["accs"] = []
+    (bare / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "out"
+    assert main(["compare", *evaluated, str(bare), "--out", str(out)]) == 0
+    assert "Not evaluated" in capsys.readouterr().out and "bare" in (out / "compare.md").read_text()
+    assert set(pd.read_csv(out / "compare.csv")["seed"]) == {0, 1}
+    assert DistillConfig.from_json(json.loads((bare / "config.json").read_text())).final_eval_epochs == 0
+    assert main(["compare", str(bare), "--out", str(tmp_path / "only")]) == 2  # nothing to compare: one line
+    _one_line(capsys, "no evaluated run", "final-eval-epochs 0")
+
+
+def test_compare_takes_a_distilled_run_without_evaluation(run, tmp_path, capsys):
+    # the template run was distilled with --final-eval-epochs 0: its metrics.json has no accs at all
+    assert "accs" not in json.loads((run / "metrics.json").read_text())
+    assert main(["compare", str(run), "--out", str(tmp_path / "out")]) == 2
+    _one_line(capsys, "no evaluated run")
+
+
+# ----------------------------------------------------------------------------- one process per run directory
+def _hold(run_dir):
+    from hddgeo.rundir import RunLock
+
+    return RunLock(str(run_dir))
+
+
+def test_a_second_resume_of_a_running_directory_is_refused(run, capsys):
+    listing = {name: (run / name).read_bytes() for name in os.listdir(run)}
+    with _hold(run):
+        assert main(["distill", "--out", str(run), "--resume", "--quiet"]) == 2
+        _one_line(capsys, f"in use by process {os.getpid()}")
+        assert {name: (run / name).read_bytes() for name in os.listdir(run) if name != "run.lock"} == listing
+    assert sorted(os.listdir(run)) == sorted(listing)  # the lock file goes with its holder
+
+
+def test_a_second_distill_into_a_directory_being_created_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    with _hold(out):
+        assert main(["distill", *SMALL, "--iterations", "1", "--out", str(out)]) == 2
+        _one_line(capsys, f"in use by process {os.getpid()}")
+        assert os.listdir(out) == ["run.lock"]
+
+
+@pytest.mark.parametrize("kind", ["distill", "baseline"])
+def test_a_study_cell_another_process_runs_is_refused(run, kind):
+    from hddgeo.distill import DistillConfig
+    from hddgeo.distill.study import baseline_cell, run_cell
+    from hddgeo.rundir import RunDirBusy
+
+    cfg = DistillConfig.from_json(json.loads((run / "config.json").read_text()))
+    before = (run / "metrics.json").read_bytes()
+    with _hold(run), pytest.raises(RunDirBusy, match=f"in use by process {os.getpid()}"):
+        (run_cell if kind == "distill" else baseline_cell)(cfg, str(run), progress=False)
+    assert (run / "metrics.json").read_bytes() == before
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+
+    out = tmp_path / "run"
+    cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0)
+    with pytest.raises(RunInterrupted):
+        run_distillation(cfg, str(out), progress=False, stop_after=1)
+    code = ("import fcntl, os, signal, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "run.lock")])
+    assert proc.returncode == -signal.SIGKILL and (out / "run.lock").is_file()
+    assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert (out / "synset.pt").is_file() and not (out / "run.lock").exists()
+
+
+def test_two_distills_on_one_directory_do_not_interleave(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["distill", "--dataset", "digits", "--ipc", "1", "--batch-real", "4", "--final-eval-epochs", "0", "--quiet",
+            "--iterations", "400", "--checkpoint-every", "1", "--threads", "1", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-m", "hddgeo.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "config.json").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()
+        assert main([*args[:-2], "--out", str(out)]) == 2  # a second new run: the directory is taken
+        _one_line(capsys, "already exists")
+        assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 2  # a resume while it runs
+        _one_line(capsys, f"in use by process {first.pid}")
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    log = pd.read_csv(out / "log.csv")
+    assert log["iteration"].tolist() == list(range(1, 401))  # one run's rows, in order

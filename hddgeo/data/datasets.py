@@ -209,7 +209,7 @@ def load_dataset(
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
     if key == "digits":
-        return _load_digits(image_size)
+        return _check_images(_load_digits(image_size), "digits (embedded)")
     if data_root is None and key in SYSTEM_DATA_ROOTS:
         data_root = SYSTEM_DATA_ROOTS[key]
     if data_root is None:
@@ -218,7 +218,26 @@ def load_dataset(
             f"directory that holds it"
         )
     root = Path(data_root).expanduser()
-    return _DISK_LOADERS[key](root, download, image_size)
+    return _check_images(_DISK_LOADERS[key](root, download, image_size), f"{key} under {root}")
+
+
+MIN_IMAGE_SIZE = 8  # ConvNet (depth 3) halves the side three times; the digits are 8x8
+
+
+def _check_images(dataset: ImageDataset, where: str) -> ImageDataset:
+    """``dataset`` if its splits hold images of one shape, at least ``MIN_IMAGE_SIZE`` on a side, and both
+    splits are non-empty; ``ValueError`` naming the dataset and folder otherwise (checked when the dataset is
+    loaded, before a run directory is created)."""
+    train, test = tuple(dataset.train_images.shape), tuple(dataset.test_images.shape)
+    if len(train) != 4 or train[1:] != test[1:] or not train[0] or not test[0]:
+        raise ValueError(f"{where}: train images {train} and test images {test} are not two non-empty sets of "
+                         f"images of one shape (N, C, H, W); restore the dataset's files")
+    if min(train[2:]) < MIN_IMAGE_SIZE:
+        raise ValueError(f"{where}: images of {train[2]}x{train[3]} pixels are too small for the networks (at least "
+                         f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}: ConvNet halves the side three times)")
+    return dataset
+
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +440,9 @@ def _load_fashionmnist(root: Path, download: bool, image_size: Optional[int]) ->
             raise ValueError(
                 f"{path}: expected (N, H, W) images and N labels, got {images.shape} and {labels.shape}"
             )
+        if images.shape[1:] != (28, 28) or images.shape[0] == 0:
+            raise ValueError(f"{path}: Fashion-MNIST holds 28x28 images, this file {images.shape[0]} of "
+                             f"{'x'.join(map(str, images.shape[1:]))}; replace it with an intact copy")
     mean, std = _REFERENCE_STATS["fashionmnist"]
     return ImageDataset(
         name="fashionmnist",

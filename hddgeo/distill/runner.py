@@ -34,8 +34,8 @@ from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
 from hddgeo.models import MODEL_NAMES, embed
-from hddgeo.rundir import (CHECKPOINT, CONFIG, LOG, METRICS, SYNSET, LogWriter, load_tensors, pack_rows, read_json,
-                           save_tensors, unpack_rows, write_json)
+from hddgeo.rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, SYNSET, LogWriter, RunLock, load_tensors, pack_rows,
+                           read_json, remove_temporaries, save_tensors, unpack_rows, write_json)
 from hddgeo import seeds
 from hddgeo.stats import method_label
 
@@ -302,7 +302,7 @@ def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
         return cfg, state
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a directory; choose another --out")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {LOCK}:
         raise ValueError(f"run directory {out_dir} already exists; pass --resume to continue it or choose another --out")
     parent = os.path.dirname(os.path.abspath(out_dir))
     ancestor = parent
@@ -349,22 +349,46 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
     stays good.
     """
     rank, world = distributed.setup(cfg.device)
-    error, state = None, None
+    error, state, lock = None, None, None
     try:
-        cfg, state = _prepare_directory(cfg, out_dir, resume)
-        dataset, pool, matcher = prepare(cfg)
-        method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    except (ValueError, FileNotFoundError) as err:
-        if world == 1:
-            raise
-        error = str(err)
-    if world > 1:
-        distributed.broadcast_error(error)  # every rank stops if any rank's input was bad
-    if cfg.threads:  # after resuming, so that the saved thread count is honoured
-        torch.set_num_threads(cfg.threads)
-    method.classes = distributed.shard(range(pool.num_classes), rank, world)
-    with deterministic(cfg.deterministic):
-        return _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval)
+        try:
+            if resume and rank == 0 and os.path.isdir(out_dir):
+                lock = RunLock(out_dir)  # one process owns the directory, from before its files are read
+            cfg, state = _prepare_directory(cfg, out_dir, resume)
+            dataset, pool, matcher = prepare(cfg)
+            method = build_method(cfg.method, cfg, dataset, pool, matcher)
+            if rank == 0 and lock is None:
+                lock = _own_new_directory(out_dir)  # every input checked: the first write
+            elif rank == 0:
+                remove_temporaries(out_dir)  # what a killed write (or a planter) left under temporary names
+        except (ValueError, FileNotFoundError) as err:
+            if world == 1:
+                raise
+            error = str(err)
+        if world > 1:
+            distributed.broadcast_error(error)  # every rank stops if any rank's input was bad
+        if cfg.threads:  # after resuming, so that the saved thread count is honoured
+            torch.set_num_threads(cfg.threads)
+        method.classes = distributed.shard(range(pool.num_classes), rank, world)
+        with deterministic(cfg.deterministic):
+            return _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _own_new_directory(out_dir: str) -> RunLock:
+    """Create ``out_dir`` and lock it for a new run; ``ValueError`` if it cannot be written, another process
+    holds it, or another run filled it since :func:`_prepare_directory` found it empty."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot write the run directory {out_dir}: {err.strerror or err}; choose another --out") from None
+    lock = RunLock(out_dir)
+    if set(os.listdir(out_dir)) - {LOCK}:
+        lock.release()
+        raise ValueError(f"run directory {out_dir} already exists; pass --resume to continue it or choose another --out")
+    return lock
 
 
 def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval) -> dict:

@@ -10,7 +10,9 @@ Tables are long: one row per (method, IPC, seed, evaluation network).  Each cell
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import shutil
 import sys
 from typing import Iterable, Optional, Sequence
 
@@ -23,9 +25,11 @@ from hddgeo.seeds import FINAL_EVAL_OFFSET, init_generator
 from hddgeo.evaluate import evaluate_synset
 
 from .methods import build_method
-from hddgeo.rundir import CONFIG, METRICS, is_temporary, read_json, write_json
+from hddgeo.rundir import (CONFIG, LOCK, LOG, METRICS, RunLock, is_temporary, read_json, write_csv, write_json,
+                           write_text)
 
-from .runner import DistillConfig, config_differences, describe, eval_augment, prepare, run_distillation
+from .runner import (RESUMABLE_FIELDS, DistillConfig, config_differences, describe, eval_augment, prepare,
+                     run_distillation)
 
 DEFAULT_VARIANTS = (
     {"matcher": "euclidean"},
@@ -51,14 +55,28 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
 def baseline_cell(cfg: DistillConfig, run_dir: str, progress: bool = False) -> dict:
     """:func:`baseline_row` kept in ``run_dir`` (``config.json`` + ``metrics.json``), reused when it matches."""
     cfg = dataclasses.replace(cfg, matcher="euclidean", iterations=1)  # fields that do not change the baseline
-    if os.path.exists(os.path.join(run_dir, METRICS)):
-        check_same_run(cfg, run_dir)
-        return read_json(os.path.join(run_dir, METRICS))
-    row = baseline_row(cfg, progress=progress)
+    if os.path.isdir(run_dir):
+        with RunLock(run_dir):  # a cell one process owns at a time, like a distillation's run directory
+            done = _finished_baseline(cfg, run_dir)
+        if done is not None:
+            return done
+    row = baseline_row(cfg, progress=progress)  # checks every input before anything is written
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, CONFIG), cfg.to_json())
-    write_json(os.path.join(run_dir, METRICS), row)
-    return row
+    with RunLock(run_dir):
+        done = _finished_baseline(cfg, run_dir)  # another process may have finished it meanwhile
+        if done is None:
+            write_json(os.path.join(run_dir, CONFIG), cfg.to_json())
+            write_json(os.path.join(run_dir, METRICS), row)
+    return row if done is None else done
+
+
+def _finished_baseline(cfg: DistillConfig, run_dir: str) -> Optional[dict]:
+    """The metrics of a finished baseline cell of ``cfg`` in ``run_dir``, ``None`` if there is none;
+    ``ValueError`` if it holds another run."""
+    if not os.path.isfile(os.path.join(run_dir, METRICS)):
+        return None
+    check_same_run(cfg, run_dir)
+    return read_json(os.path.join(run_dir, METRICS))
 
 
 def cell_name(cfg: DistillConfig, label: Optional[str] = None) -> str:
@@ -90,8 +108,7 @@ def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
     seeds = [base.seed] if seeds is None else list(seeds)
     variants = list(variants)
     adjust = cfg_for or (lambda c: c)
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    check_seeds_and_jobs(seeds, jobs)
     one_thread = (lambda c: dataclasses.replace(c, threads=1)) if jobs > 1 else (lambda c: c)
     cells = []  # (kind, cfg, run_dir) in table order
     for ipc in ipcs:
@@ -145,35 +162,142 @@ def write_report(table: pd.DataFrame, out_dir: str, name: str = "results", pairs
                  preamble: str = "") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Save a long table as ``<name>.csv``, its per-method summary and paired differences as
     ``<name>_summary.csv`` / ``<name>_paired.csv``, and both as markdown in ``<name>.md``."""
-    summary, diffs, text = stats.report(table, pairs)
+    summary, diffs, text = _report_by_dataset(table, pairs)
     os.makedirs(out_dir, exist_ok=True)
-    table.to_csv(os.path.join(out_dir, f"{name}.csv"), index=False)
-    summary.to_csv(os.path.join(out_dir, f"{name}_summary.csv"), index=False)
-    diffs.to_csv(os.path.join(out_dir, f"{name}_paired.csv"), index=False)
+    write_csv(os.path.join(out_dir, f"{name}.csv"), table)
+    write_csv(os.path.join(out_dir, f"{name}_summary.csv"), summary)
+    write_csv(os.path.join(out_dir, f"{name}_paired.csv"), diffs)
     text = (preamble + "\n\n" if preamble else "") + text
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as fh:
-        fh.write(text)
+    write_text(os.path.join(out_dir, f"{name}.md"), text)
     return summary, diffs, text
 
 
+def _report_by_dataset(table: pd.DataFrame, pairs=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """:func:`stats.report`, once per dataset when the table has a ``dataset`` column (a section each, and a
+    ``dataset`` column in the summary and the paired differences): runs of two datasets are never pooled."""
+    if "dataset" not in table.columns:
+        return stats.report(table, pairs)
+    parts = []
+    for dataset in dict.fromkeys(table["dataset"]):
+        summary, diffs, text = stats.report(table[table["dataset"] == dataset].reset_index(drop=True), pairs)
+        summary.insert(0, "dataset", dataset)
+        diffs.insert(0, "dataset", dataset)
+        parts.append((summary, diffs, f"## {dataset}\n\n{text}"))
+    return (pd.concat([p[0] for p in parts], ignore_index=True), pd.concat([p[1] for p in parts], ignore_index=True),
+            "\n".join(p[2] for p in parts))
+
+
 def load_runs(paths: Iterable[str]) -> pd.DataFrame:
-    """The long table of finished run directories; a folder that is not a run directory contributes the
-    run directories directly inside it (or inside its ``runs/``), so a study's output folder can be named."""
-    rows = []
+    """The long table (with a ``dataset`` column) of the evaluated runs among :func:`read_runs`'s."""
+    return read_runs(paths)[0]
+
+
+# Fields that make two runs of one dataset and IPC incomparable: how their synthetic sets were evaluated
+# (every run, the random baseline too) and the distillation budget (distilled runs).  Runs pooled into one row
+# (same method) must further agree in every field but the seed and those that do not change what a run computes.
+EVAL_FIELDS = ("model", "final_eval_nets", "final_eval_epochs", "eval_test_per_class", "dsa", "dsa_strategy")
+BUDGET_FIELDS = ("iterations", "batch_real")
+NEUTRAL_FIELDS = ("seed", "checkpoint_every", "eval_every", "eval_nets", "eval_epochs", "gap_every")
+
+
+def read_runs(paths: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``(long table, run directories without evaluation)`` of finished run directories; a folder that is not a
+    run directory contributes the run directories directly inside it (or inside its ``runs/``), so a study's
+    output folder can be named.
+
+    Every ``metrics.json`` and ``config.json`` is checked (:func:`read_run`), and runs are refused, in one
+    ``ValueError`` naming the field and two runs, when they would be paired or pooled although they differ in
+    the dataset's evaluation protocol or budget (``EVAL_FIELDS``, ``BUDGET_FIELDS``), or pooled although their
+    configurations differ in more than the seed.  A run without evaluation (``final_eval_epochs`` 0) is left
+    out of the table and listed."""
+    rows, unevaluated, seen, runs = [], [], {}, []
     for path in paths:
         dirs = _run_dirs(path)
         if not dirs:
             raise ValueError(f"{path} holds no finished run (no metrics.json in it, its subfolders or runs/)")
         for d in dirs:
-            metrics, config = read_json(os.path.join(d, METRICS)), read_json(os.path.join(d, CONFIG))
-            accs = metrics.get("accs") or []
-            if (not {"method", "ipc"} <= set(metrics) or not isinstance(config.get("seed"), int)
-                    or not isinstance(accs, list) or not all(isinstance(a, (int, float)) for a in accs)):
-                raise ValueError(f"{d}: metrics.json needs 'method', 'ipc' and a list 'accs', config.json an integer "
-                                 f"'seed': not a run directory written by hddgeo")
-            rows += long_rows(metrics, config["seed"], d)
+            cfg, metrics = read_run(d)
+            if not metrics["accs"]:
+                unevaluated.append(d)
+                continue
+            key = (cfg.dataset, metrics["method"], cfg.ipc, cfg.seed)
+            if key in seen:
+                raise ValueError(f"{seen[key]} and {d} are both {metrics['method']} IPC {cfg.ipc} seed {cfg.seed} on "
+                                 f"{cfg.dataset}" + (" (the same run named twice)" if os.path.realpath(seen[key]) ==
+                                                     os.path.realpath(d) else "") + ": pass each run once")
+            seen[key] = d
+            runs.append((d, cfg, metrics["method"]))
+            rows += [{"dataset": cfg.dataset, **row} for row in long_rows(metrics, cfg.seed, d)]
+    _check_comparable(runs)
+    if not rows:
+        raise ValueError(f"no evaluated run to compare: {', '.join(unevaluated)} "
+                         f"{'was' if len(unevaluated) == 1 else 'were'} distilled without a final evaluation "
+                         f"(--final-eval-epochs 0)")
     table = pd.DataFrame(rows)
-    return table.sort_values("method", key=lambda col: col.map(stats.method_rank), kind="stable", ignore_index=True)
+    table = table.sort_values("method", key=lambda col: col.map(stats.method_rank), kind="stable", ignore_index=True)
+    return table, unevaluated
+
+
+def read_run(run_dir: str) -> tuple[DistillConfig, dict]:
+    """``(configuration, metrics)`` of a finished run directory, both checked: ``config.json`` is a valid
+    configuration, and ``metrics.json`` names the same method (its label, tag included), dataset, IPC and
+    evaluation, with ``accs`` a list of finite accuracies in [0, 1], one per final evaluation network, or empty
+    (no evaluation; ``metrics["accs"]`` is then ``[]``).  ``ValueError`` naming the file and the field."""
+    config_path, metrics_path = os.path.join(run_dir, CONFIG), os.path.join(run_dir, METRICS)
+    metrics = read_json(metrics_path)
+    cfg = DistillConfig.from_json(read_json(config_path), source=config_path)
+
+    def bad(field, why):
+        raise ValueError(f"{metrics_path}: '{field}' {why}")
+
+    method = metrics.get("method")
+    if not isinstance(method, str):
+        bad("method", f"must be a string, got {method!r}")
+    baseline = method == stats.RANDOM and cfg.iterations == 1 and cfg.matcher == "euclidean"  # a baseline_cell
+    if method != describe(cfg) and not baseline:
+        bad("method", f"is {method!r} but {config_path} describes {describe(cfg)!r} (method, matcher, centroid, tag)")
+    ipc = metrics.get("ipc")
+    if type(ipc) is not int:
+        bad("ipc", f"must be an integer, got {ipc!r}")
+    for field, want in (("ipc", cfg.ipc), ("dataset", cfg.dataset), ("eval_model", cfg.model),
+                        ("eval_epochs", cfg.final_eval_epochs)):
+        if field in metrics and metrics[field] != want:
+            bad(field, f"is {metrics[field]!r} but {config_path} says {want!r}")
+    accs = metrics.get("accs")
+    accs = [] if accs is None else accs
+    if not isinstance(accs, list):
+        bad("accs", f"must be a list of accuracies, got {accs!r}"[:200])
+    for a in accs:
+        if type(a) not in (int, float) or not (math.isfinite(a) and 0 <= a <= 1):
+            bad("accs", f"holds {a!r}: accuracies are finite numbers in [0, 1]")
+    if accs and len(accs) != cfg.final_eval_nets:
+        bad("accs", f"holds {len(accs)} accuracies but {config_path} evaluates {cfg.final_eval_nets} networks")
+    return cfg, {**metrics, "accs": accs}
+
+
+def _check_comparable(runs: list) -> None:
+    """``ValueError`` naming the field and two of ``runs`` (``(dir, cfg, method)``) that differ where they
+    would be paired (one dataset and IPC) or pooled (one method too)."""
+    def value(cfg, field):
+        return getattr(cfg, field) if field != "dsa_strategy" or cfg.dsa else None  # no DSA: no strategy
+
+    pooled_fields = [f.name for f in dataclasses.fields(DistillConfig)
+                     if f.name not in NEUTRAL_FIELDS + RESUMABLE_FIELDS]
+    first_pair, first_pool = {}, {}
+    for d, cfg, method in runs:
+        random = method == stats.RANDOM
+        checks = [(first_pair, (cfg.dataset, cfg.ipc, "eval"), EVAL_FIELDS, "paired"),
+                  (first_pool, (cfg.dataset, cfg.ipc, method),
+                   EVAL_FIELDS + ("init", "method") if random else pooled_fields, "pooled")]
+        if not random:
+            checks.append((first_pair, (cfg.dataset, cfg.ipc, "budget"), BUDGET_FIELDS, "paired"))
+        for first, key, fields, how in checks:
+            ref_dir, ref = first.setdefault(key, (d, cfg))
+            for field in fields:
+                if value(ref, field) != value(cfg, field):
+                    raise ValueError(f"{ref_dir} and {d} differ in {field} ({value(ref, field)!r} against "
+                                     f"{value(cfg, field)!r}): runs of {cfg.dataset} IPC {cfg.ipc} are {how} only when "
+                                     f"they agree in it; compare them separately")
 
 
 def _run_dirs(path: str) -> list[str]:
@@ -188,6 +312,19 @@ def _run_dirs(path: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- helpers for experiment scripts
+def check_seeds_and_jobs(seeds: Optional[Sequence[int]] = None, jobs: int = 1) -> None:
+    """``ValueError`` (one line, before anything is written) unless ``seeds`` are distinct non-negative integers
+    and ``jobs`` lies in 1..os.cpu_count(): a repeated seed would count one run twice, and more one-thread cells
+    than cores would slow each cell and write inflated timings into the results."""
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or len(set(seeds)) != len(seeds) or any(type(s) is not int or s < 0 for s in seeds):
+            raise ValueError(f"--seeds must be distinct non-negative integers, got {' '.join(map(str, seeds)) or 'none'}")
+    cores = os.cpu_count() or 1
+    if type(jobs) is not int or not (1 <= jobs <= cores):
+        raise ValueError(f"--jobs must lie in 1..{cores} (the cores of this machine), got {jobs}")
+
+
 def config_mismatch(cfg: DistillConfig, run_dir: str) -> dict:
     """``{field: (in run_dir/config.json, requested)}`` for every field that differs (empty: same run);
     fields that do not change what a run computes (``RESUMABLE_FIELDS``) are not compared."""
@@ -209,21 +346,27 @@ def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bo
     ``resume`` is true; either way its ``config.json`` must describe the same run as ``cfg``
     (``ValueError`` naming the differing fields otherwise, so that a changed budget never silently
     reuses an old result).  A directory killed before its first checkpoint holds only ``config.json``
-    (and perhaps temporary files): it is cleared and the run starts afresh.
+    (and perhaps ``log.csv`` and temporary files): it is cleared and the run starts afresh.  The directory is
+    inspected under its lock: a cell another process is running is ``RunDirBusy``, never reused or cleared.
     """
-    import shutil
-
     cfg.validate()
-    if os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, "config.json")):
-        check_same_run(cfg, run_dir)
-    metrics_path = os.path.join(run_dir, METRICS)
-    if resume and os.path.exists(metrics_path):
-        return read_json(metrics_path)
-    has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
-    if os.path.isdir(run_dir) and not has_ckpt:
-        stale = os.listdir(run_dir)
-        if all(name == CONFIG or name == "log.csv" or is_temporary(name) for name in stale):
-            shutil.rmtree(run_dir)
+    has_ckpt = False
+    if os.path.isdir(run_dir):
+        with RunLock(run_dir):
+            if os.path.exists(os.path.join(run_dir, CONFIG)):
+                check_same_run(cfg, run_dir)
+            metrics_path = os.path.join(run_dir, METRICS)
+            if resume and os.path.exists(metrics_path):
+                return read_json(metrics_path)
+            has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+            stale = set(os.listdir(run_dir)) - {LOCK}
+            if not has_ckpt and all(name in (CONFIG, LOG) or is_temporary(name) for name in stale):
+                for name in stale:
+                    path = os.path.join(run_dir, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)  # a link itself, never what it points to
     return run_distillation(cfg, run_dir, resume=resume and has_ckpt, progress=progress)
 
 

@@ -1,13 +1,12 @@
 """The synthetic set: learnable images with fixed labels, saved as ``.pt`` and as an image grid PNG."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from hddgeo.rundir import load_tensors, save_tensors
+from hddgeo.rundir import load_tensors, save_tensors, write_file
 
 
 def partition_expand(images: torch.Tensor, factor: int) -> torch.Tensor:
@@ -101,9 +100,8 @@ class SyntheticSet:
         images, _ = self.expanded()
         per_row = images.shape[0] // self.num_classes
         grid = dataset.denormalise(images.detach().cpu())
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        torchvision.utils.save_image(grid, tmp, nrow=per_row, padding=1, pad_value=1.0)
-        os.replace(tmp, path)
+        write_file(path, lambda fh: torchvision.utils.save_image(grid, fh, format="png", nrow=per_row, padding=1,
+                                                                 pad_value=1.0), binary=True)
 
     @staticmethod
     def load(path: str) -> dict:

@@ -95,6 +95,12 @@ def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int =
     tol = math.sqrt(torch.finfo(z.dtype).eps) * 10
     err = (space2 - time * time + k).abs() / (k + time * time)
     if z.numel() and (not bool((err <= tol).all()) or bool((time <= 0).any())):
+        if bool((err <= tol).all()):  # on the hyperboloid, but some on its other sheet
+            raise ValueError(
+                f"{what}: {int((time <= 0).sum())} point(s) lie on the lower sheet of the hyperboloid (time coordinate "
+                f"z_0 < 0, smallest {float(time.min()):.3g}); geoopt's Lorentz model is the upper sheet z_0 >= sqrt(k): "
+                f"negate those points or lift features with hddgeo.lift(v, M)"
+            )
         raise ValueError(
             f"{what} are not on the Lorentz manifold with k={k:g} (max relative |<z,z>_L + k| = {float(err.max()):.3g}, "
             f"tolerance {tol:.1g}); map Euclidean features with hddgeo.lift(v, M) or project with M.projx(z)"
