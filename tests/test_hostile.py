@@ -442,3 +442,174 @@ def test_two_distills_on_one_directory_do_not_interleave(tmp_path, capsys):
     assert first.returncode == 0, err
     log = pd.read_csv(out / "log.csv")
     assert log["iteration"].tolist() == list(range(1, 401))  # one run's rows, in order
+
+
+# ----------------------------------------------------------------------------- planted links are never followed
+def _outside(tmp_path):
+    target = tmp_path / "outside.txt"
+    target.write_text("not yours")
+    return target
+
+
+def _no_links_and_untouched(folder, target):
+    links = [n for n in os.listdir(folder) if os.path.islink(os.path.join(folder, n))]
+    assert not links, links
+    assert target.read_text() == "not yours"
+
+
+def test_resume_with_links_planted_under_temporary_names(tmp_path, capsys):
+    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+
+    out, target = tmp_path / "run", _outside(tmp_path)
+    cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0)
+    with pytest.raises(RunInterrupted):
+        run_distillation(cfg, str(out), progress=False, stop_after=1)
+    for name in ("config.json", "log.csv", "checkpoint.pt", "synset.pt", "synset.png", "metrics.json", "run.lock"):
+        os.symlink(target, out / f"{name}.tmp-{os.getpid()}")  # the names hddgeo used to write through
+    os.symlink(target, out / "synset.pt")  # and one under a final name
+    assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
+    _no_links_and_untouched(out, target)
+    assert torch.load(out / "synset.pt", weights_only=True)["images"].shape[0] == 10
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.csv", "metrics.json", "synset.png",
+                                       "synset.pt"]  # nothing left under a temporary name
+
+
+def test_a_planted_lock_link_is_not_followed(run, tmp_path, capsys):
+    target = _outside(tmp_path)
+    os.symlink(target, run / "run.lock")
+    assert main(["distill", "--out", str(run), "--resume", "--quiet"]) == 0
+    _no_links_and_untouched(run, target)
+
+
+def test_log_appends_never_go_through_a_link(tmp_path):
+    from hddgeo.rundir import LogWriter
+
+    path, target = tmp_path / "log.csv", _outside(tmp_path)
+    writer = LogWriter(str(path))
+    writer.write([{"iteration": 1, "loss": 1.0}])
+    path.unlink()
+    os.symlink(target, path)  # swapped for a link between two writes
+    writer.write([{"iteration": 1, "loss": 1.0}, {"iteration": 2, "loss": 0.5}])
+    _no_links_and_untouched(tmp_path, target)
+    assert pd.read_csv(path)["iteration"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["compare.md", "compare.csv", "compare_summary.csv", "compare_paired.csv"])
+def test_compare_outputs_replace_planted_links(tmp_path, capsys, name):
+    out, target = tmp_path / "out", _outside(tmp_path)
+    out.mkdir()
+    os.symlink(target, out / name)
+    dirs = [str(_received(tmp_path / "in", f"run{s}", seed=s)) for s in (0, 1)]
+    assert main(["compare", *dirs, "--out", str(out)]) == 0
+    _no_links_and_untouched(out, target)
+
+
+def test_study_report_replaces_planted_links(tmp_path):
+    from hddgeo.distill.study import write_report
+
+    out, target = tmp_path / "out", _outside(tmp_path)
+    out.mkdir()
+    for name in ("results.csv", "results_summary.csv", "results_paired.csv", "results.md"):
+        os.symlink(target, out / name)
+    table = pd.DataFrame({"method": ["dm", "dm"], "ipc": [1, 1], "seed": [0, 1], "network": [0, 0], "acc": [0.5, 0.6]})
+    write_report(table, str(out), "results")
+    _no_links_and_untouched(out, target)
+
+
+def test_plots_and_centroids_replace_planted_links(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    from hddgeo.plots import _save
+    from hddgeo.tables import markdown_table
+
+    target = _outside(tmp_path)
+    for name in ("fig.png", "table.md", "centroids.csv"):
+        os.symlink(target, tmp_path / name)
+    _save(plt.figure(), str(tmp_path / "fig.png"))
+    markdown_table(pd.DataFrame({"a": [1]}), str(tmp_path / "table.md"))
+    assert main(["centroids", "--out", str(tmp_path / "centroids.csv")]) == 0
+    _no_links_and_untouched(tmp_path, target)
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- inputs checked before anything is written
+def test_fashionmnist_of_1x1_images_is_refused_before_the_run_directory(tmp_path, capsys):
+    from conftest import write_idx
+
+    root = tmp_path / "fm"
+    root.mkdir()
+    for split, n in (("train", 20), ("t10k", 10)):
+        write_idx(root / f"{split}-images-idx3-ubyte", np.zeros((n, 1, 1), dtype=np.uint8), compress=False)
+        write_idx(root / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, compress=False)
+    out = tmp_path / "run"
+    assert main(["distill", "--dataset", "fashionmnist", "--data-root", str(root), "--ipc", "1", "--batch-real", "2",
+                 "--iterations", "1", "--final-eval-epochs", "0", "--quiet", "--out", str(out)]) == 2
+    err = _one_line(capsys, "train-images-idx3-ubyte", "28x28")
+    assert "depth" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--jobs", "100"], ["--jobs", "100"]),
+    (["--jobs", "0"], ["--jobs"]),
+])
+def test_demo_refuses_bad_jobs(tmp_path, capsys, args, words):
+    out = tmp_path / "d"
+    assert main(["demo", "--iterations", "1", "--epochs", "1", "--nets", "1", "--ipc", "1", "--seeds", "0",
+                 "--out", str(out), "--quiet", *args]) == 2
+    _one_line(capsys, *words)
+    assert not out.exists()
+
+
+STUDY_CASES = [  # (script, arguments, words)
+    ("exact_vs_approximate", ["--quick", "--seeds", "0", "0"], ["--seeds"]),
+    ("exact_vs_approximate", ["--quick", "--seeds", "-1"], ["--seeds"]),
+    ("fashionmnist_table1", ["--quick", "--seeds", "1", "1"], ["--seeds"]),
+    ("fashionmnist_table1", ["--quick", "--jobs", "100"], ["--jobs"]),
+    ("fashionmnist_table1", ["--quick", "--jobs", "0"], ["--jobs"]),
+    ("fashionmnist_verdict", ["--quick", "--stage", "main", "--seeds", "3", "3"], ["--seeds"]),
+    ("fashionmnist_verdict", ["--quick", "--jobs", "100"], ["--jobs"]),
+    ("cross_architecture", ["--quick", "--seed", "-1"], ["--seeds"]),
+    ("hierarchical_pruning", ["--quick", "--seed", "-1"], ["--seeds"]),
+]
+
+
+@pytest.mark.parametrize("script, args, words", STUDY_CASES, ids=[f"{s}{'_'.join(a)}" for s, a, _ in STUDY_CASES])
+def test_studies_refuse_bad_seeds_and_jobs(tmp_path, capsys, script, args, words):
+    from test_experiments import load_script
+
+    from hddgeo.cli import run_main
+
+    out = tmp_path / "study"
+    assert run_main(load_script(script).main, [*args, "--out", str(out), "--quiet"]) == 2
+    _one_line(capsys, *words)
+    assert not out.exists()
+
+
+def test_a_study_cell_whose_config_was_edited_is_one_line(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from test_experiments import load_script
+
+    out = tmp_path / "study"
+    args = ["--quick", "--centroids", "law", "--no-init-row", "--out", str(out), "--quiet"]
+    assert load_script("exact_vs_approximate").main(args) == 0
+    cell = next(p for p in sorted((out / "runs").iterdir()) if "law" in p.name)
+    cfg = json.loads((cell / "config.json").read_text())
+    (cell / "config.json").write_text(json.dumps({**cfg, "iterations": 7}))
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "exact_vs_approximate.py")
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "iterations=7" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_points_on_the_lower_sheet_are_named_so():
+    import geoopt
+
+    from hddgeo.geometry.poincare import to_poincare
+
+    M = geoopt.Lorentz(k=1.0)
+    z = -M.projx(torch.randn(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lower sheet"):
+        to_poincare(z, M)

@@ -80,8 +80,12 @@ def test_bad_tables_are_refused():
 
 
 def _fake_run(folder, method, ipc, seed, accs):
+    from hddgeo.distill import DistillConfig
+
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"seed": seed, "ipc": ipc}))
+    fields = {"dm": {}, "dm+hdd/law": {"matcher": "hdd", "centroid": "law"}}[method]  # config.json names the method too
+    cfg = DistillConfig(seed=seed, ipc=ipc, final_eval_nets=len(accs), **fields)
+    (folder / "config.json").write_text(json.dumps(cfg.to_json()))
     (folder / "metrics.json").write_text(json.dumps({"method": method, "ipc": ipc, "accs": accs,
                                                      "seconds_per_iteration": 0.1}))
 

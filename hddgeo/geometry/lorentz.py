@@ -98,7 +98,8 @@ def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int =
         if bool((err <= tol).all()):  # on the hyperboloid, but some on its other sheet
             raise ValueError(
                 f"{what}: {int((time <= 0).sum())} point(s) lie on the lower sheet of the hyperboloid (time coordinate "
-                f"z_0 < 0, smallest {float(time.min()):.3g}); geoopt's Lorentz model is the upper sheet z_0 >= sqrt(k): "
+                f"z_0 < 0, smallest {float(time.min()):.3g}), not on the Lorentz manifold, which is its upper sheet "
+                f"z_0 >= sqrt(k): "
                 f"negate those points or lift features with hddgeo.lift(v, M)"
             )
         raise ValueError(
