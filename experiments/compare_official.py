@@ -137,8 +137,10 @@ def main(argv=None):
     df = pd.DataFrame(rows)
     wide = df.pivot(index="matcher", columns="code", values="seconds_per_iteration")
     wide["official / hddgeo"] = wide["official"] / wide["hddgeo"]
+    from hddgeo.rundir import write_csv
+
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    df.to_csv(args.out, index=False)
+    write_csv(args.out, df)
     print(f"{dataset.name}, IPC {args.ipc}, {args.batch_real} real images per class, {torch.get_num_threads()} "
           f"thread(s), median of {args.iterations} iterations:")
     print(wide.to_string(float_format=lambda x: f"{x:.3f}"))

@@ -36,7 +36,8 @@ from hddgeo.distill import DistillConfig, describe, evaluate_run  # noqa: E402
 from hddgeo.cli import run_main  # noqa: E402
 from hddgeo.distill.study import check_seeds_and_jobs, run_cell  # noqa: E402
 from hddgeo.models import MODEL_NAMES  # noqa: E402
-from hddgeo.plots import save_table_md  # noqa: E402
+from hddgeo.plots import save_figure, save_table_md  # noqa: E402
+from hddgeo.rundir import write_csv, write_text  # noqa: E402
 
 VARIANTS = {"dm": {"matcher": "euclidean"}, "hdd-law": {"matcher": "hdd", "centroid": "law"},
             "hdd-karcher": {"matcher": "hdd", "centroid": "karcher"},
@@ -128,8 +129,7 @@ def plot(table: pd.DataFrame, models: list, path: str) -> None:
         ax.legend(title="synthetic set", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title("Cross-architecture generalisation of distilled sets (mean ± std over networks)")
         fig.tight_layout()
-        fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-        plt.close(fig)
+        save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -157,14 +157,13 @@ def main(argv=None) -> int:
                          "acc_mean": res["acc_mean"], "acc_std": res["acc_std"], "nets": len(res["accs"]),
                          "epochs": res["epochs"], "run_dir": run_dir})
     table = pd.DataFrame(rows)
-    table.to_csv(os.path.join(args.out, "results.csv"), index=False)
+    write_csv(os.path.join(args.out, "results.csv"), table)
     wide = table.assign(acc=[f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(table.acc_mean, table.acc_std)])
     wide = wide.pivot_table(index="run", columns="model", values="acc", aggfunc="first", sort=False)[args.models]
     text = (f"# Cross-architecture evaluation\n\nEach synthetic set trained {args.nets} network(s) per architecture for "
             f"{args.epochs} epochs (the run's DSA protocol); test accuracy mean ± std (%).\n\n"
             + save_table_md(wide.reset_index()))
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(text)
+    write_text(os.path.join(args.out, "results.md"), text)
     plot(table, args.models, os.path.join(args.out, "cross_architecture.png"))
     if not args.quiet:
         print(text)

@@ -59,7 +59,8 @@ from hddgeo import stats  # noqa: E402
 from hddgeo.distill import DistillConfig, paper_preset  # noqa: E402
 from hddgeo.cli import run_main  # noqa: E402
 from hddgeo.distill.study import baseline_row, check_seeds_and_jobs, initial_images, read_log, run_cell  # noqa: E402
-from hddgeo.plots import save_table_md  # noqa: E402
+from hddgeo.plots import save_figure, save_table_md  # noqa: E402
+from hddgeo.rundir import write_csv, write_json, write_text  # noqa: E402
 
 CENTROIDS = ("law", "karcher", "tangent")
 METHOD_ORDER = ["DM", "HDD law", "HDD karcher", "HDD tangent"]
@@ -187,8 +188,7 @@ def init_row(args, cfg: DistillConfig) -> dict:
             return saved["row"]
     row = baseline_row(cfg)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump({"key": key, "row": row}, fh, indent=2)
+    write_json(path, {"key": key, "row": row})
     return row
 
 
@@ -316,13 +316,12 @@ def write_markdown(args, table: pd.DataFrame, runs: pd.DataFrame, path: str, ela
                   save_table_md(per_seed)]
         paired = paired_table(runs)
         if len(paired):
-            paired.to_csv(os.path.join(os.path.dirname(path), "paired.csv"), index=False)
+            write_csv(os.path.join(os.path.dirname(path), "paired.csv"), paired)
             view = pd.concat([paired[["geometry"]], stats.differences_view(paired)], axis=1)
             parts += ["\n## Paired differences over seeds (accuracy points, 95% t interval; hddgeo.stats)\n",
                       save_table_md(view)]
     text = "\n".join(parts)
-    with open(path, "w") as fh:
-        fh.write(text)
+    write_text(path, text)
     return text
 
 
@@ -339,11 +338,6 @@ def _curves(runs: pd.DataFrame) -> pd.DataFrame:
         frames.append(log)
     return pd.concat(frames, ignore_index=True)
 
-
-def _save(fig, path):
-    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return path
 
 
 def plot_loss_curves(curves: pd.DataFrame, geometries: list, ipcs: list, path: str, iterations: int) -> str:
@@ -379,7 +373,7 @@ def plot_loss_curves(curves: pd.DataFrame, geometries: list, ipcs: list, path: s
         fig.suptitle("Distillation loss, normalised by its value over the first 5 iterations\n"
                      "(HDD: lambda·d(c_real, c_syn) with the given centroid; DM: squared distance of feature means)")
         fig.tight_layout(rect=(0, 0.05, 1, 1))
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_gaps(curves: pd.DataFrame, geometries: list, ipcs: list, path: str) -> str:
@@ -416,7 +410,7 @@ def plot_gaps(curves: pd.DataFrame, geometries: list, ipcs: list, path: str) -> 
         fig.suptitle("How far Law's closed-form centroid is from the exact Karcher mean during distillation\n"
                      "(geodesic distance on Lorentz(k); IPC 1: one synthetic image per class, so its gap is 0)")
         fig.tight_layout(rect=(0, 0.07, 1, 1))
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_accuracy(table: pd.DataFrame, geometries: list, ipcs: list, path: str) -> str:
@@ -449,7 +443,7 @@ def plot_accuracy(table: pd.DataFrame, geometries: list, ipcs: list, path: str) 
             ax.legend(fontsize="small", loc="lower right")
         fig.suptitle("Accuracy of a ConvNet trained on the synthetic set (mean ± std over evaluation networks)")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_seconds(table: pd.DataFrame, ipcs: list, path: str) -> str:
@@ -468,7 +462,7 @@ def plot_seconds(table: pd.DataFrame, ipcs: list, path: str) -> str:
         fig.legend(handles=handles, loc="upper right", frameon=False, fontsize="small")
         fig.suptitle("Cost of one distillation iteration per cell (shared CPU: compare within a figure only)")
         fig.tight_layout(rect=(0, 0, 0.87, 1))
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- main
@@ -498,8 +492,8 @@ def main(argv=None) -> int:
     table = aggregate(runs)
     if init_rows:
         table = pd.concat([init_table(init_rows), table], ignore_index=True)
-    runs.drop(columns=["accs"]).to_csv(os.path.join(args.out, "runs.csv"), index=False)
-    table.to_csv(os.path.join(args.out, "results.csv"), index=False)
+    write_csv(os.path.join(args.out, "runs.csv"), runs.drop(columns=["accs"]))
+    write_csv(os.path.join(args.out, "results.csv"), table)
     text = write_markdown(args, table, runs, os.path.join(args.out, "results.md"), time.time() - t0)
 
     geometries = list(dict.fromkeys(g for g in table.geometry if g != "-")) or ["-"]

@@ -50,7 +50,8 @@ from hddgeo.distill import DistillConfig  # noqa: E402
 from hddgeo.cli import run_main  # noqa: E402
 from hddgeo.distill.study import check_seeds_and_jobs, read_log, run_cell  # noqa: E402
 from hddgeo.hierarchy import PRUNE_LEVELS, kept_count  # noqa: E402
-from hddgeo.plots import save_table_md  # noqa: E402
+from hddgeo.plots import save_figure, save_table_md  # noqa: E402
+from hddgeo.rundir import write_csv, write_json, write_text  # noqa: E402
 
 
 def _max_norm(text: str):
@@ -156,8 +157,7 @@ def init_rows(args, cells: list) -> list:
         if res is None:
             res = baseline_row(cfg)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as fh:
-                json.dump({"key": ident, "row": res}, fh)
+            write_json(path, {"key": ident, "row": res})
         out.append({**cell, "method": INIT, "run_dir": "", "acc_mean": res["acc_mean"], "acc_std": res["acc_std"]})
     return out
 
@@ -246,8 +246,7 @@ def plot_curves(curves: pd.DataFrame, table: pd.DataFrame, ipcs: list, path: str
                      f"(each point: a fresh ConvNet trained on the current synthetic set; pruning level: "
                      f"{', '.join(levels) or 'none'})")
         fig.tight_layout(rect=(0, 0.06, 1, 1))
-        fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-        plt.close(fig)
+        save_figure(fig, path)
 
 
 def plot_final(table: pd.DataFrame, ipcs: list, path: str) -> None:
@@ -280,8 +279,7 @@ def plot_final(table: pd.DataFrame, ipcs: list, path: str) -> None:
             ax.legend(fontsize="small")
         fig.suptitle("Final accuracy versus the share of real data kept (mean ± std over evaluation networks)")
         fig.tight_layout()
-        fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-        plt.close(fig)
+        save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -314,11 +312,10 @@ def main(argv=None) -> int:
     curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["iteration", "eval_acc", "ipc", "method", "level", "prune_fraction"])
     os.makedirs(args.out, exist_ok=True)
-    table.to_csv(os.path.join(args.out, "results.csv"), index=False)
-    curves.to_csv(os.path.join(args.out, "curves.csv"), index=False)
+    write_csv(os.path.join(args.out, "results.csv"), table)
+    write_csv(os.path.join(args.out, "curves.csv"), curves)
     text = tables_markdown(args, table, time.time() - t0)
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(text)
+    write_text(os.path.join(args.out, "results.md"), text)
     plot_curves(curves, table, args.ipc, os.path.join(args.out, "accuracy_curves.png"))
     plot_final(table, args.ipc, os.path.join(args.out, "accuracy_vs_fraction.png"))
     if not args.quiet:

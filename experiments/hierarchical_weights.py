@@ -38,14 +38,10 @@ from hddgeo.analysis import class_features  # noqa: E402
 from hddgeo.device import resolve_device  # noqa: E402
 from hddgeo.data import load_dataset  # noqa: E402
 from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples, spread_table  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
 
-from hddgeo.plots import plot_root_leaf_images, plot_weight_spread, save_table_md  # noqa: E402
+from hddgeo.plots import plot_root_leaf_images, plot_weight_spread, save_figure, save_table_md  # noqa: E402
+from hddgeo.rundir import write_csv, write_text  # noqa: E402
 
-
-def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
 
 
 def _max_norm(text: str) -> Optional[float]:
@@ -121,15 +117,15 @@ def main(argv=None) -> int:
             t.insert(0, "k", args.k)
             frames.append(t)
     samples = pd.concat(frames, ignore_index=True)
-    samples.to_csv(os.path.join(args.out, "samples.csv"), index=False)
+    write_csv(os.path.join(args.out, "samples.csv"), samples)
 
     classes = class_summary(samples)
-    classes.to_csv(os.path.join(args.out, "class_table.csv"), index=False)
+    write_csv(os.path.join(args.out, "class_table.csv"), classes)
 
     spread_rows = spread_samples(feats, ks=[args.k], max_norms=args.max_norm, feature_scales=args.feature_scale)
     spread = spread_table(feats, samples=spread_rows)
     spread.insert(2, "clip", [clip_label(m) for m in spread["max_norm"]])
-    spread.to_csv(os.path.join(args.out, "spread_table.csv"), index=False)
+    write_csv(os.path.join(args.out, "spread_table.csv"), spread)
 
     # markdown: spread over settings, and the per-class table at the reference setting and at the most spread one
     ref = classes[(classes["clip"] == clip_label(args.max_norm[0])) & (classes["feature_scale"] == args.feature_scale[0])]
@@ -156,12 +152,11 @@ def main(argv=None) -> int:
         f"feature_scale={widest['feature_scale']:g})\n",
         save_table_md(wide[cols]),
     ])
-    with open(os.path.join(args.out, "class_table.md"), "w") as fh:
-        fh.write(text)
+    write_text(os.path.join(args.out, "class_table.md"), text)
     save_table_md(spread[spread_cols], os.path.join(args.out, "spread_table.md"))
 
     fig = plot_weight_spread(spread_rows)
-    _save(fig, os.path.join(args.out, "weight_spread.png"))
+    save_figure(fig, os.path.join(args.out, "weight_spread.png"))
 
     shown = list(range(3)) if args.quick else list(range(dataset.num_classes))
     ref_table = samples[(samples["max_norm"].isna() if args.max_norm[0] is None else samples["max_norm"] == args.max_norm[0])
@@ -179,7 +174,7 @@ def main(argv=None) -> int:
         # above the column titles (the grid fills the figure up to its top margin)
         fig.suptitle(f"Real images with the {what}, per class (one row per class)\n{setting}", fontsize=12,
                      y=fig.subplotpars.top + 0.75 / fig.get_figheight(), va="bottom")
-        _save(fig, os.path.join(args.out, name))
+        save_figure(fig, os.path.join(args.out, name))
     if not args.quiet:
         print(text)
         print(f"wrote {args.out}: samples.csv, class_table.csv/.md, spread_table.csv/.md, weight_spread.png, "

@@ -90,8 +90,10 @@ def main(argv=None):
     rows = run(args)
     import pandas as pd
 
+    from hddgeo.rundir import write_csv
+
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    pd.DataFrame(rows).to_csv(args.out, index=False)
+    write_csv(args.out, pd.DataFrame(rows))
     print(f"wrote {args.out}")
     return 0
 

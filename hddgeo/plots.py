@@ -51,7 +51,7 @@ def _style(font_scale: float = 1.15):
         yield
 
 
-def _save(fig, path: str, dpi: int = 110) -> str:
+def save_figure(fig, path: str, dpi: int = 110) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"  # the file object has no name to infer it from
     try:
@@ -558,7 +558,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
                    title="kept = share of the class's spread shown by the 2 axes · "
                          "d(K,K′) = real-to-synthetic Karcher distance · dashed circles: distance 1, 2, 3 ×√k from the centre",
                    title_fontsize=9)
-        paths.append(_save(fig, os.path.join(out_dir, "poincare_disk.png")))
+        paths.append(save_figure(fig, os.path.join(out_dir, "poincare_disk.png")))
 
     # -- radii
     r_real = {c: radius(z_real[c], M).numpy() for c in classes}
@@ -589,7 +589,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
         ax_c.legend(loc="upper center", ncol=2, fontsize="small")
         fig.suptitle(f"Radii of real and synthetic features (smaller = closer to the root)\n{setting}")
         fig.tight_layout()
-        paths.append(_save(fig, os.path.join(out_dir, "radius_hist.png")))
+        paths.append(save_figure(fig, os.path.join(out_dir, "radius_hist.png")))
 
     # -- root / leaf images of the real data
     table = sample_table({c: feats[c] for c in classes}, k=k, max_norm=max_norm)
@@ -598,7 +598,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     fig = plot_root_leaf_images(real_imgs, dataset, root, leaf, classes=classes)
     note = " (all radii clipped to the same value: ordered by unclipped feature norm)" if tied else ""
     fig.suptitle(f"Real images with the smallest and largest radius per class{note}\n{setting}", fontsize=12)
-    paths.append(_save(fig, os.path.join(out_dir, "root_leaf.png")))
+    paths.append(save_figure(fig, os.path.join(out_dir, "root_leaf.png")))
     return paths
 
 

@@ -519,13 +519,13 @@ def test_study_report_replaces_planted_links(tmp_path):
 def test_plots_and_centroids_replace_planted_links(tmp_path, capsys):
     import matplotlib.pyplot as plt
 
-    from hddgeo.plots import _save
+    from hddgeo.plots import save_figure
     from hddgeo.tables import markdown_table
 
     target = _outside(tmp_path)
     for name in ("fig.png", "table.md", "centroids.csv"):
         os.symlink(target, tmp_path / name)
-    _save(plt.figure(), str(tmp_path / "fig.png"))
+    save_figure(plt.figure(), str(tmp_path / "fig.png"))
     markdown_table(pd.DataFrame({"a": [1]}), str(tmp_path / "table.md"))
     assert main(["centroids", "--out", str(tmp_path / "centroids.csv")]) == 0
     _no_links_and_untouched(tmp_path, target)
