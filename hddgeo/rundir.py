@@ -3,8 +3,10 @@
 A run directory may come from someone else, so everything in it is data: JSON is parsed as JSON,
 ``.pt`` files are loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings and containers
 only; a pickle that would run code is refused), and every unreadable file raises ``ValueError`` naming it
-and saying what to do.  Writes go to a temporary file that replaces the target, so a kill mid-write
-leaves the previous version intact.
+and saying what to do.  Every file hddgeo writes goes through :func:`write_file`: a temporary file
+created exclusively and without following links replaces the target, so a kill mid-write leaves the
+previous version intact and a planted link is never written through.  :class:`RunLock` makes one process
+the owner of a run directory.
 
 Files (``docs/design.md`` describes what each holds):
 
@@ -13,6 +15,7 @@ Files (``docs/design.md`` describes what each holds):
     checkpoint.pt  synthetic images, optimiser and method state, log rows, the config they belong to
     synset.pt      the final synthetic set
     metrics.json   final evaluation and timing
+    run.lock       the owner's pid, while a process runs in the directory
 """
 from __future__ import annotations
 
