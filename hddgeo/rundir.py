@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import secrets
+import stat
 import zipfile
 from typing import Callable
 
@@ -157,9 +158,17 @@ def write_json(path: str, obj) -> None:
     write_file(path, lambda fh: json.dump(obj, fh, indent=2))
 
 
+MAX_JSON_BYTES = 16 * 2**20  # a config or metrics file is kilobytes
+
+
 def read_json(path: str) -> dict:
-    """A JSON object from ``path``; ``ValueError`` naming the file if it is missing, unreadable or not an object."""
+    """A JSON object from ``path``; ``ValueError`` naming the file if it is missing, unreadable or not an object,
+    or not a regular file of at most ``MAX_JSON_BYTES`` (a planted FIFO or ``/dev/zero`` would block or never end)."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JSON_BYTES:
+            what = f"{info.st_size} bytes" if stat.S_ISREG(info.st_mode) else "not a regular file"
+            raise ValueError(f"{path} is {what}: not a JSON file written by hddgeo (at most {MAX_JSON_BYTES} bytes)")
         with open(path) as fh:
             obj = json.load(fh)
     except FileNotFoundError:

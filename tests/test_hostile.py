@@ -613,3 +613,23 @@ def test_points_on_the_lower_sheet_are_named_so():
     z = -M.projx(torch.randn(3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="lower sheet"):
         to_poincare(z, M)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge"])
+def test_a_config_that_is_no_file_or_huge_is_refused(run, capsys, monkeypatch, kind):
+    from hddgeo import rundir
+
+    path = run / "config.json"
+    cfg = json.loads(path.read_text())
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block for ever
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", path)  # reading it would never end
+    else:
+        monkeypatch.setattr(rundir, "MAX_JSON_BYTES", 2000)
+        path.write_text(json.dumps(cfg) + " " * 2000)
+    listing = sorted(os.listdir(run))
+    assert main(["distill", "--out", str(run), "--resume", "--quiet"]) == 2
+    _one_line(capsys, "config.json", "not a regular file" if kind != "huge" else "bytes")
+    assert sorted(os.listdir(run)) == listing
