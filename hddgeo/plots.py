@@ -510,7 +510,10 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     from .hierarchy import root_and_leaf, sample_table
 
     cfg, syn = _load_run(run_dir)
-    out_dir = os.path.join(run_dir, "plots") if out_dir is None else out_dir
+    if out_dir is None:
+        out_dir = os.path.join(run_dir, "plots")
+        if os.path.islink(out_dir):  # a received run directory's link would send the figures elsewhere
+            raise ValueError(f"{out_dir} is a link, not a folder of this run directory; remove it or pass --out")
     dataset = load_dataset(cfg["dataset"], data_root=data_root or cfg.get("data_root"))
     C = dataset.num_classes
     classes = list(range(min(C, 10))) if classes is None else [int(c) for c in classes]

@@ -633,3 +633,12 @@ def test_a_config_that_is_no_file_or_huge_is_refused(run, capsys, monkeypatch, k
     assert main(["distill", "--out", str(run), "--resume", "--quiet"]) == 2
     _one_line(capsys, "config.json", "not a regular file" if kind != "huge" else "bytes")
     assert sorted(os.listdir(run)) == listing
+
+
+def test_plot_never_writes_through_a_planted_plots_link(run, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, run / "plots")
+    assert main(["plot", "poincare", str(run), "--per-class", "5"]) == 2
+    _one_line(capsys, "plots", "link")
+    assert os.listdir(elsewhere) == []
