@@ -1,6 +1,7 @@
 """The ``hddgeo`` command.
 
     hddgeo demo                         the README's main job: digits table (DM vs DM+HDD law/karcher)
+    hddgeo study SPEC [--quick] [--executor local|ray]   a study file (TOML grid): cells, then the compare tables
     hddgeo distill --dataset digits --ipc 10 --method dm --matcher hdd --centroid karcher --out runs/x
     hddgeo distill --out runs/x --resume
     hddgeo evaluate runs/x [--model resnet18]
@@ -132,22 +133,43 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(default: the run's own --amp)")
     e.add_argument("--quiet", action="store_true")
 
-    m = sub.add_parser("demo", help="the main job: digits, IPC 1 and 10, DM vs DM+HDD (law, karcher), short budget")
-    m.add_argument("--out", default="results/demo")
-    m.add_argument("--iterations", type=int, default=100)
-    m.add_argument("--scale", type=float, default=1.0,
-                   help="lambda for digits: 8x8 features give centroid distances ~1 per class, so the paper's 20 "
-                        "makes HDD's image gradients ~250x DM's and SGD at lr 1 overshoots")
-    m.add_argument("--batch-real", type=int, default=64)
-    m.add_argument("--nets", type=int, default=3, help="evaluation networks per cell")
-    m.add_argument("--epochs", type=int, default=200, help="evaluation epochs")
-    m.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="distillation seeds; differences are paired by seed and their intervals taken over seeds")
+    m = sub.add_parser("demo", help="the main job: digits, IPC 1 and 10, DM vs DM+HDD (law, karcher), short budget "
+                                     "(the shipped spec demo.toml; hddgeo study demo runs the same cells)")
+    m.add_argument("--out", default=None, help="study folder (default: the spec's, results/demo)")
+    demo_flags = (("--iterations", "iterations", int), ("--scale", "scale", float), ("--batch-real", "batch_real", int),
+                  ("--nets", "final_eval_nets", int), ("--epochs", "final_eval_epochs", int))
+    for flag, name, kind in demo_flags:
+        m.add_argument(flag, dest=name, type=kind, default=None, help=f"{name} of every cell (default: demo.toml's)")
+    m.add_argument("--ipc", type=int, nargs="+", default=None, help="IPCs (default: demo.toml's, 1 10)")
+    m.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="distillation seeds (default 0 1 2); differences are paired by seed and their intervals taken "
+                        "over seeds")
     m.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="cells run at a time, each in a one-thread process (at most the cores; 2 suits a 2-core machine)")
     _add_device_option(m)
     m.add_argument("--quiet", action="store_true")
+
+    st = sub.add_parser("study", help="run a study spec (a TOML grid of distill fields): every cell a run directory, "
+                                      "then the compare tables")
+    st.add_argument("spec", help="a TOML spec file, or a shipped one by name (demo, fashionmnist_table1, "
+                                 "fashionmnist_verdict)")
+    st.add_argument("--out", default=None, help="study folder (default: the spec's out)")
+    st.add_argument("--quick", action="store_true", help="the spec's quick profile: seconds-long settings")
+    st.add_argument("--profile", default=None, help="a profile of the spec (e.g. paper)")
+    st.add_argument("--stage", default=None, help="a stage of the spec (some variants, own seeds and report)")
+    st.add_argument("--seeds", type=int, nargs="+", default=None, help="distillation seeds (default: the spec's)")
+    st.add_argument("--ipc", type=int, nargs="+", default=None, help="IPCs (default: the spec's)")
+    st.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: one process per GPU, or one-thread processes on the CPU; ray: a Ray task per cell")
+    st.add_argument("--ray-address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else a new local "
+                                                        "instance)")
+    st.add_argument("--jobs", type=int, default=None, help="local executor: GPUs to use (default all), or one-thread "
+                                                           "CPU processes (default: the cores)")
+    _add_device_option(st)
+    st.add_argument("--data-root", default=None, help="folder holding the dataset files (every cell)")
+    st.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in every run directory")
+    st.add_argument("--dry-run", action="store_true", help="check every cell, print them and the cost, run nothing")
+    st.add_argument("--quiet", action="store_true")
 
     cmp = sub.add_parser("compare", help="per-method accuracy and paired differences (95%% t intervals over seeds) "
                                          "of finished run directories")
@@ -178,6 +200,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_spec(args) -> None:
+    """``hddgeo demo`` (the shipped demo spec) and ``hddgeo study SPEC``: check every cell, print their count and
+    cost, run them, print the compare tables."""
+    from .distill.spec import describe_estimate, estimate, load_spec
+    from .distill.study import check_cells, check_seeds_and_jobs, run_cells
+
+    demo = args.command == "demo"
+    spec = load_spec("demo" if demo else args.spec)
+    check_seeds_and_jobs(args.seeds, 1 if args.jobs is None else args.jobs)
+    overrides = {"device": args.device} if args.device != DEFAULTS.device or demo else {}
+    if demo:
+        overrides.update({name: getattr(args, name) for name in ("iterations", "scale", "batch_real", "final_eval_nets",
+                                                                 "final_eval_epochs") if getattr(args, name) is not None})
+        stage, profile = None, None
+    else:
+        stage, profile = args.stage, "quick" if args.quick else args.profile
+        if args.quick and args.profile:
+            raise ValueError("give --quick or --profile, not both")
+        if args.data_root is not None:
+            overrides["data_root"] = args.data_root
+        if args.tensorboard:
+            overrides["tensorboard"] = True
+    out = args.out or spec.out
+    cells = spec.cells(out_dir=out, stage=stage, profile=profile, seeds=args.seeds, ipcs=args.ipc, overrides=overrides)
+    check_cells(cells)  # every cell before the first one runs
+    print(f"{spec.name}{f' ({stage})' if stage else ''}: {describe_estimate(estimate(cells))} -> {out}", flush=True)
+    if not demo and args.dry_run:
+        for cell in cells:
+            print(f"  {cell.name}")
+        return
+    name = spec.report_name(stage)
+    table = run_cells(cells, out, name, jobs=args.jobs, progress=not args.quiet,
+                      executor="local" if demo else args.executor, ray_address=None if demo else args.ray_address)
+    with open(os.path.join(out, f"{name}.md")) as fh:  # written by run_cells
+        print(fh.read())
+    sec = table.groupby(["method", "ipc"], sort=False)["seconds_per_iteration"].mean().dropna()
+    print("seconds per iteration: " + ", ".join(f"{m} IPC {i}: {v:.3f}" for (m, i), v in sec.items()))
+    print(f"wrote {os.path.join(out, f'{name}.csv')} (one row per method, IPC, seed and network) and {name}.md")
+
+
 def _run(args, given: set) -> int:
     if args.command == "distill":
         from .distill.runner import run_distillation
@@ -200,21 +262,8 @@ def _run(args, given: set) -> int:
         res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet,
                            data_root=args.data_root, device=args.device, amp=args.amp)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
-    elif args.command == "demo":
-        from .distill.study import check_seeds_and_jobs, run_study
-
-        check_seeds_and_jobs(args.seeds, args.jobs)
-        resolve_device(args.device)
-        base = DistillConfig(dataset="digits", method="dm", iterations=args.iterations, batch_real=args.batch_real,
-                             scale=args.scale, final_eval_nets=args.nets, final_eval_epochs=args.epochs,
-                             checkpoint_every=50, device=args.device)
-        table = run_study(base, args.out, ipcs=args.ipc, seeds=args.seeds, progress=not args.quiet, jobs=args.jobs)
-        with open(os.path.join(args.out, "results.md")) as fh:  # written by run_study
-            print(fh.read())
-        sec = table.groupby(["method", "ipc"], sort=False)["seconds_per_iteration"].mean().dropna()
-        print("seconds per iteration: " + ", ".join(f"{m} IPC {i}: {v:.3f}" for (m, i), v in sec.items()))
-        print(f"wrote {os.path.join(args.out, 'results.csv')} (one row per method, IPC, seed and network) and "
-              f"results.md")
+    elif args.command in ("demo", "study"):
+        _run_spec(args)
     elif args.command == "compare":
         from .distill.study import read_runs, write_report
 

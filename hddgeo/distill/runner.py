@@ -109,6 +109,9 @@ class DistillConfig:
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
     prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
+    tensorboard: bool = _opt(False, "write TensorBoard event files into RUN_DIR/tensorboard (losses, diagnostics, "
+                                    "accuracy, seconds, the image grid at every checkpoint, hyper-parameters); "
+                                    "changes nothing the run computes", "evaluation and checkpoints")
     tag: str = _opt("", "a name for this variant in tables, appended to the method's label after '@' (e.g. "
                         "lr10 for a DM with a larger image learning rate); letters, digits, '.', '-' and '_'", "method")
     options: dict = _opt(None, "method-specific option KEY=VALUE (repeatable, dance and geodm), e.g. "
@@ -162,6 +165,10 @@ class DistillConfig:
         if self.tag and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", self.tag):
             raise ValueError(f"tag must be 1-40 letters, digits, '.', '-' or '_', got {self.tag!r}")
         METHODS[self.method].parse_options(self.options)
+        if self.tensorboard:
+            from hddgeo.tensorboard import check_available
+
+            check_available()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -268,7 +275,7 @@ class RunInterrupted(Exception):
 # the run computes (where the data lives, whether it may be downloaded, how many threads or which device
 # compute it, whether CUDA's kernels are the deterministic ones).  Checkpoints hold CPU tensors, so a run
 # started on a GPU resumes on the CPU and the other way round.
-RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic")
+RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard")
 
 
 def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
@@ -420,10 +427,18 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
 
     log = LogWriter(os.path.join(out_dir, LOG))
     spent = {"checkpoint": 0.0, "periodic_eval": 0.0}
+    board = None
+    if cfg.tensorboard and main_proc:  # reads what the loop computed, changes nothing of it
+        from hddgeo.tensorboard import RunBoard
+
+        board = RunBoard(out_dir, start_it)
 
     def checkpoint(it_done: int) -> None:
         t0 = time.perf_counter()
         if main_proc:
+            if board is not None:  # on disk before the checkpoint that a resume would start from
+                board.images(syn.grid(dataset), it_done)
+                board.flush()
             save_tensors({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
                           "method": method.state_dict(), "iteration": it_done, "rows": pack_rows(rows),
                           "config": cfg.to_json()}, ckpt_path)
@@ -478,6 +493,8 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                                               seed=cfg.seed + seeds.PERIODIC_EVAL_OFFSET)["mean"]
             spent["periodic_eval"] += time.perf_counter() - t_eval
         rows.append(row)
+        if board is not None:
+            board.row(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", **({"acc": f"{row['eval_acc']:.3f}"} if "eval_acc" in row else {}))
         last = it + 1 == cfg.iterations
         if last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or stop_after == it + 1:
@@ -497,7 +514,8 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
     metrics = {"method": describe(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "iterations": cfg.iterations,
                "seconds_per_iteration": sum(seconds) / max(len(seconds), 1), "processes": world,
                "device": str(method.device), "loop_seconds": time.perf_counter() - loop_start,
-               "checkpoint_seconds": spent["checkpoint"], "periodic_eval_seconds": spent["periodic_eval"]}
+               "checkpoint_seconds": spent["checkpoint"], "periodic_eval_seconds": spent["periodic_eval"],
+               "resumed_from_iteration": start_it}
     if final_eval and cfg.final_eval_epochs > 0:
         t_eval = time.perf_counter()
         images, labels = syn.expanded()
@@ -507,6 +525,9 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                         "eval_epochs": cfg.final_eval_epochs, "final_eval_seconds": time.perf_counter() - t_eval})
     if main_proc:
         write_json(os.path.join(out_dir, METRICS), metrics)
+        if board is not None:
+            board.final(cfg.to_json(), metrics)
+            board.close()
     distributed.barrier()
     return metrics
 

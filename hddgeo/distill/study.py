@@ -94,7 +94,8 @@ def long_rows(metrics: dict, seed: int, run_dir: str = "") -> list[dict]:
 def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
               variants: Iterable[dict] = DEFAULT_VARIANTS, seeds: Optional[Sequence[int]] = None,
               baseline: bool = True, progress: bool = True, resume: bool = True,
-              cfg_for: Optional[callable] = None, name: str = "results", jobs: int = 1) -> pd.DataFrame:
+              cfg_for: Optional[callable] = None, name: str = "results", jobs: int = 1,
+              executor: str = "local", ray_address: Optional[str] = None) -> pd.DataFrame:
     """Run every ``variant`` (overrides of ``base``) at every IPC and seed; return and save the long table.
 
     ``cfg_for(cfg)`` may adjust each cell's configuration (e.g. per-IPC settings) before it runs.  Writes
@@ -103,54 +104,85 @@ def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
     ``jobs > 1`` runs that many cells at a time, each in its own process with one torch thread: the small
     convolutions of a distillation step scale badly over threads, so on a 2-core machine two one-thread
     cells finish much sooner than two two-thread cells in turn.  Each cell's result depends only on its
-    configuration (``threads`` included), so a study repeats itself exactly with the same ``jobs``.
+    configuration (``threads`` included), so a study repeats itself exactly with the same ``jobs``.  Where the
+    cells run is ``executor`` (:mod:`hddgeo.distill.executors`: ``local`` or ``ray``).
     """
+    check_seeds_and_jobs(seeds, jobs)
+    cells = study_cells(base, out_dir, ipcs, variants, seeds, baseline, cfg_for, one_thread=jobs > 1)
+    return run_cells(cells, out_dir, name, jobs=jobs, progress=progress, resume=resume, executor=executor,
+                     ray_address=ray_address)
+
+
+def study_cells(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
+                variants: Iterable[dict] = DEFAULT_VARIANTS, seeds: Optional[Sequence[int]] = None,
+                baseline: bool = True, cfg_for: Optional[callable] = None, one_thread: bool = False) -> list:
+    """The cells :func:`run_study` runs, in table order (per IPC, per seed: the baseline, then each variant),
+    each an :class:`~hddgeo.distill.executors.Cell` under ``out_dir/runs/``; nothing is checked or written."""
+    from .executors import Cell
+
     seeds = [base.seed] if seeds is None else list(seeds)
     variants = list(variants)
     adjust = cfg_for or (lambda c: c)
-    check_seeds_and_jobs(seeds, jobs)
-    one_thread = (lambda c: dataclasses.replace(c, threads=1)) if jobs > 1 else (lambda c: c)
-    cells = []  # (kind, cfg, run_dir) in table order
+    threads = (lambda c: dataclasses.replace(c, threads=1)) if one_thread else (lambda c: c)
+    cells = []
     for ipc in ipcs:
         for seed in seeds:
             cell_base = dataclasses.replace(base, ipc=ipc, seed=seed)
             if baseline:
-                cfg = one_thread(adjust(cell_base))
-                cells.append(("baseline", cfg, os.path.join(out_dir, "runs", cell_name(cfg, stats.RANDOM))))
+                cfg = threads(adjust(cell_base))
+                cells.append(Cell("baseline", cfg, os.path.join(out_dir, "runs", cell_name(cfg, stats.RANDOM))))
             for variant in variants:
-                cfg = one_thread(adjust(dataclasses.replace(cell_base, **variant)))
-                cells.append(("distill", cfg, os.path.join(out_dir, "runs", cell_name(cfg))))
-    for _, cfg, _ in cells:
-        cfg.validate()  # every cell's configuration is checked before the first one starts
-        resolve_device(cfg.device)  # and its device exists
-    if jobs == 1:
-        results = [_run_cell_task(kind, cfg, run_dir, resume, progress) for kind, cfg, run_dir in cells]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+                cfg = threads(adjust(dataclasses.replace(cell_base, **variant)))
+                cells.append(Cell("distill", cfg, os.path.join(out_dir, "runs", cell_name(cfg))))
+    return cells
 
-        # spawn: a fresh interpreter per worker, so no torch thread pool or generator state is inherited
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_cell_task, kind, cfg, run_dir, resume, False) for kind, cfg, run_dir in cells]
-            results = []
-            for n, future in enumerate(futures, 1):
-                results.append(future.result())
-                if progress:
-                    print(f"[{n}/{len(cells)}] {os.path.basename(cells[n - 1][2])}", file=sys.stderr, flush=True)
-    rows = []
-    for (_, cfg, run_dir), metrics in zip(cells, results):
-        rows += long_rows(metrics, cfg.seed, run_dir)
-    table = pd.DataFrame(rows)
+
+def check_cells(cells: Sequence) -> None:
+    """``ValueError`` (one line) unless every cell's configuration is valid, its device exists and no two cells
+    share a run directory; called before the first cell starts."""
+    seen = {}
+    for cell in cells:
+        try:
+            cell.cfg.validate()
+            resolve_device(cell.cfg.device)
+        except ValueError as err:
+            raise ValueError(f"cell {cell.name}: {err}") from None
+        if cell.run_dir in seen:
+            raise ValueError(f"two cells of the study are both {cell.name} ({seen[cell.run_dir]} and "
+                             f"{describe(cell.cfg)}); give one of the variants a tag")
+        seen[cell.run_dir] = describe(cell.cfg)
+
+
+def run_cells(cells: Sequence, out_dir: str, name: str = "results", jobs: int = 1, progress: bool = True,
+              resume: bool = True, executor: str = "local", ray_address: Optional[str] = None) -> pd.DataFrame:
+    """Check every cell (:func:`check_cells`), run them with ``executor`` and save their long table as
+    :func:`write_report` does; return it."""
+    from . import executors
+
+    if executor not in executors.EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(executors.EXECUTORS)}")
+    check_cells(cells)  # every cell's configuration is checked before the first one starts
+    if executor == "ray":
+        results = executors.run_ray(cells, address=ray_address, resume=resume, progress=progress)
+    else:
+        results = executors.run_local(cells, jobs=jobs, resume=resume, progress=progress)
+    table = cells_table(cells, results)
     write_report(table, out_dir, name)
     return table
 
 
+def cells_table(cells: Sequence, results: Sequence[dict]) -> pd.DataFrame:
+    """The long table of finished cells: one row per evaluation network, in the cells' order."""
+    rows = []
+    for cell, metrics in zip(cells, results):
+        rows += long_rows(metrics, cell.cfg.seed, cell.run_dir)
+    return pd.DataFrame(rows)
+
+
 def _run_cell_task(kind: str, cfg: DistillConfig, run_dir: str, resume: bool, progress: bool) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if kind == "baseline":
-        return baseline_cell(cfg, run_dir)
-    return run_cell(cfg, run_dir, resume=resume, progress=progress)
+    from .executors import run_cell_task
+
+    return run_cell_task(kind, cfg, run_dir, resume, progress)
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from hddgeo.rundir import load_tensors, save_tensors, write_file
 
+GRID_MIN_SIDE = 48  # pixels per image in synset.png and TensorBoard's grid (digits' 8x8 become 48x48)
+
 
 def partition_expand(images: torch.Tensor, factor: int) -> torch.Tensor:
     """IDM's partition-and-expansion: split each image into ``factor x factor`` tiles, upsample each tile.
@@ -93,15 +95,25 @@ class SyntheticSet:
     def save(self, path: str, extra: Optional[dict] = None) -> None:
         save_tensors({**self.state(), **(extra or {})}, path)
 
-    def save_grid(self, path: str, dataset) -> None:
-        """Denormalised image grid PNG, one row per class."""
+    def grid(self, dataset) -> torch.Tensor:
+        """The denormalised images as one ``(3 or 1, H, W)`` grid in [0, 1], one row per class, each image
+        enlarged (nearest neighbour) to at least ``GRID_MIN_SIDE`` pixels so that an 8x8 digit is readable."""
         from hddgeo._torchvision import torchvision
 
         images, _ = self.expanded()
-        per_row = images.shape[0] // self.num_classes
-        grid = dataset.denormalise(images.detach().cpu())
-        write_file(path, lambda fh: torchvision.utils.save_image(grid, fh, format="png", nrow=per_row, padding=1,
-                                                                 pad_value=1.0), binary=True)
+        images = dataset.denormalise(images.detach().cpu()).clamp(0, 1)
+        factor = max(1, -(-GRID_MIN_SIDE // max(images.shape[-2:])))
+        if factor > 1:
+            images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+        return torchvision.utils.make_grid(images, nrow=images.shape[0] // self.num_classes, padding=2,
+                                           pad_value=1.0)
+
+    def save_grid(self, path: str, dataset) -> None:
+        """:meth:`grid` as a PNG (through the one safe writer)."""
+        from hddgeo._torchvision import torchvision
+
+        grid = self.grid(dataset)
+        write_file(path, lambda fh: torchvision.utils.save_image(grid, fh, format="png"), binary=True)
 
     @staticmethod
     def load(path: str) -> dict:

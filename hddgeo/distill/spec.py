@@ -1,0 +1,323 @@
+"""A study as a file: a TOML grid of :class:`DistillConfig` fields (``hddgeo study SPEC``).
+
+::
+
+    report = "results"            # the tables: results.csv, results_summary.csv, results_paired.csv, results.md
+    out = "results/demo"          # the study folder (--out wins); cells are run directories in out/runs/
+    ipc = [1, 10]
+    seeds = [0, 1, 2]
+    baseline = true               # the random row: each seed's initial images, evaluated
+
+    [config]                      # fields of every cell; a list is an axis: the cells are the product
+    dataset = "digits"
+    iterations = 100
+    k = [0.5, 1.0]                # an axis: each cell's tag gets k0.5 / k1
+
+    [ipc_config.10]               # fields of the IPC 10 cells (after [config])
+    final_eval_epochs = 500
+
+    [profiles.quick]              # --quick (or --profile quick): fields applied after those above
+    iterations = 2
+
+    [[variants]]                  # the switch: each variant's fields are applied last, a tag names it
+    matcher = "euclidean"
+    [[variants]]
+    matcher = "euclidean"
+    lr_img = 10.0
+    tag = "lr10"                  # its label is dm@lr10
+
+    [stages.pilot]                # --stage pilot: some variants (by label), own seeds and report name
+    variants = ["dm", "dm+hdd/law"]
+    seeds = [0, 1, 2]
+    report = "pilot"
+
+A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  Cells come in :func:`study.run_study`'s order
+(per IPC, per seed: the baseline, then every axis value and variant) and with its names
+(:func:`study.cell_name`), so a spec reuses the run directories of the script it replaced.  Every cell runs
+with one torch thread unless the spec sets ``threads``.  Python 3.11's ``tomllib`` reads the file (``tomli``
+on 3.10).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from typing import Optional, Sequence
+
+from hddgeo import stats
+
+from .executors import Cell
+from .runner import DistillConfig, describe
+from .study import cell_name
+
+SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
+TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
+            "description")
+STAGE_KEYS = ("variants", "seeds", "report")
+FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
+# fields whose value changes the random baseline row (its initial images or their evaluation)
+BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs",
+                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "k", "max_norm",
+                   "method", "options")
+
+
+def _toml():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def find_spec(name: str) -> str:
+    """The path of ``name``: a file, or a spec shipped in ``hddgeo/specs/`` (``demo`` or ``demo.toml``)."""
+    if os.path.isfile(name):
+        return name
+    shipped = os.path.join(SPEC_DIR, name if name.endswith(".toml") else name + ".toml")
+    if os.path.sep not in name and os.path.isfile(shipped):
+        return shipped
+    known = ", ".join(sorted(f[:-5] for f in os.listdir(SPEC_DIR) if f.endswith(".toml")))
+    raise ValueError(f"spec {name} not found: name a TOML file or a shipped spec ({known})")
+
+
+def shipped_specs() -> list[str]:
+    return sorted(os.path.join(SPEC_DIR, f) for f in os.listdir(SPEC_DIR) if f.endswith(".toml"))
+
+
+def _fields(table, where: str, axes: bool = False) -> dict:
+    """``table``'s configuration fields, checked by name; ``"none"`` -> ``None`` for optional fields."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table of configuration fields, got {table!r}")
+    out = {}
+    for key, value in table.items():
+        if key not in FIELDS or key in ("ipc", "seed"):
+            hint = " (use the top-level ipc / seeds lists)" if key in ("ipc", "seed") else ""
+            raise ValueError(f"{where}: unknown field {key!r}{hint}; fields: {', '.join(n for n in FIELDS if n not in ('ipc', 'seed'))}")
+        optional = str(FIELDS[key].type).startswith("Optional")
+
+        def conv(v):
+            return None if optional and isinstance(v, str) and v.lower() == "none" else v
+
+        if isinstance(value, list):
+            if not axes:
+                raise ValueError(f"{where}: {key} is a list; lists (grid axes) belong in [config] only")
+            if not value:
+                raise ValueError(f"{where}: the axis {key} is an empty list")
+            value = [conv(v) for v in value]
+            out[key] = value if len(value) > 1 else value[0]
+        else:
+            out[key] = conv(value)
+    return out
+
+
+def _int_list(value, where: str) -> list[int]:
+    if not isinstance(value, list) or not value or any(type(v) is not int or v < 0 for v in value):
+        raise ValueError(f"{where} must be a non-empty list of non-negative integers, got {value!r}")
+    return value
+
+
+def _axis_value(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclasses.dataclass
+class Spec:
+    path: str
+    report: str
+    out: Optional[str]
+    ipcs: list
+    seeds: list
+    baseline: bool
+    config: dict
+    ipc_config: dict
+    profiles: dict
+    variants: list
+    stages: dict
+
+    @property
+    def name(self) -> str:
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    def axes(self) -> dict:
+        return {k: v for k, v in self.config.items() if isinstance(v, list)}
+
+    def cells(self, out_dir: Optional[str] = None, stage: Optional[str] = None, profile: Optional[str] = None,
+              seeds: Optional[Sequence[int]] = None, ipcs: Optional[Sequence[int]] = None,
+              overrides: Optional[dict] = None) -> list[Cell]:
+        """The cells, in table order: for each IPC and seed, the baseline (first value of every axis), then every
+        combination of the axes with every variant (of ``stage``).  ``overrides`` (fields) are applied after the
+        profile, before the variants: the command line's ``--device``, ``--data-root``, ``--tensorboard``."""
+        out_dir = out_dir or self.out
+        if not out_dir:
+            raise ValueError(f"{self.path} names no out folder; pass --out")
+        variants = self.stage_variants(stage)
+        seeds = list(seeds) if seeds is not None else list(self.stages.get(stage, {}).get("seeds") or self.seeds)
+        ipcs = list(ipcs) if ipcs is not None else self.ipcs
+        if profile is not None and profile not in self.profiles:
+            raise ValueError(f"{self.path} has no profile {profile!r}"
+                             + (f"; profiles: {', '.join(self.profiles)}" if self.profiles else ""))
+        extra = dict(self.profiles.get(profile, {}))
+        extra.update(overrides or {})
+        axes = {k: v for k, v in self.axes().items() if k not in extra}
+        if self.baseline:
+            changing = [k for k in axes if k in BASELINE_FIELDS]
+            if changing:
+                raise ValueError(f"{self.path}: the axis {changing[0]} changes the random baseline; "
+                                 f"set baseline = false or make one spec per {changing[0]}")
+        scalars = {k: v for k, v in self.config.items() if k not in axes}
+        combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())] or [{}]
+        cells = []
+        for ipc in ipcs:
+            for seed in seeds:
+                def build(combo, variant):
+                    fields = {**scalars, **self.ipc_config.get(ipc, {}), **extra, **combo}
+                    fields.setdefault("threads", 1)
+                    fields.update({k: v for k, v in variant.items()})
+                    tags = [variant.get("tag", "")] + [f"{k}{_axis_value(v)}" for k, v in combo.items()]
+                    fields["tag"] = "-".join(t for t in tags if t)
+                    try:
+                        return DistillConfig(**fields, ipc=ipc, seed=seed)
+                    except TypeError as err:
+                        raise ValueError(f"{self.path}: {err}") from None
+
+                if self.baseline:
+                    cfg = build(combos[0], {})
+                    cells.append(Cell("baseline", cfg, os.path.join(out_dir, "runs", cell_name(cfg, stats.RANDOM))))
+                for combo in combos:
+                    for variant in variants:
+                        cfg = build(combo, variant)
+                        cells.append(Cell("distill", cfg, os.path.join(out_dir, "runs", cell_name(cfg))))
+        return cells
+
+    def labels(self) -> list[str]:
+        """The method label of each variant (``dm``, ``dm+hdd/law``, ``dm@lr10``)."""
+        base = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config.items()}
+        out = []
+        for variant in self.variants:
+            try:
+                out.append(describe(DistillConfig(**{**base, **variant})))
+            except TypeError as err:
+                raise ValueError(f"{self.path}: {err}") from None
+        return out
+
+    def stage_variants(self, stage: Optional[str]) -> list[dict]:
+        if stage is None:
+            return list(self.variants)
+        if stage not in self.stages:
+            raise ValueError(f"{self.path} has no stage {stage!r}"
+                             + (f"; stages: {', '.join(self.stages)}" if self.stages else ""))
+        labels = self.labels()
+        wanted = self.stages[stage].get("variants")
+        if wanted is None:
+            return list(self.variants)
+        missing = [w for w in wanted if w not in labels]
+        if missing:
+            raise ValueError(f"{self.path}: stage {stage} names {missing[0]!r}, which is no variant's label "
+                             f"({', '.join(labels)})")
+        return [v for v, label in zip(self.variants, labels) if label in wanted]
+
+    def report_name(self, stage: Optional[str] = None) -> str:
+        return self.stages.get(stage, {}).get("report") or self.report
+
+
+def load_spec(path: str) -> Spec:
+    """Read and check a spec file (``ValueError``, one line, naming the file and the key)."""
+    path = find_spec(path)
+    tomllib = _toml()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from None
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r}; keys: {', '.join(TOP_KEYS)}")
+    report = data.get("report", "results")
+    if not isinstance(report, str) or not report or os.path.sep in report:
+        raise ValueError(f"{path}: report must be a file name stem, got {report!r}")
+    out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        raise ValueError(f"{path}: out must be a folder name, got {out!r}")
+    baseline = data.get("baseline", True)
+    if not isinstance(baseline, bool):
+        raise ValueError(f"{path}: baseline must be true or false, got {baseline!r}")
+    ipc_config = {}
+    for key, table in (data.get("ipc_config") or {}).items():
+        if not str(key).isdigit():
+            raise ValueError(f"{path}: ipc_config.{key} must be named by an IPC (ipc_config.10)")
+        ipc_config[int(key)] = _fields(table, f"{path} [ipc_config.{key}]")
+    profiles = {name: _fields(table, f"{path} [profiles.{name}]") for name, table in (data.get("profiles") or {}).items()}
+    variants = data.get("variants") or [{}]
+    if not isinstance(variants, list):
+        raise ValueError(f"{path}: variants must be an array of tables ([[variants]])")
+    variants = [_fields(v, f"{path} variant {i + 1}") for i, v in enumerate(variants)]
+    stages = {}
+    for name, table in (data.get("stages") or {}).items():
+        bad = [k for k in table if k not in STAGE_KEYS]
+        if bad:
+            raise ValueError(f"{path} [stages.{name}]: unknown key {bad[0]!r}; keys: {', '.join(STAGE_KEYS)}")
+        if "seeds" in table:
+            _int_list(table["seeds"], f"{path} [stages.{name}] seeds")
+        stages[name] = dict(table)
+    spec = Spec(path=path, report=report, out=out, ipcs=_int_list(data.get("ipc", [10]), f"{path}: ipc"),
+                seeds=_int_list(data.get("seeds", [0]), f"{path}: seeds"), baseline=baseline,
+                config=_fields(data.get("config") or {}, f"{path} [config]", axes=True), ipc_config=ipc_config,
+                profiles=profiles, variants=variants, stages=stages)
+    for name in stages:
+        spec.stage_variants(name)  # labels checked now
+    return spec
+
+
+def estimate(cells: Sequence[Cell]) -> dict:
+    """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
+    evaluation network-epochs left; and, when some distilled cell of these is finished, the hours one process
+    needs at their mean seconds per iteration (their steps only; evaluations not counted)."""
+    import json
+
+    finished = resumable = 0
+    iterations = network_epochs = 0
+    rates = []
+    for cell in cells:
+        metrics = os.path.join(cell.run_dir, "metrics.json")
+        if os.path.isfile(metrics):
+            finished += 1
+            if cell.kind == "distill":
+                try:
+                    with open(metrics) as fh:
+                        rate = json.load(fh).get("seconds_per_iteration")
+                    if isinstance(rate, (int, float)) and rate == rate:
+                        rates.append(float(rate))
+                except (OSError, ValueError):
+                    pass
+            continue
+        network_epochs += cell.cfg.final_eval_nets * cell.cfg.final_eval_epochs
+        if cell.kind != "distill":
+            continue
+        done = 0
+        log = os.path.join(cell.run_dir, "log.csv")
+        if os.path.isfile(os.path.join(cell.run_dir, "checkpoint.pt")):
+            resumable += 1
+            if os.path.isfile(log):
+                with open(log) as fh:
+                    done = max(sum(1 for _ in fh) - 1, 0)
+        iterations += max(cell.cfg.iterations - done, 0)
+    out = {"cells": len(cells), "finished": finished, "resume": resumable,
+           "new": len(cells) - finished - resumable, "iterations": iterations, "network_epochs": network_epochs}
+    if rates:
+        out["hours"] = iterations * sum(rates) / len(rates) / 3600
+    return out
+
+
+def describe_estimate(est: dict) -> str:
+    text = (f"{est['cells']} cells ({est['finished']} finished, {est['resume']} to resume, {est['new']} new); "
+            f"left: {est['iterations']:,} distillation iterations and {est['network_epochs']:,} evaluation "
+            f"network-epochs")
+    if "hours" in est:
+        text += f"; about {est['hours']:.2f} h of distillation steps in one process at the finished cells' rate"
+    return text
