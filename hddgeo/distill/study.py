@@ -392,7 +392,7 @@ def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bo
                 return read_json(metrics_path)
             has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
             stale = set(os.listdir(run_dir)) - {LOCK}
-            if not has_ckpt and all(name in (CONFIG, LOG) or is_temporary(name) for name in stale):
+            if not has_ckpt and all(name in (CONFIG, LOG, "tensorboard") or is_temporary(name) for name in stale):
                 for name in stale:
                     path = os.path.join(run_dir, name)
                     if os.path.isdir(path) and not os.path.islink(path):
