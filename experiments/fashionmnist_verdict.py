@@ -41,6 +41,7 @@ import pandas as pd
 from hddgeo import stats
 from hddgeo.distill import DistillConfig, paper_preset
 from hddgeo.cli import run_main
+from hddgeo.distill.spec import load_spec
 from hddgeo.distill.study import check_seeds_and_jobs, run_study, write_report
 from hddgeo.tables import markdown_table
 
@@ -51,21 +52,16 @@ BUDGETS = {
     "verdict": dict(iterations=200, batch_real=64, final_eval_nets=5, epochs={1: 300, 10: 500}, gap_every=20),
     "quick": dict(iterations=2, batch_real=4, final_eval_nets=2, epochs={1: 2, 10: 2}, gap_every=1),
 }
-PILOT_SEEDS = (0, 1, 2)
-PILOT_VARIANTS = (
-    {"matcher": "euclidean"},
-    {"matcher": "hdd", "centroid": "law"},
-    {"matcher": "hdd", "centroid": "karcher"},
-)
-# DM's image learning rate is set to these in the step-size control (chosen from the pilot's
-# measured ratio of HDD's to DM's image-gradient norm; see the README's design paragraph)
-DM_LR_FACTORS = (3.0, 10.0, 30.0)
-CONTROL_VARIANTS = tuple({"matcher": "euclidean", "lr_img": f, "tag": f"lr{f:g}"} for f in DM_LR_FACTORS) + (
-    {"matcher": "hdd", "centroid": "tangent"},
-    {"matcher": "hdd", "centroid": "law", "max_norm": None, "tag": "noclip"},
-    {"matcher": "hdd", "centroid": "karcher", "max_norm": None, "tag": "noclip"},
-    {"matcher": "hdd", "centroid": "law", "prune_fraction": 0.2, "tag": "prune20"},
-)
+# The variants and the pilot's seeds have one source, the shipped spec hddgeo/specs/fashionmnist_verdict.toml
+# (`hddgeo study fashionmnist_verdict` runs the same cells): edit them there.  Its [[variants]] are the pilot's
+# (its [stages.pilot]) and then the controls: DM at larger image learning rates (the step-size control; DM_LR_FACTORS,
+# chosen from the pilot's measured ratio of HDD's to DM's image-gradient norm, tags lr<value>), the tangent centroid,
+# no clip, pruning.  tests/test_spec.py checks that the spec's cells are this script's.
+SPEC = load_spec("fashionmnist_verdict")
+PILOT_SEEDS = tuple(SPEC.stages["pilot"]["seeds"])
+PILOT_VARIANTS = tuple(SPEC.stage_variants("pilot"))
+CONTROL_VARIANTS = tuple(v for v in SPEC.variants if v not in PILOT_VARIANTS)
+DM_LR_FACTORS = tuple(v["lr_img"] for v in CONTROL_VARIANTS if v.get("tag", "").startswith("lr"))
 TARGET_HALF_WIDTH = 0.005  # 0.5 accuracy points
 MAX_SEEDS = 10
 

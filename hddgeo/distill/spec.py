@@ -48,7 +48,7 @@ from hddgeo import stats
 
 from .executors import Cell
 from .runner import DistillConfig, describe
-from .study import cell_name
+from .study import cell_name, check_seeds_and_jobs
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
@@ -57,8 +57,7 @@ STAGE_KEYS = ("variants", "seeds", "report")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
 BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs",
-                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "k", "max_norm",
-                   "method", "options")
+                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "method", "options")
 
 
 def _toml():
@@ -159,6 +158,7 @@ class Spec:
         variants = self.stage_variants(stage)
         seeds = list(seeds) if seeds is not None else list(self.stages.get(stage, {}).get("seeds") or self.seeds)
         ipcs = list(ipcs) if ipcs is not None else self.ipcs
+        check_seeds_and_jobs(seeds)  # a repeated seed would count one run twice
         if profile is not None and profile not in self.profiles:
             raise ValueError(f"{self.path} has no profile {profile!r}"
                              + (f"; profiles: {', '.join(self.profiles)}" if self.profiles else ""))

@@ -1,0 +1,187 @@
+"""Study specs (``hddgeo study SPEC``): the shipped specs give the cells of the code they replaced (names and
+configurations), bad specs are one line before anything is written, axes, and the local executor's placement of
+cells on GPUs (torch's CUDA queries monkeypatched; the workers are real spawned processes)."""
+import dataclasses
+import os
+import time
+
+import pytest
+import torch
+
+from hddgeo.cli import main
+from hddgeo.distill import DistillConfig, paper_preset
+from hddgeo.distill import executors
+from hddgeo.distill.executors import Cell
+from hddgeo.distill.runner import config_differences
+from hddgeo.distill.spec import load_spec, shipped_specs
+from hddgeo.distill.study import DEFAULT_VARIANTS, check_cells, study_cells
+
+from test_experiments import load_script
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _same(spec_cells, ref_cells):
+    assert [c.run_dir for c in spec_cells] == [c.run_dir for c in ref_cells]
+    assert [c.kind for c in spec_cells] == [c.kind for c in ref_cells]
+    for a, b in zip(spec_cells, ref_cells):
+        assert a.cfg.to_json() == b.cfg.to_json(), a.name
+
+
+def test_demo_spec_is_the_demo():
+    # the cells `hddgeo demo` ran before it became a spec (its base, DEFAULT_VARIANTS, --jobs 2 one-thread cells)
+    base = DistillConfig(dataset="digits", method="dm", iterations=100, batch_real=64, scale=1.0, final_eval_nets=3,
+                         final_eval_epochs=200, checkpoint_every=50, device="auto")
+    ref = study_cells(base, "results/demo", [1, 10], DEFAULT_VARIANTS, [0, 1, 2], True, None, one_thread=True)
+    cells = load_spec("demo").cells(overrides={"device": "auto"})
+    _same(cells, ref)
+    assert len(cells) == 24 and cells[0].name == "ipc1_random_seed0" and cells[3].name == "ipc1_dm_hdd-karcher_seed0"
+
+
+@pytest.mark.parametrize("stage", ["pilot", None])
+def test_verdict_spec_cells_are_the_scripts(stage):
+    script = load_script("fashionmnist_verdict")
+    args = script.build_parser().parse_args([])
+    spec = load_spec("fashionmnist_verdict")
+    for budget, profile in (("verdict", None), ("quick", "quick")):
+        b = script.BUDGETS[budget]
+        variants = script.PILOT_VARIANTS + (() if stage else script.CONTROL_VARIANTS)
+        ref = study_cells(script.base_config(b, args), script.DEFAULT_OUT, [1, 10], variants,
+                          list(script.PILOT_SEEDS), True, script.cell_adjuster(b), one_thread=args.jobs > 1)
+        _same(spec.cells(out_dir=script.DEFAULT_OUT, stage=stage, profile=profile), ref)
+    assert spec.report_name("pilot") == "pilot" and spec.report_name(None) == "results"
+    labels = spec.labels()
+    assert labels[:3] == ["dm", "dm+hdd/law", "dm+hdd/karcher"] and "dm@lr10" in labels
+    assert "dm+hdd/karcher@noclip" in labels and "dm+hdd/law@prune20" in labels
+
+
+def test_verdict_spec_reuses_the_committed_cells():
+    """Every run directory the script has written (read, not touched) is the spec's cell of that name."""
+    runs = os.path.join(REPO, "experiments", "results", "fashionmnist_verdict", "runs")
+    if not os.path.isdir(runs):
+        pytest.skip("no verdict cells in this checkout")
+    import json
+
+    cells = {c.name: c for c in load_spec("fashionmnist_verdict").cells(seeds=list(range(10)))}
+    checked = 0
+    for name in sorted(os.listdir(runs)):
+        path = os.path.join(runs, name, "config.json")
+        if not os.path.isfile(path):
+            continue
+        assert name in cells, name
+        with open(path) as fh:
+            cfg = cells[name].cfg
+            if cells[name].kind == "baseline":  # as baseline_cell keeps it
+                cfg = dataclasses.replace(cfg, matcher="euclidean", iterations=1)
+            assert config_differences(cfg, json.load(fh)) == {}, name
+        checked += 1
+    assert checked
+
+
+@pytest.mark.parametrize("profile", [None, "paper", "quick"])
+def test_table1_spec_is_the_scripts_grid(profile):
+    script = load_script("fashionmnist_table1")
+    budget = script.BUDGETS[profile or "cpu"]
+    base = DistillConfig(dataset="fashionmnist", data_root=None, method="dm", iterations=budget["iterations"],
+                         batch_real=budget["batch_real"], final_eval_nets=budget["final_eval_nets"],
+                         eval_test_per_class=budget["test_per_class"], checkpoint_every=50, threads=None)
+
+    def cfg_for(cfg):  # the script's own per-IPC adjustment
+        preset = paper_preset("dm", "fashionmnist", cfg.ipc)
+        return dataclasses.replace(cfg, k=preset["k"], scale=preset["scale"], lr_img=preset["lr_img"],
+                                   final_eval_epochs=budget["epochs"][cfg.ipc])
+
+    ref = study_cells(base, "results/fashionmnist_table1", [1, 10, 50], script.VARIANTS, [0, 1, 2], True, cfg_for,
+                      one_thread=True)
+    _same(load_spec("fashionmnist_table1").cells(profile=profile, ipcs=[1, 10, 50]), ref)
+
+
+def test_every_shipped_spec_loads_and_validates():
+    for path in shipped_specs():
+        spec = load_spec(path)
+        check_cells(spec.cells(out_dir="/nonexistent/study", profile="quick" if "quick" in spec.profiles else None))
+
+
+def test_axes_are_a_product_with_tags(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('ipc = [1]\nseeds = [0, 1]\nbaseline = true\n[config]\nk = [0.5, 2.0]\nmax_norm = [10.0, "none"]\n'
+                    '[[variants]]\nmatcher = "hdd"\ncentroid = "karcher"\ntag = "x"\n')
+    cells = load_spec(str(path)).cells(out_dir=str(tmp_path / "out"))
+    names = [c.name for c in cells]
+    assert names[:5] == ["ipc1_random_seed0", "ipc1_dm_hdd-karcher@x-k0.5-max_norm10_seed0",
+                         "ipc1_dm_hdd-karcher@x-k0.5-max_normnone_seed0", "ipc1_dm_hdd-karcher@x-k2-max_norm10_seed0",
+                         "ipc1_dm_hdd-karcher@x-k2-max_normnone_seed0"]
+    assert len(cells) == 2 * 5 and cells[2].cfg.max_norm is None and cells[3].cfg.k == 2.0
+    assert all(c.cfg.threads == 1 for c in cells)
+    check_cells(cells)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[config]\niterationz = 3\n", "unknown field 'iterationz'"),
+    ("[config]\niterations = -1\n", "iterations must be at least 1"),
+    ("[ipc_config.1]\nk = [1.0, 2.0]\n", "grid axes"),
+    ("[[variants]]\nmatcher = \"hdd\"\n[[variants]]\nmatcher = \"hdd\"\n", "give one of the variants a tag"),
+    ("[config]\nmodel = [\"convnet\", \"alexnet\"]\n", "changes the random baseline"),
+    ("seeds = [0, 0]\n", "--seeds"),
+    ("[stages.a]\nvariants = [\"dm+hdd/law\"]\n", "no variant's label"),
+    ("iterations = 3\n", "unknown key 'iterations'"),
+    ("[config\n", "not valid TOML"),
+])
+def test_bad_specs_are_one_line_and_write_nothing(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--stage", "a"] if "stages" in text
+                else ["study", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+# ------------------------------------------------------------------------- the local executor's placement
+def record_device(kind, cfg, run_dir, resume, progress):
+    """A stand-in cell (runs in the spawned worker): who ran it, on which device, when."""
+    start = time.time()
+    time.sleep(0.3)
+    return {"pid": os.getpid(), "device": cfg.device, "pinned": os.environ.get("HDDGEO_WORKER_DEVICE"),
+            "start": start, "end": time.time()}
+
+
+def _fake_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_local_executor_puts_one_cell_per_gpu_at_a_time(monkeypatch, tmp_path):
+    _fake_gpus(monkeypatch, 2)
+    cells = [Cell("distill", DistillConfig(seed=s, device="auto"), str(tmp_path / f"c{s}")) for s in range(5)]
+    cells.append(Cell("distill", DistillConfig(seed=9, device="cuda:1"), str(tmp_path / "c9")))
+    assert executors.plan_slots(cells) == ["cuda:0", "cuda:1"]
+    assert executors.plan_slots(cells, jobs=1) == ["cuda:0", "cuda:1"]  # cuda:1 is named by a cell
+    results = executors.run_local(cells, progress=False, task=record_device)
+    assert {r["device"] for r in results} == {"cuda:0", "cuda:1"}
+    assert all(r["device"] == r["pinned"] for r in results)  # each process pinned to the device of its cells
+    assert results[-1]["device"] == "cuda:1"
+    by_pid = {}
+    for r in results:
+        by_pid.setdefault(r["pid"], set()).add(r["device"])
+    assert len(by_pid) == 2 and all(len(d) == 1 for d in by_pid.values())  # one process per GPU
+    for gpu in ("cuda:0", "cuda:1"):  # never two cells on one GPU at a time
+        spans = sorted((r["start"], r["end"]) for r in results if r["device"] == gpu)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), gpu
+
+
+def test_local_executor_mixes_cpu_and_gpu_cells(monkeypatch, tmp_path):
+    _fake_gpus(monkeypatch, 1)
+    cells = [Cell("distill", DistillConfig(seed=s, device=d), str(tmp_path / f"c{s}"))
+             for s, d in enumerate(["cpu", "cuda", "cpu"])]
+    assert executors.plan_slots(cells, jobs=2) == ["cuda:0", "cpu", "cpu"]
+    results = executors.run_local(cells, jobs=2, progress=False, task=record_device)
+    assert [r["device"] for r in results] == ["cpu", "cuda:0", "cpu"]
+    assert [r["pinned"] for r in results][1] == "cuda:0" and {results[0]["pinned"], results[2]["pinned"]} == {"cpu"}
+
+
+def test_no_gpu_asked_for_cuda_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        executors.plan_slots([Cell("distill", DistillConfig(device="cuda"), str(tmp_path / "c"))])
