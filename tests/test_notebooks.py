@@ -56,9 +56,19 @@ def _text(out) -> str:
     return data.get("text/plain", "") + data.get("text/html", "")
 
 
+# every notebook on digits; on Fashion-MNIST (Debian's files) the two whose quick settings stay seconds-long there
+CASES = [(name, "digits") for name in sorted(EXPECTED)] + [
+    ("hierarchical_weights.ipynb", "fashionmnist"), ("poincare_disk.ipynb", "fashionmnist")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_on_quick_settings(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name,dataset", CASES)
+def test_notebook_runs_on_quick_settings(name, dataset, tmp_path, monkeypatch):
+    if dataset == "fashionmnist":
+        from hddgeo.data import fashionmnist_available
+
+        if not fashionmnist_available():
+            pytest.skip("Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)")
     path = NOTEBOOK_DIR / name
     nb = nbformat.read(path, as_version=4)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
@@ -67,6 +77,7 @@ def test_notebook_runs_on_quick_settings(name, tmp_path, monkeypatch):
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.setenv("HDDGEO_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("HDDGEO_NOTEBOOK_DATASET", dataset)
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # ipykernel's debugger warns on frozen modules
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # run directories the notebooks create land under tmp_path
 
@@ -88,6 +99,7 @@ def test_notebook_runs_on_quick_settings(name, tmp_path, monkeypatch):
     assert png >= want["png"], f"{name}: {png} inline PNG figures, expected at least {want['png']}"
     assert html >= want["html"], f"{name}: {html} HTML tables, expected at least {want['html']}"
     text = "".join(_text(o) for o in outputs)
+    assert f"dataset: {dataset}" in text, f"{name}: the notebook did not run on {dataset}"
     for s in want["text"]:
         assert s in text, f"{name}: {s!r} not found in the outputs"
     assert "nan ± nan" not in text, f"{name}: an accuracy table has empty cells"

@@ -238,8 +238,6 @@ def _check_images(dataset: ImageDataset, where: str) -> ImageDataset:
     return dataset
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
@@ -419,10 +417,21 @@ def _idx_files(folder: Path) -> Optional[list[Path]]:
     return found
 
 
-def _load_fashionmnist(root: Path, download: bool, image_size: Optional[int]) -> ImageDataset:
+def fashionmnist_available(data_root: Optional[PathLike] = None) -> bool:
+    """Whether the four Fashion-MNIST files are in ``data_root`` (default Debian's folder), in either layout
+    that :func:`load_dataset` reads without downloading: the notebooks use it to pick their dataset."""
+    root = Path(data_root) if data_root is not None else SYSTEM_DATA_ROOTS["fashionmnist"]
+    return any(_idx_files(folder) is not None for folder in _fashionmnist_folders(root))
+
+
+def _fashionmnist_folders(root: Path) -> list[Path]:
     # Three layouts: the files flat in root (Debian's dataset-fashion-mnist, any hand-made folder),
     # torchvision's root/FashionMNIST/raw, and root naming torchvision's FashionMNIST folder itself.
-    folders = [root, root / "FashionMNIST" / "raw", root / "raw"]
+    return [root, root / "FashionMNIST" / "raw", root / "raw"]
+
+
+def _load_fashionmnist(root: Path, download: bool, image_size: Optional[int]) -> ImageDataset:
+    folders = _fashionmnist_folders(root)
     paths = next((hit for hit in map(_idx_files, folders) if hit is not None), None)
     if paths is None and download:
         _download_torchvision("fashionmnist", root)
