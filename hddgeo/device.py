@@ -39,13 +39,22 @@ def available_devices() -> list:
 def local_rank() -> Optional[int]:
     """The process's GPU index under ``torchrun`` (``LOCAL_RANK``), else ``None``."""
     value = os.environ.get("LOCAL_RANK")
-    return int(value) if value is not None and value.isdigit() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    return int(value) if value is not None and value.isdigit() and world_size() > 1 else None
+
+
+def world_size() -> int:
+    """``WORLD_SIZE`` of a ``torchrun`` launch (1 alone, or when it is not a positive integer)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The ``torch.device`` that ``name`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) means here.
 
-    ``ValueError`` naming the available devices when it does not exist."""
+    Under ``torchrun`` (``WORLD_SIZE`` > 1), ``cuda`` and ``auto`` mean ``cuda:LOCAL_RANK``, or ``cuda:0`` where
+    a rank sees exactly one GPU (a scheduler that sets ``CUDA_VISIBLE_DEVICES`` per task); an explicit
+    ``cuda:N`` would put every rank on GPU N and is refused.  ``ValueError`` naming the available devices
+    when the device does not exist."""
     check_device_name(name)
     name = str(name)
     have = available_devices()
@@ -58,14 +67,99 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"device {name} requested but torch sees no CUDA GPU "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                          f"available: {', '.join(have)}; use --device cpu")
+    world, count = world_size(), len(have) - 1
+    if name != "cuda" and world > 1:
+        raise ValueError(f"--device {name} with {world} processes would put every rank on that GPU; "
+                         f"use --device cuda (each rank takes cuda:LOCAL_RANK)")
     if name == "cuda":
         rank = local_rank()
-        index = torch.cuda.current_device() if rank is None else rank
+        if rank is None:
+            index = torch.cuda.current_device()
+        elif rank < count:
+            index = rank
+        elif count == 1:
+            index = 0  # this rank sees only its own GPU
+        else:
+            raise ValueError(f"LOCAL_RANK {rank} has no GPU of its own: this process sees {count} "
+                             f"({', '.join(have[1:])}); start at most {count} processes per node")
     else:
         index = int(name.split(":")[1])
-    if index >= len(have) - 1:
+    if index >= count:
         raise ValueError(f"device cuda:{index} does not exist; available: {', '.join(have)}")
     return torch.device("cuda", index)
+
+
+# Tests set this to take the accelerator-only branches (no host reads, packed non-blocking copies, one real
+# batch of all classes) on the CPU, where their arithmetic can be checked and their host reads counted.
+_FORCE_ACCELERATOR = False
+
+
+@contextlib.contextmanager
+def force_accelerator(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`on_accelerator` is true for the CPU too (tests only)."""
+    global _FORCE_ACCELERATOR
+    before, _FORCE_ACCELERATOR = _FORCE_ACCELERATOR, bool(enabled)
+    try:
+        yield
+    finally:
+        _FORCE_ACCELERATOR = before
+
+
+def on_accelerator(device) -> bool:
+    """Whether ``device`` runs its work in a queue that a host read stalls (not the CPU), or the test switch
+    :func:`force_accelerator` is on."""
+    return torch.device(device).type != "cpu" or _FORCE_ACCELERATOR
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device`` in one copy; on an accelerator from pinned memory without waiting
+    (``non_blocking``; torch's pinned-memory allocator keeps the source alive until the copy is done)."""
+    device = torch.device(device)
+    if not on_accelerator(device):
+        return tensor.to(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def move_module(net: torch.nn.Module, device) -> torch.nn.Module:
+    """``net`` (built on the CPU) on ``device``.  On an accelerator its parameters and buffers are packed into
+    one host tensor per dtype and copied once (:func:`to_device`) instead of one blocking copy each; they become
+    views of that copy.  Elsewhere ``net.to(device)``."""
+    device = torch.device(device)
+    if not on_accelerator(device):
+        return net.to(device)
+    slots = [(m, "_parameters", k, t) for m in net.modules() for k, t in m._parameters.items() if t is not None]
+    slots += [(m, "_buffers", k, t) for m in net.modules() for k, t in m._buffers.items() if t is not None]
+    for dtype in dict.fromkeys(t.dtype for *_, t in slots):
+        group = [s for s in slots if s[3].dtype == dtype]
+        flat = to_device(torch.cat([t.detach().reshape(-1) for *_, t in group]), device)
+        start = 0
+        for module, kind, key, t in group:
+            view = flat[start:start + t.numel()].view(t.shape)
+            start += t.numel()
+            if kind == "_parameters":
+                t.data = view
+            else:
+                module._buffers[key] = view
+    return net
+
+
+def configure_process(deterministic_kernels: bool = False, tf32: bool = False, device=None) -> None:
+    """What must be set before a process's first CUDA work: ``CUBLAS_WORKSPACE_CONFIG`` for deterministic
+    cuBLAS (cuBLAS reads it once, at its first use) and whether TF32 may stand in for float32 in cuDNN
+    convolutions and CUDA matmuls (torch's defaults: on for convolutions, off for matmuls).  The CPU
+    ignores both; the matmul flag is only set for a CUDA ``device``."""
+    if deterministic_kernels:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    if device is not None and torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+
+
+def tf32_settings() -> dict:
+    """``{"tf32_conv": ..., "tf32_matmul": ...}`` as torch has them now."""
+    return {"tf32_conv": bool(torch.backends.cudnn.allow_tf32), "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 def autocast(device: torch.device, amp: str = "none"):
@@ -80,22 +174,28 @@ def autocast(device: torch.device, amp: str = "none"):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+# ops of the pipeline without a deterministic CUDA kernel (torch raises under use_deterministic_algorithms)
+NONDETERMINISTIC_CUDA = {"idm": "IDM's bilinear upsampling of its tiles (F.interpolate backward)"}
+
+
 @contextlib.contextmanager
 def deterministic(enabled: bool) -> Iterator[None]:
     """Within the block, torch's deterministic algorithms (and no cuDNN autotuning) when ``enabled``.
 
     On CUDA this rules out the atomic-add kernels (some convolution backward passes, index
-    accumulation) whose summation order varies from run to run, at a cost in speed; cuBLAS needs
-    ``CUBLAS_WORKSPACE_CONFIG`` set before its first call, which is done here when it is unset.  On the
-    CPU the kernels are deterministic already and the flag changes nothing.  Ops without a
-    deterministic version warn instead of failing (``warn_only``)."""
+    accumulation) whose summation order varies from run to run, at a cost in speed.  An op without a
+    deterministic kernel raises (``warn_only=False``): the default pipeline has none (DSA's scale and rotate
+    warp by gathers on CUDA, ResNet18 pools by a mean there); IDM's upsampling is one, and the runner refuses
+    ``--deterministic`` for it on CUDA.  cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before its first call:
+    :func:`configure_process` sets it at process start (set here too, for callers that did not).  On the CPU
+    the kernels are deterministic already and the flag changes nothing."""
     if not enabled:
         yield
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
@@ -154,5 +254,6 @@ def tensors_off_device(obj, device: torch.device, path: str = "") -> list:
     return out
 
 
-__all__ = ["AMP_MODES", "autocast", "available_devices", "check_device_name", "deterministic", "local_rank",
-           "resolve_device", "tensors_off_device"]
+__all__ = ["AMP_MODES", "NONDETERMINISTIC_CUDA", "autocast", "available_devices", "check_device_name",
+           "configure_process", "deterministic", "force_accelerator", "local_rank", "move_module", "on_accelerator",
+           "resolve_device", "tensors_off_device", "tf32_settings", "to_device", "world_size"]

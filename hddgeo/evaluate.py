@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hddgeo.device import autocast
+from hddgeo.device import autocast, move_module, on_accelerator
 from hddgeo.models import build_model
 from hddgeo.training import sgd_epochs
 
@@ -45,12 +45,14 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
     if images.shape[1:] != test_images.shape[1:]:
         raise ValueError(f"training images are {tuple(images.shape[1:])} but test images are "
                          f"{tuple(test_images.shape[1:])}; both must share (C, H, W)")
+    # the four label bounds in one read (labels may live on a GPU, where every read waits for the queue)
+    bounds = torch.stack([labels.min(), labels.max(), test_labels.min().to(labels.device),
+                          test_labels.max().to(labels.device)]).tolist()
     if num_classes is None:
-        num_classes = int(max(labels.max(), test_labels.max())) + 1
+        num_classes = int(max(bounds[1], bounds[3])) + 1
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    for name, y in (("labels", labels), ("test_labels", test_labels)):
-        lo, hi = int(y.min()), int(y.max())
+    for name, (lo, hi) in (("labels", bounds[:2]), ("test_labels", bounds[2:])):
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} must lie in [0, {num_classes - 1}] for num_classes="
                              f"{num_classes}, found values in [{lo}, {hi}]; fix the labels or "
@@ -59,8 +61,9 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
 
 
 @torch.no_grad()
-def _accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-              device: torch.device, amp: str = "none") -> float:
+def _correct(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             device: torch.device, amp: str = "none") -> torch.Tensor:
+    """The number of correctly classified test images, a 0-d tensor on ``device`` (not read)."""
     net.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)  # read once, not once per batch
     for start in range(0, len(images), batch_size):
@@ -69,7 +72,7 @@ def _accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_
         with autocast(device, amp):
             logits = net(x)
         correct += (logits.argmax(1) == y).sum()
-    return int(correct) / len(images)
+    return correct
 
 
 def train_and_test(images, labels, test_images, test_labels, model: str = "convnet",
@@ -92,6 +95,16 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
     """
     images, labels, test_images, test_labels, num_classes = _check_inputs(
         images, labels, test_images, test_labels, num_classes)
+    correct, loss = _train_and_test(images, labels, test_images, test_labels, model, num_classes, epochs, lr, momentum,
+                                    weight_decay, batch_size, augment, seed, device, progress, model_kwargs, amp)
+    correct, loss = torch.stack([correct.double(), loss.double()]).tolist()  # one read
+    return {"acc": int(correct) / len(test_images), "train_loss": loss}
+
+
+def _train_and_test(images, labels, test_images, test_labels, model, num_classes, epochs, lr, momentum, weight_decay,
+                    batch_size, augment, seed, device, progress, model_kwargs, amp) -> tuple:
+    """:func:`train_and_test` on checked inputs: ``(correct test images, last epoch's loss)`` as device tensors,
+    unread (a caller reads the results of all its networks at once)."""
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     device = images.device if device is None else torch.device(device)
@@ -99,8 +112,8 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
     fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        net = build_model(model, images.shape[1], num_classes, tuple(images.shape[2:]),
-                          **(model_kwargs or {})).to(device)  # drawn on the CPU (fork_rng above), then moved
+        net = build_model(model, images.shape[1], num_classes, tuple(images.shape[2:]), **(model_kwargs or {}))
+        net = move_module(net, device)  # drawn on the CPU (fork_rng above), then moved in one copy
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)
@@ -109,9 +122,9 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
             epoch_iter = tqdm(epoch_iter, desc=f"{model} seed {seed}", file=sys.stderr,
                               leave=False)
         train_loss = sgd_epochs(net, images.to(device), labels.to(device), optimizer, gen, epochs, batch_size,
-                                augment=augment, lr_drop_at=epochs // 2, epoch_iter=epoch_iter, amp=amp)
-        acc = _accuracy(net, test_images, test_labels, batch_size, device, amp)
-    return {"acc": acc, "train_loss": train_loss}
+                                augment=augment, lr_drop_at=epochs // 2, epoch_iter=epoch_iter, amp=amp, read=False)
+        correct = _correct(net, test_images, test_labels, batch_size, device, amp)
+    return correct, train_loss
 
 
 def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
@@ -137,19 +150,19 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
     test_images, test_labels = test_images.to(device), test_labels.to(device)
     if num_nets < 1:
         raise ValueError(f"num_nets must be >= 1, got {num_nets}")
-    accs, losses = [], []
+    results = []
     nets = range(seed, seed + num_nets)
     if progress:
         nets = tqdm(nets, desc=f"evaluate {model}", file=sys.stderr)
     for net_seed in nets:
-        result = train_and_test(images, labels, test_images, test_labels, model=model,
-                                num_classes=num_classes, epochs=epochs, lr=lr,
-                                momentum=momentum, weight_decay=weight_decay,
-                                batch_size=batch_size, augment=augment, seed=net_seed,
-                                device=device, progress=progress, model_kwargs=model_kwargs, amp=amp)
-        accs.append(result["acc"])
-        losses.append(result["train_loss"])
-        if progress:
-            nets.set_postfix(acc=f"{result['acc']:.4f}")
+        results.append(_train_and_test(images, labels, test_images, test_labels, model, num_classes, epochs, lr,
+                                       momentum, weight_decay, batch_size, augment, net_seed, device, progress,
+                                       model_kwargs, amp))
+        if progress and not on_accelerator(device):  # on a GPU the bar shows no accuracy: reading it would wait
+            nets.set_postfix(acc=f"{int(results[-1][0]) / len(test_images):.4f}")
+    # every network's results in one read
+    values = torch.stack([torch.stack([c.double(), l.double()]) for c, l in results]).tolist()
+    accs = [int(c) / len(test_images) for c, _ in values]
+    losses = [l for _, l in values]
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs,
             "train_losses": losses, "model": model}

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from .device import on_accelerator
 from .geometry.centroids import CENTROID_METHODS, centroid_, normalised_weights
 from .geometry.lorentz import check_finite, check_reach, dist_, k_tensor, lift_, manifold_k, plain
 
@@ -39,6 +40,11 @@ def _check_values(v_real, v_syn, z_real=None, z_syn=None, k: float = 1.0) -> Non
     """The features are finite and their lifts within float reach, read back in one host synchronisation
     (one per loss on a GPU, instead of one per check): the sums are finite whenever every value is, and when
     they are not (or overflow) the exact checks say which input is bad."""
+    if on_accelerator(v_real.device):
+        # no read on an accelerator, where it would stall the queue between forward and backward: a non-finite
+        # feature makes the loss and the image gradient non-finite, which the runner's one read per iteration
+        # (runner.read_back) catches before any checkpoint
+        return
     total = v_real.detach().sum() + v_syn.detach().sum()
     if z_real is not None:
         total = total + (z_real[..., 0].detach() ** 2).sum() + (z_syn[..., 0].detach() ** 2).sum()

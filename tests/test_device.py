@@ -58,8 +58,11 @@ def test_cuda_under_torchrun_is_the_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     assert resolve_device("cuda") == torch.device("cuda", 2)
     assert resolve_device("auto") == torch.device("cuda", 2)
-    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    # an explicit GPU would put all four ranks on it (NCCL refuses duplicate GPUs): one line, what to pass instead
+    with pytest.raises(ValueError, match=r"--device cuda:1 with 4 processes would put every rank on that GPU; use --device cuda"):
+        resolve_device("cuda:1")
     monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device("cuda") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match=r"cuda:4 does not exist; available: cpu, cuda:0, cuda:1, cuda:2, cuda:3"):
         resolve_device("cuda:4")

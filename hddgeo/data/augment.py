@@ -27,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DSA_OPS", "DEFAULT_DSA_STRATEGY", "DSAParams", "dsa", "dsa_op", "parse_strategy"]
+from hddgeo.device import on_accelerator, to_device
+
+__all__ = ["DSA_OPS", "DEFAULT_DSA_STRATEGY", "DSAParams", "dsa", "dsa_apply", "dsa_draw", "dsa_op", "parse_strategy",
+           "upload"]
 
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -87,10 +90,21 @@ def dsa(
     _check_input(x)
     if not ops:
         return x
+    draw = dsa_draw(seed, strategy, x.shape, params, siamese)
+    return dsa_apply(x, draw, upload([draw], x.device)[0], params)
+
+
+def dsa_draw(seed: int, strategy: Optional[str], shape, params: DSAParams = DSAParams(), siamese: bool = True):
+    """The operation and parameters (CPU tensors) that ``dsa(x, seed, strategy, params, siamese)`` applies to a
+    batch of ``shape`` ``(N, C, H, W)``: drawing is separate from applying so that a caller can copy the draws
+    of many calls to the device at once (:func:`upload`).  ``None`` for an empty strategy."""
+    ops = parse_strategy(strategy)
+    if not ops:
+        return None
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int(seed))
     op = ops[int(torch.randint(len(ops), (), generator=generator))]
-    return dsa_op(x, op, generator, params, siamese=siamese)
+    return _draw_op(op, generator, shape, params, siamese)
 
 
 def dsa_op(
@@ -103,10 +117,8 @@ def dsa_op(
     """Apply the named operation group with parameters drawn from ``generator`` (a CPU
     generator; draws are made on the CPU whatever device ``x`` lives on)."""
     _check_input(x)
-    if op not in _OPS:
-        raise ValueError(f"unknown DSA operation {op!r}; valid operations: {', '.join(DSA_OPS)}")
-    n = 1 if siamese else x.shape[0]
-    return _OPS[op](x, _Draw(generator, n), params)
+    draw = _draw_op(op, generator, x.shape, params, siamese)
+    return dsa_apply(x, draw, upload([draw], x.device)[0], params)
 
 
 def _check_input(x: Tensor) -> None:
@@ -131,15 +143,50 @@ class _Draw:
         return torch.randint(low, high, (self.n,), generator=self.generator)
 
 
+def _draw_op(op: str, generator: torch.Generator, shape, params: DSAParams, siamese: bool) -> tuple:
+    """``(op, {name: CPU tensor})``: the parameters of ``op``, drawn in the order the reference draws them."""
+    if op not in _OPS:
+        raise ValueError(f"unknown DSA operation {op!r}; valid operations: {', '.join(DSA_OPS)}")
+    n, (h, w) = (1 if siamese else shape[0]), tuple(shape[-2:])
+    return op, _DRAWS[op](_Draw(generator, n), params, h, w)
+
+
+def upload(draws: list, device) -> list:
+    """The parameters of every draw of ``draws`` on ``device``, copied in one transfer (float64 holds every
+    value exactly: the integers are pixel offsets), as ``[{name: tensor}]`` in their own dtypes."""
+    draws = [d for d in draws if d is not None]
+    if not draws:
+        return []
+    items = [(i, k, t) for i, (_, values) in enumerate(draws) for k, t in values.items()]
+    packed = to_device(torch.cat([t.reshape(-1).to(torch.float64) for _, _, t in items]), device)
+    out, start = [{} for _ in draws], 0
+    for i, k, t in items:
+        part = packed[start:start + t.numel()].view(t.shape)
+        start += t.numel()
+        out[i][k] = part if t.dtype == torch.float64 else (part > 0.5 if t.dtype == torch.bool else part.to(t.dtype))
+    return out
+
+
+def dsa_apply(x: Tensor, draw, on_device: dict, params: DSAParams = DSAParams()) -> Tensor:
+    """Apply a :func:`dsa_draw` to ``x``; ``on_device`` is its parameters on ``x``'s device (:func:`upload`)."""
+    if draw is None:
+        return x
+    op, host = draw
+    return _OPS[op](x, host, on_device, params)
+
+
 def _per_image(values: Tensor, x: Tensor) -> Tensor:
-    """Shape ``(n,)`` parameters as ``(n, 1, 1, 1)`` on ``x``'s device and dtype."""
-    return values.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    """Shape ``(n,)`` parameters (already on ``x``'s device) as ``(n, 1, 1, 1)`` in ``x``'s dtype."""
+    return values.to(dtype=x.dtype).view(-1, 1, 1, 1)
 
 
-def _color(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
-    brightness = _per_image(draw.uniform(-0.5, 0.5) * p.brightness, x)
-    saturation = _per_image(draw.uniform(0.0, p.saturation), x)
-    contrast = _per_image(draw.uniform(p.contrast, p.contrast + 1.0), x)
+def _draw_color(draw: _Draw, p: DSAParams, h: int, w: int) -> dict:
+    return {"brightness": draw.uniform(-0.5, 0.5) * p.brightness, "saturation": draw.uniform(0.0, p.saturation),
+            "contrast": draw.uniform(p.contrast, p.contrast + 1.0)}
+
+
+def _color(x: Tensor, host: dict, dev: dict, p: DSAParams) -> Tensor:
+    brightness, saturation, contrast = (_per_image(dev[k], x) for k in ("brightness", "saturation", "contrast"))
     x = x + brightness
     # With one channel the deviation from the channel mean is zero: saturation is a no-op.
     mean = x.mean(dim=1, keepdim=True)
@@ -148,20 +195,23 @@ def _color(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
     return (x - mean) * contrast + mean
 
 
-def _crop(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
-    """Translate by whole pixels, filling with zeros: the reference's pad-and-crop."""
-    n, c, h, w = x.shape
+def _draw_crop(draw: _Draw, p: DSAParams, h: int, w: int) -> dict:
     # capped below the side so that the negative pad never removes the whole image
     shift_h = min(int(h * p.ratio_crop_pad + 0.5), h - 1)
     shift_w = min(int(w * p.ratio_crop_pad + 0.5), w - 1)
     ty = draw.integers(-shift_h, shift_h + 1)
-    tx = draw.integers(-shift_w, shift_w + 1)
-    if ty.numel() == 1:
+    return {"ty": ty, "tx": draw.integers(-shift_w, shift_w + 1)}
+
+
+def _crop(x: Tensor, host: dict, dev: dict, p: DSAParams) -> Tensor:
+    """Translate by whole pixels, filling with zeros: the reference's pad-and-crop."""
+    n, c, h, w = x.shape
+    if host["ty"].numel() == 1:
         # One shift for the batch: a single pad, negative on one side (i.e. a crop), is much
         # cheaper than the gather below. Output pixel (i, j) reads input (i + ty, j + tx).
-        dy, dx = int(ty), int(tx)
+        dy, dx = int(host["ty"]), int(host["tx"])  # the CPU draws: no device read
         return F.pad(x, (-dx, dx, -dy, dy))
-    ty, tx = ty.to(x.device), tx.to(x.device)
+    ty, tx = dev["ty"], dev["tx"]
     rows = torch.arange(h, device=x.device).view(1, h) + ty.view(-1, 1)  # (n, H): source row
     cols = torch.arange(w, device=x.device).view(1, w) + tx.view(-1, 1)
     inside = ((rows >= 0) & (rows < h)).view(-1, 1, h, 1) & ((cols >= 0) & (cols < w)).view(-1, 1, 1, w)
@@ -170,14 +220,19 @@ def _crop(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
     return shifted * inside.to(x.dtype)
 
 
-def _cutout(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+def _draw_cutout(draw: _Draw, p: DSAParams, h: int, w: int) -> dict:
+    size_h, size_w = int(h * p.ratio_cutout + 0.5), int(w * p.ratio_cutout + 0.5)
+    # The reference draws the centre in [0, side + 1 - size % 2).
+    top = draw.integers(0, h + (1 - size_h % 2)) - size_h // 2
+    return {"top": top, "left": draw.integers(0, w + (1 - size_w % 2)) - size_w // 2}
+
+
+def _cutout(x: Tensor, host: dict, dev: dict, p: DSAParams) -> Tensor:
     """Zero a square of side ``ratio_cutout`` x side whose centre may lie anywhere in the image
     (the square is clipped at the border, as in the reference)."""
     _, _, h, w = x.shape
     size_h, size_w = int(h * p.ratio_cutout + 0.5), int(w * p.ratio_cutout + 0.5)
-    # The reference draws the centre in [0, side + 1 - size % 2).
-    top = (draw.integers(0, h + (1 - size_h % 2)) - size_h // 2).to(x.device)
-    left = (draw.integers(0, w + (1 - size_w % 2)) - size_w // 2).to(x.device)
+    top, left = dev["top"], dev["left"]
     rows = torch.arange(h, device=x.device).view(1, h)
     cols = torch.arange(w, device=x.device).view(1, w)
     in_rows = (rows >= top.view(-1, 1)) & (rows < (top + size_h).view(-1, 1))
@@ -186,35 +241,59 @@ def _cutout(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
     return x * (~hole).to(x.dtype)
 
 
-def _flip(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+def _draw_flip(draw: _Draw, p: DSAParams, h: int, w: int) -> dict:
+    return {"flip": draw.uniform(0.0, 1.0) < p.prob_flip}
+
+
+def _flip(x: Tensor, host: dict, dev: dict, p: DSAParams) -> Tensor:
     # An exact mirror (no resampling), chosen per draw with probability prob_flip.
-    flip = (draw.uniform(0.0, 1.0) < p.prob_flip).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(flip, x.flip(3), x)
+    return torch.where(dev["flip"].view(-1, 1, 1, 1), x.flip(3), x)
 
 
 def _warp(x: Tensor, theta: Tensor) -> Tensor:
     """Resample ``x`` through the affine maps ``theta`` ``(n, 2, 3)`` (output -> input, in
-    normalised coordinates), bilinear with zero fill: linear in ``x``, hence differentiable."""
-    theta = theta.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 3)
+    normalised coordinates), bilinear with zero fill: linear in ``x``, hence differentiable.
+
+    ``grid_sample``'s backward has no deterministic CUDA kernel; under torch's deterministic algorithms on an
+    accelerator the same bilinear sum is taken from four gathers (:func:`_warp_gather`), whose backward is.
+    The CPU always uses ``grid_sample`` (deterministic there)."""
+    theta = theta.to(dtype=x.dtype).expand(x.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    if on_accelerator(x.device) and torch.are_deterministic_algorithms_enabled():
+        return _warp_gather(x, grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _scale(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+def _warp_gather(x: Tensor, grid: Tensor) -> Tensor:
+    """``grid_sample(x, grid, bilinear, zeros, align_corners=True)`` as a weighted sum of four gathers."""
+    n, c, h, w = x.shape
+    ix = (grid[..., 0] + 1) * ((w - 1) / 2)  # (n, H, W) source column
+    iy = (grid[..., 1] + 1) * ((h - 1) / 2)
+    x0, y0 = ix.floor(), iy.floor()
+    flat = x.reshape(n, c, h * w)
+    out = None
+    for cx, wx in ((x0, 1 - (ix - x0)), (x0 + 1, ix - x0)):
+        for cy, wy in ((y0, 1 - (iy - y0)), (y0 + 1, iy - y0)):
+            inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
+            index = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long().view(n, 1, -1).expand(n, c, -1)
+            term = torch.gather(flat, 2, index).view(n, c, *ix.shape[1:]) * (wx * wy * inside).unsqueeze(1)
+            out = term if out is None else out + term
+    return out
+
+
+def _draw_scale(draw: _Draw, p: DSAParams, h: int, w: int) -> dict:
     sx = draw.uniform(1.0 / p.ratio_scale, p.ratio_scale)
     sy = draw.uniform(1.0 / p.ratio_scale, p.ratio_scale)
     zero = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zero, zero], -1), torch.stack([zero, sy, zero], -1)], 1)
-    return _warp(x, theta)
+    return {"theta": torch.stack([torch.stack([sx, zero, zero], -1), torch.stack([zero, sy, zero], -1)], 1)}
 
 
-def _rotate(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+def _draw_rotate(draw: _Draw, p: DSAParams, h: int, w: int) -> dict:
     angle = draw.uniform(-p.ratio_rotate, p.ratio_rotate) * (math.pi / 180.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # affine_grid works in coordinates normalised to [-1, 1] per axis; conjugating by the
     # half-sides makes this a true rotation on non-square images too (identical to the
     # reference's matrix on square ones).
-    _, _, h, w = x.shape
     half_w, half_h = max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0
     zero = torch.zeros_like(angle)
     theta = torch.stack(
@@ -222,14 +301,21 @@ def _rotate(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
          torch.stack([-sin * half_w / half_h, cos, zero], -1)],
         1,
     )
-    return _warp(x, theta)
+    return {"theta": theta}
 
+
+def _affine(x: Tensor, host: dict, dev: dict, p: DSAParams) -> Tensor:
+    return _warp(x, dev["theta"])
+
+
+_DRAWS = {"color": _draw_color, "crop": _draw_crop, "cutout": _draw_cutout, "flip": _draw_flip,
+          "scale": _draw_scale, "rotate": _draw_rotate}
 
 _OPS = {
     "color": _color,
     "crop": _crop,
     "cutout": _cutout,
     "flip": _flip,
-    "scale": _scale,
-    "rotate": _rotate,
+    "scale": _affine,
+    "rotate": _affine,
 }

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hddgeo.data import dsa
+from hddgeo.data.augment import dsa_apply, dsa_draw, upload
 from hddgeo.device import autocast
 from hddgeo.rundir import save_tensors
 from hddgeo.seeds import expert_seed
@@ -337,9 +338,14 @@ class Dance(DistillMethod):
         augmentation does not depend on which other classes are in the batch."""
         if not self.cfg.dsa:
             return images
-        classes, counts = torch.unique_consecutive(labels, return_counts=True)
-        parts = torch.split(images, counts.tolist())
-        return torch.cat([dsa(x, seeds[int(c)], self.cfg.dsa_strategy, siamese=False) for x, c in zip(parts, classes)])
+        # the labels are class-major with as many images per class (a SyntheticSet's layout) and hold this
+        # process's classes: the split is known on the host, without reading the labels from the device
+        classes = self.classes if len(labels) else []
+        if len(classes) == 0 or len(labels) % len(classes):
+            raise ValueError(f"{len(labels)} synthetic images do not split evenly into {len(classes)} classes")
+        parts = torch.split(images, len(labels) // len(classes))
+        draws = [dsa_draw(seeds[c], self.cfg.dsa_strategy, x.shape, siamese=False) for x, c in zip(parts, classes)]
+        return torch.cat([dsa_apply(x, d, q) for x, d, q in zip(parts, draws, upload(draws, images.device))])
 
     def extra_loss(self, step, syn_images, syn_labels, total: Optional[int] = None):
         w = self.opts["ce_weight"]

@@ -74,13 +74,15 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def sum_floats(values: dict) -> dict:
-    """Sum a dict of floats over ranks (same keys on every rank)."""
+    """Sum a dict of floats over ranks (same keys on every rank), keys in ``values``' order (the log's columns
+    are the same with one process or several)."""
     if not active() or not values:
         return values
-    keys = sorted(values)
+    keys = sorted(values)  # the same order on every rank, whatever order each rank built its dict in
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_COMM_DEVICE)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, t.tolist()))
+    summed = dict(zip(keys, t.tolist()))
+    return {k: summed[k] for k in values}
 
 
 def gather(obj) -> list:

@@ -69,6 +69,7 @@ from typing import Dict, Optional
 import torch
 
 from . import distributed
+from hddgeo.device import on_accelerator, to_device
 from hddgeo.seeds import geodm_projection_generator
 
 from .methods import DM, register_method
@@ -238,15 +239,41 @@ def entropic_ot(M: torch.Tensor, reg: float, max_iter: int = 100, tol: float = 1
     Returns the values ``(B,)`` and the number of Sinkhorn iterations.  The plan is found by POT on the
     detached cost; the value's gradient in ``M`` is that plan (envelope theorem).
     """
-    ot = _import_ot()
     with torch.no_grad():
-        res = ot.batch.solve_batch(M.detach(), reg=float(reg), max_iter=int(max_iter), tol=float(tol),
-                                   method="log_sinkhorn", reg_type="kl", grad="detach")
-        P = res.plan
+        if on_accelerator(M.device):
+            P, iters = _log_sinkhorn_unread(M.detach(), float(reg), int(max_iter), float(tol))
+        else:
+            ot = _import_ot()
+            res = ot.batch.solve_batch(M.detach(), reg=float(reg), max_iter=int(max_iter), tol=float(tol),
+                                       method="log_sinkhorn", reg_type="kl", grad="detach")
+            P, iters = res.plan, int(res.log["n_iter"]) + 1
         n, m = M.shape[-2:]
         # KL(P | a b^T) = sum P log P + (sum P) log(n m) for uniform marginals
         kl = torch.special.xlogy(P, P).sum((-2, -1)) + P.sum((-2, -1)) * math.log(n * m)
-    return (P * M).sum((-2, -1)) + reg * kl, int(res.log["n_iter"]) + 1
+    return (P * M).sum((-2, -1)) + reg * kl, iters
+
+
+def _log_sinkhorn_unread(M: torch.Tensor, reg: float, max_iter: int, tol: float):
+    """POT's batched log-domain Sinkhorn (``ot.batch``: the same updates, the same error test every 10
+    iterations) without host reads, for an accelerator: where POT stops at the first test below ``tol``, the
+    iterate of that test is frozen (``torch.where``) and the loop runs on to ``max_iter``.  Returns the plan and
+    the iteration count as a 0-d device tensor (POT's ``n_iter + 1``)."""
+    B, n, m = M.shape
+    K = -M / reg
+    a = torch.ones((B, n), dtype=M.dtype, device=M.device) / n
+    b = torch.ones((B, m), dtype=M.dtype, device=M.device) / m
+    loga, logb = torch.log(a), torch.log(b)
+    u, v = torch.zeros_like(a), torch.zeros_like(b)
+    done = torch.zeros((), dtype=torch.bool, device=M.device)
+    iters = torch.zeros((), dtype=torch.int64, device=M.device)
+    for it in range(max_iter):
+        u = torch.where(done, u, loga - torch.logsumexp(K + v[:, None, :], dim=2))
+        v = torch.where(done, v, logb - torch.logsumexp(K + u[:, :, None], dim=1))
+        iters = torch.where(done, iters, it + 1)
+        if it % 10 == 0:
+            err = (torch.exp(K + u[:, :, None] + v[:, None, :]).sum(2) - a).pow(2).sum(1).sqrt().max()
+            done = done | (err < tol)
+    return torch.exp(K + u[:, :, None] + v[:, None, :]), iters
 
 
 def sinkhorn_divergence(C_xy: torch.Tensor, C_xx: torch.Tensor, C_yy: torch.Tensor, reg: float,
@@ -255,7 +282,9 @@ def sinkhorn_divergence(C_xy: torch.Tensor, C_xx: torch.Tensor, C_yy: torch.Tens
     v_xy, i_xy = entropic_ot(C_xy, reg, max_iter, tol)
     v_xx, i_xx = entropic_ot(C_xx, reg, max_iter, tol)
     v_yy, i_yy = entropic_ot(C_yy, reg, max_iter, tol)
-    return v_xy - 0.5 * (v_xx + v_yy), max(i_xy, i_xx, i_yy)
+    iters = (i_xy, i_xx, i_yy)
+    most = (torch.stack(iters).max() if torch.is_tensor(i_xy) else max(iters))  # a device tensor on an accelerator
+    return v_xy - 0.5 * (v_xx + v_yy), most
 
 
 def product_cost(tangents: Dict[str, torch.Tensor], weights: Dict[str, torch.Tensor],
@@ -304,11 +333,12 @@ class GeoDM(DM):
         return {g: curvature_from_logit(self.geo_params[f"curvature_{g}"]) for g in self.components if g != "euclidean"}
 
     def geometry(self) -> dict:
-        """Current weights and signed curvatures as plain floats."""
+        """Current weights and signed curvatures as 0-d tensors (the runner reads every logged value of an
+        iteration in one transfer)."""
         with torch.no_grad():
-            out = {f"w_{g}": float(w) for g, w in self.weights().items()}
+            out = {f"w_{g}": w.detach().clone() for g, w in self.weights().items()}
             for g, K in self.curvatures().items():
-                out[f"curvature_{g}"] = float(-K if g == "hyperbolic" else K)
+                out[f"curvature_{g}"] = (-K if g == "hyperbolic" else K).detach().clone()
         return out
 
     def heads(self, dim: int) -> Dict[str, torch.Tensor]:
@@ -317,7 +347,7 @@ class GeoDM(DM):
             gen = geodm_projection_generator(self.cfg.seed)
             p = self.options["proj_dim"]
             # drawn on the CPU (the same heads on every device), kept where the features are
-            self._heads[dim] = {g: (torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p)).to(self.device)
+            self._heads[dim] = {g: to_device(torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p), self.device)
                                 for g in COMPONENTS}
         return self._heads[dim]
 
@@ -376,13 +406,29 @@ class GeoDM(DM):
             if p.grad is None:  # e.g. a rank without classes: it still joins the sum below
                 p.grad = torch.zeros_like(p)
             distributed.sum_(p.grad)  # class-sharded runs: every rank takes the same step
-        if bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):  # one read-back
+        finite = torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+        if on_accelerator(self.device):
+            self._masked_step(params, finite)
+        elif bool(finite):  # one read-back
             self.geo_opt.step()
         else:
             where = f" at iteration {step.it + 1}" if step is not None else ""
             warnings.warn(f"GeoDM: non-finite gradient of the curvatures/weights{where}; geometry update skipped",
                           RuntimeWarning)
         self.geo_opt.zero_grad(set_to_none=True)
+
+    def _masked_step(self, params, finite: torch.Tensor) -> None:
+        """The Adam step without reading ``finite``: where a gradient is not finite, the parameters and Adam's
+        moments keep their values (only Adam's host-side step counter advances), and no warning is given."""
+        kept = [(p.detach().clone(), {k: v.clone() for k, v in self.geo_opt.state.get(p, {}).items()
+                                      if k in ("exp_avg", "exp_avg_sq")}) for p in params]
+        self.geo_opt.step()
+        with torch.no_grad():
+            for p, (before, moments) in zip(params, kept):
+                p.copy_(torch.where(finite, p, before))
+                state = self.geo_opt.state[p]
+                for k in ("exp_avg", "exp_avg_sq"):
+                    state[k].copy_(torch.where(finite, state[k], moments.get(k, torch.zeros_like(state[k]))))
 
     def state_dict(self):
         return {"params": {k: p.detach().clone() for k, p in self.geo_params.items()},

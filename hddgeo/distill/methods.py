@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from hddgeo.data import dsa
-from hddgeo.device import autocast, resolve_device
+from hddgeo.data.augment import dsa_apply, dsa_draw, upload
+from hddgeo.device import autocast, on_accelerator, resolve_device, to_device
 from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
 from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
 from hddgeo.training import sgd_epochs
@@ -112,21 +113,34 @@ class DistillMethod:
         syn_by_class = syn.by_class()
         seeds = torch.randint(0, 2**31 - 1, (C,), generator=gen).tolist()
         real_idx = torch.stack([self.pool.sample_indices(c, self.n_real, gen) for c in range(C)])
-        real_idx = real_idx.to(self.device)  # one copy to the device for all classes
+        real_idx = to_device(real_idx, self.device)  # one copy to the device for all classes
         real = [self.pool.images[real_idx[c]] for c in self.classes]
         syn_sel = [syn_by_class[c] for c in self.classes]
         if self.cfg.dsa:
-            real = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(real, self.classes)]
-            syn_sel = [dsa(x, seeds[c], self.cfg.dsa_strategy) for x, c in zip(syn_sel, self.classes)]
+            # one siamese draw per class (the same for its real and synthetic images), all copied at once
+            draws = [dsa_draw(seeds[c], self.cfg.dsa_strategy, self.pool.images.shape) for c in self.classes]
+            params = upload(draws, self.device)
+            real = [dsa_apply(x, d, q) for x, d, q in zip(real, draws, params)]
+            syn_sel = [dsa_apply(x, d, q) for x, d, q in zip(syn_sel, draws, params)]
         mine = len(self.classes)
-        # Real images without autograd, class by class and on the CPU in chunks whose activations stay in cache
-        # (see real_chunk).  The clone leaves inference mode, so the features can enter the loss's graph.
+        # Real images without autograd.  On the CPU class by class, in chunks whose activations stay in cache
+        # (see real_chunk); on an accelerator one batch of all classes (every layer of the instance-norm
+        # ConvNet treats images independently, so the features are the same).  The clone leaves inference
+        # mode, so the features can enter the loss's graph.
         with torch.inference_mode():
-            f_real = torch.stack([torch.cat([self.embed(net, part) for part in x.split(self.real_chunk(net, x))])
-                                  for x in real])
+            if on_accelerator(self.device) and self._per_image(net):
+                f_real = self.embed(net, torch.cat(real)).reshape(mine, self.n_real, -1)
+            else:
+                f_real = torch.stack([torch.cat([self.embed(net, part) for part in x.split(self.real_chunk(net, x))])
+                                      for x in real])
         f_real = f_real.clone()
         f_syn = self.embed(net, torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
+
+    @staticmethod
+    def _per_image(net) -> bool:
+        """Whether every layer of ``net`` treats images independently (no batch norm in train mode)."""
+        return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
     def real_chunk(self, net, images: torch.Tensor) -> int:
         """Images per forward pass of a class's real batch.
@@ -138,7 +152,7 @@ class DistillMethod:
         switch the convolution to another algorithm and are avoided).  An accelerator wants the whole batch.
         Batch norm in train mode takes statistics over the batch, so such networks get the whole class, as
         in the reference DM loop."""
-        if self.device.type != "cpu" or any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        if on_accelerator(self.device) or not self._per_image(net):
             return len(images)
         per_image = 4 * 128 * images[0, 0].numel()  # float32 activations of 128 channels at the input's size
         return max(4, _CPU_CHUNK_BYTES // per_image)
@@ -223,9 +237,9 @@ class IDM(DistillMethod):
         augment = partial(dsa, strategy=self.cfg.dsa_strategy, siamese=False) if self.cfg.dsa else None
         for _ in range(self.cfg.idm_train_steps):  # each step: one fresh batch drawn with replacement
             idx = torch.randint(0, len(self.pool), (min(256, len(self.pool)),), generator=gen)
-            sgd_epochs(net, self.pool.images[idx.to(self.device)],
-                       self.pool.labels[idx].to(self.device), self.opts[i], gen, epochs=1, batch_size=len(idx),
-                       augment=augment, amp=self.cfg.amp)
+            sgd_epochs(net, self.pool.images[to_device(idx, self.device)],
+                       to_device(self.pool.labels[idx], self.device), self.opts[i], gen, epochs=1, batch_size=len(idx),
+                       augment=augment, amp=self.cfg.amp, read=False)
         self.opts[i].zero_grad(set_to_none=True)
         self.ages[i] += 1
         if self.ages[i] >= self.cfg.idm_net_age:

@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
+from hddgeo.device import on_accelerator
+
 from .lorentz import (
     ambient_grad_to_frame_,
     as_manifold_tensor,
@@ -284,7 +286,7 @@ def _conjugate_gradient(hvp, b, rtol, max_iter):
     rs = (r * r).sum(-1, keepdim=True)
     target = (rtol * rtol) * rs
     tiny = torch.finfo(b.dtype).tiny
-    check, first = (1, 0) if b.device.type == "cpu" else (_CG_CHECK_ACCELERATOR, _CG_CHECK_ACCELERATOR)
+    check, first = (_CG_CHECK_ACCELERATOR, _CG_CHECK_ACCELERATOR) if on_accelerator(b.device) else (1, 0)
     for it in range(max_iter):
         if it >= first and it % check == 0 and bool((rs <= target).all()):
             break

@@ -19,6 +19,8 @@ from typing import Optional
 import geoopt
 import torch
 
+from hddgeo.device import on_accelerator
+
 DEFAULT_DTYPE = torch.float64
 
 
@@ -40,7 +42,7 @@ def k_tensor(M, like: torch.Tensor) -> torch.Tensor:
 
     A constant ``k`` is filled in on the device rather than copied there: a copy from host memory waits for
     the device's queue, a fill does not (the value is the same: ``M.k``'s, rounded to ``like``'s dtype)."""
-    if like.device != M.k.device and not M.k.requires_grad:
+    if (like.device != M.k.device or on_accelerator(like.device)) and not M.k.requires_grad:
         return torch.full((), float(M.k.detach()), dtype=like.dtype, device=like.device)
     return M.k.to(dtype=like.dtype, device=like.device)
 
@@ -56,7 +58,7 @@ def maybe_any(mask: torch.Tensor) -> bool:
     Exact on the CPU; on an accelerator always True without looking, because reading the answer back is
     a host synchronisation that stalls the queue, while the ``torch.where`` it would have saved costs
     less there.  The values are the same either way (the masked branch agrees where it is not taken)."""
-    return bool(mask.any()) if mask.device.type == "cpu" else True
+    return True if on_accelerator(mask.device) else bool(mask.any())
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:

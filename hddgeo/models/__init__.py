@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hddgeo.device import move_module
 from hddgeo.models._layers import ImageSize
 from hddgeo.models.alexnet import AlexNet
 from hddgeo.models.convnet import ConvNet
@@ -33,11 +34,12 @@ def fresh_network(name: str, dataset, seed: int, device=None, **kw) -> nn.Module
     seeded by ``seed`` without touching the caller's global random state.
 
     The weights are drawn on the CPU and then moved to ``device``, so a seed gives the same network on
-    every device."""
+    every device.  Only the CPU generator is seeded (``torch.manual_seed`` would reseed every CUDA generator
+    too, each iteration), and an accelerator gets the weights in one copy (:func:`hddgeo.device.move_module`)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         net = build_model(name, dataset.channels, dataset.num_classes, dataset.image_size, **kw)
-    return net if device is None else net.to(device)
+    return net if device is None else move_module(net, device)
 
 
 def embed(net: nn.Module, images: torch.Tensor, batch_size: int = 512, device=None) -> torch.Tensor:

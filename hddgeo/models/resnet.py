@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hddgeo.device import on_accelerator
 from hddgeo.models._layers import ImageSize, as_hw, norm_layer
 
 
@@ -54,7 +55,10 @@ class ResNet18(nn.Module):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
+        x = self.layers(self.stem(x))
+        if on_accelerator(x.device):  # adaptive pooling has no deterministic CUDA backward; a mean has
+            return x.mean((-2, -1))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
