@@ -11,9 +11,10 @@ forward only, synthetic images forward and backward, 3x their forward) divided b
 
 ``--device`` (default ``auto``: CUDA when torch sees a GPU) puts the real-image pool, the networks and
 the synthetic images there; ``--amp bf16`` runs the feature networks under bf16 autocast (the geometry
-stays float64).  On CUDA every timer is read after ``torch.cuda.synchronize()``, and the matrix-product
-rate is float32 with torch's TF32 setting as it is (off by default), which the run prints and the CSV
-records (``matmul_tf32``).
+stays float64).  On CUDA every timer is read after ``torch.cuda.synchronize()``.  ``--tf32 on|off`` (default
+off, as a run's ``tf32`` field) says whether TF32 may stand in for float32 in CUDA convolutions and matmuls,
+the matrix-product rate included; every row records both settings as they were (``tf32_conv``,
+``tf32_matmul``).
 
     python experiments/bench_iterations.py --iterations 20 --out results/bench_iterations.csv
     python experiments/bench_iterations.py --device cuda --amp bf16 --datasets fashionmnist random-cifar
@@ -23,14 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 
 import pandas as pd
 import torch
 
 from hddgeo.data import ClassPool, load_dataset
 from hddgeo.data.datasets import ImageDataset
-from hddgeo.device import AMP_MODES, resolve_device
+from hddgeo.device import AMP_MODES, configure_process, resolve_device, tf32_settings
 from hddgeo.distill import DistillConfig, build_method
 from hddgeo.losses import Matcher
 
@@ -59,9 +59,7 @@ def _sync(device) -> None:
 
 def tf32_matmul() -> bool:
     """Whether float32 CUDA matrix products may use TF32 (torch's default: no)."""
-    with warnings.catch_warnings():  # newer torch steers towards its fp32_precision settings, with a warning
-        warnings.simplefilter("ignore")
-        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return tf32_settings()["tf32_matmul"]
 
 
 def conv_flops_per_image(net, image_shape) -> float:
@@ -139,11 +137,10 @@ def bench(dataset, ipc, iterations, batch_real, warmup=2, device="cpu", amp="non
     flops = per_image * (C * method.n_real + 3 * C * ipc)
     rate = max(rates + [matmul_rate(device=device)])
     floor = flops / rate
-    extra = {"matmul_tf32": tf32_matmul()} if device.type == "cuda" else {}
     return [{"dataset": dataset.name, "ipc": ipc, "batch_real": method.n_real, "matcher": name,
              "seconds_per_iteration": s, "ratio_to_euclidean": s / med["euclidean"],
              "conv_gflop_per_iteration": flops / 1e9, "matmul_gflops": rate / 1e9, "floor_seconds": floor,
-             "ratio_to_floor": s / floor, "device": str(device), "amp": amp, **extra} for name, s in med.items()]
+             "ratio_to_floor": s / floor, "device": str(device), "amp": amp, **tf32_settings()} for name, s in med.items()]
 
 
 def main(argv=None):
@@ -159,16 +156,19 @@ def main(argv=None):
                    help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=AMP_MODES,
                    help="bf16: the feature networks under bf16 autocast (the geometry stays float64)")
+    p.add_argument("--tf32", default="off", choices=["on", "off"],
+                   help="TF32 for float32 CUDA convolutions and matmuls (a run's tf32 field; default off)")
     p.add_argument("--out", default="results/bench_iterations.csv")
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
     except ValueError as err:
         p.error(str(err))
+    configure_process(tf32=args.tf32 == "on", device=device)
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
-        print(f"device {device} ({torch.cuda.get_device_name(device)}); matmul_gflops: float32 with TF32 "
-              f"{'on' if tf32_matmul() else 'off'} (torch.backends.cuda.matmul.allow_tf32)")
+        print(f"device {device} ({torch.cuda.get_device_name(device)}); float32 convolutions and matmuls with TF32 "
+              f"{args.tf32}")
     rows = []
     for name in args.datasets:
         if name == "random-cifar":

@@ -26,6 +26,9 @@ d. in the time left: DM and DM+HDD (law; the paper's Fashion-MNIST IPC 10 settin
    note.  Prints the accuracies, the seconds per iteration and whether 20,000 DM iterations take at
    most 10 minutes.
 
+``--tf32 on|off`` (default off) is set for every step before any CUDA work, with cuBLAS's workspace setting
+for step c's deterministic rows; the table's ``settings`` row says what they ran under.
+
 The last thing printed is a short table (step, check, status, value, target, met, seconds); the full
 rows are in ``--out`` (default ``results/gpu_check/``): ``gpu_check.csv`` (with a ``detail`` column),
 ``table.txt``, ``bench_iterations.csv`` (step c's rows), ``pytest_cuda.txt`` and the two run directories
@@ -207,11 +210,20 @@ def environment(device) -> str:
     bits = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}", f"geoopt {geoopt.__version__}"]
     if device is not None and device.type == "cuda":
         bits += [f"CUDA {torch.version.cuda}", f"cuDNN {torch.backends.cudnn.version()}",
-                 f"{device}: {torch.cuda.get_device_name(device)}",
-                 f"TF32 matmul {'on' if load_bench().tf32_matmul() else 'off'}"]
+                 f"{device}: {torch.cuda.get_device_name(device)}"]
     else:
         bits += [f"device {device or 'none'}", f"{torch.get_num_threads()} CPU threads"]
-    return ", ".join(bits)
+    return ", ".join(bits + [settings()])
+
+
+def settings() -> str:
+    """The float32 and determinism settings every step ran under (set at the start, before any CUDA work)."""
+    from hddgeo.device import tf32_settings
+
+    tf32 = tf32_settings()
+    return (f"TF32 conv {'on' if tf32['tf32_conv'] else 'off'}, TF32 matmul {'on' if tf32['tf32_matmul'] else 'off'}; "
+            f"CUBLAS_WORKSPACE_CONFIG {os.environ.get('CUBLAS_WORKSPACE_CONFIG', 'unset')}; deterministic kernels "
+            f"only in step c's 'deterministic' rows (step d's runs: off)")
 
 
 # ------------------------------------------------------------------------------------------------ a
@@ -275,16 +287,18 @@ def _evaluate(fn, v_real, v_syn, device):
     the CPU from a fixed seed, so both devices back-propagate the same one."""
     from hddgeo.geometry.lorentz import plain
 
-    vr = v_real.to(device).requires_grad_(True)
-    vs = v_syn.to(device).requires_grad_(True)
+    # each pass makes its own leaves: the caller's tensors are never marked, and no pass shares a tensor (or its
+    # .grad) with another ("cpu" to "cpu" would otherwise hand back the caller's own tensor)
+    vr = v_real.detach().to(device, copy=True).requires_grad_(True)
+    vs = v_syn.detach().to(device, copy=True).requires_grad_(True)
     value = plain(fn(vr, vs))
     if value.dim() == 0:
         value.backward()
     else:
         cot = torch.randn(value.shape, generator=torch.Generator().manual_seed(1), dtype=value.dtype)
         (value * cot.to(device)).sum().backward()
-    grads = [g.detach().cpu() if g is not None else None for g in (vr.grad, vs.grad)]
-    return value.detach().cpu(), grads[0], grads[1]
+    grads = [g.detach().to("cpu", copy=True) if g is not None else None for g in (vr.grad, vs.grad)]
+    return value.detach().to("cpu", copy=True), grads[0], grads[1]
 
 
 def step_agreement(report: Report, sizes: Sizes, device) -> None:
@@ -400,7 +414,7 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
                            f"{sizes.bench_iterations} after {sizes.bench_warmup} warm-up, {r['device']}, amp {amp}; "
                            f"conv floor {r['floor_seconds'] * 1e3:.2f} ms ({r['ratio_to_floor']:.1f}x), "
                            f"fp32 matmul {r['matmul_gflops']:.0f} GFLOP/s"
-                           + (f" (TF32 {'on' if r['matmul_tf32'] else 'off'})" if "matmul_tf32" in r else ""))
+                           + f" (TF32 {'on' if r['tf32_matmul'] else 'off'})")
     if all_rows:
         pd.DataFrame(all_rows).to_csv(out / "bench_iterations.csv", index=False)
     return measured
@@ -410,11 +424,13 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
 def distill_configs(sizes: Sizes, device: str, data_root, iterations: int, epochs: int):
     from hddgeo.distill import DistillConfig, paper_preset
 
+    from hddgeo.device import tf32_settings
+
     paper = paper_preset("dm", "fashionmnist", 10)  # k 1, lambda 40, lr_img 1, 20,000 iterations
     common = dict(dataset="fashionmnist", data_root=data_root, ipc=sizes.ipc, method="dm", iterations=iterations,
                   batch_real=sizes.batch_real, lr_img=paper["lr_img"], final_eval_nets=sizes.eval_nets,
                   final_eval_epochs=epochs, eval_test_per_class=sizes.eval_test_per_class, checkpoint_every=0,
-                  device=device)
+                  device=device, tf32=tf32_settings()["tf32_conv"])  # as the check's --tf32 set it
     return [("DM", DistillConfig(matcher="euclidean", **common)),
             ("DM+HDD law", DistillConfig(matcher="hdd", centroid="law", k=paper["k"], scale=paper["scale"], **common))]
 
@@ -576,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=540.0,
                    help="seconds the whole check may take (checked before each step; step d fits itself in)")
     p.add_argument("--skip-tests", action="store_true", help="leave out step a (pytest -k cuda)")
+    p.add_argument("--tf32", default="off", choices=["on", "off"],
+                   help="TF32 for float32 CUDA convolutions and matmuls in every step (a run's tf32 field; default "
+                        "off: float32 as on the CPU)")
     return p
 
 
@@ -588,16 +607,19 @@ def main(argv=None) -> int:
     report = Report()
 
     from hddgeo.data import load_dataset
-    from hddgeo.device import resolve_device
+    from hddgeo.device import configure_process, resolve_device
 
     try:
         device = resolve_device(args.device)
         no_device = None
     except ValueError as err:
         device, no_device = None, str(err)
+    # before any CUDA work: cuBLAS's workspace setting for step c's deterministic rows, and TF32 for every step
+    configure_process(deterministic_kernels=True, tf32=args.tf32 == "on", device=device)
     env = environment(device)
     print(f"gpu_check: {env}; budget {args.budget_s:.0f} s{' (quick sizes)' if args.quick else ''}", flush=True)
     report.add("-", "environment", "ok" if device is not None else f"FAILED: {no_device}", str(device or ""), detail=env)
+    report.add("-", "settings", "ok", settings())
 
     def run(step, fn):
         if clock.left() < sizes.need_s["abcd".index(step)]:

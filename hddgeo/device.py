@@ -147,14 +147,19 @@ def move_module(net: torch.nn.Module, device) -> torch.nn.Module:
 
 def configure_process(deterministic_kernels: bool = False, tf32: bool = False, device=None) -> None:
     """What must be set before a process's first CUDA work: ``CUBLAS_WORKSPACE_CONFIG`` for deterministic
-    cuBLAS (cuBLAS reads it once, at its first use) and whether TF32 may stand in for float32 in cuDNN
-    convolutions and CUDA matmuls (torch's defaults: on for convolutions, off for matmuls).  The CPU
-    ignores both; the matmul flag is only set for a CUDA ``device``."""
-    if deterministic_kernels:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cuBLAS (cuBLAS reads it once, at its first use), and whether TF32 may stand in for float32 in cuDNN
+    convolutions and CUDA matmuls (torch's own defaults: on for convolutions, off for matmuls; here both follow
+    ``tf32``).  ``ValueError`` when deterministic kernels are asked for on CUDA after this process has already
+    started CUDA without the workspace setting (it would have no effect).  The CPU ignores all of it."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if deterministic_kernels and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if cuda and torch.cuda.is_initialized():
+            raise ValueError("--deterministic needs CUBLAS_WORKSPACE_CONFIG before the process's first CUDA work, "
+                             "which has already happened here; set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the "
+                             "environment or start a new process")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.backends.cudnn.allow_tf32 = bool(tf32)
-    if device is not None and torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
 
 
 def tf32_settings() -> dict:
@@ -175,7 +180,8 @@ def autocast(device: torch.device, amp: str = "none"):
 
 
 # ops of the pipeline without a deterministic CUDA kernel (torch raises under use_deterministic_algorithms)
-NONDETERMINISTIC_CUDA = {"idm": "IDM's bilinear upsampling of its tiles (F.interpolate backward)"}
+NONDETERMINISTIC_CUDA = {"factored_synset": "the bilinear upsampling of a factored synthetic set's tiles, "
+                                            "F.interpolate's backward"}
 
 
 @contextlib.contextmanager
@@ -187,12 +193,11 @@ def deterministic(enabled: bool) -> Iterator[None]:
     deterministic kernel raises (``warn_only=False``): the default pipeline has none (DSA's scale and rotate
     warp by gathers on CUDA, ResNet18 pools by a mean there); IDM's upsampling is one, and the runner refuses
     ``--deterministic`` for it on CUDA.  cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before its first call:
-    :func:`configure_process` sets it at process start (set here too, for callers that did not).  On the CPU
-    the kernels are deterministic already and the flag changes nothing."""
+    :func:`configure_process` sets it at process start.  On the CPU the kernels are deterministic already and
+    the flag changes nothing."""
     if not enabled:
         yield
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(True, warn_only=False)

@@ -314,3 +314,100 @@ def test_run_directories_written_before_the_device_fields_are_still_reused_and_r
     save_tensors(state, str(out / "checkpoint.pt"))
     metrics = run_distillation(tiny(iterations=3), str(out), resume=True, progress=False, final_eval=False)
     assert metrics["iterations"] == 3
+
+
+# ----------------------------------------------------------------------------- torchrun, process settings
+def _fake_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+def test_a_rank_that_sees_one_gpu_takes_it_and_one_without_a_gpu_is_refused(monkeypatch):
+    """A scheduler that sets CUDA_VISIBLE_DEVICES per task shows each rank one GPU, cuda:0, whatever its
+    LOCAL_RANK; several GPUs but fewer than the ranks is a launch error, said in one line."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    _fake_gpus(monkeypatch, 1)
+    assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
+    _fake_gpus(monkeypatch, 2)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 3 has no GPU of its own: this process sees 2 \(cuda:0, cuda:1\)"):
+        resolve_device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "x")  # not torchrun's: a single process
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+
+
+def _no_cublas_setting(monkeypatch):
+    """CUBLAS_WORKSPACE_CONFIG unset for the test, and as it was afterwards (whatever the test sets)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+
+
+def test_configure_process_sets_cublas_before_cuda_and_refuses_after(monkeypatch):
+    _no_cublas_setting(monkeypatch)
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        with pytest.raises(ValueError, match="CUBLAS_WORKSPACE_CONFIG before the process's first CUDA work"):
+            devices.configure_process(deterministic_kernels=True, device=torch.device("cuda", 0))
+        devices.configure_process(deterministic_kernels=True, tf32=True, device=torch.device("cpu"))  # the CPU: fine
+        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": True}
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+        devices.configure_process(deterministic_kernels=True, tf32=False, device=torch.device("cuda", 0))
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert devices.tf32_settings() == {"tf32_conv": False, "tf32_matmul": False}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def test_a_run_configures_the_process_before_its_first_device_work(tmp_path, monkeypatch):
+    """CUBLAS_WORKSPACE_CONFIG and the TF32 flags are in place when the run loads its data onto the device (the
+    first CUDA work of a run; DANCE's experts train right after); metrics.json records what held."""
+    import json
+    import os
+
+    from hddgeo.distill import runner
+
+    _no_cublas_setting(monkeypatch)
+    seen, original = [], runner.prepare
+
+    def prepare(cfg):
+        seen.append((os.environ.get("CUBLAS_WORKSPACE_CONFIG"), devices.tf32_settings()))
+        return original(cfg)
+
+    monkeypatch.setattr(runner, "prepare", prepare)
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        run_distillation(tiny(deterministic=True, tf32=True, device="cpu"), str(tmp_path / "a"), progress=False,
+                         final_eval=False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert seen == [(":4096:8", {"tf32_conv": True, "tf32_matmul": True})]
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["deterministic"] is True and metrics["tf32_conv"] is True and metrics["tf32_matmul"] is True
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["tf32"] is True
+
+
+def test_tf32_is_part_of_a_run(tmp_path, capsys):
+    """TF32 changes what a CUDA run computes: a resume may not switch it (as --amp), and it is a study axis."""
+    out = tmp_path / "run"
+    assert main(["distill", "--iterations", "2", "--checkpoint-every", "1", "--final-eval-epochs", "0", "--quiet",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--out", str(out), "--resume", "--tf32", "--quiet"]) == 2
+    assert "tf32" in capsys.readouterr().err
+
+
+def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatch, capsys):
+    """IDM's factored synthetic set is upsampled by F.interpolate, whose CUDA backward has no deterministic
+    kernel: --deterministic refuses it in one line before anything is written (torch would raise mid-run)."""
+    _fake_gpus(monkeypatch, 1)
+    _no_cublas_setting(monkeypatch)
+    out = tmp_path / "run"
+    code = main(["distill", "--method", "idm", "--deterministic", "--device", "cuda", "--iterations", "1",
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "F.interpolate" in err[0] and "--deterministic" in err[0], err
+    assert not out.exists()

@@ -37,6 +37,9 @@ def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
     assert set(targeted[targeted["check"].str.endswith("hdd/karcher")]["target"]) == {"<= 1.2x"}
     bench_rows = pd.read_csv(out / "bench_iterations.csv")
     assert set(bench_rows["device"]) == {"cpu"} and set(bench_rows["amp"]) == {"none", "bf16"}
+    # every row says what float32 meant: TF32 off by default, as the settings row says
+    assert not bench_rows["tf32_conv"].any() and not bench_rows["tf32_matmul"].any()
+    assert "TF32 conv off, TF32 matmul off" in table.set_index("check").loc["settings", "value"]
     # d: both runs on the fake Fashion-MNIST, with accuracies and the 20,000-iteration projection
     distill = table[table["step"] == "d"].set_index("check")
     assert (distill["status"] == "ok").all()
@@ -86,3 +89,29 @@ def test_gpu_check_plans_the_runs_into_the_budget():
     assert epochs == 1000 and iters % 100 == 0 and 500 <= iters < 20000 and "iterations shortened" in notes[-1]
     assert 2 * 15 + iters * sum(spi) * 1.15 + 2 * eval_cost(epochs) <= 300
     assert gpu_check.plan_runs(30, spi, eval_cost, sizes)[:2] == (0, 0)
+
+
+def test_the_agreement_passes_share_no_tensor_and_leave_their_inputs_alone():
+    """Step b's reference (CPU) and device passes each make their own leaves.  Before, ``v.to("cpu")`` handed the
+    CPU pass the caller's own tensors: it marked them ``requires_grad`` and its gradients were their ``.grad``,
+    so on CUDA the device pass got non-leaf copies without gradients and the step wrote no row.  Here the
+    "device" is the CPU too, which is exactly where aliasing happens."""
+    import torch
+
+    gpu_check = load_script("gpu_check")
+    from hddgeo.losses import hdd_loss
+    import geoopt
+
+    M = geoopt.Lorentz(k=1.0)
+    v_real, v_syn = gpu_check.agreement_features(2, 6, 3, 5)
+    keep = (v_real.clone(), v_syn.clone())
+    fn = lambda vr, vs: hdd_loss(vr, vs, M, scale=4.0, centroid="law", max_norm=10.0)  # noqa: E731
+    ref = gpu_check._evaluate(fn, v_real, v_syn, torch.device("cpu"))
+    got = gpu_check._evaluate(fn, v_real, v_syn, torch.device("cpu"))
+    for t in (v_real, v_syn):
+        assert not t.requires_grad and t.grad is None
+    assert torch.equal(v_real, keep[0]) and torch.equal(v_syn, keep[1])
+    for a, b in zip(ref, got):
+        assert a is not None and b is not None and a.data_ptr() != b.data_ptr()
+        assert torch.equal(a, b)
+    assert all(t.data_ptr() not in (v_real.data_ptr(), v_syn.data_ptr()) for t in ref + got)

@@ -29,7 +29,8 @@ import torch
 
 from hddgeo.data import ClassPool, dsa, load_dataset, parse_strategy
 from hddgeo.data.datasets import DATASET_NAMES
-from hddgeo.device import AMP_MODES, autocast, check_device_name, deterministic, resolve_device
+from hddgeo.device import (AMP_MODES, NONDETERMINISTIC_CUDA, autocast, check_device_name, configure_process,
+                           deterministic, resolve_device, tf32_settings)
 from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
@@ -106,6 +107,8 @@ class DistillConfig:
                             "float64, losses float32 or float64)", "device", lambda: AMP_MODES)
     deterministic: bool = _opt(False, "torch's deterministic algorithms and no cuDNN autotuning (CUDA: slower, "
                                       "repeatable; the CPU is deterministic already)", "device")
+    tf32: bool = _opt(False, "let TF32 stand in for float32 in CUDA convolutions and matmuls (faster from Ampere on, "
+                             "~1e-3 relative); off, float32 is float32 as on the CPU", "device")
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
     prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
@@ -211,6 +214,10 @@ def prepare(cfg: DistillConfig):
     """Validate the configuration and load what the run needs; raises before any file is written."""
     cfg.validate()
     device = resolve_device(cfg.device)  # a device that does not exist fails here, before the data loads
+    if cfg.deterministic and device.type == "cuda" and METHODS[cfg.method].factor > 1:
+        raise ValueError(f"--deterministic on CUDA: {cfg.method} has an op without a deterministic CUDA kernel "
+                         f"({NONDETERMINISTIC_CUDA['factored_synset']}); drop --deterministic or run {cfg.method} "
+                         f"on the CPU")
     dataset = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
     if cfg.eval_test_per_class:
         dataset = dataset.test_subset(cfg.eval_test_per_class)
@@ -346,6 +353,20 @@ class NonFiniteError(ValueError):
     """The loss, the image gradients or the images became NaN or infinite."""
 
 
+def _first_failure(own: Optional[ValueError], seen: ValueError, world: int) -> ValueError:
+    """The error every rank raises when an iteration fails.  ``own`` is this rank's failure in its own step
+    (``None`` when its step went through), ``seen`` what it saw (the non-finite images).  Under torchrun every
+    rank stops at the same point with the same one line: the lowest failing rank's own message, else ``seen``."""
+    if world == 1:
+        return own or seen
+    failures = [f for f in distributed.gather(None if own is None else (isinstance(own, NonFiniteError), str(own)))
+                if f is not None]
+    if not failures:
+        return seen
+    is_nonfinite, message = failures[0]
+    return (NonFiniteError if is_nonfinite else ValueError)(message)
+
+
 def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, progress: bool = True,
                      stop_after: Optional[int] = None, final_eval: bool = True) -> dict:
     """Distil into ``out_dir`` (created, or resumed from its checkpoint) and return the metrics.
@@ -362,6 +383,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
             if resume and rank == 0 and os.path.isdir(out_dir):
                 lock = RunLock(out_dir)  # one process owns the directory, from before its files are read
             cfg, state = _prepare_directory(cfg, out_dir, resume)
+            # before this process's first CUDA work: cuBLAS reads its workspace setting once, at its first call
+            configure_process(cfg.deterministic, cfg.tf32, resolve_device(cfg.device))
             dataset, pool, matcher = prepare(cfg)
             method = build_method(cfg.method, cfg, dataset, pool, matcher)
             if rank == 0 and lock is None:
@@ -457,17 +480,26 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
     for it in bar:
         t0 = time.perf_counter()
         diagnose = bool(cfg.gap_every) and (it % cfg.gap_every == 0 or it + 1 == cfg.iterations)
+        failure = None
         try:
             loss, parts, step = method.step(it, syn, diagnose=diagnose)
         except ValueError as err:
             if it == 0:  # the images are still the initial ones: the input itself is bad
-                raise
-            # after image updates, NaN/inf features mean the images have run away
-            bar.close()
-            size = float(syn.images.detach().abs().max())
-            raise non_finite(f"features of the synthetic images (largest |pixel| {size:.3g}: {err})", it) from None
+                failure = err
+            else:  # after image updates, NaN/inf features mean the images have run away
+                size = float(syn.images.detach().abs().max())
+                failure = non_finite(f"features of the synthetic images (largest |pixel| {size:.3g}: {err})", it)
+            if world == 1:
+                bar.close()
+                raise failure from None
         optimizer.zero_grad(set_to_none=False)
-        loss.backward()
+        if failure is None:
+            loss.backward()
+        else:
+            # this rank cannot go on, and the others are about to wait for its gradient: it sends NaN, which
+            # makes every rank's images non-finite below, where all of them stop with this rank's message
+            syn.images.grad = torch.full_like(syn.images, float("nan"))
+            loss, parts = syn.images.grad.sum(), {}
         distributed.sum_(syn.images.grad)  # each class's gradient comes from exactly one rank
         # the image gradient's norm (the step-size control of a study compares it between matchers); the summed
         # gradient is the same on every rank, so each contributes 1/world of it to the summed log values
@@ -479,7 +511,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                                    {"loss": loss.detach(), **parts, "grad_norm": grad_norm})
         if not finite:
             bar.close()
-            raise non_finite("synthetic images (or their gradient)", it)
+            raise _first_failure(failure, non_finite("synthetic images (or their gradient)", it), world) from None
         method.after_step(step)
         logged = distributed.sum_floats(logged)
         if not math.isfinite(logged["loss"]):
@@ -515,7 +547,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                "seconds_per_iteration": sum(seconds) / max(len(seconds), 1), "processes": world,
                "device": str(method.device), "loop_seconds": time.perf_counter() - loop_start,
                "checkpoint_seconds": spent["checkpoint"], "periodic_eval_seconds": spent["periodic_eval"],
-               "resumed_from_iteration": start_it}
+               "resumed_from_iteration": start_it, "deterministic": cfg.deterministic, **tf32_settings()}
     if final_eval and cfg.final_eval_epochs > 0:
         t_eval = time.perf_counter()
         images, labels = syn.expanded()
@@ -551,6 +583,7 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     if amp not in AMP_MODES:
         raise ValueError(f"unknown amp mode {amp!r}; choose one of {', '.join(AMP_MODES)}")
     device = resolve_device(device)
+    configure_process(tf32=cfg.tf32, device=device)
     dataset = load_dataset(cfg.dataset, data_root=data_root or cfg.data_root)
     if cfg.eval_test_per_class:
         dataset = dataset.test_subset(cfg.eval_test_per_class)
