@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run directories, or folders holding them (a study's output folder)")
     cmp.add_argument("--out", default=None, help="folder for compare.csv, compare_paired.csv and compare.md "
                                                  "(default: the current folder)")
+    cmp.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                     help="also report A - B (method labels as the table shows them, e.g. dm+hdd/law dm@lr0.3); "
+                          "repeatable")
 
     pl = sub.add_parser("plot", help="figures of a run directory")
     pl.add_argument("what", choices=["poincare"], help="poincare: Poincare-disk views and radius histograms")
@@ -271,7 +274,17 @@ def _run(args, given: set) -> int:
         table, unevaluated = read_runs(args.run_dirs)  # every file checked before anything is written
         note = (f"Not evaluated (distilled with --final-eval-epochs 0), left out: {', '.join(unevaluated)}\n"
                 if unevaluated else "")
-        summary, diffs, text = write_report(table, out, "compare", preamble=note.rstrip("\n"))
+        pairs = None
+        if args.pair:
+            from .stats import default_pairs
+
+            labels = list(dict.fromkeys(table["method"]))
+            unknown = sorted({m for pair in args.pair for m in pair} - set(labels))
+            if unknown:
+                raise ValueError(f"--pair names {', '.join(unknown)}, which no run is; the runs are "
+                                 f"{', '.join(labels)}")
+            pairs = default_pairs(labels) + [tuple(p) for p in args.pair if tuple(p) not in default_pairs(labels)]
+        summary, diffs, text = write_report(table, out, "compare", pairs=pairs, preamble=note.rstrip("\n"))
         print(text, end="")
         print(f"wrote {os.path.join(out, 'compare.csv')}, compare_summary.csv, compare_paired.csv and compare.md")
     elif args.command == "plot":

@@ -110,3 +110,20 @@ def test_compare_command(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "study")]) == 2
     err = capsys.readouterr().err
     assert "dm0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_reports_the_pairs_it_is_asked_for(tmp_path, capsys):
+    """--pair A B adds A - B to the default pairs (the verdict's HDD - best-tuned DM); a label no run has is one
+    line naming the labels there are, status 2."""
+    for seed, (a, b) in enumerate([(0.60, 0.55), (0.62, 0.60), (0.64, 0.61)]):
+        _fake_run(tmp_path / "study" / "runs" / f"law{seed}", "dm+hdd/law", 1, seed, [a, a])
+        _fake_run(tmp_path / "study" / "runs" / f"dm{seed}", "dm", 1, seed, [b, b])
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "study"), "--out", str(out), "--pair", "dm", "dm+hdd/law"]) == 0
+    paired = pd.read_csv(out / "compare_paired.csv")
+    assert list(zip(paired["a"], paired["b"])) == [("dm+hdd/law", "dm"), ("dm", "dm+hdd/law")]
+    assert paired["diff_mean"].iloc[1] == pytest.approx(-paired["diff_mean"].iloc[0])
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "study"), "--out", str(out), "--pair", "dm@lr3", "dm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dm@lr3" in err[0] and "the runs are dm, dm+hdd/law" in err[0]
