@@ -20,11 +20,19 @@ spread of the hierarchical weights (``gap_every``); every iteration the image gr
 Variants (paired by seed: within one seed every cell shares its feature networks, real batches, DSA draws,
 initial images and evaluation networks):
 
-* pilot: ``random`` (the initial images), ``dm``, ``dm+hdd/law``, ``dm+hdd/karcher`` at IPC 1 and 10;
-* main adds: ``dm@lrX`` (DM at larger image learning rates spanning the measured ratio of HDD's to DM's
-  image-gradient norm), ``dm+hdd/tangent`` (the negative control), ``dm+hdd/law@noclip`` and
-  ``dm+hdd/karcher@noclip`` (no clip: the regime where the centroids differ on these features), and
-  ``dm+hdd/law@prune20`` (the 20 % most root-level images of each class as the pool).
+* pilot: ``random`` (the initial images), ``dm``, ``dm+hdd/law``, ``dm+hdd/karcher`` at IPC 1 and 10, seeds
+  0-2; its ``design.md`` gives the spread of the paired differences, the seeds a half-width of 0.5 points needs,
+  and the ratio of HDD's to DM's image-gradient norm;
+* main (the spec's stages ``controls``, ``seeds1``, ``seeds10``, ``prune10``, in that order, the seeds chosen from
+  the pilot and written in the spec): ``dm@lr0.1/0.3/3`` (DM at image learning rates spanning that ratio),
+  ``dm+hdd/tangent`` (the negative control), ``dm+hdd/law@noclip`` and ``dm+hdd/karcher@noclip`` (no clip: the
+  regime where the centroids differ on these features) and ``dm+hdd/law@prune20`` (the 20 % most root-level
+  images of each class as the pool) at IPC 1, seeds 0-2; the pilot's variants over more seeds at IPC 1 and 10;
+  pruning at IPC 10, seeds 0-2.  Then ``results.md`` (every default pair, and HDD against the best DM of the
+  learning-rate grid) and ``verdict.csv`` (one row per claim; ``python experiments/verdict_mechanism.py`` first
+  adds the root-centric bias row).
+
+``--seeds`` replaces the seeds of every main-stage block (tests; a smaller study).
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import math
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -42,7 +51,8 @@ from hddgeo import stats
 from hddgeo.distill import DistillConfig, paper_preset
 from hddgeo.cli import run_main
 from hddgeo.distill.spec import load_spec
-from hddgeo.distill.study import check_seeds_and_jobs, run_study, write_report
+from hddgeo.distill.study import check_seeds_and_jobs, run_cells, run_study, study_cells, write_report
+from hddgeo.rundir import write_csv, write_text
 from hddgeo.tables import markdown_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,26 +62,22 @@ BUDGETS = {
     "verdict": dict(iterations=200, batch_real=64, final_eval_nets=5, epochs={1: 300, 10: 500}, gap_every=20),
     "quick": dict(iterations=2, batch_real=4, final_eval_nets=2, epochs={1: 2, 10: 2}, gap_every=1),
 }
-# The variants and the pilot's seeds have one source, the shipped spec hddgeo/specs/fashionmnist_verdict.toml
-# (`hddgeo study fashionmnist_verdict` runs the same cells): edit them there.  Its [[variants]] are the pilot's
-# (its [stages.pilot]) and then the controls: DM at larger image learning rates (the step-size control; DM_LR_FACTORS,
-# chosen from the pilot's measured ratio of HDD's to DM's image-gradient norm, tags lr<value>), the tangent centroid,
-# no clip, pruning.  tests/test_spec.py checks that the spec's cells are this script's.
+# The variants, the pilot's seeds and the main stage's blocks have one source, the shipped spec
+# hddgeo/specs/fashionmnist_verdict.toml (`hddgeo study fashionmnist_verdict --stage NAME` runs the same cells):
+# edit them there.  tests/test_spec.py checks that the spec's cells are this script's.
 SPEC = load_spec("fashionmnist_verdict")
 PILOT_SEEDS = tuple(SPEC.stages["pilot"]["seeds"])
 PILOT_VARIANTS = tuple(SPEC.stage_variants("pilot"))
 CONTROL_VARIANTS = tuple(v for v in SPEC.variants if v not in PILOT_VARIANTS)
-DM_LR_FACTORS = tuple(v["lr_img"] for v in CONTROL_VARIANTS if v.get("tag", "").startswith("lr"))
 TARGET_HALF_WIDTH = 0.005  # 0.5 accuracy points
-MAX_SEEDS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["pilot", "main"], default="main")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="distillation seeds of the main stage (default: as many as the pilot asks for, at most "
-                        f"{MAX_SEEDS}; the pilot's are {list(PILOT_SEEDS)})")
+                   help="seeds of every main-stage block (default: the spec's, chosen from the pilot; the pilot's "
+                        f"are {list(PILOT_SEEDS)})")
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke setting (tests)")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST files "
@@ -80,7 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="cells run at a time, each in a one-thread process")
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--rerun", metavar="CELL", default=None,
+                   help="rerun the committed cell CELL (a folder of OUT/runs) from its config.json into a new folder "
+                        "and compare its accuracies with the committed metrics.json; nothing else runs")
+    p.add_argument("--rerun-out", default=None, help="where --rerun writes (default: a temporary folder)")
     return p
+
+
+def rerun(study: str, name: str, out: Optional[str] = None, progress: bool = True) -> dict:
+    """Rerun one committed cell from its ``config.json`` (threads, device and data as it says) and compare the
+    per-network accuracies with its ``metrics.json``: ``{"committed", "rerun", "identical", "max_abs_diff"}``."""
+    import tempfile
+
+    from hddgeo.distill import run_distillation
+    from hddgeo.distill.study import baseline_cell
+    from hddgeo.rundir import read_json
+
+    cell = os.path.join(study, "runs", name)
+    if not os.path.isfile(os.path.join(cell, "metrics.json")):
+        raise ValueError(f"{cell} holds no finished cell (metrics.json); name a folder of {os.path.join(study, 'runs')}")
+    cfg = DistillConfig.from_json(read_json(os.path.join(cell, "config.json")), source=os.path.join(cell, "config.json"))
+    committed = read_json(os.path.join(cell, "metrics.json"))["accs"]
+    with tempfile.TemporaryDirectory() as tmp:
+        target = os.path.join(out or tmp, name)
+        if "_random_" in name:
+            got = baseline_cell(cfg, target, progress=progress)["accs"]
+        else:
+            got = run_distillation(cfg, target, progress=progress)["accs"]
+    diff = max(abs(a - b) for a, b in zip(committed, got)) if len(committed) == len(got) else float("inf")
+    return {"committed": committed, "rerun": got, "identical": committed == got, "max_abs_diff": diff}
 
 
 def base_config(budget: dict, args) -> DistillConfig:
@@ -150,8 +184,118 @@ def gradient_ratio(table: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
+# The main stage, in the order its cells run; each is a stage of the spec (variants, seeds, IPCs), so
+# `hddgeo study fashionmnist_verdict --stage NAME` runs the same cells.  The spec's seeds are the design chosen
+# from the pilot (printed beside what the pilot asks for).
+MAIN_STAGES = ("controls", "seeds1", "seeds10", "prune10")
+PAPER = {"dm": {1: 70.7, 10: 83.4}, "dm+hdd/law": {1: 72.1, 10: 84.0}, "random": {1: 51.4, 10: 73.8}}
+
+
+def main_cells(base: DistillConfig, args, budget: dict, seeds=None) -> list:
+    """Every cell of the main stage, pilot cells included (reused), each once, in :data:`MAIN_STAGES` order."""
+    cells, seen = [], set()
+    stages = [("pilot", None)] + [(name, seeds) for name in MAIN_STAGES]
+    for name, given in stages:
+        stage = SPEC.stages[name]
+        ipcs = [i for i in stage.get("ipc", SPEC.ipcs) if i in args.ipc]
+        block = study_cells(base, args.out, ipcs, SPEC.stage_variants(name), list(given or stage["seeds"]),
+                            SPEC.baseline, cell_adjuster(budget), one_thread=args.jobs > 1)
+        for cell in block:
+            if cell.run_dir not in seen:
+                seen.add(cell.run_dir)
+                cells.append(cell)
+    return cells
+
+
+def best_dm(table: pd.DataFrame, ipc: int) -> Optional[str]:
+    """The DM variant (default or larger/smaller image learning rate) with the highest mean accuracy at ``ipc``
+    over the seeds every one of them ran (chosen after the fact: the control is in DM's favour)."""
+    at = stats.per_seed(table[table["ipc"] == ipc])
+    dms = [m for m in at["method"].unique() if m == "dm" or m.startswith("dm@lr")]
+    wide = at[at["method"].isin(dms)].pivot(index="seed", columns="method", values="acc").dropna()
+    if wide.empty or len(dms) < 2:
+        return None
+    return str(wide.mean().idxmax())
+
+
+def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain") -> str:
+    """One word for a claim from its 95 % interval (accuracy points).  ``gain``: the paper reports ``paper`` > 0
+    points; ``same``: the paper says the two agree (pruning, Law for Karcher), within ``SAME_MARGIN`` points."""
+    if seeds < 3 or not np.isfinite(low):
+        return "not resolvable"
+    if kind == "same":
+        if -SAME_MARGIN <= low and high <= SAME_MARGIN:
+            return "reproduced"
+        return "contradicted" if (high < -SAME_MARGIN or low > SAME_MARGIN) else "not resolvable"
+    if low > 0:
+        return "reproduced" if paper is None or low <= paper else "reproduced (larger)"
+    if high < 0:
+        return "contradicted"
+    if paper is not None and high < paper:
+        return "not reproduced"
+    return "not resolvable"
+
+
+SAME_MARGIN = 1.0  # points: "keeps accuracy" / "the approximation is enough" read as within one point
+
+
+def verdict_table(table: pd.DataFrame, mechanism: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per claim: the paper's number, ours (mean over seeds, 95 % t interval, seeds) and one word."""
+    rows = []
+
+    def pair(claim, ipc, a, b, paper, kind="gain", note=""):
+        at = stats.per_seed(table[table["ipc"] == ipc])
+        wide = at.pivot(index="seed", columns="method", values="acc")
+        if a not in wide or b not in wide:
+            rows.append({"claim": claim, "IPC": ipc, "paper (points)": _num(paper), "ours (points)": "not run",
+                         "95% CI": "", "seeds": 0, "verdict": "not resolvable", "difference": f"{a} − {b}"})
+            return
+        diff = 100 * (wide[a] - wide[b]).dropna()
+        low, high = stats.t_interval(diff.values)
+        rows.append({"claim": claim, "IPC": ipc, "paper (points)": _num(paper), "ours (points)": f"{diff.mean():+.2f}",
+                     "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
+                     "seeds": len(diff), "verdict": verdict_word(low, high, len(diff), paper, kind) + note,
+                     "difference": f"{a} − {b}"})
+
+    ipcs = sorted(int(i) for i in table["ipc"].unique())
+    for ipc in ipcs:
+        pair("HDD beats DM", ipc, "dm+hdd/law", "dm", PAPER["dm+hdd/law"][ipc] - PAPER["dm"][ipc])
+        best = best_dm(table, ipc)
+        if best is not None:
+            pair("HDD beats the best-tuned DM", ipc, "dm+hdd/law", best, None, note=f" ({best})")
+        pair("Karcher = Law, paper's setting (k 1, clip 10)", ipc, "dm+hdd/karcher", "dm+hdd/law", None, "same")
+        pair("Karcher = Law, no clip", ipc, "dm+hdd/karcher@noclip", "dm+hdd/law@noclip", None, "same")
+        pair("Law beats the tangent centroid", ipc, "dm+hdd/law", "dm+hdd/tangent", None)
+        pair("20 % most root-level images keep accuracy", ipc, "dm+hdd/law@prune20", "dm+hdd/law", None, "same")
+        pair("DM beats its random initial images", ipc, "dm", "random", PAPER["dm"][ipc] - PAPER["random"][ipc])
+    if mechanism is not None and len(mechanism):
+        for ipc in ipcs:
+            m = mechanism[(mechanism["quantity"] == "synthetic - real radius") & (mechanism["ipc"] == ipc)
+                          & (mechanism["of"] == "dm+hdd/law − dm")]
+            if len(m):
+                r = m.iloc[0]
+                closer = "HDD nearer the root than DM" if r["ci_high"] < 0 else (
+                    "DM nearer the root than HDD" if r["ci_low"] > 0 else "no difference resolved")
+                rows.append({"claim": "HDD's synthetic points lie nearer the root", "IPC": ipc,
+                             "paper (points)": "qualitative", "ours (points)": f"{r['mean']:+.3f} (radius)",
+                             "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", "seeds": int(r["seeds"]),
+                             "verdict": ("reproduced" if r["ci_high"] < 0 else "contradicted" if r["ci_low"] > 0
+                                         else "not resolvable") + f" ({closer})" if r["seeds"] >= 3 else "not resolvable",
+                             "difference": "(syn - real radius) of dm+hdd/law − of dm"})
+    return pd.DataFrame(rows)
+
+
+def _num(x) -> str:
+    return "—" if x is None else f"{x:+.1f}"
+
+
 def main(argv=None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
+    if args.rerun:
+        res = rerun(args.out, args.rerun, args.rerun_out, progress=not args.quiet)
+        print(f"{args.rerun}: committed {res['committed']}\n{' ' * len(args.rerun)}  rerun     {res['rerun']}\n"
+              + ("identical" if res["identical"] else f"DIFFERENT (largest difference {res['max_abs_diff']:.4g})"))
+        return 0 if res["identical"] else 1
     check_seeds_and_jobs(args.seeds, args.jobs)
     budget = BUDGETS["quick" if args.quick else "verdict"]
     base = base_config(budget, args)
@@ -166,14 +310,25 @@ def main(argv=None) -> pd.DataFrame:
                + markdown_table(ratio) if len(ratio) else ""))
     table = pilot
     if args.stage == "main":
-        seeds = args.seeds or list(range(min(max(needed, len(PILOT_SEEDS)), MAX_SEEDS)))
-        text += (f"\nMain stage: seeds {seeds} (the pilot asks for {needed}"
-                 + (f"; capped at {MAX_SEEDS}" if needed > MAX_SEEDS else "") + ").\n")
-        table = run_study(base, args.out, ipcs=args.ipc, variants=PILOT_VARIANTS + CONTROL_VARIANTS, seeds=seeds,
-                          progress=not args.quiet, cfg_for=cell_adjuster(budget), jobs=args.jobs, name="results")
-    (design).to_csv(os.path.join(args.out, "pilot_design.csv"), index=False)
-    with open(os.path.join(args.out, "design.md"), "w") as fh:
-        fh.write(text)
+        text += "\n## Main stage (the spec's stages, in order)\n\n" + "\n".join(
+            f"- {name}: {', '.join(SPEC.stages[name]['variants'])} at IPC "
+            f"{', '.join(map(str, SPEC.stages[name].get('ipc', SPEC.ipcs)))}, seeds "
+            f"{args.seeds or SPEC.stages[name]['seeds']}" for name in MAIN_STAGES) + "\n"
+        cells = main_cells(base, args, budget, seeds=args.seeds)
+        table = run_cells(cells, args.out, "results", jobs=args.jobs, progress=not args.quiet)
+        pairs = stats.default_pairs(table["method"])
+        for ipc in args.ipc:
+            best = best_dm(table, ipc)
+            if best is not None and best != "dm" and ("dm+hdd/law", best) not in pairs:
+                pairs.append(("dm+hdd/law", best))
+        write_report(table, args.out, "results", pairs=pairs)
+        mech_path = os.path.join(args.out, "mechanism_paired.csv")
+        mechanism = pd.read_csv(mech_path) if os.path.isfile(mech_path) else None
+        verdict = verdict_table(table, mechanism)
+        write_csv(os.path.join(args.out, "verdict.csv"), verdict)
+        text += "\n## Verdict\n\n" + markdown_table(verdict) + "\n"
+    write_csv(os.path.join(args.out, "pilot_design.csv"), design)
+    write_text(os.path.join(args.out, "design.md"), text)
     print(text)
     print(f"{(time.time() - t0) / 60:.1f} min; tables in {args.out}", file=sys.stderr)
     return table

@@ -38,21 +38,42 @@ def test_demo_spec_is_the_demo():
     assert len(cells) == 24 and cells[0].name == "ipc1_random_seed0" and cells[3].name == "ipc1_dm_hdd-karcher_seed0"
 
 
-@pytest.mark.parametrize("stage", ["pilot", None])
+@pytest.mark.parametrize("stage", ["pilot", None, "controls", "seeds1", "seeds10", "prune10"])
 def test_verdict_spec_cells_are_the_scripts(stage):
     script = load_script("fashionmnist_verdict")
     args = script.build_parser().parse_args([])
     spec = load_spec("fashionmnist_verdict")
     for budget, profile in (("verdict", None), ("quick", "quick")):
         b = script.BUDGETS[budget]
-        variants = script.PILOT_VARIANTS + (() if stage else script.CONTROL_VARIANTS)
-        ref = study_cells(script.base_config(b, args), script.DEFAULT_OUT, [1, 10], variants,
-                          list(script.PILOT_SEEDS), True, script.cell_adjuster(b), one_thread=args.jobs > 1)
+        variants = spec.stage_variants(stage) if stage else script.PILOT_VARIANTS + script.CONTROL_VARIANTS
+        info = spec.stages.get(stage, {})
+        ref = study_cells(script.base_config(b, args), script.DEFAULT_OUT, info.get("ipc", [1, 10]), variants,
+                          info.get("seeds", list(script.PILOT_SEEDS)), True, script.cell_adjuster(b),
+                          one_thread=args.jobs > 1)
         _same(spec.cells(out_dir=script.DEFAULT_OUT, stage=stage, profile=profile), ref)
     assert spec.report_name("pilot") == "pilot" and spec.report_name(None) == "results"
     labels = spec.labels()
-    assert labels[:3] == ["dm", "dm+hdd/law", "dm+hdd/karcher"] and "dm@lr10" in labels
+    assert labels[:3] == ["dm", "dm+hdd/law", "dm+hdd/karcher"] and "dm@lr0.3" in labels
     assert "dm+hdd/karcher@noclip" in labels and "dm+hdd/law@prune20" in labels
+
+
+def test_the_verdict_main_stage_is_the_specs_stages_in_order():
+    """The script's main stage runs the pilot's cells and then every cell of the spec's stages, each once."""
+    script = load_script("fashionmnist_verdict")
+    args = script.build_parser().parse_args([])
+    spec = load_spec("fashionmnist_verdict")
+    b = script.BUDGETS["verdict"]
+    cells = script.main_cells(script.base_config(b, args), args, b)
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names))
+    wanted = []
+    for stage in ("pilot",) + script.MAIN_STAGES:
+        wanted += [c.name for c in spec.cells(out_dir=script.DEFAULT_OUT, stage=stage) if c.name not in wanted]
+    assert names == wanted
+    # the pilot first, then the controls; IPC 10's extra seeds before its pruning
+    pilot = len(spec.cells(stage="pilot"))
+    assert names.index("ipc1_dm@lr0.1_seed0") == pilot
+    assert names.index("ipc10_dm_seed3") < names.index("ipc10_dm_hdd-law@prune20_seed0")
 
 
 def test_verdict_spec_reuses_the_committed_cells():

@@ -26,9 +26,10 @@
     lr_img = 10.0
     tag = "lr10"                  # its label is dm@lr10
 
-    [stages.pilot]                # --stage pilot: some variants (by label), own seeds and report name
+    [stages.pilot]                # --stage pilot: some variants (by label), own seeds, IPCs and report name
     variants = ["dm", "dm+hdd/law"]
     seeds = [0, 1, 2]
+    ipc = [1]                     # (default: the top-level ipc list)
     report = "pilot"
 
 A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  Cells come in :func:`study.run_study`'s order
@@ -53,7 +54,7 @@ from .study import cell_name, check_seeds_and_jobs
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
             "description")
-STAGE_KEYS = ("variants", "seeds", "report")
+STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
 BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs",
@@ -157,7 +158,7 @@ class Spec:
             raise ValueError(f"{self.path} names no out folder; pass --out")
         variants = self.stage_variants(stage)
         seeds = list(seeds) if seeds is not None else list(self.stages.get(stage, {}).get("seeds") or self.seeds)
-        ipcs = list(ipcs) if ipcs is not None else self.ipcs
+        ipcs = list(ipcs) if ipcs is not None else list(self.stages.get(stage, {}).get("ipc") or self.ipcs)
         check_seeds_and_jobs(seeds)  # a repeated seed would count one run twice
         if profile is not None and profile not in self.profiles:
             raise ValueError(f"{self.path} has no profile {profile!r}"
@@ -262,8 +263,9 @@ def load_spec(path: str) -> Spec:
         bad = [k for k in table if k not in STAGE_KEYS]
         if bad:
             raise ValueError(f"{path} [stages.{name}]: unknown key {bad[0]!r}; keys: {', '.join(STAGE_KEYS)}")
-        if "seeds" in table:
-            _int_list(table["seeds"], f"{path} [stages.{name}] seeds")
+        for key in ("seeds", "ipc"):
+            if key in table:
+                _int_list(table[key], f"{path} [stages.{name}] {key}")
         stages[name] = dict(table)
     spec = Spec(path=path, report=report, out=out, ipcs=_int_list(data.get("ipc", [10]), f"{path}: ipc"),
                 seeds=_int_list(data.get("seeds", [0]), f"{path}: seeds"), baseline=baseline,

@@ -1,0 +1,193 @@
+"""The paper's mechanism claims, measured on the verdict study's Fashion-MNIST cells, over seeds.
+
+    python experiments/verdict_mechanism.py                 # the committed study folder, 3 feature networks
+    python experiments/verdict_mechanism.py --study DIR --nets 3 --real-per-class 512
+
+* **Root-centric bias** (the paper: HDD's synthetic points lie nearer the root than the real class).  For every
+  finished distilled cell whose ``synset.pt`` is at hand, the synthetic images of each class and the first
+  ``--real-per-class`` training images of that class go through ``--nets`` randomly initialised ConvNets (the
+  DM protocol's feature maps, seeds 0, 1, ...); each feature is lifted with the cell's k *without* the clip (with
+  the reference clip of 10 every Fashion-MNIST feature lies at radius exactly 10, so a clipped radius says
+  nothing) and its geodesic radius taken.  A cell's bias is the mean over classes and networks of (mean
+  synthetic radius - mean real radius); the paired differences over seeds say whether HDD's bias differs from
+  DM's.  The same networks and real images serve every cell, so cells of one seed are compared on equal terms.
+* **Hierarchical weights** (Eq. 17, ``w = r / sinh r`` of the geodesic radius ``r``): for the same real images
+  and networks, with the reference clip and without it, each class's share of features the clip reaches, its
+  radius spread and the relative spread of its weights (coefficient of variation, std / mean: the absolute
+  weights are ~1e-10 at radius 25, so only the relative spread says how unequal they are).  The cells' own
+  ``gap_every`` diagnostics (``log.csv``: clip share of the real batch) go beside each cell.
+* **Hierarchical pruning** is a variant of the study itself (``dm+hdd/law@prune20``): its paired differences
+  are in the study's ``results.md`` / ``hddgeo compare``.
+
+Writes ``mechanism_cells.csv`` (one row per cell: radii, bias, clip share), ``mechanism_weights.csv`` (one row per
+clip setting, network and class), ``mechanism_paired.csv`` and ``mechanism.md`` into the study folder.  Cells without ``synset.pt`` (a checkout holds only the committed
+``config.json`` / ``metrics.json`` / ``log.csv``) get the diagnostics columns only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hddgeo import stats
+from hddgeo.cli import run_main
+from hddgeo.data import load_dataset
+from hddgeo.geometry.lorentz import lift_, radius_
+from hddgeo.models import embed, fresh_network
+from hddgeo.rundir import read_json, write_csv, write_text
+from hddgeo.tables import markdown_table
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_STUDY = os.path.join(HERE, "results", "fashionmnist_verdict")
+NETWORK_SEED = 900_000  # the feature networks' seeds: NETWORK_SEED + j, apart from every run's own streams
+PAIRS = (("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm"), ("dm+hdd/karcher", "dm+hdd/law"),
+         ("dm+hdd/law@noclip", "dm"), ("dm+hdd/karcher@noclip", "dm+hdd/law@noclip"))
+
+
+def finished_cells(study: str) -> list[tuple[str, dict, dict]]:
+    """``(run_dir, config, metrics)`` of every distilled cell with a ``metrics.json``, in name order."""
+    runs = os.path.join(study, "runs")
+    if not os.path.isdir(runs):
+        raise ValueError(f"{runs} not found: pass --study the verdict study's folder")
+    out = []
+    for name in sorted(os.listdir(runs)):
+        run_dir = os.path.join(runs, name)
+        if "_random_" in name or not os.path.isfile(os.path.join(run_dir, "metrics.json")):
+            continue
+        out.append((run_dir, read_json(os.path.join(run_dir, "config.json")), read_json(os.path.join(run_dir, "metrics.json"))))
+    return out
+
+
+def diagnostics(run_dir: str) -> dict:
+    """Means over the logged diagnostic iterations: weight spread and clip share of the real batch."""
+    path = os.path.join(run_dir, "log.csv")
+    if not os.path.isfile(path):
+        return {}
+    log = pd.read_csv(path)
+    if "wstd_real" not in log:
+        return {}
+    rows = log.dropna(subset=["wstd_real"])
+    return {"clip_share_real": float(rows["clip_real"].mean()), "logged_radius_real": float(rows["radius_real"].mean())}
+
+
+@torch.no_grad()
+def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> pd.DataFrame:
+    """Per clip setting, network and class: clip share, radius mean and std, the weights' coefficient of variation."""
+    from hddgeo.geometry.lorentz import inv_sinhc
+
+    kt, sk = torch.tensor(k, dtype=torch.float64), k ** 0.5
+    rows = []
+    for j, net in enumerate(nets):
+        for c, images in images_by_class.items():
+            v = embed(net, images).double()
+            for clip in clips:
+                r = radius_(lift_(v, kt, clip), kt)
+                w = inv_sinhc(r / sk)
+                rows.append({"clip": "none" if clip is None else clip, "network": j, "class": c,
+                             "clip_share": float((v.norm(dim=-1) / sk >= clip).double().mean()) if clip else 0.0,
+                             "radius_mean": float(r.mean()), "radius_std": float(r.std()),
+                             "weight_cv": float(w.std() / w.mean())})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def radii(images_by_class: dict, nets: list, k: float) -> np.ndarray:
+    """``(nets, classes)`` mean unclipped geodesic radius of each class's images under each network."""
+    kt = torch.tensor(k, dtype=torch.float64)
+    out = np.zeros((len(nets), len(images_by_class)))
+    for j, net in enumerate(nets):
+        for i, images in enumerate(images_by_class.values()):
+            v = embed(net, images).double()
+            out[j, i] = float(radius_(lift_(v, kt, None), kt).mean())
+    return out
+
+
+def main(argv=None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default=DEFAULT_STUDY, help="the verdict study's folder (its runs/ hold the cells)")
+    p.add_argument("--nets", type=int, default=3, help="random feature networks")
+    p.add_argument("--real-per-class", type=int, default=512, help="real training images per class")
+    p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST files (default: the cells')")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.nets < 1 or args.real_per_class < 2:
+        raise ValueError("--nets must be at least 1 and --real-per-class at least 2")
+    torch.set_num_threads(args.threads)
+    cells = finished_cells(args.study)
+    if not cells:
+        raise ValueError(f"no finished cell in {args.study}/runs")
+    dataset = None
+    real_radius = {}  # k -> (nets, classes)
+    rows = []
+    for run_dir, cfg, metrics in cells:
+        row = {"cell": os.path.basename(run_dir), "method": metrics["method"], "ipc": cfg["ipc"], "seed": cfg["seed"],
+               "k": cfg["k"], "max_norm": cfg["max_norm"], **diagnostics(run_dir)}
+        synset = os.path.join(run_dir, "synset.pt")
+        if os.path.isfile(synset):
+            from hddgeo.distill.synset import SyntheticSet
+
+            if dataset is None:
+                dataset = load_dataset(cfg["dataset"], data_root=args.data_root or cfg.get("data_root"))
+                nets = [fresh_network(cfg["model"], dataset, NETWORK_SEED + j).eval() for j in range(args.nets)]
+                real = {c: dataset.train_images[dataset.train_labels == c][:args.real_per_class]
+                        for c in range(dataset.num_classes)}
+            k = float(cfg["k"])
+            if k not in real_radius:
+                real_radius[k] = radii(real, nets, k)
+            syn = SyntheticSet.load(synset)
+            images, labels = syn["images"].float(), syn["train_labels"].long()
+            r_syn = radii({c: images[labels == c] for c in range(dataset.num_classes)}, nets, k)
+            row.update({"radius_real": float(real_radius[k].mean()), "radius_syn": float(r_syn.mean()),
+                        "root_bias": float((r_syn - real_radius[k]).mean())})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    write_csv(os.path.join(args.study, "mechanism_cells.csv"), table)
+    weights = pd.DataFrame()
+    if dataset is not None:
+        clips = tuple(dict.fromkeys([10.0] + [c for c in table["max_norm"] if c == c and c is not None] + [None]))
+        weights = weight_spread(real, nets, float(cells[0][1]["k"]), clips)
+        write_csv(os.path.join(args.study, "mechanism_weights.csv"), weights)
+
+    paired = []
+    for column, what in (("root_bias", "synthetic - real radius"),):
+        if column not in table:
+            continue
+        for ipc in sorted(table["ipc"].unique()):
+            at = table[table["ipc"] == ipc].pivot_table(index="seed", columns="method", values=column)
+            for method in at.columns:
+                values = at[method].dropna()
+                low, high = stats.t_interval(values.values)
+                paired.append({"quantity": what, "ipc": ipc, "of": method, "seeds": len(values),
+                               "mean": float(values.mean()), "ci_low": low, "ci_high": high})
+            for a, b in PAIRS:
+                if a in at and b in at:
+                    diff = (at[a] - at[b]).dropna()
+                    if len(diff):
+                        low, high = stats.t_interval(diff.values)
+                        paired.append({"quantity": what, "ipc": ipc, "of": f"{a} − {b}", "seeds": len(diff),
+                                       "mean": float(diff.mean()), "ci_low": low, "ci_high": high})
+    paired = pd.DataFrame(paired)
+    write_csv(os.path.join(args.study, "mechanism_paired.csv"), paired)
+    shown = paired.copy()
+    for c in ("mean", "ci_low", "ci_high"):
+        shown[c] = shown[c].map(lambda x: f"{x:.4g}")
+    text = (f"Cells: {len(table)} distilled ({int(table['root_bias'].notna().sum()) if 'root_bias' in table else 0} "
+            f"with their synthetic set at hand); {args.nets} random ConvNets, {args.real_per_class} real images per "
+            f"class, radii unclipped.\n\n" + markdown_table(shown))
+    if len(weights):
+        by_clip = weights.groupby("clip", sort=False)[["clip_share", "radius_mean", "radius_std", "weight_cv"]].agg(
+            ["mean", "min", "max"])
+        by_clip.columns = [f"{a} {b}" for a, b in by_clip.columns]
+        text += ("\n\nHierarchical weights of the real images (per class and network; k of the cells):\n\n"
+                 + markdown_table(by_clip.reset_index().round(4)))
+    write_text(os.path.join(args.study, "mechanism.md"), text)
+    print(text)
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,97 @@
+"""The verdict study's scripts end to end on quick settings and generated Fashion-MNIST files: pilot, main stage,
+verdict table, mechanism measures, and a committed cell rerun from its config.json."""
+import json
+import math
+
+import pandas as pd
+import pytest
+from test_experiments import load_script
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A quick verdict study at IPC 1 (pilot, then the main stage with seeds 0-2), and its mechanism tables."""
+    import numpy as np
+    from conftest import make_fashionmnist
+
+    root = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    make_fashionmnist(root, np.random.default_rng(0), per_class=(12, 3), compress=(True, True))
+    out = tmp_path_factory.mktemp("verdict") / "study"
+    script = load_script("fashionmnist_verdict")
+    table = script.main(["--quick", "--stage", "main", "--ipc", "1", "--seeds", "0", "1", "2", "--data-root",
+                         str(root), "--out", str(out), "--jobs", "1", "--quiet"])
+    load_script("verdict_mechanism").main(["--study", str(out), "--nets", "1", "--real-per-class", "4"])
+    return script, out, table, root
+
+
+def test_the_main_stage_runs_every_control_paired_by_seed(study):
+    script, out, table, _ = study
+    methods = set(table["method"])
+    assert {"random", "dm", "dm+hdd/law", "dm+hdd/karcher", "dm@lr0.1", "dm@lr0.3", "dm@lr3", "dm+hdd/tangent",
+            "dm+hdd/law@noclip", "dm+hdd/karcher@noclip", "dm+hdd/law@prune20"} <= methods
+    assert set(table["ipc"]) == {1}
+    per = table.groupby("method")["seed"].nunique()
+    assert (per == 3).all(), per
+    # the report pairs HDD with the best DM of the learning-rate grid too, and the verdict has a row per claim
+    paired = pd.read_csv(out / "results_paired.csv")
+    best = script.best_dm(table, 1)
+    assert best in {"dm", "dm@lr0.1", "dm@lr0.3", "dm@lr3"}
+    if best != "dm":
+        assert ((paired["a"] == "dm+hdd/law") & (paired["b"] == best)).any()
+    verdict = pd.read_csv(out / "verdict.csv")
+    assert "HDD beats DM" in set(verdict["claim"]) and "Karcher = Law, no clip" in set(verdict["claim"])
+    assert set(verdict["verdict"].str.split().str[0]) <= {"reproduced", "not", "contradicted"}
+    design = (out / "design.md").read_text()
+    assert "seeds for ±0.5" in design and "## Verdict" in design and "controls:" in design
+
+
+def test_the_mechanism_measures_every_cell(study):
+    _, out, _, _ = study
+    cells = pd.read_csv(out / "mechanism_cells.csv")
+    assert len(cells) == 30 and cells["root_bias"].notna().all()
+    assert (cells["radius_real"] > 0).all() and (cells["radius_syn"] > 0).all()
+    assert len(cells[cells["max_norm"].isna()]) == 6 and (cells[cells["max_norm"].isna()]["clip_share_real"] == 0).all()
+    # the weights r / sinh r: equal wherever the clip puts every feature at one radius, and their relative spread is
+    # the radius spread's (sinh is near exp out here): a class's weights differ wherever its radii do
+    weights = pd.read_csv(out / "mechanism_weights.csv")
+    assert set(weights["clip"].astype(str)) == {"10.0", "none"} and len(weights) == 2 * 10
+    assert weights["clip_share"].between(0, 1).all() and (weights["weight_cv"] >= 0).all()
+    all_clipped = weights[weights["clip_share"] == 1]
+    assert len(all_clipped) and (all_clipped["weight_cv"] < 1e-9).all() and (all_clipped["radius_std"] < 1e-9).all()
+    free = weights[weights["clip"].astype(str) == "none"]
+    assert (free["weight_cv"] > 0.5 * free["radius_std"]).all()
+    paired = pd.read_csv(out / "mechanism_paired.csv")
+    row = paired[(paired["quantity"] == "synthetic - real radius") & (paired["of"] == "dm+hdd/law − dm")]
+    assert len(row) == 1 and row["seeds"].iloc[0] == 3
+
+
+def test_a_committed_cell_reruns_to_the_same_accuracies(study, tmp_path):
+    script, out, _, _ = study
+    for name in ("ipc1_dm_hdd-law_seed1", "ipc1_random_seed2"):
+        res = script.rerun(str(out), name, str(tmp_path), progress=False)
+        assert res["identical"] and res["max_abs_diff"] == 0, res
+    # a cell whose committed accuracies were changed is reported as different, exit status 1
+    metrics = out / "runs" / "ipc1_dm_seed0" / "metrics.json"
+    data = json.loads(metrics.read_text())
+    data["accs"][0] += 0.01
+    metrics.write_text(json.dumps(data))
+    assert script.main(["--rerun", "ipc1_dm_seed0", "--out", str(out), "--quiet"]) == 1
+    with pytest.raises(ValueError, match="holds no finished cell"):
+        script.rerun(str(out), "ipc1_nothing_seed0")
+
+
+@pytest.mark.parametrize("low, high, seeds, paper, kind, word", [
+    (0.2, 0.9, 5, 1.4, "gain", "reproduced"),
+    (1.6, 2.0, 5, 1.4, "gain", "reproduced (larger)"),
+    (-0.4, 0.3, 5, 1.4, "gain", "not reproduced"),
+    (-0.9, 1.8, 5, 1.4, "gain", "not resolvable"),
+    (-0.9, -0.1, 5, 1.4, "gain", "contradicted"),
+    (-0.4, 0.3, 2, 1.4, "gain", "not resolvable"),
+    (-0.4, 0.3, 5, None, "same", "reproduced"),
+    (-2.5, -1.2, 5, None, "same", "contradicted"),
+    (-1.5, 0.3, 5, None, "same", "not resolvable"),
+    (math.nan, math.nan, 5, None, "gain", "not resolvable"),
+])
+def test_verdict_words(low, high, seeds, paper, kind, word):
+    script = load_script("fashionmnist_verdict")
+    assert script.verdict_word(low, high, seeds, paper, kind) == word
