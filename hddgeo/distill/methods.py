@@ -137,6 +137,16 @@ class DistillMethod:
         f_syn = self.embed(net, torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
 
+    def _own_images(self, labels: torch.Tensor) -> torch.Tensor:
+        """Indices of this process's classes among the expanded synthetic labels (the same every iteration: found
+        once, kept on the device; a boolean mask would make the device wait every iteration for its size)."""
+        key = (tuple(labels.shape), labels.device, tuple(self.classes))
+        if getattr(self, "_own_key", None) != key:
+            classes = torch.tensor(self.classes, device=labels.device)
+            self._own_index = torch.nonzero(torch.isin(labels, classes)).flatten()
+            self._own_key = key
+        return self._own_index
+
     @staticmethod
     def _per_image(net) -> bool:
         """Whether every layer of ``net`` treats images independently (no batch norm in train mode)."""
@@ -170,8 +180,8 @@ class DistillMethod:
         images, labels = syn.expanded()
         total = len(labels)
         if len(self.classes) < self.pool.num_classes:
-            keep = torch.isin(labels, torch.tensor(self.classes, device=labels.device))
-            images, labels = images[keep], labels[keep]
+            mine = self._own_images(labels)
+            images, labels = images.index_select(0, mine), labels.index_select(0, mine)
         extra, extra_parts = self.extra_loss(state, images, labels, total)
         if extra is not None:
             loss = loss + extra
