@@ -16,6 +16,11 @@
   radius spread and the relative spread of its weights (coefficient of variation, std / mean: the absolute
   weights are ~1e-10 at radius 25, so only the relative spread says how unequal they are).  The cells' own
   ``gap_every`` diagnostics (``log.csv``: clip share of the real batch) go beside each cell.
+* **Weights against per-image test difficulty** (``--difficulty N``): ConvNets are trained on the DM synthetic
+  sets of the largest IPC with the study's evaluation protocol (one network per seed, seeds of up to N cells);
+  a test image's difficulty is the share of them that misclassify it.  Within each class the Spearman
+  correlation of the test images' unclipped radius (mean over the feature networks) with their difficulty says
+  whether the images the weights favour (small radius: ``r / sinh r`` falls with ``r``) are the easy ones.
 * **Hierarchical pruning** is a variant of the study itself (``dm+hdd/law@prune20``): its paired differences
   are in the study's ``results.md`` / ``hddgeo compare``.
 
@@ -106,6 +111,42 @@ def radii(images_by_class: dict, nets: list, k: float) -> np.ndarray:
     return out
 
 
+def weights_and_difficulty(cells: list, dataset, nets: list, most: int) -> pd.DataFrame:
+    """Per class: Spearman's rho of the test images' unclipped radius with their difficulty (the share of networks,
+    trained on DM synthetic sets of the largest IPC, that misclassify them)."""
+    from scipy.stats import spearmanr
+
+    from hddgeo.distill.runner import DistillConfig, eval_augment
+    from hddgeo.distill.synset import SyntheticSet
+    from hddgeo.evaluate import train_and_test
+    from hddgeo.seeds import FINAL_EVAL_OFFSET
+
+    dm = [(d, c) for d, c, m in cells if m["method"] == "dm" and os.path.isfile(os.path.join(d, "synset.pt"))]
+    if not dm:
+        return pd.DataFrame()
+    ipc = max(c["ipc"] for _, c in dm)
+    dm = [(d, c) for d, c in dm if c["ipc"] == ipc][:most]
+    wrong = torch.zeros(len(dataset.test_labels))
+    for run_dir, cfg in dm:
+        syn = SyntheticSet.load(os.path.join(run_dir, "synset.pt"))
+        res = train_and_test(syn["images"].float(), syn["train_labels"].long(), dataset.test_images,
+                             dataset.test_labels, model=cfg["model"], num_classes=dataset.num_classes,
+                             epochs=cfg["final_eval_epochs"], augment=eval_augment(DistillConfig.from_json(cfg)),
+                             seed=cfg["seed"] + FINAL_EVAL_OFFSET, per_image=True)
+        wrong += (~res["correct"]).float()
+    wrong /= len(dm)
+    kt = torch.tensor(float(dm[0][1]["k"]), dtype=torch.float64)
+    with torch.no_grad():
+        r = torch.stack([radius_(lift_(embed(net, dataset.test_images).double(), kt, None), kt) for net in nets]).mean(0)
+    rows = []
+    for c in range(dataset.num_classes):
+        mask = dataset.test_labels == c
+        rho = spearmanr(r[mask].numpy(), wrong[mask].numpy()).correlation
+        rows.append({"class": c, "ipc": ipc, "networks": len(dm), "test_images": int(mask.sum()),
+                     "difficulty_mean": float(wrong[mask].mean()), "spearman_radius_difficulty": float(rho)})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", default=DEFAULT_STUDY, help="the verdict study's folder (its runs/ hold the cells)")
@@ -113,6 +154,9 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--real-per-class", type=int, default=512, help="real training images per class")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST files (default: the cells')")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--difficulty", type=int, default=0, metavar="N",
+                   help="also relate the weights to per-image test difficulty, from networks trained on up to N DM "
+                        "synthetic sets (0: not measured; each network costs as much as one of a cell's evaluation)")
     args = p.parse_args(argv)
     if args.nets < 1 or args.real_per_class < 2:
         raise ValueError("--nets must be at least 1 and --real-per-class at least 2")
@@ -152,6 +196,11 @@ def main(argv=None) -> pd.DataFrame:
         weights = weight_spread(real, nets, float(cells[0][1]["k"]), clips)
         write_csv(os.path.join(args.study, "mechanism_weights.csv"), weights)
 
+    difficulty = pd.DataFrame()
+    if args.difficulty and dataset is not None:
+        difficulty = weights_and_difficulty(cells, dataset, nets, args.difficulty)
+        write_csv(os.path.join(args.study, "mechanism_difficulty.csv"), difficulty)
+
     paired = []
     for column, what in (("root_bias", "synthetic - real radius"),):
         if column not in table:
@@ -184,6 +233,13 @@ def main(argv=None) -> pd.DataFrame:
         by_clip.columns = [f"{a} {b}" for a, b in by_clip.columns]
         text += ("\n\nHierarchical weights of the real images (per class and network; k of the cells):\n\n"
                  + markdown_table(by_clip.reset_index().round(4)))
+    if len(difficulty):
+        rho = difficulty["spearman_radius_difficulty"]
+        low, high = stats.t_interval(rho.values)
+        text += (f"\n\nRadius against test difficulty ({int(difficulty['networks'].iloc[0])} networks trained on DM "
+                 f"synthetic sets at IPC {int(difficulty['ipc'].iloc[0])}; Spearman's rho within each class): mean "
+                 f"{rho.mean():+.3f} over {len(rho)} classes, 95% CI [{low:+.3f}, {high:+.3f}], from {rho.min():+.3f} "
+                 f"to {rho.max():+.3f}.\n\n" + markdown_table(difficulty.round(4)))
     write_text(os.path.join(args.study, "mechanism.md"), text)
     print(text)
     return table

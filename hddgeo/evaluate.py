@@ -62,9 +62,17 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
 
 @torch.no_grad()
 def _correct(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             device: torch.device, amp: str = "none") -> torch.Tensor:
-    """The number of correctly classified test images, a 0-d tensor on ``device`` (not read)."""
+             device: torch.device, amp: str = "none", per_image: bool = False) -> torch.Tensor:
+    """The number of correctly classified test images, a 0-d tensor on ``device`` (not read); ``per_image``: which
+    images are, a boolean vector."""
     net.eval()
+    if per_image:
+        hits = []
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device)
+            with autocast(device, amp):
+                hits.append(net(x).argmax(1) == labels[start:start + batch_size].to(device))
+        return torch.cat(hits)
     correct = torch.zeros((), dtype=torch.int64, device=device)  # read once, not once per batch
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
@@ -79,7 +87,8 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
                    num_classes: Optional[int] = None, epochs: int = 1000, lr: float = 0.01,
                    momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
                    augment: Optional[Augment] = None, seed: int = 0, device=None,
-                   progress: bool = False, model_kwargs: Optional[dict] = None, amp: str = "none") -> dict:
+                   progress: bool = False, model_kwargs: Optional[dict] = None, amp: str = "none",
+                   per_image: bool = False) -> dict:
     """Train one fresh ``model`` on ``(images, labels)`` and return its test accuracy.
 
     ``images`` is ``(N, C, H, W)``; channels and image size come from it, ``num_classes``
@@ -91,18 +100,21 @@ def train_and_test(images, labels, test_images, test_labels, model: str = "convn
     Returns ``{"acc": test accuracy in [0, 1], "train_loss": mean cross-entropy of the last
     epoch}``.  ``device`` is where the network trains (default: where ``images`` are); the network is
     initialised on the CPU and moved there, so a seed gives the same initial network on every device.
-    ``amp="bf16"`` trains and tests under bf16 autocast.
+    ``amp="bf16"`` trains and tests under bf16 autocast.  ``per_image=True`` adds ``"correct"``: which test images
+    the network classifies correctly (a boolean CPU tensor; per-image difficulty is built from it).
     """
     images, labels, test_images, test_labels, num_classes = _check_inputs(
         images, labels, test_images, test_labels, num_classes)
     correct, loss = _train_and_test(images, labels, test_images, test_labels, model, num_classes, epochs, lr, momentum,
-                                    weight_decay, batch_size, augment, seed, device, progress, model_kwargs, amp)
-    correct, loss = torch.stack([correct.double(), loss.double()]).tolist()  # one read
-    return {"acc": int(correct) / len(test_images), "train_loss": loss}
+                                    weight_decay, batch_size, augment, seed, device, progress, model_kwargs, amp,
+                                    per_image)
+    hits = correct.cpu() if per_image else None
+    correct, loss = torch.stack([correct.sum().double(), loss.double()]).tolist()  # one read
+    return {"acc": int(correct) / len(test_images), "train_loss": loss, **({"correct": hits} if per_image else {})}
 
 
 def _train_and_test(images, labels, test_images, test_labels, model, num_classes, epochs, lr, momentum, weight_decay,
-                    batch_size, augment, seed, device, progress, model_kwargs, amp) -> tuple:
+                    batch_size, augment, seed, device, progress, model_kwargs, amp, per_image=False) -> tuple:
     """:func:`train_and_test` on checked inputs: ``(correct test images, last epoch's loss)`` as device tensors,
     unread (a caller reads the results of all its networks at once)."""
     if epochs < 1 or batch_size < 1:
@@ -123,7 +135,7 @@ def _train_and_test(images, labels, test_images, test_labels, model, num_classes
                               leave=False)
         train_loss = sgd_epochs(net, images.to(device), labels.to(device), optimizer, gen, epochs, batch_size,
                                 augment=augment, lr_drop_at=epochs // 2, epoch_iter=epoch_iter, amp=amp, read=False)
-        correct = _correct(net, test_images, test_labels, batch_size, device, amp)
+        correct = _correct(net, test_images, test_labels, batch_size, device, amp, per_image)
     return correct, train_loss
 
 

@@ -74,3 +74,19 @@ def test_bad_inputs(data):
         evaluate_synset(x, y, tx[:, :, :4], ty, num_classes=2, progress=False)
     with pytest.raises(ValueError, match="valid names"):
         train_and_test(x, y, tx, ty, model="lenet", epochs=1)
+
+
+def test_per_image_correctness_adds_up_to_the_accuracy():
+    """train_and_test(per_image=True): the same network and accuracy, and which test images it got right."""
+    import torch
+
+    from hddgeo.evaluate import train_and_test
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 1, 8, 8, generator=g), torch.arange(3).repeat(4)
+    tx, ty = torch.randn(30, 1, 8, 8, generator=g), torch.arange(3).repeat(10)
+    plain = train_and_test(x, y, tx, ty, epochs=3, batch_size=5, seed=4)
+    res = train_and_test(x, y, tx, ty, epochs=3, batch_size=5, seed=4, per_image=True)
+    assert res["acc"] == plain["acc"] and res["train_loss"] == plain["train_loss"]
+    assert res["correct"].dtype == torch.bool and res["correct"].shape == (30,)
+    assert int(res["correct"].sum()) == round(res["acc"] * 30)

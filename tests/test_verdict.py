@@ -20,7 +20,8 @@ def study(tmp_path_factory):
     script = load_script("fashionmnist_verdict")
     table = script.main(["--quick", "--stage", "main", "--ipc", "1", "--seeds", "0", "1", "2", "--data-root",
                          str(root), "--out", str(out), "--jobs", "1", "--quiet"])
-    load_script("verdict_mechanism").main(["--study", str(out), "--nets", "1", "--real-per-class", "4"])
+    load_script("verdict_mechanism").main(["--study", str(out), "--nets", "1", "--real-per-class", "4",
+                                           "--difficulty", "2"])
     return script, out, table, root
 
 
@@ -60,6 +61,10 @@ def test_the_mechanism_measures_every_cell(study):
     assert len(all_clipped) and (all_clipped["weight_cv"] < 1e-9).all() and (all_clipped["radius_std"] < 1e-9).all()
     free = weights[weights["clip"].astype(str) == "none"]
     assert (free["weight_cv"] > 0.5 * free["radius_std"]).all()
+    difficulty = pd.read_csv(out / "mechanism_difficulty.csv")
+    assert len(difficulty) == 10 and (difficulty["networks"] == 2).all() and (difficulty["ipc"] == 1).all()
+    assert difficulty["difficulty_mean"].between(0, 1).all() and (difficulty["test_images"] == 3).all()
+    assert "Radius against test difficulty" in (out / "mechanism.md").read_text()
     paired = pd.read_csv(out / "mechanism_paired.csv")
     row = paired[(paired["quantity"] == "synthetic - real radius") & (paired["of"] == "dm+hdd/law − dm")]
     assert len(row) == 1 and row["seeds"].iloc[0] == 3
