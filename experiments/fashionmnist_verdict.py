@@ -3,6 +3,8 @@ closed form, at a budget that can resolve it, with the controls that make a gain
 
     python experiments/fashionmnist_verdict.py --stage pilot      # 3 seeds: the spread of the paired differences
     python experiments/fashionmnist_verdict.py --stage main       # every variant over the seeds the pilot asks for
+    python experiments/fashionmnist_verdict.py --stage main --report-only   # the tables from the committed cells
+    python experiments/fashionmnist_verdict.py --rerun ipc1_dm_seed0         # rerun a committed cell, compare
     python experiments/fashionmnist_verdict.py --quick --data-root DIR --out /tmp/v   # smoke test (seconds)
 
 Every cell is a run directory under ``--out``/runs (default ``experiments/results/fashionmnist_verdict``,
@@ -86,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="cells run at a time, each in a one-thread process")
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="the tables of the finished cells in --out as they are (a checkout's committed cells: "
+                        "config.json, metrics.json, log.csv); nothing runs")
     p.add_argument("--rerun", metavar="CELL", default=None,
                    help="rerun the committed cell CELL (a folder of OUT/runs) from its config.json into a new folder "
                         "and compare its accuracies with the committed metrics.json; nothing else runs")
@@ -289,6 +294,36 @@ def _num(x) -> str:
     return "—" if x is None else f"{x:+.1f}"
 
 
+def pilot_text(pilot: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    design, _ = pilot_design(pilot)
+    ratio = gradient_ratio(pilot)
+    text = ("## Pilot (seeds 0, 1, 2)\n\nSpread of the paired differences over seeds, and the seeds a 95 % "
+            "interval of half-width 0.5 points needs:\n\n" + markdown_table(design)
+            + ("\nImage-gradient norm, mean over iterations and seeds, and its ratio to DM's:\n\n"
+               + markdown_table(ratio) if len(ratio) else ""))
+    return text, design
+
+
+def main_text(table: pd.DataFrame, out: str, seeds=None) -> str:
+    """The main stage's design, its report (``results.*``, HDD against the best DM of the grid too) and the
+    verdict (``verdict.csv``); the mechanism rows come from ``mechanism_paired.csv`` when it is there."""
+    text = "\n## Main stage (the spec's stages, in order)\n\n" + "\n".join(
+        f"- {name}: {', '.join(SPEC.stages[name]['variants'])} at IPC "
+        f"{', '.join(map(str, SPEC.stages[name].get('ipc', SPEC.ipcs)))}, seeds "
+        f"{seeds or SPEC.stages[name]['seeds']}" for name in MAIN_STAGES) + "\n"
+    pairs = stats.default_pairs(table["method"])
+    for ipc in sorted(table["ipc"].unique()):
+        best = best_dm(table, ipc)
+        if best is not None and best != "dm" and ("dm+hdd/law", best) not in pairs:
+            pairs.append(("dm+hdd/law", best))
+    write_report(table, out, "results", pairs=pairs)
+    mech_path = os.path.join(out, "mechanism_paired.csv")
+    mechanism = pd.read_csv(mech_path) if os.path.isfile(mech_path) else None
+    verdict = verdict_table(table, mechanism)
+    write_csv(os.path.join(out, "verdict.csv"), verdict)
+    return text + "\n## Verdict\n\n" + markdown_table(verdict) + "\n"
+
+
 def main(argv=None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
     if args.rerun:
@@ -297,36 +332,28 @@ def main(argv=None) -> pd.DataFrame:
               + ("identical" if res["identical"] else f"DIFFERENT (largest difference {res['max_abs_diff']:.4g})"))
         return 0 if res["identical"] else 1
     check_seeds_and_jobs(args.seeds, args.jobs)
-    budget = BUDGETS["quick" if args.quick else "verdict"]
-    base = base_config(budget, args)
     t0 = time.time()
-    pilot = run_study(base, args.out, ipcs=args.ipc, variants=PILOT_VARIANTS, seeds=list(PILOT_SEEDS),
-                      progress=not args.quiet, cfg_for=cell_adjuster(budget), jobs=args.jobs, name="pilot")
-    design, needed = pilot_design(pilot)
-    ratio = gradient_ratio(pilot)
-    text = ("## Pilot (seeds 0, 1, 2)\n\nSpread of the paired differences over seeds, and the seeds a 95 % "
-            "interval of half-width 0.5 points needs:\n\n" + markdown_table(design)
-            + ("\nImage-gradient norm, mean over iterations and seeds, and its ratio to DM's:\n\n"
-               + markdown_table(ratio) if len(ratio) else ""))
-    table = pilot
-    if args.stage == "main":
-        text += "\n## Main stage (the spec's stages, in order)\n\n" + "\n".join(
-            f"- {name}: {', '.join(SPEC.stages[name]['variants'])} at IPC "
-            f"{', '.join(map(str, SPEC.stages[name].get('ipc', SPEC.ipcs)))}, seeds "
-            f"{args.seeds or SPEC.stages[name]['seeds']}" for name in MAIN_STAGES) + "\n"
-        cells = main_cells(base, args, budget, seeds=args.seeds)
-        table = run_cells(cells, args.out, "results", jobs=args.jobs, progress=not args.quiet)
-        pairs = stats.default_pairs(table["method"])
-        for ipc in args.ipc:
-            best = best_dm(table, ipc)
-            if best is not None and best != "dm" and ("dm+hdd/law", best) not in pairs:
-                pairs.append(("dm+hdd/law", best))
-        write_report(table, args.out, "results", pairs=pairs)
-        mech_path = os.path.join(args.out, "mechanism_paired.csv")
-        mechanism = pd.read_csv(mech_path) if os.path.isfile(mech_path) else None
-        verdict = verdict_table(table, mechanism)
-        write_csv(os.path.join(args.out, "verdict.csv"), verdict)
-        text += "\n## Verdict\n\n" + markdown_table(verdict) + "\n"
+    if args.report_only:  # the finished cells as they are (a checkout's committed ones): nothing runs
+        from hddgeo.distill.study import read_runs
+
+        table, _ = read_runs([args.out])
+        table = table.drop(columns=["dataset"])
+        labels = ["random"] + SPEC.labels()[:len(PILOT_VARIANTS)]
+        pilot = table[table["method"].isin(labels) & table["seed"].isin(PILOT_SEEDS)].reset_index(drop=True)
+        text, design = pilot_text(pilot)
+        if args.stage == "main":
+            text += main_text(table, args.out, args.seeds)
+    else:
+        budget = BUDGETS["quick" if args.quick else "verdict"]
+        base = base_config(budget, args)
+        pilot = run_study(base, args.out, ipcs=args.ipc, variants=PILOT_VARIANTS, seeds=list(PILOT_SEEDS),
+                          progress=not args.quiet, cfg_for=cell_adjuster(budget), jobs=args.jobs, name="pilot")
+        text, design = pilot_text(pilot)
+        table = pilot
+        if args.stage == "main":
+            cells = main_cells(base, args, budget, seeds=args.seeds)
+            table = run_cells(cells, args.out, "results", jobs=args.jobs, progress=not args.quiet)
+            text += main_text(table, args.out, args.seeds)
     write_csv(os.path.join(args.out, "pilot_design.csv"), design)
     write_text(os.path.join(args.out, "design.md"), text)
     print(text)
