@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="the tables of the finished cells in --out as they are (a checkout's committed cells: "
                         "config.json, metrics.json, log.csv); nothing runs")
+    p.add_argument("--readme", default=None, metavar="FILE",
+                   help="also write the tables between FILE's '<!-- TABLES-START -->' and '<!-- TABLES-END -->' "
+                        "lines (the README's verdict section)")
     p.add_argument("--rerun", metavar="CELL", default=None,
                    help="rerun the committed cell CELL (a folder of OUT/runs) from its config.json into a new folder "
                         "and compare its accuracies with the committed metrics.json; nothing else runs")
@@ -291,19 +294,26 @@ def verdict_table(table: pd.DataFrame, mechanism: Optional[pd.DataFrame] = None)
         pair("20 % most root-level images keep accuracy", ipc, "dm+hdd/law@prune20", "dm+hdd/law", None, "same")
         pair("DM beats its random initial images", ipc, "dm", "random", PAPER["dm"][ipc] - PAPER["random"][ipc])
     if mechanism is not None and len(mechanism):
+        radius = mechanism[mechanism["quantity"] == "synthetic - real radius"]
+        claims = (("HDD's synthetic points lie nearer the root than the real class's", "dm+hdd/law",
+                   "(syn − real radius) of dm+hdd/law"),
+                  ("HDD's synthetic points lie nearer the root than DM's", "dm+hdd/law − dm",
+                   "(syn − real radius) of dm+hdd/law − of dm"))
         for ipc in ipcs:
-            m = mechanism[(mechanism["quantity"] == "synthetic - real radius") & (mechanism["ipc"] == ipc)
-                          & (mechanism["of"] == "dm+hdd/law − dm")]
-            if len(m):
+            for claim, of, what in claims:
+                m = radius[(radius["ipc"] == ipc) & (radius["of"] == of)]
+                if not len(m):
+                    continue
                 r = m.iloc[0]
-                closer = "HDD nearer the root than DM" if r["ci_high"] < 0 else (
-                    "DM nearer the root than HDD" if r["ci_low"] > 0 else "no difference resolved")
-                rows.append({"claim": "HDD's synthetic points lie nearer the root", "IPC": ipc,
-                             "paper (points)": "qualitative", "ours (points)": f"{r['mean']:+.3f} (radius)",
-                             "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", "seeds": int(r["seeds"]),
-                             "verdict": ("reproduced" if r["ci_high"] < 0 else "contradicted" if r["ci_low"] > 0
-                                         else "not resolvable") + f" ({closer})" if r["seeds"] >= 3 else "not resolvable",
-                             "difference": "(syn - real radius) of dm+hdd/law − of dm"})
+                word = "not resolvable"
+                if r["seeds"] >= 3 and r["ci_high"] < 0:
+                    word = "reproduced"
+                elif r["seeds"] >= 3 and r["ci_low"] > 0:
+                    word = "contradicted"
+                rows.append({"claim": claim, "IPC": ipc, "paper (points)": "qualitative",
+                             "ours (points)": f"{r['mean']:+.3f} (radius)",
+                             "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["seeds"] > 1 else "n/a",
+                             "seeds": int(r["seeds"]), "verdict": word, "difference": what})
     return pd.DataFrame(rows)
 
 
@@ -341,6 +351,25 @@ def main_text(table: pd.DataFrame, out: str, seeds=None) -> str:
     return text + "\n## Verdict\n\n" + markdown_table(verdict) + "\n"
 
 
+def write_readme_tables(readme: str, text: str, out: str) -> None:
+    """Put ``text`` (the design and verdict), the cell count and the mechanism tables between the README's markers."""
+    start, end = "<!-- TABLES-START -->", "<!-- TABLES-END -->"
+    with open(readme, encoding="utf-8") as fh:
+        content = fh.read()
+    if content.count(start) != 1 or content.count(end) != 1 or content.index(start) > content.index(end):
+        raise ValueError(f"{readme} needs one '{start}' line and, after it, one '{end}' line")
+    done = sum(os.path.isfile(os.path.join(out, "runs", d, "metrics.json")) for d in os.listdir(os.path.join(out, "runs")))
+    designed_cells = len({c.run_dir for stage in ("pilot",) + MAIN_STAGES for c in SPEC.cells(out_dir=out, stage=stage)})
+    body = text.replace("## ", "#### ")
+    body += f"\nCells finished: {done} of the design's {designed_cells}.\n"
+    mech = os.path.join(out, "mechanism.md")
+    if os.path.isfile(mech):
+        with open(mech, encoding="utf-8") as fh:
+            body += "\n#### Mechanism (experiments/verdict_mechanism.py)\n\n" + fh.read().strip() + "\n"
+    i, j = content.index(start) + len(start), content.index(end)
+    write_text(readme, content[:i] + "\n" + body.strip() + "\n" + content[j:])
+
+
 def main(argv=None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
     if args.rerun:
@@ -373,6 +402,8 @@ def main(argv=None) -> pd.DataFrame:
             text += main_text(table, args.out, args.seeds)
     write_csv(os.path.join(args.out, "pilot_design.csv"), design)
     write_text(os.path.join(args.out, "design.md"), text)
+    if args.readme:
+        write_readme_tables(args.readme, text, args.out)
     print(text)
     print(f"{(time.time() - t0) / 60:.1f} min; tables in {args.out}", file=sys.stderr)
     return table

@@ -122,8 +122,8 @@ def test_the_tables_are_recomputed_from_the_cells_files_alone(study, tmp_path):
     for name, table in before.items():
         again = read[name](copy / name)
         if name == "verdict.csv":  # the study wrote its verdict before the mechanism tables existed: now one row more
-            root = again["claim"] == "HDD's synthetic points lie nearer the root"
-            assert root.sum() == 1
+            root = again["claim"].str.startswith("HDD's synthetic points lie nearer the root")
+            assert root.sum() == 2
             again = again[~root].reset_index(drop=True)
         key = ["ipc", "a", "b"] if name == "results_paired.csv" else ["IPC", "claim"]  # rows in another order
         pd.testing.assert_frame_equal(again.sort_values(key, ignore_index=True), table.sort_values(key, ignore_index=True),
