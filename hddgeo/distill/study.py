@@ -192,16 +192,31 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(table: pd.DataFrame, out_dir: str, name: str = "results", pairs=None,
                  preamble: str = "") -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Save a long table as ``<name>.csv``, its per-method summary and paired differences as
+    """Save a long table as ``<name>.csv`` (run directories inside ``out_dir`` named relative to it), its per-method
+    summary and paired differences as
     ``<name>_summary.csv`` / ``<name>_paired.csv``, and both as markdown in ``<name>.md``."""
     summary, diffs, text = _report_by_dataset(table, pairs)
     os.makedirs(out_dir, exist_ok=True)
-    write_csv(os.path.join(out_dir, f"{name}.csv"), table)
+    write_csv(os.path.join(out_dir, f"{name}.csv"), _portable(table, out_dir))
     write_csv(os.path.join(out_dir, f"{name}_summary.csv"), summary)
     write_csv(os.path.join(out_dir, f"{name}_paired.csv"), diffs)
     text = (preamble + "\n\n" if preamble else "") + text
     write_text(os.path.join(out_dir, f"{name}.md"), text)
     return summary, diffs, text
+
+
+def _portable(table: pd.DataFrame, out_dir: str) -> pd.DataFrame:
+    """``table`` with its ``run_dir`` column relative to ``out_dir`` where a run lies inside it (a study folder is
+    then readable wherever it is copied or checked out)."""
+    if "run_dir" not in table.columns or table.empty:
+        return table
+    root = os.path.realpath(out_dir)
+
+    def rel(path):
+        full = os.path.realpath(path)
+        return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
+
+    return table.assign(run_dir=[rel(p) for p in table["run_dir"]])
 
 
 def _report_by_dataset(table: pd.DataFrame, pairs=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
