@@ -15,7 +15,8 @@
   and networks, with the reference clip and without it, each class's share of features the clip reaches, its
   radius spread and the relative spread of its weights (coefficient of variation, std / mean: the absolute
   weights are ~1e-10 at radius 25, so only the relative spread says how unequal they are).  The cells' own
-  ``gap_every`` diagnostics (``log.csv``: clip share of the real batch) go beside each cell.
+  ``gap_every`` diagnostics (``log.csv``: clip share of the real batch, the Law-Karcher distance of its class
+  centroids) go beside each cell, and the distance is summarised by clip setting.
 * **Weights against per-image test difficulty** (``--difficulty N``): ConvNets are trained on the DM synthetic
   sets of the largest IPC with the study's evaluation protocol (one network per seed, seeds of up to N cells);
   a test image's difficulty is the share of them that misclassify it.  Within each class the Spearman
@@ -76,7 +77,8 @@ def diagnostics(run_dir: str) -> dict:
     if "wstd_real" not in log:
         return {}
     rows = log.dropna(subset=["wstd_real"])
-    return {"clip_share_real": float(rows["clip_real"].mean()), "logged_radius_real": float(rows["radius_real"].mean())}
+    return {"clip_share_real": float(rows["clip_real"].mean()), "logged_radius_real": float(rows["radius_real"].mean()),
+            "law_karcher_gap_real": float(rows["gap_real"].mean())}
 
 
 @torch.no_grad()
@@ -227,6 +229,10 @@ def main(argv=None) -> pd.DataFrame:
     text = (f"Cells: {len(table)} distilled ({int(table['root_bias'].notna().sum()) if 'root_bias' in table else 0} "
             f"with their synthetic set at hand); {args.nets} random ConvNets, {args.real_per_class} real images per "
             f"class, radii unclipped.\n\n" + markdown_table(shown))
+    if "law_karcher_gap_real" in table:
+        gaps = table.groupby(["ipc", "max_norm"], dropna=False)["law_karcher_gap_real"].agg(["mean", "min", "max", "count"])
+        text += ("\n\nLaw-Karcher distance of the real batch's class centroids (the cells' gap_every diagnostics, mean "
+                 "over classes and logged iterations; by clip, `nan` = none):\n\n" + markdown_table(gaps.reset_index().round(4)))
     if len(weights):
         by_clip = weights.groupby("clip", sort=False)[["clip_share", "radius_mean", "radius_std", "weight_cv"]].agg(
             ["mean", "min", "max"])
