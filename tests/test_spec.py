@@ -70,10 +70,10 @@ def test_the_verdict_main_stage_is_the_specs_stages_in_order():
     for stage in ("pilot",) + script.MAIN_STAGES:
         wanted += [c.name for c in spec.cells(out_dir=script.DEFAULT_OUT, stage=stage) if c.name not in wanted]
     assert names == wanted
-    # the pilot first, then the controls; IPC 10's extra seeds before its pruning
+    # the pilot first, then the controls, IPC 1's extra seeds, and IPC 10's pruning last
     pilot = len(spec.cells(stage="pilot"))
     assert names.index("ipc1_dm@lr0.1_seed0") == pilot
-    assert names.index("ipc10_dm_seed3") < names.index("ipc10_dm_hdd-law@prune20_seed0")
+    assert names.index("ipc1_dm_seed3") < names.index("ipc10_dm_hdd-law@prune20_seed0") == len(names) - 3
 
 
 def test_verdict_spec_reuses_the_committed_cells():
