@@ -11,7 +11,6 @@ table (mean ± std in %, one row per method, one column per IPC) to ``--out`` an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 

@@ -46,7 +46,6 @@ import sys
 import time
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 
 from hddgeo import stats
@@ -56,6 +55,7 @@ from hddgeo.distill.spec import load_spec
 from hddgeo.distill.study import check_seeds_and_jobs, run_cells, run_study, study_cells, write_report
 from hddgeo.rundir import write_csv, write_text
 from hddgeo.tables import markdown_table
+from hddgeo.verdict import best_of, claims_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "fashionmnist_verdict")
@@ -196,7 +196,8 @@ def gradient_ratio(table: pd.DataFrame) -> pd.DataFrame:
 # `hddgeo study fashionmnist_verdict --stage NAME` runs the same cells.  The spec's seeds are the design chosen
 # from the pilot (printed beside what the pilot asks for).
 MAIN_STAGES = ("controls", "seeds1", "seeds10", "prune10")
-PAPER = {"dm": {1: 70.7, 10: 83.4}, "dm+hdd/law": {1: 72.1, 10: 84.0}, "random": {1: 51.4, 10: 73.8}}
+# the DM learning-rate grid: the labels of the spec's "best-tuned DM" claim
+DM_GRID = next(c.b for c in SPEC.claims if isinstance(c.b, tuple))
 
 
 def main_cells(base: DistillConfig, args, budget: dict, seeds=None) -> list:
@@ -215,91 +216,18 @@ def main_cells(base: DistillConfig, args, budget: dict, seeds=None) -> list:
     return cells
 
 
-def best_dm(table: pd.DataFrame, ipc: int) -> Optional[str]:
-    """The DM variant (default or larger/smaller image learning rate) with the highest mean accuracy at ``ipc``
-    over the seeds every one of them ran (chosen after the fact: the control is in DM's favour)."""
-    at = stats.per_seed(table[table["ipc"] == ipc])
-    dms = [m for m in at["method"].unique() if m == "dm" or m.startswith("dm@lr")]
-    wide = at[at["method"].isin(dms)].pivot(index="seed", columns="method", values="acc").dropna()
-    if wide.empty or len(dms) < 2:
-        return None
-    return str(wide.mean().idxmax())
-
-
-def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain") -> str:
-    """One word for a claim from its 95 % interval (accuracy points).  ``gain``: the paper reports ``paper`` > 0
-    points; ``same``: the paper says the two agree (pruning, Law for Karcher), within ``SAME_MARGIN`` points."""
-    if seeds < 3 or not np.isfinite(low):
-        return "not resolvable"
-    if kind == "same":
-        if -SAME_MARGIN <= low and high <= SAME_MARGIN:
-            return "reproduced"
-        return "contradicted" if (high < -SAME_MARGIN or low > SAME_MARGIN) else "not resolvable"
-    if low > 0:
-        if paper is not None and high < paper:
-            return "reproduced in sign, smaller than the paper's"
-        return "reproduced" if paper is None or low <= paper else "reproduced, larger than the paper's"
-    if high < 0:
-        return "contradicted"
-    if paper is not None and high < paper:
-        return "not reproduced"
-    return "not resolvable"
-
-
-SAME_MARGIN = 1.0  # points: "keeps accuracy" / "the approximation is enough" read as within one point
-
-
-def designed(label: str, ipc: int) -> bool:
-    """Whether the study's design (the spec's stages) runs ``label`` at ``ipc``."""
-    if label == "random":
-        return True
-    labels = dict(zip(SPEC.labels(), SPEC.variants))
-    return any(label in stage.get("variants", []) and ipc in stage.get("ipc", SPEC.ipcs)
-               for stage in SPEC.stages.values()) and label in labels
-
-
 def verdict_table(table: pd.DataFrame, mechanism: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """One row per claim: the paper's number, ours (mean over seeds, 95 % t interval, seeds) and one word.  A
-    claim whose variants the design does not run at an IPC has no row there."""
+    """The spec's claims (:func:`hddgeo.verdict.claims_table`: what ``hddgeo compare --claims`` gives), then the
+    root-centric bias rows from the mechanism tables when they are there."""
+    verdict = claims_table(table, SPEC.claims, SPEC.designs)
     rows = []
-
-    def pair(claim, ipc, a, b, paper, kind="gain", note=""):
-        at = stats.per_seed(table[table["ipc"] == ipc])
-        wide = at.pivot(index="seed", columns="method", values="acc")
-        if a not in wide or b not in wide:
-            if designed(a, ipc) and designed(b, ipc):  # in the study's design, its cells not finished yet
-                rows.append({"claim": claim, "IPC": ipc, "paper (points)": _num(paper), "ours (points)": "pending",
-                             "95% CI": "", "seeds": 0, "verdict": "not resolvable (cells not run yet)",
-                             "difference": f"{a} − {b}"})
-            return
-        diff = 100 * (wide[a] - wide[b]).dropna()
-        low, high = stats.t_interval(diff.values)
-        rows.append({"claim": claim, "IPC": ipc, "paper (points)": _num(paper), "ours (points)": f"{diff.mean():+.2f}",
-                     "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
-                     "seeds": len(diff), "verdict": verdict_word(low, high, len(diff), paper, kind) + note,
-                     "difference": f"{a} − {b}"})
-
-    ipcs = sorted(int(i) for i in table["ipc"].unique())
-    for ipc in ipcs:
-        pair("HDD beats DM", ipc, "dm+hdd/law", "dm", PAPER["dm+hdd/law"][ipc] - PAPER["dm"][ipc])
-        best = best_dm(table, ipc)
-        lr_grid = [label for label in SPEC.labels() if label.startswith("dm@lr")]
-        if best is not None:
-            pair("HDD beats the best-tuned DM", ipc, "dm+hdd/law", best, None, note=f" ({best})")
-        elif any(designed(label, ipc) for label in lr_grid):
-            pair("HDD beats the best-tuned DM", ipc, "dm+hdd/law", lr_grid[0], None)
-        pair("Karcher = Law, paper's setting (k 1, clip 10)", ipc, "dm+hdd/karcher", "dm+hdd/law", None, "same")
-        pair("Karcher = Law, no clip", ipc, "dm+hdd/karcher@noclip", "dm+hdd/law@noclip", None, "same")
-        pair("Law beats the tangent centroid", ipc, "dm+hdd/law", "dm+hdd/tangent", None)
-        pair("20 % most root-level images keep accuracy", ipc, "dm+hdd/law@prune20", "dm+hdd/law", None, "same")
-        pair("DM beats its random initial images", ipc, "dm", "random", PAPER["dm"][ipc] - PAPER["random"][ipc])
     if mechanism is not None and len(mechanism):
         radius = mechanism[mechanism["quantity"] == "synthetic - real radius"]
         claims = (("HDD's synthetic points lie nearer the root than the real class's", "dm+hdd/law",
                    "(syn − real radius) of dm+hdd/law"),
                   ("HDD's synthetic points lie nearer the root than DM's", "dm+hdd/law − dm",
                    "(syn − real radius) of dm+hdd/law − of dm"))
-        for ipc in ipcs:
+        for ipc in sorted(int(i) for i in table["ipc"].unique()):
             for claim, of, what in claims:
                 m = radius[(radius["ipc"] == ipc) & (radius["of"] == of)]
                 if not len(m):
@@ -314,11 +242,7 @@ def verdict_table(table: pd.DataFrame, mechanism: Optional[pd.DataFrame] = None)
                              "ours (points)": f"{r['mean']:+.3f} (radius)",
                              "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["seeds"] > 1 else "n/a",
                              "seeds": int(r["seeds"]), "verdict": word, "difference": what})
-    return pd.DataFrame(rows)
-
-
-def _num(x) -> str:
-    return "—" if x is None else f"{x:+.1f}"
+    return pd.concat([verdict, pd.DataFrame(rows, columns=verdict.columns)], ignore_index=True) if rows else verdict
 
 
 def pilot_text(pilot: pd.DataFrame) -> tuple[str, pd.DataFrame]:
@@ -340,7 +264,7 @@ def main_text(table: pd.DataFrame, out: str, seeds=None) -> str:
         f"{seeds or SPEC.stages[name]['seeds']}" for name in MAIN_STAGES) + "\n"
     pairs = stats.default_pairs(table["method"])
     for ipc in sorted(table["ipc"].unique()):
-        best = best_dm(table, ipc)
+        best = best_of(table, ipc, DM_GRID)
         if best is not None and best != "dm" and ("dm+hdd/law", best) not in pairs:
             pairs.append(("dm+hdd/law", best))
     write_report(table, out, "results", pairs=pairs)

@@ -174,12 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="per-method accuracy and paired differences (95%% t intervals over seeds) "
                                          "of finished run directories")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                     help="run directories, or folders holding them (a study's output folder)")
+                     help="run directories, or folders holding them (a study's output folder), or one study's "
+                          "long table (its results.csv)")
     cmp.add_argument("--out", default=None, help="folder for compare.csv, compare_paired.csv and compare.md "
                                                  "(default: the current folder)")
     cmp.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                      help="also report A - B (method labels as the table shows them, e.g. dm+hdd/law dm@lr0.3); "
                           "repeatable")
+    cmp.add_argument("--claims", default=None, metavar="SPEC",
+                     help="also the verdict table of a study spec's [[claims]] (a TOML file or a shipped spec, e.g. "
+                          "fashionmnist_verdict): compare_verdict.csv, and a section of compare.md")
 
     pl = sub.add_parser("plot", help="figures of a run directory")
     pl.add_argument("what", choices=["poincare"], help="poincare: Poincare-disk views and radius histograms")
@@ -271,6 +275,13 @@ def _run(args, given: set) -> int:
         from .distill.study import read_runs, write_report
 
         out = args.out or "."
+        spec = None
+        if args.claims:
+            from .distill.spec import load_spec
+
+            spec = load_spec(args.claims)
+            if not spec.claims:
+                raise ValueError(f"{spec.path} has no [[claims]]")
         table, unevaluated = read_runs(args.run_dirs)  # every file checked before anything is written
         note = (f"Not evaluated (distilled with --final-eval-epochs 0), left out: {', '.join(unevaluated)}\n"
                 if unevaluated else "")
@@ -284,9 +295,27 @@ def _run(args, given: set) -> int:
                 raise ValueError(f"--pair names {', '.join(unknown)}, which no run is; the runs are "
                                  f"{', '.join(labels)}")
             pairs = default_pairs(labels) + [tuple(p) for p in args.pair if tuple(p) not in default_pairs(labels)]
+        verdict = None
+        if spec is not None:
+            from .verdict import claims_table
+
+            datasets = sorted(set(table["dataset"])) if "dataset" in table.columns else []
+            if len(datasets) > 1:
+                raise ValueError(f"--claims reads one dataset's runs; these are of {', '.join(datasets)}: "
+                                 f"compare each dataset's separately")
+            verdict = claims_table(table, spec.claims, spec.designs)
         summary, diffs, text = write_report(table, out, "compare", pairs=pairs, preamble=note.rstrip("\n"))
+        if verdict is not None:
+            from .rundir import write_csv, write_text
+            from .tables import markdown_table
+
+            write_csv(os.path.join(out, "compare_verdict.csv"), verdict)
+            text += f"\nVerdict ({spec.name}'s claims; a claim in its design whose runs are missing: pending):\n\n" \
+                + markdown_table(verdict)
+            write_text(os.path.join(out, "compare.md"), text)
         print(text, end="")
-        print(f"wrote {os.path.join(out, 'compare.csv')}, compare_summary.csv, compare_paired.csv and compare.md")
+        print(f"wrote {os.path.join(out, 'compare.csv')}, compare_summary.csv, compare_paired.csv"
+              + (", compare_verdict.csv" if verdict is not None else "") + " and compare.md")
     elif args.command == "plot":
         from .plots import poincare_report
 

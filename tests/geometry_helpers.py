@@ -286,7 +286,6 @@ def reference_frechet_mean(r: torch.Tensor, u: torch.Tensor, k: float, w: Option
     """
     import mpmath
 
-    sk_f = math.sqrt(k)
     n, d = u.shape
     w = torch.full((n,), 1.0 / n, dtype=DT) if w is None else (w / w.sum()).to(DT)
     with mpmath.workdps(dps):

@@ -1,7 +1,5 @@
 """Dataset loaders (on tiny fake files in each real on-disk format) and class pools."""
-import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np

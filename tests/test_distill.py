@@ -1,15 +1,12 @@
 """Distillation pipeline: shared step, centroid switch, resume exactness, run directory, CLI errors."""
 import json
-import os
 
 import pytest
 import torch
 from conftest import tiny_config
 
 from hddgeo.cli import main
-from hddgeo.data import ClassPool, load_dataset
 from hddgeo.distill import (
-    DistillConfig,
     RunInterrupted,
     build_method,
     paper_preset,

@@ -1,7 +1,6 @@
 """``--tensorboard``: event files that repeat log.csv (also across a kill and resume), the image grid at every
 checkpoint, final accuracy and hyper-parameters; the run computes bit for bit what it computes without them."""
 import json
-import os
 import struct
 
 import numpy as np

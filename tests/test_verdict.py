@@ -1,11 +1,13 @@
 """The verdict study's scripts end to end on quick settings and generated Fashion-MNIST files: pilot, main stage,
 verdict table, mechanism measures, and a committed cell rerun from its config.json."""
 import json
-import math
 
 import pandas as pd
 import pytest
 from test_experiments import load_script
+
+from hddgeo.cli import main
+from hddgeo.verdict import best_of
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def test_the_main_stage_runs_every_control_paired_by_seed(study):
     assert (per == 3).all(), per
     # the report pairs HDD with the best DM of the learning-rate grid too, and the verdict has a row per claim
     paired = pd.read_csv(out / "results_paired.csv")
-    best = script.best_dm(table, 1)
+    best = best_of(table, 1, script.DM_GRID)
     assert best in {"dm", "dm@lr0.1", "dm@lr0.3", "dm@lr3"}
     if best != "dm":
         assert ((paired["a"] == "dm+hdd/law") & (paired["b"] == best)).any()
@@ -89,25 +91,6 @@ def test_a_committed_cell_reruns_to_the_same_accuracies(study, tmp_path):
         script.rerun(str(out), "ipc1_nothing_seed0")
 
 
-@pytest.mark.parametrize("low, high, seeds, paper, kind, word", [
-    (0.2, 0.9, 5, 1.4, "gain", "reproduced in sign, smaller than the paper's"),
-    (0.2, 1.9, 5, 1.4, "gain", "reproduced"),
-    (0.2, 0.9, 5, None, "gain", "reproduced"),
-    (1.6, 2.0, 5, 1.4, "gain", "reproduced, larger than the paper's"),
-    (-0.4, 0.3, 5, 1.4, "gain", "not reproduced"),
-    (-0.9, 1.8, 5, 1.4, "gain", "not resolvable"),
-    (-0.9, -0.1, 5, 1.4, "gain", "contradicted"),
-    (-0.4, 0.3, 2, 1.4, "gain", "not resolvable"),
-    (-0.4, 0.3, 5, None, "same", "reproduced"),
-    (-2.5, -1.2, 5, None, "same", "contradicted"),
-    (-1.5, 0.3, 5, None, "same", "not resolvable"),
-    (math.nan, math.nan, 5, None, "gain", "not resolvable"),
-])
-def test_verdict_words(low, high, seeds, paper, kind, word):
-    script = load_script("fashionmnist_verdict")
-    assert script.verdict_word(low, high, seeds, paper, kind) == word
-
-
 def test_the_tables_are_recomputed_from_the_cells_files_alone(study, tmp_path):
     """--report-only reads the finished cells (config.json, metrics.json, log.csv: what a checkout holds) and gives
     the verdict and paired tables the study wrote, with nothing run."""
@@ -128,3 +111,16 @@ def test_the_tables_are_recomputed_from_the_cells_files_alone(study, tmp_path):
         key = ["ipc", "a", "b"] if name == "results_paired.csv" else ["IPC", "claim"]  # rows in another order
         pd.testing.assert_frame_equal(again.sort_values(key, ignore_index=True), table.sort_values(key, ignore_index=True),
                                       check_exact=False, rtol=1e-12)
+
+
+def test_compare_recomputes_the_verdict_from_the_committed_long_table(study, tmp_path, capsys):
+    """`hddgeo compare STUDY/results.csv --claims fashionmnist_verdict` gives the study's verdict rows (all but the
+    root-centric bias rows, which come from the mechanism script's tables)."""
+    _, out, _, _ = study
+    assert main(["compare", str(out / "results.csv"), "--claims", "fashionmnist_verdict", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    ours = pd.read_csv(tmp_path / "compare_verdict.csv", dtype=str)
+    study_rows = pd.read_csv(out / "verdict.csv", dtype=str)
+    study_rows = study_rows[~study_rows["claim"].str.startswith("HDD's synthetic points")].reset_index(drop=True)
+    assert len(ours) >= 7
+    pd.testing.assert_frame_equal(ours, study_rows)

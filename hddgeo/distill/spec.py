@@ -32,6 +32,13 @@
     ipc = [1]                     # (default: the top-level ipc list)
     report = "pilot"
 
+    [[claims]]                    # the verdict: one row per claim and IPC (hddgeo compare --claims SPEC)
+    claim = "HDD beats DM"
+    a = "dm+hdd/law"              # a - b, paired by seed
+    b = "dm"                      # or a list of labels: against the best of them on the same seeds
+    paper = {1 = 1.4, 10 = 0.6}   # the paper's number (points) per IPC, if it gives one
+    kind = "gain"                 # or "same": the paper says a does as well as b (within 1 point)
+
 A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  Cells come in :func:`study.run_study`'s order
 (per IPC, per seed: the baseline, then every axis value and variant) and with its names
 (:func:`study.cell_name`), so a spec reuses the run directories of the script it replaced.  Every cell runs
@@ -46,6 +53,7 @@ import os
 from typing import Optional, Sequence
 
 from hddgeo import stats
+from hddgeo.verdict import KINDS, Claim
 
 from .executors import Cell
 from .runner import DistillConfig, describe
@@ -53,7 +61,8 @@ from .study import cell_name, check_seeds_and_jobs
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
-            "description")
+            "claims", "description")
+CLAIM_KEYS = ("claim", "a", "b", "paper", "kind")
 STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
@@ -139,6 +148,7 @@ class Spec:
     profiles: dict
     variants: list
     stages: dict
+    claims: list = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -223,6 +233,19 @@ class Spec:
                              f"({', '.join(labels)})")
         return [v for v, label in zip(self.variants, labels) if label in wanted]
 
+    def designs(self, label: str, ipc: int) -> bool:
+        """Whether some stage of the spec (or, without stages, the spec) runs ``label`` at ``ipc``; ``random`` is
+        run wherever the baseline is on."""
+        if label == stats.RANDOM:
+            return self.baseline and (ipc in self.ipcs or any(ipc in s.get("ipc", self.ipcs)
+                                                             for s in self.stages.values()))
+        if label not in self.labels():
+            return False
+        if not self.stages:
+            return ipc in self.ipcs
+        return any(label in s.get("variants", self.labels()) and ipc in s.get("ipc", self.ipcs)
+                   for s in self.stages.values())
+
     def report_name(self, stage: Optional[str] = None) -> str:
         return self.stages.get(stage, {}).get("report") or self.report
 
@@ -273,7 +296,47 @@ def load_spec(path: str) -> Spec:
                 profiles=profiles, variants=variants, stages=stages)
     for name in stages:
         spec.stage_variants(name)  # labels checked now
+    spec.claims = _claims(data.get("claims") or [], path, spec.labels() + [stats.RANDOM])
     return spec
+
+
+def _claims(tables, path: str, labels: list) -> list[Claim]:
+    """The ``[[claims]]`` of a spec, checked: known keys, labels of the spec's variants (or ``random``), paper
+    numbers per IPC."""
+    if not isinstance(tables, list):
+        raise ValueError(f"{path}: claims must be an array of tables ([[claims]])")
+    out = []
+    for i, t in enumerate(tables, 1):
+        where = f"{path} claim {i}"
+        if not isinstance(t, dict):
+            raise ValueError(f"{where} must be a table ([[claims]])")
+        bad = [k for k in t if k not in CLAIM_KEYS]
+        if bad:
+            raise ValueError(f"{where}: unknown key {bad[0]!r}; keys: {', '.join(CLAIM_KEYS)}")
+        for key in ("claim", "a", "b"):
+            if key not in t:
+                raise ValueError(f"{where} needs {key!r}")
+        if not isinstance(t["claim"], str) or not t["claim"]:
+            raise ValueError(f"{where}: claim must be a text, got {t['claim']!r}")
+        b = t["b"]
+        names = [t["a"]] + (b if isinstance(b, list) else [b])
+        if isinstance(b, list) and len(b) < 2:
+            raise ValueError(f"{where}: b as a list names at least two labels (the best of them is taken)")
+        for name in names:
+            if name not in labels:
+                raise ValueError(f"{where} names {name!r}, which is no variant's label ({', '.join(labels)})")
+        paper = t.get("paper")
+        if paper is not None:
+            if not isinstance(paper, dict) or not all(str(k).isdigit() and type(v) in (int, float)
+                                                      for k, v in paper.items()):
+                raise ValueError(f"{where}: paper must be a table of points per IPC ({{1 = 1.4, 10 = 0.6}}), "
+                                 f"got {paper!r}")
+            paper = {int(k): float(v) for k, v in paper.items()}
+        kind = t.get("kind", "gain")
+        if kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, kind))
+    return out
 
 
 def estimate(cells: Sequence[Cell]) -> dict:

@@ -13,7 +13,6 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 from typing import Iterable, Optional, Sequence
 
 import pandas as pd
@@ -256,7 +255,16 @@ def read_runs(paths: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
     ``ValueError`` naming the field and two runs, when they would be paired or pooled although they differ in
     the dataset's evaluation protocol or budget (``EVAL_FIELDS``, ``BUDGET_FIELDS``), or pooled although their
     configurations differ in more than the seed.  A run without evaluation (``final_eval_epochs`` 0) is left
-    out of the table and listed."""
+    out of the table and listed.
+
+    A ``.csv`` file (a study's long table, e.g. a committed ``results.csv``) is read as it is
+    (:func:`read_long_table`), alone: its runs were checked when the study wrote it."""
+    paths = list(paths)
+    tables = [p for p in paths if p.endswith(".csv")]
+    if tables:
+        if len(paths) > 1:
+            raise ValueError(f"{tables[0]} is a long table: compare it alone, not with other tables or run directories")
+        return read_long_table(tables[0]), []
     rows, unevaluated, seen, runs = [], [], {}, []
     for path in paths:
         dirs = _run_dirs(path)
@@ -283,6 +291,40 @@ def read_runs(paths: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
     table = pd.DataFrame(rows)
     table = table.sort_values("method", key=lambda col: col.map(stats.method_rank), kind="stable", ignore_index=True)
     return table, unevaluated
+
+
+def read_long_table(path: str) -> pd.DataFrame:
+    """A long accuracy table written by :func:`write_report` (``method, ipc, seed, network, acc``, optionally
+    ``dataset``, ``run_dir`` ...), checked as data: ``ValueError`` naming the file, the row and the column for a
+    missing column, a seed, IPC or network that is not a non-negative integer, or an accuracy outside [0, 1]."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist")
+    try:
+        table = pd.read_csv(path, dtype={"method": str, "dataset": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a CSV table: {str(err).splitlines()[0]}") from None
+    missing = [c for c in stats.REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: a long table has "
+                         f"{', '.join(stats.REQUIRED_COLUMNS)}")
+    if table.empty:
+        raise ValueError(f"{path} has no rows")
+    for col in ("ipc", "seed", "network"):
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = ~(values.notna() & (values >= 0) & (values == values.round()))
+        if bad.any():
+            i = int(bad.idxmax())
+            raise ValueError(f"{path} row {i + 2}: {col} is {table[col].iloc[i]!r}, not a non-negative integer")
+        table[col] = values.astype(int)
+    acc = pd.to_numeric(table["acc"], errors="coerce")
+    bad = ~acc.between(0, 1)
+    if bad.any():
+        i = int(bad.idxmax())
+        raise ValueError(f"{path} row {i + 2}: acc is {table['acc'].iloc[i]!r}; accuracies are fractions in [0, 1]")
+    table["acc"] = acc.astype(float)
+    if table["method"].isna().any():
+        raise ValueError(f"{path} row {int(table['method'].isna().idxmax()) + 2}: method is empty")
+    return stats.check_long(table)
 
 
 def read_run(run_dir: str) -> tuple[DistillConfig, dict]:

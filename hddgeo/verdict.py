@@ -1,0 +1,127 @@
+"""Claims and their verdicts: one row per claim of a paper, read from a long accuracy table (:mod:`hddgeo.stats`).
+
+A claim is a paired difference ``a - b`` of two method labels at an IPC, with the paper's number for it (accuracy
+points) where the paper gives one, and a kind:
+
+* ``gain``: the paper says ``a`` beats ``b``;
+* ``same``: the paper says ``a`` does as well as ``b`` (pruning keeps accuracy, the approximation is enough),
+  read as "within :data:`SAME_MARGIN` points".
+
+``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them
+ran (chosen after the fact, so in ``b``'s favour; the row names the one chosen).  Claims live in a study spec
+(``[[claims]]``, :mod:`hddgeo.distill.spec`), so ``hddgeo compare STUDY --claims SPEC`` and the study script give
+the same table from the same files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+
+SAME_MARGIN = 1.0  # points: "keeps accuracy" / "the approximation is enough" read as within one point
+KINDS = ("gain", "same")
+COLUMNS = ["claim", "IPC", "paper (points)", "ours (points)", "95% CI", "seeds", "verdict", "difference"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    claim: str
+    a: str
+    b: Union[str, tuple]  # a label, or the labels of which the best is taken
+    paper: Optional[dict] = None  # {ipc: points}
+    kind: str = "gain"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.claim!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    @property
+    def labels(self) -> tuple:
+        return (self.a,) + (tuple(self.b) if isinstance(self.b, (tuple, list)) else (self.b,))
+
+
+def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain") -> str:
+    """One word for a claim from its 95 % interval ``[low, high]`` (accuracy points) over ``seeds`` seeds.
+
+    ``gain`` (the paper reports ``paper`` points, or only a direction when ``None``): *reproduced* when the
+    interval lies above 0 (*in sign, smaller than the paper's* when it also lies below ``paper``; *larger* when
+    above it), *not reproduced* when it contains 0 but excludes ``paper``, *contradicted* when it lies below 0.
+    ``same``: *reproduced* when the interval lies within ±:data:`SAME_MARGIN`, *contradicted* when it lies wholly
+    outside.  Otherwise, and always with fewer than 3 seeds, *not resolvable*."""
+    if seeds < 3 or not np.isfinite(low):
+        return "not resolvable"
+    if kind == "same":
+        if -SAME_MARGIN <= low and high <= SAME_MARGIN:
+            return "reproduced"
+        return "contradicted" if (high < -SAME_MARGIN or low > SAME_MARGIN) else "not resolvable"
+    if low > 0:
+        if paper is not None and high < paper:
+            return "reproduced in sign, smaller than the paper's"
+        return "reproduced" if paper is None or low <= paper else "reproduced, larger than the paper's"
+    if high < 0:
+        return "contradicted"
+    if paper is not None and high < paper:
+        return "not reproduced"
+    return "not resolvable"
+
+
+def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str]) -> Optional[str]:
+    """The label among ``labels`` with the highest mean accuracy at ``ipc`` over the seeds every one of them
+    present ran (``None`` when fewer than two are present or they share no seed)."""
+    at = stats.per_seed(table[table["ipc"] == ipc])
+    present = [m for m in labels if m in set(at["method"])]
+    wide = at[at["method"].isin(present)].pivot(index="seed", columns="method", values="acc").dropna()
+    if wide.empty or len(present) < 2:
+        return None
+    return str(wide[present].mean().idxmax())
+
+
+def _points(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:+.1f}"
+
+
+def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
+                 designed: Optional[Callable[[str, int], bool]] = None) -> pd.DataFrame:
+    """One row per claim and IPC of ``table`` (a long accuracy table, one dataset): the paper's number, ours (mean
+    of the per-seed differences, in points), its 95 % t interval, the seeds and the word of :func:`verdict_word`.
+
+    ``designed(label, ipc)`` says whether a study's design runs a label at an IPC: a claim whose labels are all
+    designed there but not all in ``table`` gets a *pending* row; one whose labels are not designed there gets
+    none.  Without ``designed``, a label counts as designed at the IPCs where ``table`` has it."""
+    seeds_table = stats.per_seed(table)
+    present = {ipc: set(g["method"]) for ipc, g in seeds_table.groupby("ipc")}
+    designed = designed or (lambda label, ipc: label in present[ipc])
+    rows = []
+    for ipc in sorted(int(i) for i in seeds_table["ipc"].unique()):
+        at = seeds_table[seeds_table["ipc"] == ipc]
+        wide = at.pivot(index="seed", columns="method", values="acc")
+        for c in claims:
+            paper = (c.paper or {}).get(ipc)
+            row = {"claim": c.claim, "IPC": ipc, "paper (points)": _points(paper)}
+            if isinstance(c.b, (tuple, list)):
+                candidates = [m for m in c.b if designed(m, ipc) or m in wide]
+                missing = [m for m in candidates if m not in wide]
+                b = None if missing else best_of(table, ipc, candidates)
+                note = f" ({b})" if b is not None else ""
+                if len(candidates) < 2 or (not designed(c.a, ipc) and c.a not in wide):
+                    continue
+                shown = b or f"best of {', '.join(candidates)}"
+            else:
+                if not (designed(c.a, ipc) or c.a in wide) or not (designed(c.b, ipc) or c.b in wide):
+                    continue
+                b, note, shown = (c.b if c.b in wide else None), "", c.b
+            if b is None or c.a not in wide:
+                rows.append({**row, "ours (points)": "pending", "95% CI": "", "seeds": 0,
+                             "verdict": "not resolvable (cells not run yet)", "difference": f"{c.a} − {shown}"})
+                continue
+            diff = 100 * (wide[c.a] - wide[b]).dropna()
+            low, high = stats.t_interval(diff.values)
+            rows.append({**row, "ours (points)": f"{diff.mean():+.2f}" if len(diff) else "pending",
+                         "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
+                         "seeds": len(diff), "verdict": verdict_word(low, high, len(diff), paper, c.kind) + note,
+                         "difference": f"{c.a} − {b}"})
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,166 @@
+"""Claims and their verdicts (hddgeo.verdict), a spec's [[claims]], and `hddgeo compare` on a long table with
+--claims: the verdict table recomputed from a committed results.csv."""
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from hddgeo.cli import main
+from hddgeo.distill.spec import load_spec
+from hddgeo.verdict import Claim, best_of, claims_table, verdict_word
+
+
+def _long(per_seed: dict, ipc: int = 1, nets: int = 2) -> pd.DataFrame:
+    """{method: [acc of seed 0, seed 1, ...]} -> a long table; network j adds (j - 0.5) * 0.004 (averages out)."""
+    rows = [{"method": m, "ipc": ipc, "seed": s, "network": j, "acc": v + (j - 0.5) * 0.004}
+            for m, values in per_seed.items() for s, v in enumerate(values) if v is not None for j in range(nets)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("low, high, seeds, paper, kind, word", [
+    (0.2, 0.9, 5, 1.4, "gain", "reproduced in sign, smaller than the paper's"),
+    (0.2, 1.9, 5, 1.4, "gain", "reproduced"),
+    (0.2, 0.9, 5, None, "gain", "reproduced"),
+    (1.6, 2.0, 5, 1.4, "gain", "reproduced, larger than the paper's"),
+    (-0.4, 0.3, 5, 1.4, "gain", "not reproduced"),
+    (-0.9, 1.8, 5, 1.4, "gain", "not resolvable"),
+    (-0.9, -0.1, 5, 1.4, "gain", "contradicted"),
+    (-0.4, 0.3, 2, 1.4, "gain", "not resolvable"),
+    (-0.4, 0.3, 5, None, "same", "reproduced"),
+    (-2.5, -1.2, 5, None, "same", "contradicted"),
+    (-1.5, 0.3, 5, None, "same", "not resolvable"),
+    (math.nan, math.nan, 5, None, "gain", "not resolvable"),
+])
+def test_verdict_words(low, high, seeds, paper, kind, word):
+    assert verdict_word(low, high, seeds, paper, kind) == word
+
+
+def test_a_claims_row_is_the_paired_t_interval_in_points():
+    law = [0.720, 0.716, 0.731, 0.709]
+    dm = [0.712, 0.710, 0.722, 0.704]
+    table = _long({"dm": dm, "dm+hdd/law": law})
+    row = claims_table(table, [Claim("HDD beats DM", "dm+hdd/law", "dm", {1: 1.4})]).iloc[0]
+    diff = 100 * np.subtract(law, dm)
+    ci = sps.ttest_1samp(diff, 0.0).confidence_interval(0.95)  # scipy's own test, another code path
+    assert row["ours (points)"] == f"{diff.mean():+.2f}" and row["95% CI"] == f"[{ci.low:+.2f}, {ci.high:+.2f}]"
+    assert row["seeds"] == 4 and row["paper (points)"] == "+1.4" and row["difference"] == "dm+hdd/law − dm"
+    assert row["verdict"] == verdict_word(ci.low, ci.high, 4, 1.4) == "reproduced in sign, smaller than the paper's"
+
+
+def test_best_of_takes_the_best_on_the_seeds_all_ran_and_names_it():
+    # dm@lr3 is best on seeds 0-2 (which all ran); its seed 3 (a high one) is not among the shared seeds
+    table = _long({"dm": [0.70, 0.71, 0.70, None], "dm@lr0.3": [0.69, 0.70, 0.71, None],
+                   "dm@lr3": [0.71, 0.72, 0.705, 0.99], "dm+hdd/law": [0.72, 0.72, 0.72, 0.72]})
+    assert best_of(table, 1, ["dm", "dm@lr0.3", "dm@lr3"]) == "dm@lr3"
+    assert best_of(table, 1, ["dm", "dm@lr9"]) is None  # one of them present: no choice to make
+    claim = Claim("HDD beats the best-tuned DM", "dm+hdd/law", ("dm", "dm@lr0.3", "dm@lr3"))
+    row = claims_table(table, [claim]).iloc[0]
+    assert row["difference"] == "dm+hdd/law − dm@lr3" and row["verdict"].endswith("(dm@lr3)")
+    assert row["seeds"] == 4  # the difference itself uses every seed both ran
+    assert row["ours (points)"] == f"{100 * np.mean(np.subtract([0.72] * 4, [0.71, 0.72, 0.705, 0.99])):+.2f}"
+
+
+def test_a_designed_claim_without_its_cells_is_pending_and_an_undesigned_one_has_no_row():
+    table = pd.concat([_long({"dm": [0.7, 0.71, 0.72], "dm+hdd/law": [0.71, 0.72, 0.72]}, ipc=1),
+                       _long({"dm": [0.8, 0.81, 0.8]}, ipc=10)])
+    claims = [Claim("HDD beats DM", "dm+hdd/law", "dm", {1: 1.4, 10: 0.6}),
+              Claim("Law beats the tangent centroid", "dm+hdd/law", "dm+hdd/tangent"),
+              Claim("HDD beats the best-tuned DM", "dm+hdd/law", ("dm", "dm@lr0.3"))]
+    design = {1: {"dm", "dm+hdd/law", "dm+hdd/tangent", "dm@lr0.3"}, 10: {"dm", "dm+hdd/law"}}
+    verdict = claims_table(table, claims, lambda label, ipc: label in design[ipc])
+    rows = {(r["claim"], r["IPC"]): r for _, r in verdict.iterrows()}
+    assert set(rows) == {("HDD beats DM", 1), ("Law beats the tangent centroid", 1),
+                         ("HDD beats the best-tuned DM", 1), ("HDD beats DM", 10)}
+    for key in [("Law beats the tangent centroid", 1), ("HDD beats the best-tuned DM", 1), ("HDD beats DM", 10)]:
+        assert rows[key]["ours (points)"] == "pending" and rows[key]["seeds"] == 0, key
+    assert rows[("HDD beats the best-tuned DM", 1)]["difference"] == "dm+hdd/law − best of dm, dm@lr0.3"
+    # without a design, only what the table holds counts: no pending rows
+    assert "pending" not in set(claims_table(table, claims)["ours (points)"])
+
+
+def _spec(tmp_path, claims: str):
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent("""\
+        ipc = [1]
+        [config]
+        dataset = "digits"
+        [[variants]]
+        matcher = "euclidean"
+        [[variants]]
+        matcher = "hdd"
+        centroid = "law"
+        """) + textwrap.dedent(claims))
+    return str(path)
+
+
+@pytest.mark.parametrize("claims, words", [
+    ('[[claims]]\nclaim = "x"\na = "dm"\nb = "dm@lr3"\n', ["dm@lr3", "no variant's label"]),
+    ('[[claims]]\nclaim = "x"\na = "dm"\n', ["needs 'b'"]),
+    ('[[claims]]\nclaim = "x"\na = "dm"\nb = "random"\nwhy = 1\n', ["unknown key 'why'"]),
+    ('[[claims]]\nclaim = "x"\na = "dm"\nb = "random"\nkind = "better"\n', ["kind must be one of gain, same"]),
+    ('[[claims]]\nclaim = "x"\na = "dm"\nb = "random"\npaper = {one = 1}\n', ["paper must be a table of points"]),
+    ('[[claims]]\nclaim = "x"\na = "dm+hdd/law"\nb = ["dm"]\n', ["at least two labels"]),
+])
+def test_bad_claims_are_refused_naming_the_key(tmp_path, claims, words):
+    with pytest.raises(ValueError) as err:
+        load_spec(_spec(tmp_path, claims))
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_the_shipped_verdict_spec_designs_its_claims():
+    spec = load_spec("fashionmnist_verdict")
+    assert [c.claim for c in spec.claims][:2] == ["HDD beats DM", "HDD beats the best-tuned DM"]
+    assert spec.claims[0].paper == {1: 1.4, 10: 0.6}
+    assert spec.designs("dm@lr0.3", 1) and not spec.designs("dm@lr0.3", 10)
+    assert spec.designs("dm+hdd/law@prune20", 10) and spec.designs("random", 10)
+    assert not spec.designs("dm@lr9", 1)
+
+
+def test_compare_reads_a_long_table_and_recomputes_the_claims(tmp_path, capsys):
+    spec = _spec(tmp_path, """\
+        [[claims]]
+        claim = "HDD beats DM"
+        a = "dm+hdd/law"
+        b = "dm"
+        paper = {1 = 1.4}
+        """)
+    table = _long({"dm": [0.70, 0.71, 0.72], "dm+hdd/law": [0.71, 0.725, 0.73], "random": [0.5, 0.52, 0.51]})
+    table["run_dir"] = "runs/x"
+    table.to_csv(tmp_path / "results.csv", index=False)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "results.csv"), "--claims", spec, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    verdict = pd.read_csv(out / "compare_verdict.csv", dtype=str)
+    assert list(verdict["claim"]) == ["HDD beats DM"] and verdict["seeds"].iloc[0] == "3"
+    assert verdict["ours (points)"].iloc[0] == f"{100 * np.mean([0.01, 0.015, 0.01]):+.2f}"
+    assert "Verdict" in text and "Verdict" in (out / "compare.md").read_text()
+    paired = pd.read_csv(out / "compare_paired.csv")
+    assert ((paired["a"] == "dm") & (paired["b"] == "random")).any()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: t.assign(acc=[1.5] + list(t["acc"][1:])), ["row 2", "acc", "[0, 1]"]),
+    (lambda t: t.assign(seed=[-1] + list(t["seed"][1:])), ["row 2", "seed", "non-negative integer"]),
+    (lambda t: t.assign(ipc=["ten"] + list(t["ipc"][1:])), ["row 2", "ipc"]),
+    (lambda t: t.drop(columns=["network"]), ["lacks column(s) network"]),
+    (lambda t: pd.concat([t, t.iloc[:1]]), ["two results for method"]),
+])
+def test_a_hostile_long_table_is_one_line_and_writes_nothing(tmp_path, capsys, edit, words):
+    edit(_long({"dm": [0.70, 0.71], "random": [0.5, 0.52]})).to_csv(tmp_path / "results.csv", index=False)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "results.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert not out.exists()
+
+
+def test_a_long_table_is_compared_alone(tmp_path, capsys):
+    _long({"dm": [0.70, 0.71]}).to_csv(tmp_path / "results.csv", index=False)
+    assert main(["compare", str(tmp_path / "results.csv"), str(tmp_path)]) == 2
+    assert "compare it alone" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
+    assert main(["compare", str(tmp_path / "bad.csv")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
