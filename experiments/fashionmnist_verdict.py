@@ -10,7 +10,9 @@ closed form, at a budget that can resolve it, with the controls that make a gain
 Every cell is a run directory under ``--out``/runs (default ``experiments/results/fashionmnist_verdict``,
 committed without its ``.pt`` files): finished cells are reused and unfinished ones resumed, so the study
 spans sessions and a rerun only adds what is missing.  ``hddgeo compare experiments/results/fashionmnist_verdict``
-recomputes every table from the committed ``config.json`` / ``metrics.json`` files.
+recomputes every table from the committed ``config.json`` / ``metrics.json`` files, and ``hddgeo compare
+experiments/results/fashionmnist_verdict/results.csv --claims fashionmnist_verdict`` the verdict from the committed
+long table (the claims are the spec's ``[[claims]]``).
 
 Budget (``verdict``, every cell; one-thread cells, two at a time): 200 DM iterations with 64 real images per
 class per iteration, DSA, the paper's k / lambda / lr_img for DM with HDD on Fashion-MNIST (Table 5: k 1,

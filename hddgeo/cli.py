@@ -7,6 +7,7 @@
     hddgeo evaluate runs/x [--model resnet18]
     hddgeo centroids                    Law vs Karcher vs tangent centroids per class, as CSV
     hddgeo compare RUN_DIR...           per-method accuracy and paired differences over seeds
+    hddgeo compare STUDY/results.csv --claims SPEC   ... and the verdict of a spec's claims, from a long table
 
 Bad input exits with status 2 and a one-line message; nothing is written before the input is checked.
 """
