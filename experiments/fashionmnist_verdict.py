@@ -29,7 +29,7 @@ initial images and evaluation networks):
   and the ratio of HDD's to DM's image-gradient norm;
 * main (the spec's stages ``controls``, ``seeds1``, ``seeds10``, ``prune10``, ``random10``, in that order, the
   seeds chosen from the pilot and written in the spec): ``dm@lr0.1/0.3/3`` (DM at image learning rates spanning that ratio),
-  ``dm+hdd/tangent`` (the negative control), ``dm+hdd/law@noclip`` and ``dm+hdd/karcher@noclip`` (no clip: the
+  ``dm+hdd/tangent`` (the negative control), ``dm+hdd/law@k9`` and ``dm+hdd/karcher@k9`` (k 9: the
   regime where the centroids differ on these features) and ``dm+hdd/law@prune20`` (the 20 % most root-level
   images of each class as the pool) at IPC 1, seeds 0-2; the pilot's variants over more seeds at IPC 1 and 10;
   pruning at IPC 10, seeds 0-2; DM and the random images at IPC 10, seeds 3-4.  Then ``results.md`` (every default pair, and HDD against the best DM of the

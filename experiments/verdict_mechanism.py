@@ -51,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_STUDY = os.path.join(HERE, "results", "fashionmnist_verdict")
 NETWORK_SEED = 900_000  # the feature networks' seeds: NETWORK_SEED + j, apart from every run's own streams
 PAIRS = (("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm"), ("dm+hdd/karcher", "dm+hdd/law"),
-         ("dm+hdd/law@noclip", "dm"), ("dm+hdd/karcher@noclip", "dm+hdd/law@noclip"))
+         ("dm+hdd/law@k9", "dm"), ("dm+hdd/karcher@k9", "dm+hdd/law@k9"))
 
 
 def finished_cells(study: str) -> list[tuple[str, dict, dict]]:
@@ -230,9 +230,13 @@ def main(argv=None) -> pd.DataFrame:
             f"with their synthetic set at hand); {args.nets} random ConvNets, {args.real_per_class} real images per "
             f"class, radii unclipped.\n\n" + markdown_table(shown))
     if "law_karcher_gap_real" in table:
-        gaps = table.groupby(["ipc", "max_norm"], dropna=False)["law_karcher_gap_real"].agg(["mean", "min", "max", "count"])
+        gaps = table.groupby(["ipc", "k", "max_norm"], dropna=False)["law_karcher_gap_real"].agg(
+            ["mean", "min", "max", "count"])
+        if "clip_share_real" in table:
+            gaps["clip_share_real"] = table.groupby(["ipc", "k", "max_norm"], dropna=False)["clip_share_real"].mean()
         text += ("\n\nLaw-Karcher distance of the real batch's class centroids (the cells' gap_every diagnostics, mean "
-                 "over classes and logged iterations; by clip, `nan` = none):\n\n" + markdown_table(gaps.reset_index().round(4)))
+                 "over classes and logged iterations; by k and clip, `nan` = none), and the share of real features "
+                 "the clip reaches:\n\n" + markdown_table(gaps.reset_index().round(4)))
     if len(weights):
         by_clip = weights.groupby("clip", sort=False)[["clip_share", "radius_mean", "radius_std", "weight_cv"]].agg(
             ["mean", "min", "max"])

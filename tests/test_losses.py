@@ -328,3 +328,49 @@ def test_hdd_loss_gradient_for_an_all_zero_synthetic_feature(method):
     (gs,) = torch.autograd.grad(loss, vs)
     u = plain(cr)[1:] / plain(cr)[1:].norm()
     torch.testing.assert_close(gs[0], -2.0 * u, rtol=0, atol=1e-6)
+
+
+def _stable_reference(vr, vs):
+    """HDD's distance (k 1, Law) of one synthetic point to the real centroid, by a formula without cancellation:
+    the real centroid lies near the origin, and cosh d = c_0 cosh|u| - sinh|u| (c_s . u/|u|)."""
+    from hddgeo.geometry.centroids import law_
+    from hddgeo.geometry.lorentz import lift_
+
+    one = torch.tensor(1.0, dtype=torch.float64)
+    zr = lift_(vr, one, None)
+    c = law_(zr, torch.full((len(vr),), 1 / len(vr), dtype=torch.float64), one).detach()
+    u = vs.detach().clone().requires_grad_(True)
+    n = u.norm()
+    d = torch.acosh(c[0] * torch.cosh(n) - torch.sinh(n) * (c[1:] @ (u[0] / n)))
+    return float(d.detach()), torch.autograd.grad(d, u)[0]
+
+
+@pytest.mark.parametrize("radius, ok", [(8.0, True), (12.0, True), (13.5, True), (15.0, False), (25.0, False)])
+def test_a_gradient_beyond_float64s_reach_is_refused_and_one_within_it_is_right(radius, ok):
+    """Far out, the loss's value stays exact but its gradient through Lorentz coordinates does not (relative error
+    ~ 2 eps cosh^2 r: 4e5x at radius 25, where Fashion-MNIST's unclipped features lie): within reach the gradient
+    matches a cancellation-free formula, beyond it the loss refuses, and without a gradient it still answers."""
+    from hddgeo.geometry.lorentz import gradient_reach
+
+    assert 13.5 < gradient_reach(torch.float64) < 14 and 3 < gradient_reach(torch.float32) < 4
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(128, dtype=torch.float64, generator=g)
+    vr = base + 0.6 * torch.randn(64, 128, dtype=torch.float64, generator=g)
+    vr = vr / vr.norm(dim=-1, keepdim=True) * (radius + 0.3 * torch.randn(64, 1, dtype=torch.float64, generator=g))
+    vs = base + 0.6 * torch.randn(1, 128, dtype=torch.float64, generator=g)
+    vs = (vs / vs.norm() * radius).requires_grad_(True)
+    M = manifold(1.0)
+    if ok:
+        loss = hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
+        grad = torch.autograd.grad(loss, vs)[0]
+        value, ref = _stable_reference(vr, vs)
+        assert float(loss) == pytest.approx(value, rel=1e-12)
+        assert float((grad - ref).norm() / ref.norm()) < 1e-4
+        return
+    with pytest.raises(ValueError, match=r"lifted synthetic features lie at radius/sqrt\(k\) up to .*beyond 13.8"):
+        hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
+    with torch.no_grad():  # a value alone is fine out there
+        value = hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
+    assert float(value) == pytest.approx(_stable_reference(vr, vs)[0], rel=1e-12)
+    # the reference's clip (10) keeps every point within reach
+    hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=10.0).backward()

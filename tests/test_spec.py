@@ -54,7 +54,7 @@ def test_verdict_spec_cells_are_the_scripts(stage):
     assert spec.report_name("pilot") == "pilot" and spec.report_name(None) == "results"
     labels = spec.labels()
     assert labels[:3] == ["dm", "dm+hdd/law", "dm+hdd/karcher"] and "dm@lr0.3" in labels
-    assert "dm+hdd/karcher@noclip" in labels and "dm+hdd/law@prune20" in labels
+    assert "dm+hdd/karcher@k9" in labels and "dm+hdd/law@prune20" in labels
 
 
 def test_the_verdict_main_stage_is_the_specs_stages_in_order():

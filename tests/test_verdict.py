@@ -31,7 +31,7 @@ def test_the_main_stage_runs_every_control_paired_by_seed(study):
     script, out, table, _ = study
     methods = set(table["method"])
     assert {"random", "dm", "dm+hdd/law", "dm+hdd/karcher", "dm@lr0.1", "dm@lr0.3", "dm@lr3", "dm+hdd/tangent",
-            "dm+hdd/law@noclip", "dm+hdd/karcher@noclip", "dm+hdd/law@prune20"} <= methods
+            "dm+hdd/law@k9", "dm+hdd/karcher@k9", "dm+hdd/law@prune20"} <= methods
     assert set(table["ipc"]) == {1}
     per = table.groupby("method")["seed"].nunique()
     assert (per == 3).all(), per
@@ -42,7 +42,7 @@ def test_the_main_stage_runs_every_control_paired_by_seed(study):
     if best != "dm":
         assert ((paired["a"] == "dm+hdd/law") & (paired["b"] == best)).any()
     verdict = pd.read_csv(out / "verdict.csv")
-    assert "HDD beats DM" in set(verdict["claim"]) and "Karcher = Law, no clip" in set(verdict["claim"])
+    assert "HDD beats DM" in set(verdict["claim"]) and "Karcher = Law, radii spread (k 9, clip not reached)" in set(verdict["claim"])
     assert set(verdict["verdict"].str.split().str[0]) <= {"reproduced", "not", "contradicted"}
     design = (out / "design.md").read_text()
     assert "seeds for ±0.5" in design and "## Verdict" in design and "controls:" in design
@@ -53,7 +53,9 @@ def test_the_mechanism_measures_every_cell(study):
     cells = pd.read_csv(out / "mechanism_cells.csv")
     assert len(cells) == 30 and cells["root_bias"].notna().all()
     assert (cells["radius_real"] > 0).all() and (cells["radius_syn"] > 0).all()
-    assert len(cells[cells["max_norm"].isna()]) == 6 and (cells[cells["max_norm"].isna()]["clip_share_real"] == 0).all()
+    # k 9 (the regime control) lifts to a ninth of k 1's squared radius: the clip reaches no more of it
+    k9, k1 = cells[cells["k"] == 9], cells[cells["k"] == 1]
+    assert len(k9) == 6 and k9["clip_share_real"].max() <= k1["clip_share_real"].min()
     # the weights r / sinh r: equal wherever the clip puts every feature at one radius, and their relative spread is
     # the radius spread's (sinh is near exp out here): a class's weights differ wherever its radii do
     weights = pd.read_csv(out / "mechanism_weights.csv")
