@@ -138,7 +138,8 @@ def cell_adjuster(budget: dict):
     def cfg_for(cfg: DistillConfig) -> DistillConfig:
         preset = paper_preset("dm", "fashionmnist", cfg.ipc)  # HDD's k, lambda, lr_img at this IPC (Table 5)
         lr = cfg.lr_img if cfg.tag.startswith("lr") else preset["lr_img"]  # the step-size control sets its own
-        return dataclasses.replace(cfg, k=preset["k"], scale=preset["scale"], lr_img=lr,
+        k = cfg.k if cfg.tag.startswith("k") else preset["k"]  # and the regime control its k
+        return dataclasses.replace(cfg, k=k, scale=preset["scale"], lr_img=lr,
                                    final_eval_epochs=budget["epochs"][cfg.ipc])
     return cfg_for
 
