@@ -346,10 +346,11 @@ def _stable_reference(vr, vs):
 
 
 @pytest.mark.parametrize("radius, ok", [(8.0, True), (12.0, True), (13.5, True), (15.0, False), (25.0, False)])
-def test_a_gradient_beyond_float64s_reach_is_refused_and_one_within_it_is_right(radius, ok):
-    """Far out, the loss's value stays exact but its gradient through Lorentz coordinates does not (relative error
-    ~ 2 eps cosh^2 r: 4e5x at radius 25, where Fashion-MNIST's unclipped features lie): within reach the gradient
-    matches a cancellation-free formula, beyond it the loss refuses, and without a gradient it still answers."""
+def test_a_gradient_through_a_far_law_centroid_is_refused_and_one_within_reach_is_right(radius, ok):
+    """Far out, Law's closed form keeps its value but not its gradient (relative error ~ 2 eps cosh^2 r: 4e5x at
+    radius 25, where Fashion-MNIST's unclipped features lie, and a single synthetic point is its own centroid):
+    within reach the gradient matches a cancellation-free formula, beyond it the loss refuses, and without a
+    gradient it still answers.  The Karcher mean and the tangent centroid differentiate in frames: right out there."""
     from hddgeo.geometry.lorentz import gradient_reach
 
     assert 13.5 < gradient_reach(torch.float64) < 14 and 3 < gradient_reach(torch.float32) < 4
@@ -360,17 +361,28 @@ def test_a_gradient_beyond_float64s_reach_is_refused_and_one_within_it_is_right(
     vs = base + 0.6 * torch.randn(1, 128, dtype=torch.float64, generator=g)
     vs = (vs / vs.norm() * radius).requires_grad_(True)
     M = manifold(1.0)
+    value, ref = _stable_reference(vr, vs)
     if ok:
         loss = hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
         grad = torch.autograd.grad(loss, vs)[0]
-        value, ref = _stable_reference(vr, vs)
-        assert float(loss) == pytest.approx(value, rel=1e-12)
+        assert float(loss.detach()) == pytest.approx(value, rel=1e-12)
         assert float((grad - ref).norm() / ref.norm()) < 1e-4
-        return
-    with pytest.raises(ValueError, match=r"lifted synthetic features lie at radius/sqrt\(k\) up to .*beyond 13.8"):
-        hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
-    with torch.no_grad():  # a value alone is fine out there
-        value = hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
-    assert float(value) == pytest.approx(_stable_reference(vr, vs)[0], rel=1e-12)
-    # the reference's clip (10) keeps every point within reach
-    hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=10.0).backward()
+    else:
+        with pytest.raises(ValueError, match=r"a Law centroid lies at radius/sqrt\(k\) .*beyond 13.8"):
+            hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)
+        with torch.no_grad():  # a value alone is fine out there
+            assert float(hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=None)) == pytest.approx(value, rel=1e-12)
+        hddgeo.hdd_loss(vr, vs, M, scale=1.0, max_norm=10.0).backward()  # the reference's clip keeps it within reach
+    # finite differences of the (accurate) value: the Karcher mean and the tangent centroid, and Law's centroid of a
+    # set spread in angle (near the origin, whatever its points' radius), give the right gradient at any radius
+    spread = (base + 0.6 * torch.randn(10, 128, dtype=torch.float64, generator=g))
+    spread = (spread / spread.norm(dim=-1, keepdim=True) * radius).requires_grad_(True)
+    for centroid, syn in (("karcher", vs), ("tangent", vs), ("law", spread)):
+        loss = hddgeo.hdd_loss(vr, syn, M, scale=1.0, centroid=centroid, max_norm=None)
+        grad = torch.autograd.grad(loss, syn)[0]
+        d = torch.randn(syn.shape, dtype=torch.float64, generator=g)
+        d /= d.norm()
+        with torch.no_grad():
+            fd = (hddgeo.hdd_loss(vr, syn + 1e-5 * d, M, scale=1.0, centroid=centroid, max_norm=None)
+                  - hddgeo.hdd_loss(vr, syn - 1e-5 * d, M, scale=1.0, centroid=centroid, max_norm=None)) / 2e-5
+        assert float((grad * d).sum()) == pytest.approx(float(fd), rel=1e-5, abs=1e-9), centroid

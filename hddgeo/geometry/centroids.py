@@ -31,6 +31,7 @@ from .lorentz import (
     as_manifold_tensor,
     boost_terms_,
     check_finite,
+    check_gradient_reach,
     check_points,
     cosh_theta_minus_one,
     directions_about_,
@@ -118,7 +119,12 @@ def law_(z: torch.Tensor, w: torch.Tensor, k) -> torch.Tensor:
             wrong = (accurate - qd).abs() > 1e-4 * qd.abs() + 1024 * eps * zbar[..., :1] ** 2
             accurate = torch.where(lost & ~wrong, accurate, q)
         q = accurate + (q - q.detach())
-    return torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
+    c = torch.sqrt(k) * zbar / safe_sqrt(q).clamp_min(torch.finfo(z.dtype).tiny)
+    if c.requires_grad and not on_accelerator(c.device):
+        # far out the value holds and the gradient does not (gradient_reach): a step taken on noise is refused.  On an
+        # accelerator this would be a read per loss; a far centroid there shows as an image gradient of ~1e8.
+        check_gradient_reach(c, float(k), "a Law centroid")
+    return c
 
 
 def _law_q_in_frame(z: torch.Tensor, w: torch.Tensor, zbar: torch.Tensor, sk) -> torch.Tensor:

@@ -463,32 +463,34 @@ GRADIENT_TOLERANCE = 1e-4
 
 
 def gradient_reach(dtype: torch.dtype, tolerance: float = GRADIENT_TOLERANCE) -> float:
-    """The largest ``r / sqrt(k)`` at which a gradient through a point's Lorentz coordinates keeps a relative error
+    """The largest ``r / sqrt(k)`` of a Law centroid through whose closed form a gradient keeps a relative error
     below ``tolerance``: about 13.8 in float64, 3.7 in float32.
 
-    Values stay accurate much further out (:func:`check_reach`; Law's centroid evaluates its norm without
-    cancellation), but a gradient does not: the coordinates are of size ``cosh(r / sqrt k)``, the gradient on the
-    manifold is of order 1, and the backward reaches it by cancelling terms of size ``cosh^2``, leaving a relative
-    error of about ``2 eps cosh^2(r / sqrt k)``.  Measured on HDD's loss (k 1, float64, one synthetic point against
-    64 real ones, against a cancellation-free formula): 6e-10 at radius 8, 8e-8 at 10, 3e-6 at 12, 1e-3 at 15,
-    8 % at 18, 11x at 20 and 4e5x at 25, where Fashion-MNIST's unclipped ConvNet features lie."""
+    The closed form ``sqrt(k) zbar / sqrt(q)`` divides coordinates of size ``cosh(r / sqrt k)`` by the root of
+    their Lorentz norm; its value is accurate far out (:func:`~hddgeo.geometry.centroids.law_` evaluates ``q``
+    without cancellation), but its backward reaches a gradient of order 1 by cancelling terms of size ``cosh^2``,
+    leaving a relative error of about ``2 eps cosh^2(r / sqrt k)``.  Measured on HDD's loss (k 1, float64, one
+    synthetic point, whose Law centroid is the point, against 64 real ones, against a cancellation-free formula):
+    6e-10 at radius 8, 8e-8 at 10, 3e-6 at 12, 1e-3 at 15, 8 % at 18, 11x at 20 and 4e5x at 25, where
+    Fashion-MNIST's unclipped ConvNet features lie.  Sets spread in angle have their Law centroid near the origin
+    and keep accurate gradients however far out their points are; the Karcher mean and the tangent centroid
+    differentiate in frames near the points and are not affected."""
     return math.acosh(math.sqrt(tolerance / (2 * torch.finfo(dtype).eps)))
 
 
-def check_gradient_reach(z: torch.Tensor, k: float, what: str) -> None:
-    """``ValueError`` if a point of ``z`` (that a gradient flows through) lies beyond :func:`gradient_reach`."""
-    if not z.numel():
+def check_gradient_reach(c: torch.Tensor, k: float, what: str) -> None:
+    """``ValueError`` if a centroid ``c`` that a gradient flows through lies beyond :func:`gradient_reach`."""
+    if not c.numel():
         return
-    far = float(z[..., 0].detach().max()) / math.sqrt(k)
-    reach = gradient_reach(z.dtype)
+    far = float(c[..., 0].detach().max()) / math.sqrt(k)
+    reach = gradient_reach(c.dtype)
     if far > math.cosh(reach):
         r = math.acosh(far)
         raise ValueError(
-            f"{what} lie at radius/sqrt(k) up to {r:.1f}, beyond {reach:.1f}, where a gradient through {z.dtype} "
-            f"Lorentz coordinates loses its accuracy (relative error about 2 eps cosh^2 = "
-            f"{2 * torch.finfo(z.dtype).eps * far * far:.1g}); "
-            f"clip the lift (max_norm; the reference clips at 10) or take a larger k so that |v|/sqrt(k) stays below "
-            f"{reach:.1f}")
+            f"{what} lies at radius/sqrt(k) {r:.1f}, beyond {reach:.1f}, where a gradient through its {c.dtype} closed "
+            f"form loses its accuracy (relative error about 2 eps cosh^2 = {2 * torch.finfo(c.dtype).eps * far * far:.1g});"
+            f" clip the lift (max_norm; the reference clips at 10), take a larger k so that |v|/sqrt(k) stays below "
+            f"{reach:.1f}, or use the Karcher mean")
 
 
 def check_reach(z: torch.Tensor, k: float, what: str) -> None:
