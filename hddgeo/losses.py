@@ -48,12 +48,13 @@ def _check_values(v_real, v_syn, z_real=None, z_syn=None, k: float = 1.0) -> Non
     total = v_real.detach().sum() + v_syn.detach().sum()
     if z_real is not None:
         total = total + (z_real[..., 0].detach() ** 2).sum() + (z_syn[..., 0].detach() ** 2).sum()
-    if not bool(torch.isfinite(total)):
-        check_finite(v_real, "real features")
-        check_finite(v_syn, "synthetic features")
-        if z_real is not None:
-            check_reach(z_real, k, "lifting the real features")
-            check_reach(z_syn, k, "lifting the synthetic features")
+    if bool(torch.isfinite(total)):
+        return
+    check_finite(v_real, "real features")
+    check_finite(v_syn, "synthetic features")
+    if z_real is not None:
+        check_reach(z_real, k, "lifting the real features")
+        check_reach(z_syn, k, "lifting the synthetic features")
 
 
 def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:
