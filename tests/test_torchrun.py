@@ -101,5 +101,9 @@ def test_a_failure_on_one_rank_ends_every_rank_with_its_line(tmp_path, fail_at):
     assert ("must be finite" in errors[0][0] or "NaN" in errors[0][0]), errors
     if fail_at:
         assert errors[0][0].startswith("hddgeo: error: iteration 2: the features of the synthetic images"), errors
-    # torchrun's summary names each failed rank with its exit status
-    assert res.stderr.count("exitcode  : 2") == 2, res.stderr[-2000:]
+    # torchrun's summary names each failed rank with its exit status: 2, or, for a rank that had printed its line and
+    # was still shutting down when torchrun saw the other one exit, the SIGTERM torchrun then sends it (seen under load)
+    import re
+
+    codes = re.findall(r"exitcode  : (-?\d+)", res.stderr)
+    assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, res.stderr[-2000:]
