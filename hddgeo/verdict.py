@@ -39,10 +39,6 @@ class Claim:
         if self.kind not in KINDS:
             raise ValueError(f"claim {self.claim!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
-    @property
-    def labels(self) -> tuple:
-        return (self.a,) + (tuple(self.b) if isinstance(self.b, (tuple, list)) else (self.b,))
-
 
 def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain") -> str:
     """One word for a claim from its 95 % interval ``[low, high]`` (accuracy points) over ``seeds`` seeds.

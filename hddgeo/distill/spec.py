@@ -53,7 +53,7 @@ import os
 from typing import Optional, Sequence
 
 from hddgeo import stats
-from hddgeo.verdict import KINDS, Claim
+from hddgeo.verdict import Claim
 
 from .executors import Cell
 from .runner import DistillConfig, describe
@@ -332,10 +332,10 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
                 raise ValueError(f"{where}: paper must be a table of points per IPC ({{1 = 1.4, 10 = 0.6}}), "
                                  f"got {paper!r}")
             paper = {int(k): float(v) for k, v in paper.items()}
-        kind = t.get("kind", "gain")
-        if kind not in KINDS:
-            raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, kind))
+        try:  # Claim checks its kind
+            out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, t.get("kind", "gain")))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     return out
 
 
