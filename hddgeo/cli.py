@@ -19,6 +19,7 @@ import os
 import sys
 
 from .device import AMP_MODES, resolve_device
+from .distill import distributed
 from .distill.runner import RESUMABLE_FIELDS, DistillConfig
 
 DEFAULTS = DistillConfig()
@@ -255,8 +256,6 @@ def _run(args, given: set) -> int:
         if args.resume:
             _refuse_flags_with_resume(given)
         cfg = _config_from_args(args, given)
-        from .distill import distributed
-
         try:
             metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
         finally:
@@ -371,8 +370,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_main(lambda _: _run(args, _given(parser.commands[args.command], args)), prog="hddgeo",
-                    interrupted="interrupted; a distill run can be continued with --resume")
+    status = run_main(lambda _: _run(args, _given(parser.commands[args.command], args)), prog="hddgeo",
+                      interrupted="interrupted; a distill run can be continued with --resume")
+    distributed.end_failed_rank(status)  # under torchrun, a failed rank leaves now (see there)
+    return status
 
 
 if __name__ == "__main__":

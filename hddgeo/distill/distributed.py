@@ -14,6 +14,7 @@ class stays on one rank.  Evaluation networks are spread across ranks and their 
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -21,6 +22,7 @@ import torch.distributed as dist
 
 
 _COMM_DEVICE = torch.device("cpu")  # where collectives run: cuda:LOCAL_RANK under NCCL, else the CPU
+_STARTED = False  # this process initialised a process group (it stays True after cleanup)
 
 
 def setup(device: str = "auto") -> tuple:
@@ -29,7 +31,7 @@ def setup(device: str = "auto") -> tuple:
     A run on CUDA (``device`` resolving to a GPU: ``auto`` or ``cuda`` give ``cuda:LOCAL_RANK``) uses NCCL
     with this process's GPU as the current device; a CPU run, or ``HDDGEO_BACKEND=gloo``, uses gloo.  A
     device name that does not resolve is left for the run's own checks to report (they broadcast it)."""
-    global _COMM_DEVICE
+    global _COMM_DEVICE, _STARTED
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
@@ -45,6 +47,7 @@ def setup(device: str = "auto") -> tuple:
             torch.cuda.set_device(target)
             _COMM_DEVICE = target
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        _STARTED = True
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -110,3 +113,16 @@ def cleanup() -> None:
     """Destroy the process group (the command line calls it once a distributed run is over)."""
     if active():
         dist.destroy_process_group()
+
+
+def end_failed_rank(status: int) -> None:
+    """End a rank that failed (``status`` non-zero, its error line printed) at once, when this process started a
+    process group: flush and ``os._exit(status)``.  Left to the interpreter's normal exit, a gloo rank whose peer
+    had already gone sometimes died in its C++ teardown ("terminate called without an active exception", SIGABRT),
+    so torchrun reported -6 instead of the command's 2 (2 of 16 failed 2-rank runs under load).  Nothing is left to
+    save at that point: the run directory was written before the error was raised.  A process that never started a
+    group (one process, or a test calling ``main`` in-process) returns."""
+    if status and _STARTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
