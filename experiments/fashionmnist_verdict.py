@@ -27,12 +27,13 @@ initial images and evaluation networks):
 * pilot: ``random`` (the initial images), ``dm``, ``dm+hdd/law``, ``dm+hdd/karcher`` at IPC 1 and 10, seeds
   0-2; its ``design.md`` gives the spread of the paired differences, the seeds a half-width of 0.5 points needs,
   and the ratio of HDD's to DM's image-gradient norm;
-* main (the spec's stages ``controls``, ``seeds1``, ``seeds10``, ``prune10``, ``random10``, in that order, the
+* main (the spec's stages ``controls``, ``seeds1``, ``seeds10``, ``prune10``, ``random10``, ``k9seeds``, in that order, the
   seeds chosen from the pilot and written in the spec): ``dm@lr0.1/0.3/3`` (DM at image learning rates spanning that ratio),
   ``dm+hdd/tangent`` (the negative control), ``dm+hdd/law@k9`` and ``dm+hdd/karcher@k9`` (k 9: the
   regime where the centroids differ on these features) and ``dm+hdd/law@prune20`` (the 20 % most root-level
   images of each class as the pool) at IPC 1, seeds 0-2; the pilot's variants over more seeds at IPC 1 and 10;
-  pruning at IPC 10, seeds 0-2; DM and the random images at IPC 10, seeds 3-4.  Then ``results.md`` (every default pair, and HDD against the best DM of the
+  pruning at IPC 10, seeds 0-2; DM and the random images at IPC 10, seeds 3-4; k 9's Law and Karcher at IPC 1,
+  seeds 3-5.  Then ``results.md`` (every default pair, and HDD against the best DM of the
   learning-rate grid) and ``verdict.csv`` (one row per claim; ``python experiments/verdict_mechanism.py`` first
   adds the root-centric bias row).
 
@@ -198,7 +199,7 @@ def gradient_ratio(table: pd.DataFrame) -> pd.DataFrame:
 # The main stage, in the order its cells run; each is a stage of the spec (variants, seeds, IPCs), so
 # `hddgeo study fashionmnist_verdict --stage NAME` runs the same cells.  The spec's seeds are the design chosen
 # from the pilot (printed beside what the pilot asks for).
-MAIN_STAGES = ("controls", "seeds1", "seeds10", "prune10", "random10")
+MAIN_STAGES = ("controls", "seeds1", "seeds10", "prune10", "random10", "k9seeds")
 # the DM learning-rate grid: the labels of the spec's "best-tuned DM" claim
 DM_GRID = next(c.b for c in SPEC.claims if isinstance(c.b, tuple))
 
