@@ -27,13 +27,13 @@ initial images and evaluation networks):
 * pilot: ``random`` (the initial images), ``dm``, ``dm+hdd/law``, ``dm+hdd/karcher`` at IPC 1 and 10, seeds
   0-2; its ``design.md`` gives the spread of the paired differences, the seeds a half-width of 0.5 points needs,
   and the ratio of HDD's to DM's image-gradient norm;
-* main (the spec's stages ``controls``, ``seeds1``, ``seeds10``, ``prune10``, ``random10``, ``k9seeds``, in that order, the
+* main (the spec's stages ``controls``, ``seeds1``, ``seeds10``, ``prune10``, ``random10``, ``resolve1``, in that order, the
   seeds chosen from the pilot and written in the spec): ``dm@lr0.1/0.3/3`` (DM at image learning rates spanning that ratio),
   ``dm+hdd/tangent`` (the negative control), ``dm+hdd/law@k9`` and ``dm+hdd/karcher@k9`` (k 9: the
   regime where the centroids differ on these features) and ``dm+hdd/law@prune20`` (the 20 % most root-level
   images of each class as the pool) at IPC 1, seeds 0-2; the pilot's variants over more seeds at IPC 1 and 10;
-  pruning at IPC 10, seeds 0-2; DM and the random images at IPC 10, seeds 3-4; k 9's Law and Karcher at IPC 1,
-  seeds 3-5.  Then ``results.md`` (every default pair, and HDD against the best DM of the
+  pruning at IPC 10, seeds 0-2; DM and the random images at IPC 10, seeds 3-4; DM at lr 0.1 and k 9's Law and
+  Karcher at IPC 1, seeds 3-5.  Then ``results.md`` (every default pair, and HDD against the best DM of the
   learning-rate grid) and ``verdict.csv`` (one row per claim; ``python experiments/verdict_mechanism.py`` first
   adds the root-centric bias row).
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -145,17 +144,6 @@ def cell_adjuster(budget: dict):
     return cfg_for
 
 
-def seeds_needed(sd: float, half_width: float = TARGET_HALF_WIDTH, most: int = 50) -> int:
-    """Smallest number of seeds n >= 3 whose 95 % t interval half-width ``t(n-1) sd / sqrt(n)`` is at most
-    ``half_width`` (``most + 1`` when even ``most`` seeds would not do)."""
-    from scipy import stats as st
-
-    for n in range(3, most + 1):
-        if st.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= half_width:
-            return n
-    return most + 1
-
-
 PILOT_PAIRS = (("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm+hdd/law"))
 
 
@@ -171,7 +159,7 @@ def pilot_design(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                 sd = float(diff.std(ddof=1))
                 rows.append({"ipc": ipc, "difference": f"{a} − {b}", "seeds": len(diff),
                              "mean (points)": round(100 * float(diff.mean()), 2), "sd (points)": round(100 * sd, 2),
-                             "seeds for ±0.5": seeds_needed(sd)})
+                             "seeds for ±0.5": stats.seeds_needed(sd, TARGET_HALF_WIDTH)})
     design = pd.DataFrame(rows)
     return design, int(design["seeds for ±0.5"].max()) if len(design) else 3
 
@@ -199,7 +187,7 @@ def gradient_ratio(table: pd.DataFrame) -> pd.DataFrame:
 # The main stage, in the order its cells run; each is a stage of the spec (variants, seeds, IPCs), so
 # `hddgeo study fashionmnist_verdict --stage NAME` runs the same cells.  The spec's seeds are the design chosen
 # from the pilot (printed beside what the pilot asks for).
-MAIN_STAGES = ("controls", "seeds1", "seeds10", "prune10", "random10", "k9seeds")
+MAIN_STAGES = ("controls", "seeds1", "seeds10", "prune10", "random10", "resolve1")
 # the DM learning-rate grid: the labels of the spec's "best-tuned DM" claim
 DM_GRID = next(c.b for c in SPEC.claims if isinstance(c.b, tuple))
 

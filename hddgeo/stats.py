@@ -70,6 +70,17 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
+def seeds_needed(sd: float, half_width: float, most: int = 50) -> int:
+    """Smallest number of seeds n >= 3 whose 95 % t interval half-width ``t(n-1) sd / sqrt(n)`` is at most
+    ``half_width`` (same units as ``sd``; ``most + 1`` when even ``most`` seeds would not do)."""
+    from scipy import stats
+
+    for n in range(3, most + 1):
+        if stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= half_width:
+            return n
+    return most + 1
+
+
 def method_label(method: str, matcher: str = "euclidean", centroid: str = "", tag: str = "") -> str:
     """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher``, and with a variant's tag
     ``dm@lr10`` or ``dm+hdd/law@noclip`` (the form parsed below)."""

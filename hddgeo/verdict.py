@@ -65,6 +65,26 @@ def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], ki
     return "not resolvable"
 
 
+def seeds_to_resolve(mean: float, sd: float, paper: Optional[float], kind: str = "gain", most: int = 50) -> int:
+    """Seeds a claim would need, were its mean and spread over seeds to stay ``mean`` and ``sd`` (points), for
+    :func:`verdict_word` to say something other than *not resolvable*: the interval must exclude 0 or the paper's
+    number (``gain``), or lie within or wholly outside ±:data:`SAME_MARGIN` (``same``).  ``most + 1`` when even
+    ``most`` seeds would not do (a mean at the boundary needs any number)."""
+    if kind == "same":
+        target = abs(abs(mean) - SAME_MARGIN)
+    else:
+        target = max(abs(mean), abs(mean - paper) if paper is not None else 0.0)
+    return stats.seeds_needed(sd, target, most) if target > 0 else most + 1
+
+
+def _to_resolve(diff: np.ndarray, paper: Optional[float], kind: str, most: int = 50) -> str:
+    """What a *not resolvable* row would take: "~N seeds at this spread" (two or more seeds give a spread)."""
+    if len(diff) < 2:
+        return ""
+    n = seeds_to_resolve(float(np.mean(diff)), float(np.std(diff, ddof=1)), paper, kind, most)
+    return f"over {most} seeds at this spread" if n > most else f"~{n} seeds at this spread"
+
+
 def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str]) -> Optional[str]:
     """The label among ``labels`` with the highest mean accuracy at ``ipc`` over the seeds every one of them
     present ran (``None`` when fewer than two are present or they share no seed)."""
@@ -116,8 +136,11 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
                 continue
             diff = 100 * (wide[c.a] - wide[b]).dropna()
             low, high = stats.t_interval(diff.values)
+            word = verdict_word(low, high, len(diff), paper, c.kind)
+            extra = [x for x in (b if note else "", _to_resolve(diff.values, paper, c.kind)
+                                 if word == "not resolvable" else "") if x]
             rows.append({**row, "ours (points)": f"{diff.mean():+.2f}" if len(diff) else "pending",
                          "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
-                         "seeds": len(diff), "verdict": verdict_word(low, high, len(diff), paper, c.kind) + note,
+                         "seeds": len(diff), "verdict": word + (f" ({'; '.join(extra)})" if extra else ""),
                          "difference": f"{c.a} − {b}"})
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from hddgeo.cli import main
 from hddgeo.distill.spec import load_spec
-from hddgeo.verdict import Claim, best_of, claims_table, verdict_word
+from hddgeo.verdict import Claim, best_of, claims_table, seeds_to_resolve, verdict_word
 
 
 def _long(per_seed: dict, ipc: int = 1, nets: int = 2) -> pd.DataFrame:
@@ -58,7 +58,7 @@ def test_best_of_takes_the_best_on_the_seeds_all_ran_and_names_it():
     assert best_of(table, 1, ["dm", "dm@lr9"]) is None  # one of them present: no choice to make
     claim = Claim("HDD beats the best-tuned DM", "dm+hdd/law", ("dm", "dm@lr0.3", "dm@lr3"))
     row = claims_table(table, [claim]).iloc[0]
-    assert row["difference"] == "dm+hdd/law − dm@lr3" and row["verdict"].endswith("(dm@lr3)")
+    assert row["difference"] == "dm+hdd/law − dm@lr3" and row["verdict"].startswith("not resolvable (dm@lr3; ")
     assert row["seeds"] == 4  # the difference itself uses every seed both ran
     assert row["ours (points)"] == f"{100 * np.mean(np.subtract([0.72] * 4, [0.71, 0.72, 0.705, 0.99])):+.2f}"
 
@@ -164,3 +164,38 @@ def test_a_long_table_is_compared_alone(tmp_path, capsys):
     (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
     assert main(["compare", str(tmp_path / "bad.csv")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mean, sd, paper, kind", [
+    (3.64, 1.95, None, "same"),   # k 9's Karcher - Law over seeds 0-2
+    (0.15, 0.08, None, "gain"),   # HDD - best-tuned DM
+    (0.4, 0.6, 1.4, "gain"),      # resolved first by excluding the paper's number
+    (-0.3, 0.5, None, "same"),    # resolved by lying within +-1
+    (5.4, 2.2, 9.6, "gain"),
+])
+def test_the_seeds_to_resolve_are_the_fewest_whose_interval_gets_a_word(mean, sd, paper, kind):
+    """At the seeds it names, an interval of that mean and spread gets a word other than *not resolvable*;
+    at one seed fewer (when more than 3) it does not."""
+    n = seeds_to_resolve(mean, sd, paper, kind)
+    assert 3 <= n <= 50
+
+    def word(k):
+        half = sps.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
+        return verdict_word(mean - half, mean + half, k, paper, kind)
+
+    assert word(n) != "not resolvable"
+    if n > 3:
+        assert word(n - 1) == "not resolvable"
+
+
+def test_a_mean_on_the_boundary_needs_more_seeds_than_any_and_the_row_says_so():
+    assert seeds_to_resolve(1.0, 0.5, None, "same") == 51
+    assert seeds_to_resolve(0.0, 0.5, None, "gain") == 51
+    # a row: differences 0, +2, -2 (mean 0: no number of seeds resolves "a beats b" at this spread)
+    table = _long({"a": [0.70, 0.72, 0.68], "b": [0.70, 0.70, 0.70]})
+    row = claims_table(table, [Claim("a beats b", "a", "b")]).iloc[0]
+    assert row["verdict"] == "not resolvable (over 50 seeds at this spread)"
+    # differences +1, +3, +2: sd 1, mean 2 -> resolved at 3 seeds? t(2) * 1 / sqrt(3) = 2.48 > 2: no; 4 seeds: 1.59
+    table = _long({"a": [0.71, 0.73, 0.72], "b": [0.70, 0.70, 0.70]})
+    row = claims_table(table, [Claim("a beats b", "a", "b")]).iloc[0]
+    assert row["verdict"] == "not resolvable (~4 seeds at this spread)"

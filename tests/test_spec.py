@@ -38,7 +38,7 @@ def test_demo_spec_is_the_demo():
     assert len(cells) == 24 and cells[0].name == "ipc1_random_seed0" and cells[3].name == "ipc1_dm_hdd-karcher_seed0"
 
 
-@pytest.mark.parametrize("stage", ["pilot", None, "controls", "seeds1", "seeds10", "prune10", "random10", "k9seeds"])
+@pytest.mark.parametrize("stage", ["pilot", None, "controls", "seeds1", "seeds10", "prune10", "random10", "resolve1"])
 def test_verdict_spec_cells_are_the_scripts(stage):
     script = load_script("fashionmnist_verdict")
     args = script.build_parser().parse_args([])
@@ -73,10 +73,11 @@ def test_the_verdict_main_stage_is_the_specs_stages_in_order():
     # the pilot first, then the controls, IPC 1's extra seeds, IPC 10's pruning, IPC 10's extra DM and random
     pilot = len(spec.cells(stage="pilot"))
     assert names.index("ipc1_dm@lr0.1_seed0") == pilot
-    assert names.index("ipc1_dm_seed3") < names.index("ipc10_dm_hdd-law@prune20_seed0") == len(names) - 13
-    assert names[-10:-6] == ["ipc10_random_seed3", "ipc10_dm_seed3", "ipc10_random_seed4", "ipc10_dm_seed4"]
-    # then k 9's extra seeds at IPC 1 (their random baselines are the seeds1 stage's, run before)
-    assert names[-6:] == [f"ipc1_dm_hdd-{c}@k9_seed{s}" for s in (3, 4, 5) for c in ("law", "karcher")]
+    assert names.index("ipc1_dm_seed3") < names.index("ipc10_dm_hdd-law@prune20_seed0") == len(names) - 16
+    assert names[-13:-9] == ["ipc10_random_seed3", "ipc10_dm_seed3", "ipc10_random_seed4", "ipc10_dm_seed4"]
+    # then the best-tuned DM's and k 9's extra seeds at IPC 1 (their random baselines are the seeds1 stage's)
+    assert sorted(names[-9:]) == sorted(f"ipc1_{v}_seed{s}" for s in (3, 4, 5)
+                                        for v in ("dm@lr0.1", "dm_hdd-law@k9", "dm_hdd-karcher@k9"))
 
 
 def test_verdict_spec_reuses_the_committed_cells():
