@@ -122,14 +122,13 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
                 candidates = [m for m in c.b if designed(m, ipc) or m in wide]
                 missing = [m for m in candidates if m not in wide]
                 b = None if missing else best_of(table, ipc, candidates)
-                note = f" ({b})" if b is not None else ""
                 if len(candidates) < 2 or (not designed(c.a, ipc) and c.a not in wide):
                     continue
                 shown = b or f"best of {', '.join(candidates)}"
             else:
                 if not (designed(c.a, ipc) or c.a in wide) or not (designed(c.b, ipc) or c.b in wide):
                     continue
-                b, note, shown = (c.b if c.b in wide else None), "", c.b
+                b, shown = (c.b if c.b in wide else None), c.b
             if b is None or c.a not in wide:
                 rows.append({**row, "ours (points)": "pending", "95% CI": "", "seeds": 0,
                              "verdict": "not resolvable (cells not run yet)", "difference": f"{c.a} − {shown}"})
@@ -137,8 +136,10 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
             diff = 100 * (wide[c.a] - wide[b]).dropna()
             low, high = stats.t_interval(diff.values)
             word = verdict_word(low, high, len(diff), paper, c.kind)
-            extra = [x for x in (b if note else "", _to_resolve(diff.values, paper, c.kind)
-                                 if word == "not resolvable" else "") if x]
+            extra = [b] if isinstance(c.b, (tuple, list)) else []  # which of the labels was the best
+            if word == "not resolvable":
+                extra += [_to_resolve(diff.values, paper, c.kind)]
+            extra = [x for x in extra if x]
             rows.append({**row, "ours (points)": f"{diff.mean():+.2f}" if len(diff) else "pending",
                          "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
                          "seeds": len(diff), "verdict": word + (f" ({'; '.join(extra)})" if extra else ""),
