@@ -45,7 +45,7 @@ def _add_distill_options(p):
         g = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
         flag, default = "--" + f.name.replace("_", "-"), getattr(DEFAULTS, f.name)
         choices = meta["choices"]() if meta["choices"] else None
-        text = meta["help"] + (f" ({' | '.join(choices)})" if choices else "")
+        text = meta["help"] + (f" ({' | '.join(map(str, choices))})" if choices else "")
         if f.name == "options":
             g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE", help=text)
         elif str(f.type) == "bool":

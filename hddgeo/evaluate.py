@@ -7,7 +7,7 @@ augmentation during training (passed in as ``augment``), mean and std over sever
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from hddgeo.device import autocast, move_module, on_accelerator
 from hddgeo.models import build_model
+from hddgeo.seeds import network_seeds
 from hddgeo.training import sgd_epochs
 
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
@@ -142,13 +143,15 @@ def _train_and_test(images, labels, test_images, test_labels, model, num_classes
 def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
                     model: str = "convnet", num_nets: int = 3, epochs: int = 1000,
                     lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-                    batch_size: int = 256, augment: Optional[Augment] = None, seed: int = 0,
-                    device=None, progress: bool = True,
+                    batch_size: int = 256, augment: Optional[Augment] = None,
+                    seed: Union[int, Sequence[int]] = 0, device=None, progress: bool = True,
                     model_kwargs: Optional[dict] = None, amp: str = "none") -> dict:
-    """Train ``num_nets`` fresh networks (seeds ``seed .. seed + num_nets - 1``) on a synthetic
-    set and test each on real data.
+    """Train ``num_nets`` fresh networks on a synthetic set and test each on real data.
 
-    Returns ``{"mean", "std", "accs", "train_losses", "model"}``; accuracies are fractions in
+    ``seed`` seeds the networks: an ``int`` gives them ``seed .. seed + num_nets - 1``, a sequence one seed each
+    (a run's evaluation networks come from :meth:`hddgeo.seeds.RunSeeds.eval_networks`).
+
+    Returns ``{"mean", "std", "accs", "train_losses", "model", "seeds"}``; accuracies are fractions in
     [0, 1] and ``std`` is the population standard deviation (``numpy.std``, ddof=0), so a single
     network gives std 0. ``progress`` shows a bar over networks (and one over epochs) on stderr.
     ``device`` (default: where ``images`` are) and ``amp`` as in :func:`train_and_test`; the set and the
@@ -163,7 +166,8 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
     if num_nets < 1:
         raise ValueError(f"num_nets must be >= 1, got {num_nets}")
     results = []
-    nets = range(seed, seed + num_nets)
+    net_seeds = network_seeds(seed, num_nets)
+    nets = net_seeds
     if progress:
         nets = tqdm(nets, desc=f"evaluate {model}", file=sys.stderr)
     for net_seed in nets:
@@ -177,4 +181,4 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
     accs = [int(c) / len(test_images) for c, _ in values]
     losses = [l for _, l in values]
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs,
-            "train_losses": losses, "model": model}
+            "train_losses": losses, "model": model, "seeds": net_seeds}

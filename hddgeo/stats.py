@@ -81,10 +81,18 @@ def seeds_needed(sd: float, half_width: float, most: int = 50) -> int:
     return most + 1
 
 
+CENTROID_MATCHERS = ("hdd", "both")  # the matchers whose label names a centroid
+
+
 def method_label(method: str, matcher: str = "euclidean", centroid: str = "", tag: str = "") -> str:
     """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher``, and with a variant's tag
     ``dm@lr10`` or ``dm+hdd/law@noclip`` (the form parsed below)."""
-    label = method if matcher == "euclidean" else f"{method}+{matcher}/{centroid}"
+    if matcher == "euclidean":
+        label = method
+    elif matcher in CENTROID_MATCHERS:
+        label = f"{method}+{matcher}/{centroid}"
+    else:
+        label = f"{method}+{matcher}"
     return f"{label}@{tag}" if tag else label
 
 
