@@ -1,0 +1,128 @@
+"""Verdict v2 on Fashion-MNIST: the design from the pilot, and the figures (a study folder in, CSV/Markdown/PNG out).
+
+The cells themselves are run by ``hddgeo study fashionmnist_verdict_v2 --stage NAME`` (the spec says the stages);
+this script only reads what they wrote:
+
+    python experiments/verdict_v2.py design [--study DIR] [--stage pilot1]   # variance split -> seeds x networks
+    python experiments/verdict_v2.py figures [--study DIR]                   # forest plot, accuracy vs iterations
+
+``design`` splits the spread of each paired difference of the pilot into its between-seed part and its
+evaluation-network part (:func:`hddgeo.stats.variance_components`), then lists, for every number of seeds S and
+evaluation networks J, the expected 95 % half-width of each difference and the machine time of one IPC's stage
+(from the pilot cells' own timings), and picks the cheapest (S, J) that meets the targets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+from hddgeo import stats
+from hddgeo.rundir import write_csv, write_text
+from hddgeo.tables import markdown_table
+
+STUDY = "experiments/results/fashionmnist_verdict_v2"
+# the differences the design must resolve, with their 95 % half-width targets in points (the issue's), per IPC
+TARGETS = {1: 0.3, 10: 0.4}
+DESIGNED = [("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm+hdd/law")]
+REPORTED = DESIGNED + [("dm+hdd/law", "dm+clipped_euclidean"), ("dm+clipped_euclidean", "dm")]
+
+
+def cell_costs(table: pd.DataFrame, study: str, ipc: int) -> dict:
+    """Seconds of one distilled cell's loop and of one evaluation network, means over the pilot's cells at ``ipc``
+    (the random row has no loop)."""
+    loops, nets = [], []
+    for run_dir in dict.fromkeys(table.loc[table["ipc"] == ipc, "run_dir"]):
+        with open(os.path.join(study, run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        if m.get("method") != stats.RANDOM:
+            loops.append(m["loop_seconds"])
+            nets.append(m["final_eval_seconds"] / len(m["accs"]))
+    return {"loop": float(np.mean(loops)), "network": float(np.mean(nets)), "distilled": len(loops)}
+
+
+def design(table: pd.DataFrame, ipc: int, costs: dict, variants: int, target: float,
+           seeds=range(3, 31), networks=range(2, 17)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(components, grid)``: the variance split of every reported pair, and per (S, J) the half-widths (points)
+    and the core-hours of one stage of ``variants`` distilled cells plus the random row per seed."""
+    comps = []
+    for a, b in REPORTED:
+        try:
+            c = stats.variance_components(table, a, b, ipc)
+        except ValueError:
+            continue
+        comps.append({"ipc": ipc, "a": a, "b": b, "diff_mean": 100 * c["diff_mean"], "seeds": c["seeds"],
+                      "networks": c["networks"], "sd_seed": 100 * np.sqrt(c["between"]),
+                      "sd_network": 100 * np.sqrt(c["within"]), "between": c["between"], "within": c["within"]})
+    comps = pd.DataFrame(comps)
+    grid = []
+    for s in seeds:
+        for j in networks:
+            row = {"seeds": s, "networks": j,
+                   "core_hours": s * (variants * costs["loop"] + (variants + 1) * j * costs["network"]) / 3600}
+            for c in comps.itertuples():
+                row[f"{c.a} − {c.b}"] = 100 * stats.half_width(c.between, c.within, s, j)
+            grid.append(row)
+    grid = pd.DataFrame(grid)
+    designed = [f"{a} − {b}" for a, b in DESIGNED if f"{a} − {b}" in grid]
+    grid["meets"] = (grid[designed] <= target).all(axis=1)
+    return comps, grid
+
+
+def cmd_design(args) -> int:
+    table = pd.read_csv(os.path.join(args.study, f"{args.stage}.csv"))
+    text = [f"# Design from the {args.stage} stage ({args.study})\n"]
+    for ipc in sorted(table["ipc"].unique()):
+        variants = table.loc[(table["ipc"] == ipc) & (table["method"] != stats.RANDOM), "method"].nunique()
+        costs = cell_costs(table, args.study, ipc)
+        comps, grid = design(table, int(ipc), costs, variants, TARGETS[int(ipc)])
+        write_csv(os.path.join(args.study, f"design{ipc}_components.csv"), comps.drop(columns=["between", "within"]))
+        write_csv(os.path.join(args.study, f"design{ipc}_grid.csv"), grid)
+        ok = grid[grid["meets"]].sort_values("core_hours")
+        chosen = ok.iloc[0] if len(ok) else None
+        text += [f"## IPC {ipc}\n",
+                 f"Pilot: {comps['seeds'].max()} seeds x {comps['networks'].max():.0f} evaluation networks; one distilled "
+                 f"cell's loop {costs['loop'] / 60:.1f} min, one evaluation network {costs['network'] / 60:.2f} min "
+                 f"(means over the pilot's {costs['distilled']} distilled cells, on the machine that ran them).\n",
+                 "Standard deviations of each paired difference (points): between seeds (what more networks cannot "
+                 "remove) and between evaluation networks within a seed:\n",
+                 markdown_table(comps.drop(columns=["between", "within", "ipc"]).round(3)),
+                 f"\nTarget: 95 % half-width <= {TARGETS[int(ipc)]} points for "
+                 f"{', '.join(f'{a} − {b}' for a, b in DESIGNED)}.\n"]
+        if chosen is None:
+            best = grid.sort_values(list(grid.columns[3:5])).iloc[0]
+            text.append(f"No design up to {grid['seeds'].max()} seeds x {grid['networks'].max()} networks meets it; "
+                        f"the narrowest: {int(best['seeds'])} x {int(best['networks'])}.\n")
+        else:
+            text.append(f"Cheapest design that meets it: **{int(chosen['seeds'])} seeds x {int(chosen['networks'])} "
+                        f"networks**, {chosen['core_hours']:.1f} core-hours for this IPC's {variants} distilled "
+                        f"variants and the random row.\n")
+            near = ok.head(8)[["seeds", "networks", "core_hours"] + [c for c in grid.columns if "−" in c]]
+            text.append(markdown_table(near.round(3)))
+    out = os.path.join(args.study, "design.md")
+    write_text(out, "\n".join(text) + "\n")
+    print("\n".join(text))
+    print(f"-> {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("design", help="variance split of the pilot and the seeds x networks design")
+    d.add_argument("--study", default=STUDY)
+    d.add_argument("--stage", default="pilot1", help="the report name of the pilot stage (its long table)")
+    args = p.parse_args(argv)
+    try:
+        return {"design": cmd_design}[args.command](args)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"verdict_v2: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
