@@ -71,8 +71,12 @@ def load_sets(path: str, dataset, name: Optional[str] = None) -> list[LoadedSet]
         if not isinstance(cfg, dict):
             raise ValueError(f"{os.path.join(path, 'config.json')} is not a JSON object")
         images, labels = _entry(state, ("images", "train_labels"), path)
+        from hddgeo.stats import method_label
+
         meta = {k: cfg.get(k) for k in ("dataset", "method", "matcher", "centroid", "k", "scale", "max_norm", "ipc",
                                          "iterations", "seed", "seed_scheme", "tag") if k in cfg}
+        meta["method_label"] = method_label(str(cfg.get("method", "?")), str(cfg.get("matcher", "euclidean")),
+                                            str(cfg.get("centroid", "")), str(cfg.get("tag", "")))
         if meta.get("dataset") not in (None, dataset.name):
             raise ValueError(f"{path} was distilled from {meta['dataset']}, not {dataset.name}; name the dataset it "
                              f"was distilled from")
@@ -91,7 +95,7 @@ def load_sets(path: str, dataset, name: Optional[str] = None) -> list[LoadedSet]
                 raise ValueError(f"{path}: data[{i}] must be an [images, labels] pair")
             images, labels = _check(pair[0], pair[1], dataset, f"{path} data[{i}]")
             out.append(LoadedSet(f"{base}#{i}" if len(data) > 1 else base, images, labels, path, "reference",
-                                 {"experiment": i}))
+                                 {"experiment": i, "method_label": base}))  # experiments pool as seeds
         return out
     images, labels = _entry(blob, ("images", "labels"), path)
     return [LoadedSet(base, *_check(images, labels, dataset, path), path, "tensors")]
@@ -322,3 +326,75 @@ def export_run(run_dir: str, out: str, data_root: Optional[str] = None) -> dict:
                         source_dataset=dataset.name, images=len(s.images), ipc=int(cfg.get("ipc", 0)),
                         details=details, accuracy=accuracy)
     return export_imagefolder(s.images, s.labels, dataset, out, card)
+
+
+def evaluate_files(paths, out: str, protocol, dataset_name: Optional[str] = None, data_root: Optional[str] = None,
+                   device=None, progress: bool = False, amp: str = "none") -> dict:
+    """``hddgeo evaluate PATH... --protocol P --out OUT``: every set in ``paths`` (any layout) under one declared
+    protocol, with the same evaluation networks for all of them.  Every file is read and checked before the first
+    network trains; ``out`` (a new or empty folder) then gets ``evaluation.csv`` (one row per set and network),
+    ``protocol.json`` and ``evaluation.md``: each set's accuracy, and each pair of methods' difference paired by
+    evaluation network (several sets of one method, e.g. from several seeds, averaged per network first).  That
+    pairing removes the evaluation networks' noise from a difference; it says nothing of the distillation's own
+    spread over seeds, which only sets from several seeds measure."""
+    import dataclasses
+
+    import pandas as pd
+
+    from hddgeo.data import load_dataset
+    from hddgeo.evaluate import evaluate_sets
+    from hddgeo.rundir import write_csv, write_json
+    from hddgeo.stats import t_interval
+    from hddgeo.tables import markdown_table
+
+    if not paths:
+        raise ValueError("name at least one synthetic set (a run directory, a .pt file or an image folder)")
+    if os.path.lexists(out) and (not os.path.isdir(out) or os.path.islink(out) or os.listdir(out)):
+        raise ValueError(f"--out {out} exists and is not an empty folder; choose a new one")
+    if dataset_name is None:  # the runs' own, when every set is a run directory of one dataset
+        names = {read_json(os.path.join(p, "config.json")).get("dataset") if detect_layout(p) == "run" else None
+                 for p in paths}
+        if len(names) != 1 or None in names:
+            raise ValueError("name the dataset the sets were distilled from (--dataset)")
+        dataset_name = names.pop()
+    dataset = load_dataset(dataset_name, data_root=data_root)
+    sets, seen = [], set()
+    for path in paths:
+        for s in load_sets(path, dataset):
+            if s.name in seen:
+                s.name = f"{s.name} ({path})"
+            seen.add(s.name)
+            sets.append(s)
+    rows = evaluate_sets(sets, dataset, protocol, device=device, progress=progress, amp=amp)
+    by_name = {s.name: s for s in sets}
+    for r in rows:
+        s = by_name[r["set"]]
+        r.update(method=s.meta.get("method_label", s.meta.get("method", s.name)), ipc=len(s.labels) // dataset.num_classes,
+                 seed=s.meta.get("seed", s.meta.get("experiment", 0)), source=s.source, layout=s.layout)
+    table = pd.DataFrame(rows)[["set", "method", "ipc", "seed", "network", "net_seed", "acc", "source", "layout"]]
+    per_set = table.groupby("set", sort=False)["acc"].agg(["mean", "std", "count"]).reset_index()
+    lines = [f"Protocol {protocol.describe()}; dataset {dataset.name}.", "",
+             "Accuracy (%) of each set over the evaluation networks (95 % t interval: evaluation noise only):", ""]
+    view = [{"set": r.set, "networks": int(r.count), "mean": f"{100 * r.mean:.2f}",
+             "95% CI": "[{:.2f}, {:.2f}]".format(*(100 * v for v in t_interval(table[table.set == r.set].acc)))}
+            for r in per_set.itertuples()]
+    lines.append(markdown_table(pd.DataFrame(view)))
+    per_net = table.groupby(["method", "network"], sort=False)["acc"].mean().unstack("network")
+    methods = list(per_net.index)
+    diffs = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            d = 100 * (per_net.loc[a] - per_net.loc[b]).dropna()
+            low, high = t_interval(d.values)
+            diffs.append({"a": a, "b": b, "networks": len(d), "diff_mean": float(d.mean()), "ci_low": low,
+                          "ci_high": high})
+    if diffs:
+        lines += ["", "Differences (points), paired by evaluation network (the same networks trained on each set; "
+                      "this covers evaluation noise only, not the spread of distillation over seeds):", "",
+                  markdown_table(pd.DataFrame(diffs).round(3))]
+    os.makedirs(out, exist_ok=True)
+    write_csv(os.path.join(out, "evaluation.csv"), table)
+    write_json(os.path.join(out, "protocol.json"), {**dataclasses.asdict(protocol), "dataset": dataset.name,
+                                                    "description": protocol.describe()})
+    write_text(os.path.join(out, "evaluation.md"), "\n".join(lines) + "\n")
+    return {"table": table, "differences": pd.DataFrame(diffs), "text": "\n".join(lines)}

@@ -189,3 +189,53 @@ def test_export_refuses_a_folder_that_holds_something(run, tmp_path):
     with pytest.raises(ValueError, match="not an empty folder"):
         export_run(str(out), str(tmp_path / "busy"))
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_the_worked_example_distil_then_evaluate_a_reference_file_under_one_protocol(run, tmp_path, capsys):
+    """hddgeo's set and two experiments saved in the official DM-HDD layout, one protocol, one command."""
+    from hddgeo.cli import main
+
+    out, _ = run
+    saved = torch.load(out / "synset.pt", weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    ref = tmp_path / "res_DM_digits_ConvNet_2ipc.pt"
+    torch.save({"data": [[saved["images"] + 0.1 * torch.randn(saved["images"].shape, generator=g),
+                          saved["train_labels"]] for _ in range(2)], "accs_all_exps": {"ConvNet": [0.1, 0.2]}}, ref)
+    dest = tmp_path / "eval"
+    assert main(["evaluate", str(out), str(ref), "--dataset", "digits", "--protocol", "paper", "--nets", "2",
+                 "--epochs", "1", "--out", str(dest), "--quiet"]) == 0
+    table = __import__("pandas").read_csv(dest / "evaluation.csv")
+    assert len(table) == 3 * 2 and set(table["method"]) == {"dm", "res_DM_digits_ConvNet_2ipc.pt"}
+    assert table.groupby("set")["net_seed"].apply(tuple).nunique() == 1  # the same networks for every set
+    protocol = json.loads((dest / "protocol.json").read_text())
+    assert protocol["networks"] == 2 and protocol["epochs"] == 1 and protocol["dsa"] and protocol["dataset"] == "digits"
+    text = (dest / "evaluation.md").read_text()
+    assert "paired by evaluation network" in text and "evaluation noise only" in text
+    assert "paired by evaluation network" in capsys.readouterr().out
+
+
+def test_evaluate_writes_nothing_when_a_set_is_bad_and_refuses_a_busy_out(run, tmp_path, capsys):
+    from hddgeo.cli import main
+
+    out, _ = run
+    bad = tmp_path / "bad.pt"
+    torch.save({"images": torch.full((2, 1, 8, 8), float("nan")), "labels": torch.zeros(2, dtype=torch.long)}, bad)
+    assert main(["evaluate", str(out), str(bad), "--out", str(tmp_path / "e"), "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.pt" in err and "NaN" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep")
+    assert main(["evaluate", str(out), "--protocol", "default", "--out", str(tmp_path / "busy")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["evaluate", str(bad), "--protocol", "default", "--out", str(tmp_path / "e2")]) == 2
+    assert "--dataset" in capsys.readouterr().err
+
+
+def test_export_command(run, tmp_path, capsys):
+    from hddgeo.cli import main
+
+    out, _ = run
+    assert main(["export", str(out), str(tmp_path / "x")]) == 0
+    assert "PNG class folders" in capsys.readouterr().out
+    assert len(list((tmp_path / "x").glob("*/*.png"))) == len(torch.load(out / "synset.pt", weights_only=True)["images"])
