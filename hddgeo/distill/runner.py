@@ -119,6 +119,9 @@ class DistillConfig:
     tensorboard: bool = _opt(False, "write TensorBoard event files into RUN_DIR/tensorboard (losses, diagnostics, "
                                     "accuracy, seconds, the image grid at every checkpoint, hyper-parameters); "
                                     "changes nothing the run computes", "evaluation and checkpoints")
+    wandb: bool = _opt(False, "log to Weights & Biases what TensorBoard gets (WANDB_MODE=offline keeps it in "
+                              "RUN_DIR/wandb; a resume continues the same W&B run); changes nothing the run computes",
+                       "evaluation and checkpoints")
     tag: str = _opt("", "a name for this variant in tables, appended to the method's label after '@' (e.g. "
                         "lr10 for a DM with a larger image learning rate); letters, digits, '.', '-' and '_'", "method")
     options: dict = _opt(None, "method-specific option KEY=VALUE (repeatable, dance and geodm), e.g. "
@@ -181,6 +184,10 @@ class DistillConfig:
             from hddgeo.tensorboard import check_available
 
             check_available()
+        if self.wandb:
+            from hddgeo.wandb_log import check_available as wandb_available
+
+            wandb_available()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -299,7 +306,7 @@ class RunInterrupted(Exception):
 # the run computes (where the data lives, whether it may be downloaded, how many threads or which device
 # compute it, whether CUDA's kernels are the deterministic ones).  Checkpoints hold CPU tensors, so a run
 # started on a GPU resumes on the CPU and the other way round.
-RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard")
+RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard", "wandb")
 
 
 def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
@@ -468,18 +475,24 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
 
     log = LogWriter(os.path.join(out_dir, LOG))
     spent = {"checkpoint": 0.0, "periodic_eval": 0.0}
-    board = None
-    if cfg.tensorboard and main_proc:  # reads what the loop computed, changes nothing of it
+    boards = []  # TensorBoard's and W&B's writers: they read what the loop computed, and change nothing of it
+    if cfg.tensorboard and main_proc:
         from hddgeo.tensorboard import RunBoard
 
-        board = RunBoard(out_dir, start_it)
+        boards.append(RunBoard(out_dir, start_it))
+    if cfg.wandb and main_proc:
+        from hddgeo.wandb_log import RunWandb
+
+        boards.append(RunWandb(out_dir, cfg.to_json(), describe(cfg)))
 
     def checkpoint(it_done: int) -> None:
         t0 = time.perf_counter()
         if main_proc:
-            if board is not None:  # on disk before the checkpoint that a resume would start from
-                board.images(syn.grid(dataset), it_done)
-                board.flush()
+            if boards:  # on disk before the checkpoint that a resume would start from
+                grid = syn.grid(dataset)
+                for board in boards:
+                    board.images(grid, it_done)
+                    board.flush()
             save_tensors({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
                           "method": method.state_dict(), "iteration": it_done, "rows": pack_rows(rows),
                           "config": cfg.to_json()}, ckpt_path)
@@ -543,7 +556,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                                               run_seeds.eval_networks("periodic", cfg.eval_nets))["mean"]
             spent["periodic_eval"] += time.perf_counter() - t_eval
         rows.append(row)
-        if board is not None:
+        for board in boards:
             board.row(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", **({"acc": f"{row['eval_acc']:.3f}"} if "eval_acc" in row else {}))
         last = it + 1 == cfg.iterations
@@ -576,7 +589,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                         "final_eval_seconds": time.perf_counter() - t_eval})
     if main_proc:
         write_json(os.path.join(out_dir, METRICS), metrics)
-        if board is not None:
+        for board in boards:
             board.final(cfg.to_json(), metrics)
             board.close()
     distributed.barrier()
