@@ -72,7 +72,7 @@ def coreset_seed(seed: int, stream: int) -> int:
 
 # ----------------------------------------------------------------------------- scheme 2
 # Stream codes of scheme 2: the first word of every derivation key.  Never renumber them.
-_ITERATION, _INIT, _PERIODIC_EVAL, _FINAL_EVAL, _PRUNE, _IDM_QUEUE, _EXPERT, _GEODM, _CORESET = range(1, 10)
+_ITERATION, _INIT, _PERIODIC_EVAL, _FINAL_EVAL, _PRUNE, _IDM_QUEUE, _EXPERT, _GEODM, _CORESET, _PRUNE_RANDOM = range(1, 11)
 _EVAL_STREAMS = {"periodic": _PERIODIC_EVAL, "final": _FINAL_EVAL}
 _MASK63 = (1 << 63) - 1
 
@@ -135,6 +135,11 @@ class RunSeeds:
     def prune_network(self) -> int:
         """Seed of the random ConvNet that ranks images for hierarchical pruning."""
         return self.seed + PRUNE_NETWORK_OFFSET if self.scheme == 1 else derive(self.seed, _PRUNE)
+
+    def prune_random(self) -> torch.Generator:
+        """The generator of random pruning (the control of hierarchical pruning; scheme 2 only, where it came)."""
+        return self._generator(_PRUNE_RANDOM) if self.scheme == 2 else torch.Generator().manual_seed(
+            self.seed * 1_000_003 + 314_159)
 
     def idm_queue(self, index: int) -> int:
         """Seed of the ``index``-th network of IDM's initial queue."""

@@ -52,18 +52,19 @@ def _streams(seed: int, iterations: int) -> list:
     s = RunSeeds(seed, 2)
     out = [_seed_of(s.iteration(it, stream)) for it in range(iterations) for stream in (STEP, IDM_TRAIN)]
     out += s.eval_networks("final", 20) + s.eval_networks("periodic", 20)
-    out += [_seed_of(s.init()), s.prune_network(), _seed_of(s.geodm_projection()), s.coreset(1), s.coreset(2)]
+    out += [_seed_of(s.init()), s.prune_network(), _seed_of(s.prune_random()), _seed_of(s.geodm_projection()),
+            s.coreset(1), s.coreset(2)]
     out += [s.idm_queue(i) for i in range(10)] + [s.expert(i) for i in range(20)]
     return out
 
 
 def test_scheme_2_streams_of_seeds_0_to_999_are_pairwise_distinct():
     """Every stream a run uses (200 iterations of the step and of IDM's training, 20 final and 20 periodic
-    evaluation networks, the initial images, pruning, GeoDM, coresets, a 10-network IDM queue, 20 DANCE experts)
+    evaluation networks, the initial images, pruning and its random control, GeoDM, coresets, a 10-network IDM queue, 20 DANCE experts)
     for seeds 0-999, and 2,000 iterations for seeds 0-19: no seed value occurs twice."""
     values = [v for seed in range(1000) for v in _streams(seed, 200)]
     values += [_seed_of(RunSeeds(seed, 2).iteration(it)) for seed in range(20) for it in range(200, 2000)]
-    assert len(values) == 1000 * (400 + 40 + 5 + 30) + 20 * 1800
+    assert len(values) == 1000 * (400 + 40 + 6 + 30) + 20 * 1800
     assert len(set(values)) == len(values)
     assert all(0 <= v < 2**63 for v in values)  # what torch's manual_seed and JSON's signed integers take
 

@@ -54,7 +54,7 @@ def _opt(default, help: str, group: str, choices=None, default_factory=None):
     return field(default=default, metadata=metadata)
 
 
-_PRUNE_LEVELS = ("radius", "centroid_distance")
+_PRUNE_LEVELS = ("radius", "centroid_distance", "random")  # random: the control, a uniform share of each class
 _INITS = ("real", "noise")
 
 
@@ -115,7 +115,8 @@ class DistillConfig:
                              "~1e-3 relative); off, float32 is float32 as on the CPU", "device")
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
-    prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
+    prune_level: str = _opt("radius", "how root-level is ranked (random: a uniformly drawn share, the control)",
+                            "method", lambda: _PRUNE_LEVELS)
     tensorboard: bool = _opt(False, "write TensorBoard event files into RUN_DIR/tensorboard (losses, diagnostics, "
                                     "accuracy, seconds, the image grid at every checkpoint, hyper-parameters); "
                                     "changes nothing the run computes", "evaluation and checkpoints")
@@ -261,8 +262,15 @@ def prepare(cfg: DistillConfig):
 
 def prune_pool(pool: ClassPool, dataset, cfg: DistillConfig) -> ClassPool:
     """Keep the most root-level ``prune_fraction`` of each class, ranked on features of a random ConvNet
-    (seeded by the run's seed) lifted with the run's ``k`` and ``max_norm``."""
-    from hddgeo.hierarchy import prune_by_level
+    (seeded by the run's seed) lifted with the run's ``k`` and ``max_norm``; ``prune_level="random"`` keeps as many
+    images of each class drawn uniformly (the control)."""
+    from hddgeo.hierarchy import kept_count, prune_by_level
+
+    if cfg.prune_level == "random":
+        gen = seeds.RunSeeds.of(cfg).prune_random()
+        keep = [pool.sample_indices(c, kept_count(pool.count(c), cfg.prune_fraction), gen)
+                for c in range(pool.num_classes)]
+        return pool.subset(torch.cat(keep).sort().values)
 
     from .methods import fresh_network
 
