@@ -365,7 +365,8 @@ def _run(args, given: set) -> int:
             if len(datasets) > 1:
                 raise ValueError(f"--claims reads one dataset's runs; these are of {', '.join(datasets)}: "
                                  f"compare each dataset's separately")
-            verdict = claims_table(table, spec.claims, spec.designs)
+            verdict = claims_table(table, spec.claims, spec.designs, margin=spec.margin, paper=spec.paper,
+                                   budget=spec.budget())
         summary, diffs, text = write_report(table, out, "compare", pairs=pairs, preamble=note.rstrip("\n"))
         if verdict is not None:
             from .rundir import write_csv, write_text

@@ -37,7 +37,15 @@
     a = "dm+hdd/law"              # a - b, paired by seed
     b = "dm"                      # or a list of labels: against the best of them on the same seeds
     paper = {1 = 1.4, 10 = 0.6}   # the paper's number (points) per IPC, if it gives one
-    kind = "gain"                 # or "same": the paper says a does as well as b (within 1 point)
+    kind = "gain"                 # or "same": a does as well as b (within the margin)
+    group = "paper"               # or "project": this project's own question (a table of its own)
+
+    margin = 0.5                  # the equivalence margin of "same" claims, points (default 1)
+    [paper]                       # the paper's setting and absolute numbers, printed beside the claims
+    iterations = 20000            # its distillation iterations (the budget column compares ours with it)
+    runs = 3                      # runs behind each mean ± std
+    [paper.accuracy]              # per label and IPC: [mean, std] in %
+    "dm" = {1 = [70.7, 0.6], 10 = [83.4, 0.1]}
 
 A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  Cells come in :func:`study.run_study`'s order
 (per IPC, per seed: the baseline, then every axis value and variant) and with its names
@@ -49,11 +57,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from typing import Optional, Sequence
 
 from hddgeo import stats
-from hddgeo.verdict import Claim
+from hddgeo.verdict import SAME_MARGIN, Claim
 
 from .executors import Cell
 from .runner import DistillConfig, describe
@@ -61,8 +70,9 @@ from .study import cell_name, check_seeds_and_jobs
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
-            "claims", "description")
-CLAIM_KEYS = ("claim", "a", "b", "paper", "kind")
+            "claims", "description", "margin", "paper")
+CLAIM_KEYS = ("claim", "a", "b", "paper", "kind", "group")
+PAPER_KEYS = ("iterations", "runs", "accuracy")
 STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
@@ -149,6 +159,15 @@ class Spec:
     variants: list
     stages: dict
     claims: list = dataclasses.field(default_factory=list)
+    margin: float = SAME_MARGIN
+    paper: Optional[dict] = None
+
+    def budget(self) -> str:
+        """Our distillation iterations against the paper's (``[paper] iterations``), for the claims table."""
+        ours, theirs = self.config.get("iterations"), (self.paper or {}).get("iterations")
+        if not isinstance(ours, int) or not theirs:
+            return ""
+        return f"{ours:,} / {theirs:,} iterations ({100 * ours / theirs:.2g} %)"
 
     @property
     def name(self) -> str:
@@ -297,7 +316,42 @@ def load_spec(path: str) -> Spec:
     for name in stages:
         spec.stage_variants(name)  # labels checked now
     spec.claims = _claims(data.get("claims") or [], path, spec.labels() + [stats.RANDOM])
+    margin = data.get("margin", SAME_MARGIN)
+    if type(margin) not in (int, float) or not (0 < margin < 100):
+        raise ValueError(f"{path}: margin is the equivalence margin in points, a number in (0, 100); got {margin!r}")
+    spec.margin = float(margin)
+    spec.paper = _paper(data.get("paper"), path, spec.labels() + [stats.RANDOM])
     return spec
+
+
+def _paper(table, path: str, labels: list) -> Optional[dict]:
+    """A spec's ``[paper]`` table, checked: its iterations and runs (positive integers) and absolute accuracies
+    ``[mean, std]`` (finite, in [0, 100]) per variant label and IPC."""
+    if table is None:
+        return None
+    where = f"{path} [paper]"
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table")
+    bad = [k for k in table if k not in PAPER_KEYS]
+    if bad:
+        raise ValueError(f"{where}: unknown key {bad[0]!r}; keys: {', '.join(PAPER_KEYS)}")
+    for key in ("iterations", "runs"):
+        if key in table and (type(table[key]) is not int or table[key] < (2 if key == "runs" else 1)):
+            raise ValueError(f"{where}: {key} must be an integer >= {2 if key == 'runs' else 1}, got {table[key]!r}")
+    accuracy = {}
+    for label, per_ipc in (table.get("accuracy") or {}).items():
+        if label not in labels:
+            raise ValueError(f"{where} accuracy names {label!r}, which is no variant's label ({', '.join(labels)})")
+        if not isinstance(per_ipc, dict):
+            raise ValueError(f"{where} accuracy.{label} must be a table of [mean, std] per IPC")
+        accuracy[label] = {}
+        for ipc, pair in per_ipc.items():
+            ok = (str(ipc).isdigit() and isinstance(pair, list) and len(pair) == 2
+                  and all(type(v) in (int, float) and math.isfinite(v) and 0 <= v <= 100 for v in pair))
+            if not ok:
+                raise ValueError(f"{where} accuracy.{label}.{ipc} must be [mean, std] in percent, got {pair!r}")
+            accuracy[label][int(ipc)] = (float(pair[0]), float(pair[1]))
+    return {**{k: table[k] for k in ("iterations", "runs") if k in table}, "accuracy": accuracy}
 
 
 def _claims(tables, path: str, labels: list) -> list[Claim]:
@@ -333,7 +387,8 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
                                  f"got {paper!r}")
             paper = {int(k): float(v) for k, v in paper.items()}
         try:  # Claim checks its kind
-            out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, t.get("kind", "gain")))
+            out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, t.get("kind", "gain"),
+                             t.get("group", "paper")))
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     return out
