@@ -110,15 +110,141 @@ def cmd_design(args) -> int:
     return 0
 
 
+def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
+    """Per claim and IPC: the per-seed differences (points), our interval, the paper's point and Welch interval."""
+    from hddgeo.verdict import best_of
+
+    rows = []
+    seeds = stats.per_seed(table)
+    for ipc in sorted(seeds["ipc"].unique()):
+        wide = seeds[seeds["ipc"] == ipc].pivot(index="seed", columns="method", values="acc")
+        for c in spec.claims:
+            b = best_of(table, int(ipc), list(c.b)) if isinstance(c.b, tuple) else c.b
+            if b is None or c.a not in wide or b not in wide:
+                continue
+            d = 100 * (wide[c.a] - wide[b]).dropna()
+            if len(d) < 2:
+                continue
+            low, high = stats.t_interval(d.values)
+            acc = (spec.paper or {}).get("accuracy", {})
+            pa, pb = acc.get(c.a, {}).get(int(ipc)), acc.get(b, {}).get(int(ipc))
+            paper = (c.paper or {}).get(int(ipc))
+            p_low = p_high = None
+            if pa and pb:
+                p_low, p_high = stats.welch_interval(pa[0], pa[1], spec.paper.get("runs", 3), pb[0], pb[1],
+                                                     spec.paper.get("runs", 3))
+                paper = pa[0] - pb[0] if paper is None else paper
+            rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
+                         "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
+                         "paper_high": p_high})
+    return rows
+
+
+def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
+    """One row per claim: grey dots per seed, our 95 % interval (black), the paper's number and interval (red), 0 and
+    the equivalence margin of ``same`` claims (shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.4))
+    for y, r in enumerate(reversed(rows)):
+        if r["kind"] == "same":
+            ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#d8ecd8", zorder=0)
+        ax.scatter(r["seeds"], [y] * len(r["seeds"]), s=12, color="0.6", zorder=2)
+        ax.plot([r["low"], r["high"]], [y, y], color="black", lw=2, zorder=3)
+        ax.plot(r["mean"], y, "o", color="black", zorder=4)
+        if r["paper"] is not None:
+            if r["paper_low"] is not None:
+                ax.plot([r["paper_low"], r["paper_high"]], [y + 0.22, y + 0.22], color="tab:red", lw=1.5)
+            ax.plot(r["paper"], y + 0.22, "D", color="tab:red", ms=5)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(rows)])
+    ax.set_xlabel("difference a − b (accuracy points)")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Line2D([], [], color="black", marker="o", lw=2, label="ours: mean, 95 % t interval over seeds"),
+                       Line2D([], [], color="0.6", marker="o", lw=0, label="ours: one seed"),
+                       Line2D([], [], color="tab:red", marker="D", lw=1.5, label="the paper (Welch interval of its runs)"),
+                       Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")],
+              fontsize=7, loc="best")
+    ax.set_title(title, fontsize=10, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def curves_plot(study: str, table: pd.DataFrame, path: str) -> bool:
+    """Accuracy (periodic evaluation) and loss against iterations, mean over seeds per method, for the cells that
+    evaluated periodically; False when none did."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = []
+    for run_dir in dict.fromkeys(table["run_dir"]):
+        log_path = os.path.join(study, run_dir, "log.csv")
+        if not os.path.isfile(log_path):
+            continue
+        log = pd.read_csv(log_path)
+        if "eval_acc" in log and log["eval_acc"].notna().any():
+            m = table.loc[table["run_dir"] == run_dir].iloc[0]
+            logs.append(log.assign(method=m["method"], ipc=m["ipc"], seed=m["seed"]))
+    if not logs:
+        return False
+    logs = pd.concat(logs, ignore_index=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, g in logs.groupby("method"):
+        acc = g.dropna(subset=["eval_acc"]).groupby("iteration")["eval_acc"].agg(["mean", "min", "max"])
+        axes[0].plot(acc.index, 100 * acc["mean"], marker="o", label=method)
+        axes[0].fill_between(acc.index, 100 * acc["min"], 100 * acc["max"], alpha=0.15)
+        loss = g.groupby("iteration")["loss"].mean()
+        axes[1].plot(loss.index, loss.values, label=method)
+    axes[0].set(xlabel="iteration", ylabel="test accuracy (%), periodic evaluation", title="accuracy (band: seeds' range)")
+    axes[1].set(xlabel="iteration", ylabel="matching loss (own scale per method)", yscale="log", title="loss")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def cmd_figures(args) -> int:
+    from hddgeo.distill.spec import load_spec
+
+    spec = load_spec(args.spec)
+    table = pd.read_csv(os.path.join(args.study, f"{args.table}.csv"))
+    out = os.path.join(args.study, "figures")
+    os.makedirs(out, exist_ok=True)
+    rows = forest_rows(table, spec)
+    if rows:
+        forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,
+                    f"{spec.name} ({args.table}.csv): differences paired by seed")
+        print(f"wrote {os.path.join(out, 'forest.png')} ({len(rows)} rows)")
+    if curves_plot(args.study, table, os.path.join(out, "curves.png")):
+        print(f"wrote {os.path.join(out, 'curves.png')}")
+    else:
+        print("no cell evaluated periodically yet: no curves")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("design", help="variance split of the pilot and the seeds x networks design")
     d.add_argument("--study", default=STUDY)
     d.add_argument("--stage", default="pilot1", help="the report name of the pilot stage (its long table)")
+    f = sub.add_parser("figures", help="forest plot of the claims and accuracy-vs-iteration curves")
+    f.add_argument("--study", default=STUDY)
+    f.add_argument("--table", default="results", help="the long table's name in the study folder")
+    f.add_argument("--spec", default="fashionmnist_verdict_v2")
     args = p.parse_args(argv)
     try:
-        return {"design": cmd_design}[args.command](args)
+        return {"design": cmd_design, "figures": cmd_figures}[args.command](args)
     except (ValueError, OSError, KeyError) as err:
         print(f"verdict_v2: error: {err}", file=sys.stderr)
         return 2

@@ -61,3 +61,15 @@ def test_the_design_splits_the_pilot_and_meets_its_targets_where_it_can(pilot):
     assert grid["meets"].equals((grid[["dm+hdd/law − dm", "dm+hdd/karcher − dm+hdd/law"]] <= 0.3).all(axis=1))
     text = (pilot / "design.md").read_text()
     assert "IPC 1" in text and ("Cheapest design" in text or "No design" in text)
+
+
+def test_the_figures_draw_every_claim_with_seeds(pilot):
+    script = load_script("verdict_v2")
+    assert script.main(["figures", "--study", str(pilot), "--table", "pilot1"]) == 0
+    assert (pilot / "figures" / "forest.png").stat().st_size > 10_000
+    from hddgeo.distill.spec import load_spec
+
+    rows = script.forest_rows(pd.read_csv(pilot / "pilot1.csv"), load_spec("fashionmnist_verdict_v2"))
+    assert {r["label"] for r in rows} >= {"HDD beats DM (IPC 1)", "Karcher = Law, paper's setting (k 1, clip 10) (IPC 1)"}
+    hdd = next(r for r in rows if r["label"] == "HDD beats DM (IPC 1)")
+    assert len(hdd["seeds"]) == 4 and hdd["paper"] == 1.4 and round(hdd["paper_low"], 2) == 0.07
