@@ -210,3 +210,22 @@ def test_no_gpu_asked_for_cuda_is_one_line(tmp_path):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         executors.plan_slots([Cell("distill", DistillConfig(device="cuda"), str(tmp_path / "c"))])
+
+
+def test_the_estimate_counts_what_is_left_of_final_and_periodic_evaluations(tmp_path):
+    """Cells that evaluate every 250 of 2,000 iterations owe 8 periodic evaluations; one resumed at iteration 500
+    owes 6 (its log says where it stands)."""
+    from hddgeo.distill.spec import estimate, load_spec
+
+    spec = load_spec("fashionmnist_verdict_v2")
+    cells = [c for c in spec.cells(out_dir=str(tmp_path), stage="budget1") if c.kind == "distill"][:2]
+    est = estimate(cells)
+    per_cell = 8 * 2 * 300 + cells[0].cfg.final_eval_nets * cells[0].cfg.final_eval_epochs
+    assert est["network_epochs"] == 2 * per_cell and est["iterations"] == 4000
+    run = tmp_path / "runs" / cells[0].name
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "log.csv").write_text("iteration,loss\n" + "".join(f"{i},1\n" for i in range(1, 501)))
+    est = estimate(cells)
+    assert est["resume"] == 1 and est["iterations"] == 4000 - 500
+    assert est["network_epochs"] == 2 * per_cell - 2 * 2 * 300

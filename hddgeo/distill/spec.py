@@ -396,7 +396,7 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
 
 def estimate(cells: Sequence[Cell]) -> dict:
     """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
-    evaluation network-epochs left; and, when some distilled cell of these is finished, the hours one process
+    evaluation network-epochs left (final and periodic evaluations); and, when some distilled cell of these is finished, the hours one process
     needs at their mean seconds per iteration (their steps only; evaluations not counted)."""
     import json
 
@@ -427,6 +427,9 @@ def estimate(cells: Sequence[Cell]) -> dict:
                 with open(log) as fh:
                     done = max(sum(1 for _ in fh) - 1, 0)
         iterations += max(cell.cfg.iterations - done, 0)
+        if cell.cfg.eval_every:  # the periodic evaluations still ahead
+            ahead = cell.cfg.iterations // cell.cfg.eval_every - done // cell.cfg.eval_every
+            network_epochs += ahead * cell.cfg.eval_nets * cell.cfg.eval_epochs
     out = {"cells": len(cells), "finished": finished, "resume": resumable,
            "new": len(cells) - finished - resumable, "iterations": iterations, "network_epochs": network_epochs}
     if rates:
