@@ -229,3 +229,19 @@ def test_the_estimate_counts_what_is_left_of_final_and_periodic_evaluations(tmp_
     est = estimate(cells)
     assert est["resume"] == 1 and est["iterations"] == 4000 - 500
     assert est["network_epochs"] == 2 * per_cell - 2 * 2 * 300
+
+
+def test_the_estimate_prices_steps_and_evaluations_at_the_finished_cells_rates(tmp_path):
+    import json
+
+    from hddgeo.distill.spec import estimate, load_spec
+
+    spec = load_spec("fashionmnist_verdict_v2")
+    cells = [c for c in spec.cells(out_dir=str(tmp_path), stage="pilot1") if c.kind == "distill"][:3]
+    done = tmp_path / "runs" / cells[0].name
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({"seconds_per_iteration": 0.9, "final_eval_seconds": 480.0,
+                                                   "accs": [0.7] * 8, "eval_epochs": 300}))
+    est = estimate(cells)
+    per_cell = 200 * 0.9 + 8 * 300 * (480.0 / (8 * 300))
+    assert est["finished"] == 1 and est["hours"] == pytest.approx(2 * per_cell / 3600)

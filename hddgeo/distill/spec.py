@@ -396,44 +396,57 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
 
 def estimate(cells: Sequence[Cell]) -> dict:
     """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
-    evaluation network-epochs left (final and periodic evaluations); and, when some distilled cell of these is finished, the hours one process
-    needs at their mean seconds per iteration (their steps only; evaluations not counted)."""
+    evaluation network-epochs left (final and periodic evaluations); and, when some cell of these is finished, the
+    hours one process needs at the finished cells' rates (seconds per iteration and per evaluation network-epoch,
+    each taken from finished cells of the same IPC where there are some, else from all)."""
     import json
 
     finished = resumable = 0
     iterations = network_epochs = 0
-    rates = []
+    step_rates, eval_rates, left = {}, {}, []
     for cell in cells:
         metrics = os.path.join(cell.run_dir, "metrics.json")
         if os.path.isfile(metrics):
             finished += 1
-            if cell.kind == "distill":
-                try:
-                    with open(metrics) as fh:
-                        rate = json.load(fh).get("seconds_per_iteration")
-                    if isinstance(rate, (int, float)) and rate == rate:
-                        rates.append(float(rate))
-                except (OSError, ValueError):
-                    pass
+            try:
+                with open(metrics) as fh:
+                    m = json.load(fh)
+                rate = m.get("seconds_per_iteration")
+                if cell.kind == "distill" and isinstance(rate, (int, float)) and rate == rate:
+                    step_rates.setdefault(cell.cfg.ipc, []).append(float(rate))
+                spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
+                if isinstance(spent, (int, float)) and isinstance(accs, list) and accs and isinstance(epochs, int) \
+                        and epochs > 0:
+                    eval_rates.setdefault(cell.cfg.ipc, []).append(float(spent) / (len(accs) * epochs))
+            except (OSError, ValueError, AttributeError):
+                pass
             continue
-        network_epochs += cell.cfg.final_eval_nets * cell.cfg.final_eval_epochs
-        if cell.kind != "distill":
-            continue
-        done = 0
-        log = os.path.join(cell.run_dir, "log.csv")
-        if os.path.isfile(os.path.join(cell.run_dir, "checkpoint.pt")):
-            resumable += 1
-            if os.path.isfile(log):
-                with open(log) as fh:
-                    done = max(sum(1 for _ in fh) - 1, 0)
-        iterations += max(cell.cfg.iterations - done, 0)
-        if cell.cfg.eval_every:  # the periodic evaluations still ahead
-            ahead = cell.cfg.iterations // cell.cfg.eval_every - done // cell.cfg.eval_every
-            network_epochs += ahead * cell.cfg.eval_nets * cell.cfg.eval_epochs
+        cell_epochs = cell.cfg.final_eval_nets * cell.cfg.final_eval_epochs
+        cell_iterations = 0
+        if cell.kind == "distill":
+            done = 0
+            log = os.path.join(cell.run_dir, "log.csv")
+            if os.path.isfile(os.path.join(cell.run_dir, "checkpoint.pt")):
+                resumable += 1
+                if os.path.isfile(log):
+                    with open(log) as fh:
+                        done = max(sum(1 for _ in fh) - 1, 0)
+            cell_iterations = max(cell.cfg.iterations - done, 0)
+            if cell.cfg.eval_every:  # the periodic evaluations still ahead
+                ahead = cell.cfg.iterations // cell.cfg.eval_every - done // cell.cfg.eval_every
+                cell_epochs += ahead * cell.cfg.eval_nets * cell.cfg.eval_epochs
+        iterations += cell_iterations
+        network_epochs += cell_epochs
+        left.append((cell.cfg.ipc, cell_iterations, cell_epochs))
     out = {"cells": len(cells), "finished": finished, "resume": resumable,
            "new": len(cells) - finished - resumable, "iterations": iterations, "network_epochs": network_epochs}
-    if rates:
-        out["hours"] = iterations * sum(rates) / len(rates) / 3600
+
+    def rate(rates: dict, ipc: int):
+        values = rates.get(ipc) or [v for vs in rates.values() for v in vs]
+        return sum(values) / len(values) if values else None
+
+    if step_rates and eval_rates:
+        out["hours"] = sum(n * rate(step_rates, ipc) + e * rate(eval_rates, ipc) for ipc, n, e in left) / 3600
     return out
 
 
@@ -442,5 +455,5 @@ def describe_estimate(est: dict) -> str:
             f"left: {est['iterations']:,} distillation iterations and {est['network_epochs']:,} evaluation "
             f"network-epochs")
     if "hours" in est:
-        text += f"; about {est['hours']:.2f} h of distillation steps in one process at the finished cells' rate"
+        text += f"; about {est['hours']:.2f} h in one process at the finished cells' rates (steps and evaluations)"
     return text
