@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-per-class", type=int, default=None,
                    help="test on the first N test images of each class (0: all) [default: 0]")
     e.add_argument("--no-dsa", action="store_true", help="train the evaluation networks without DSA")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the run directories' own; "
+                                                             "a CPU result repeats only at the same count)")
     e.add_argument("--model", default=None, help="convnet | alexnet | vgg11 | resnet18 (default: the run's)")
     e.add_argument("--nets", type=int, default=None, help="evaluation networks [default: 3, or the protocol's]")
     e.add_argument("--epochs", type=int, default=None)
@@ -315,14 +317,15 @@ def _run(args, given: set) -> int:
         protocol = _protocol(args)
         res = evaluate_files(args.paths, args.out or "evaluation", protocol, dataset_name=args.dataset,
                              data_root=args.data_root, device=resolve_device(args.device), progress=not args.quiet,
-                             amp=args.amp or "none")
+                             amp=args.amp or "none", threads=args.threads)
         print(res["text"])
         print(f"wrote {os.path.join(args.out or 'evaluation', 'evaluation.csv')}, protocol.json and evaluation.md")
     elif args.command == "evaluate":
         from .distill.runner import evaluate_run
 
         res = evaluate_run(args.paths[0], model=args.model, num_nets=args.nets or 3, epochs=args.epochs,
-                           progress=not args.quiet, data_root=args.data_root, device=args.device, amp=args.amp)
+                           progress=not args.quiet, data_root=args.data_root, device=args.device, amp=args.amp,
+                           threads=args.threads)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
     elif args.command == "export":
         from .synset_files import export_run

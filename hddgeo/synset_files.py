@@ -329,14 +329,15 @@ def export_run(run_dir: str, out: str, data_root: Optional[str] = None) -> dict:
 
 
 def evaluate_files(paths, out: str, protocol, dataset_name: Optional[str] = None, data_root: Optional[str] = None,
-                   device=None, progress: bool = False, amp: str = "none") -> dict:
+                   device=None, progress: bool = False, amp: str = "none", threads: Optional[int] = None) -> dict:
     """``hddgeo evaluate PATH... --protocol P --out OUT``: every set in ``paths`` (any layout) under one declared
     protocol, with the same evaluation networks for all of them.  Every file is read and checked before the first
     network trains; ``out`` (a new or empty folder) then gets ``evaluation.csv`` (one row per set and network),
     ``protocol.json`` and ``evaluation.md``: each set's accuracy, and each pair of methods' difference paired by
     evaluation network (several sets of one method, e.g. from several seeds, averaged per network first).  That
     pairing removes the evaluation networks' noise from a difference; it says nothing of the distillation's own
-    spread over seeds, which only sets from several seeds measure."""
+    spread over seeds, which only sets from several seeds measure.  ``threads`` (default: the run directories' own
+    count when they agree) is torch's CPU thread count: a CPU result repeats only at the same count."""
     import dataclasses
 
     import pandas as pd
@@ -351,12 +352,17 @@ def evaluate_files(paths, out: str, protocol, dataset_name: Optional[str] = None
         raise ValueError("name at least one synthetic set (a run directory, a .pt file or an image folder)")
     if os.path.lexists(out) and (not os.path.isdir(out) or os.path.islink(out) or os.listdir(out)):
         raise ValueError(f"--out {out} exists and is not an empty folder; choose a new one")
-    if dataset_name is None:  # the runs' own, when every set is a run directory of one dataset
-        names = {read_json(os.path.join(p, "config.json")).get("dataset") if detect_layout(p) == "run" else None
-                 for p in paths}
-        if len(names) != 1 or None in names:
-            raise ValueError("name the dataset the sets were distilled from (--dataset)")
+    if dataset_name is None:  # the run directories' own (the other sets are checked against it)
+        names = {read_json(os.path.join(p, "config.json")).get("dataset") for p in paths if detect_layout(p) == "run"}
+        if len(names) != 1:
+            raise ValueError("name the dataset the sets were distilled from (--dataset)"
+                             + (f": the run directories name {', '.join(sorted(map(str, names)))}" if names else ""))
         dataset_name = names.pop()
+    if threads is None:
+        counts = {read_json(os.path.join(p, "config.json")).get("threads") for p in paths if detect_layout(p) == "run"}
+        threads = counts.pop() if len(counts) == 1 else None
+    if threads is not None and (type(threads) is not int or not 1 <= threads <= (os.cpu_count() or 1)):
+        raise ValueError(f"--threads must lie in 1..{os.cpu_count()}, got {threads!r}")
     dataset = load_dataset(dataset_name, data_root=data_root)
     sets, seen = [], set()
     for path in paths:
@@ -365,7 +371,13 @@ def evaluate_files(paths, out: str, protocol, dataset_name: Optional[str] = None
                 s.name = f"{s.name} ({path})"
             seen.add(s.name)
             sets.append(s)
-    rows = evaluate_sets(sets, dataset, protocol, device=device, progress=progress, amp=amp)
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        rows = evaluate_sets(sets, dataset, protocol, device=device, progress=progress, amp=amp)
+    finally:
+        torch.set_num_threads(before)
     by_name = {s.name: s for s in sets}
     for r in rows:
         s = by_name[r["set"]]
@@ -395,6 +407,6 @@ def evaluate_files(paths, out: str, protocol, dataset_name: Optional[str] = None
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, "evaluation.csv"), table)
     write_json(os.path.join(out, "protocol.json"), {**dataclasses.asdict(protocol), "dataset": dataset.name,
-                                                    "description": protocol.describe()})
+                                                    "threads": threads or before, "description": protocol.describe()})
     write_text(os.path.join(out, "evaluation.md"), "\n".join(lines) + "\n")
     return {"table": table, "differences": pd.DataFrame(diffs), "text": "\n".join(lines)}

@@ -239,3 +239,15 @@ def test_export_command(run, tmp_path, capsys):
     assert main(["export", str(out), str(tmp_path / "x")]) == 0
     assert "PNG class folders" in capsys.readouterr().out
     assert len(list((tmp_path / "x").glob("*/*.png"))) == len(torch.load(out / "synset.pt", weights_only=True)["images"])
+
+
+def test_a_run_reevaluated_under_its_own_protocol_repeats_its_accuracies(run, tmp_path):
+    """The same networks, epochs and torch thread count (the run's, by default) give the run's own numbers."""
+    from hddgeo.cli import main
+
+    out, metrics = run
+    assert main(["evaluate", str(out), "--protocol", "default", "--nets", "2", "--epochs", "2", "--seed", "3",
+                 "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    table = __import__("pandas").read_csv(tmp_path / "e" / "evaluation.csv")
+    assert table["acc"].tolist() == metrics["accs"]
+    assert json.loads((tmp_path / "e" / "protocol.json").read_text())["threads"] == 1

@@ -606,12 +606,13 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
 
 def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, epochs: Optional[int] = None,
                  progress: bool = True, data_root: Optional[str] = None, device: str = "auto",
-                 amp: Optional[str] = None) -> dict:
+                 amp: Optional[str] = None, threads: Optional[int] = None) -> dict:
     """Re-evaluate a finished run's ``synset.pt`` (optionally on another architecture).
 
     ``data_root`` names where the dataset is; by default the run's own ``data_root`` (a received run
     directory is data: the loaders parse files, they never run code from them).  ``device`` is where the
-    networks train (whatever device the run was distilled on), ``amp`` defaults to the run's."""
+    networks train (whatever device the run was distilled on), ``amp`` defaults to the run's, ``threads`` (torch's
+    CPU threads) to the run's own count, at which a re-evaluation on the same machine repeats the run's own."""
     path = os.path.join(run_dir, SYNSET)
     if not os.path.exists(path):
         raise ValueError(f"{path} not found: {run_dir} is not a finished run directory")
@@ -624,6 +625,11 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
         raise ValueError(f"unknown amp mode {amp!r}; choose one of {', '.join(AMP_MODES)}")
     device = resolve_device(device)
     configure_process(tf32=cfg.tf32, device=device)
+    threads = threads or cfg.threads
+    if threads is not None:
+        if not 1 <= threads <= (os.cpu_count() or 1):
+            raise ValueError(f"--threads must lie in 1..{os.cpu_count()}, got {threads}")
+        torch.set_num_threads(threads)
     dataset = load_dataset(cfg.dataset, data_root=data_root or cfg.data_root)
     if cfg.eval_test_per_class:
         dataset = dataset.test_subset(cfg.eval_test_per_class)
