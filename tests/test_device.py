@@ -343,21 +343,27 @@ def _no_cublas_setting(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
 
 
-def test_configure_process_sets_cublas_before_cuda_and_refuses_after(monkeypatch):
+def test_configure_process_sets_cublas_whether_or_not_cuda_has_started(monkeypatch):
+    """torch reads CUBLAS_WORKSPACE_CONFIG when cuBLAS first allocates its workspace, not when CUDA starts; every
+    path starts CUDA before (resolve_device, torchrun's set_device, a worker's pin), so an initialised CUDA is no
+    reason to refuse.  Before, this raised a ValueError and stopped gpu_check.py before its first step."""
     _no_cublas_setting(monkeypatch)
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:
         monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-        with pytest.raises(ValueError, match="CUBLAS_WORKSPACE_CONFIG before the process's first CUDA work"):
-            devices.configure_process(deterministic_kernels=True, device=torch.device("cuda", 0))
-        devices.configure_process(deterministic_kernels=True, tf32=True, device=torch.device("cpu"))  # the CPU: fine
-        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": True}
-        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-        devices.configure_process(deterministic_kernels=True, tf32=False, device=torch.device("cuda", 0))
+        devices.configure_process(deterministic_kernels=True, tf32=True, device=torch.device("cuda", 0))
         import os
 
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": True}
+        devices.configure_process(deterministic_kernels=True, tf32=False, device=torch.device("cuda", 0))
         assert devices.tf32_settings() == {"tf32_conv": False, "tf32_matmul": False}
+        # auto (None): torch's own defaults, convolutions in TF32 and matmuls not
+        devices.configure_process(tf32=None, device=torch.device("cuda", 0))
+        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": False}
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting is kept
+        devices.configure_process(deterministic_kernels=True, device=torch.device("cuda", 0))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -400,10 +406,14 @@ def test_tf32_is_part_of_a_run(tmp_path, capsys):
     assert "tf32" in capsys.readouterr().err
 
 
-def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("initialised", [False, True])
+def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatch, capsys, initialised):
     """IDM's factored synthetic set is upsampled by F.interpolate, whose CUDA backward has no deterministic
-    kernel: --deterministic refuses it in one line before anything is written (torch would raise mid-run)."""
+    kernel: --deterministic refuses it in one line before anything is written (torch would raise mid-run).  Also
+    when CUDA has already started in this process, as earlier CUDA tests leave it (then the workspace check of
+    configure_process used to answer first, with another message)."""
     _fake_gpus(monkeypatch, 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialised)
     _no_cublas_setting(monkeypatch)
     out = tmp_path / "run"
     code = main(["distill", "--method", "idm", "--deterministic", "--device", "cuda", "--iterations", "1",
