@@ -62,7 +62,6 @@ from torch import nn
 
 from hddgeo.data import dsa
 from hddgeo.data.augment import dsa_apply, dsa_draw, upload
-from hddgeo.device import autocast
 from hddgeo.rundir import save_tensors
 from hddgeo.seeds import expert_seed
 from hddgeo.training import sgd_epochs
@@ -352,9 +351,11 @@ class Dance(DistillMethod):
         if w == 0 or len(syn_labels) == 0:
             return None, {}
         expert = self.experts[step.draw["expert"]].network
-        with autocast(self.device, self.cfg.amp):
-            logits = expert(self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"]))
-        ce = F.cross_entropy(logits.float(), syn_labels, reduction="sum") / (total or len(syn_labels))
+        # DSA outside autocast (in float32, as without --amp); only the network runs under it, chunked to the
+        # memory budget on an accelerator
+        images = self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"])
+        logits = self.forward(expert, images, grad=True)
+        ce = F.cross_entropy(logits, syn_labels, reduction="sum") / (total or len(syn_labels))
         return w * ce, {"ce": ce.detach()}
 
     def state_dict(self):

@@ -30,6 +30,7 @@ from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods bui
 from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
 from hddgeo.training import sgd_epochs
 
+from .memory import activation_bytes, budget_bytes, checkpointed, plan_forward
 from .synset import SyntheticSet
 
 _CPU_CHUNK_BYTES = 4 << 20  # one chunk's activations per layer when the CPU embeds real images (real_chunk)
@@ -129,13 +130,42 @@ class DistillMethod:
         # mode, so the features can enter the loss's graph.
         with torch.inference_mode():
             if on_accelerator(self.device) and self._per_image(net):
-                f_real = self.embed(net, torch.cat(real)).reshape(mine, self.n_real, -1)
+                # in chunks that fit the run's memory budget (hddgeo/distill/memory.py)
+                f_real = self.forward(net.embed, torch.cat(real), grad=False).reshape(mine, self.n_real, -1)
             else:
                 f_real = torch.stack([torch.cat([self.embed(net, part) for part in x.split(self.real_chunk(net, x))])
                                       for x in real])
         f_real = f_real.clone()
-        f_syn = self.embed(net, torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
+        f_syn = self.forward(net.embed, torch.cat(syn_sel), grad=True).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
+
+    def forward(self, fn, images: torch.Tensor, grad: bool) -> torch.Tensor:
+        """``fn(images)`` (``net.embed`` or ``net``) under the run's autocast, as float32.  On an accelerator, with a
+        network that treats images independently, in chunks that fit the run's ``memory_budget_gb``: without
+        autograd (``grad=False``) chunk by chunk, with it under activation checkpointing when keeping every
+        activation would not fit (:func:`hddgeo.distill.memory.plan_forward`).  Elsewhere in one call."""
+        net = getattr(fn, "__self__", fn)
+        if not (on_accelerator(self.device) and self._per_image(net)) or len(images) <= 1:
+            return self._apply(fn, images)
+        plan = plan_forward(len(images), self._image_bytes(fn, images), budget_bytes(self.cfg), grad)
+        if plan.chunks == 1:
+            return self._apply(fn, images)
+        if grad:
+            return checkpointed(partial(self._apply, fn), images, plan.chunk)
+        return torch.cat([self._apply(fn, part) for part in images.split(plan.chunk)])
+
+    def _apply(self, fn, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.amp):
+            return fn(images).float()
+
+    def _image_bytes(self, fn, images: torch.Tensor):
+        """Per-image activation bytes of ``fn`` at ``images``' size, measured once per architecture and size."""
+        net = getattr(fn, "__self__", fn)
+        key = (type(net), getattr(fn, "__name__", "forward"), tuple(images.shape[1:]), images.dtype, self.cfg.amp)
+        cache = self.__dict__.setdefault("_bytes_cache", {})
+        if key not in cache:
+            cache[key] = activation_bytes(fn, images[:1].detach(), self.cfg.amp, self.device)
+        return cache[key]
 
     def _own_images(self, labels: torch.Tensor) -> torch.Tensor:
         """Indices of this process's classes among the expanded synthetic labels (the same every iteration: found
@@ -234,9 +264,8 @@ class IDM(DistillMethod):
     def extra_loss(self, step, syn_images, syn_labels, total):
         if self.cfg.idm_ce_weight <= 0:
             return None, {}
-        with autocast(self.device, self.cfg.amp):
-            logits = step.net(syn_images)
-        ce = F.cross_entropy(logits.float(), syn_labels, reduction="sum") / total
+        logits = self.forward(step.net, syn_images, grad=True)  # chunked to the memory budget on an accelerator
+        ce = F.cross_entropy(logits, syn_labels, reduction="sum") / total
         return self.cfg.idm_ce_weight * ce, {"ce": ce.detach()}
 
     def after_step(self, step):
