@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hddgeo.data import dsa
-from hddgeo.data.augment import dsa_apply, dsa_draw, upload
+from hddgeo.data.augment import dsa_apply, dsa_apply_blocks, dsa_draw, upload
+from hddgeo.device import on_accelerator
 from hddgeo.rundir import save_tensors
 from hddgeo.seeds import expert_seed
 from hddgeo.training import sgd_epochs
@@ -344,6 +345,8 @@ class Dance(DistillMethod):
             raise ValueError(f"{len(labels)} synthetic images do not split evenly into {len(classes)} classes")
         parts = torch.split(images, len(labels) // len(classes))
         draws = [dsa_draw(seeds[c], self.cfg.dsa_strategy, x.shape, siamese=False) for x, c in zip(parts, classes)]
+        if on_accelerator(images.device):  # all classes in one call per DSA operation
+            return dsa_apply_blocks(images, [len(x) for x in parts], draws, upload(draws, images.device))
         return torch.cat([dsa_apply(x, d, q) for x, d, q in zip(parts, draws, upload(draws, images.device))])
 
     def extra_loss(self, step, syn_images, syn_labels, total: Optional[int] = None):
