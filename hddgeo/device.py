@@ -77,8 +77,12 @@ def resolve_device(name: str = "auto") -> torch.device:
             index = torch.cuda.current_device()
         elif rank < count:
             index = rank
+        elif count == 1 and not os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+            raise ValueError(f"LOCAL_RANK {rank} would share cuda:0 with LOCAL_RANK 0: this node has one GPU and "
+                             f"every process sees it; start one process per GPU (--nproc_per_node=1 here), or "
+                             f"show each process its own GPU with CUDA_VISIBLE_DEVICES")
         elif count == 1:
-            index = 0  # this rank sees only its own GPU
+            index = 0  # this rank sees only its own GPU (a scheduler set CUDA_VISIBLE_DEVICES for it)
         else:
             raise ValueError(f"LOCAL_RANK {rank} has no GPU of its own: this process sees {count} "
                              f"({', '.join(have[1:])}); start at most {count} processes per node")

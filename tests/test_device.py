@@ -328,6 +328,7 @@ def test_a_rank_that_sees_one_gpu_takes_it_and_one_without_a_gpu_is_refused(monk
     LOCAL_RANK; several GPUs but fewer than the ranks is a launch error, said in one line."""
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3")  # the scheduler's: this rank's own GPU
     _fake_gpus(monkeypatch, 1)
     assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
     _fake_gpus(monkeypatch, 2)
@@ -421,3 +422,38 @@ def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "F.interpolate" in err[0] and "--deterministic" in err[0], err
     assert not out.exists()
+
+
+def test_two_ranks_on_a_node_with_one_gpu_are_refused(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU node: both ranks see the same GPU (CUDA_VISIBLE_DEVICES unset), and
+    putting both on cuda:0 makes NCCL fail or hang; rank 1 is refused in one line saying what to do."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_gpus(monkeypatch, 1)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 1 would share cuda:0 with LOCAL_RANK 0.*--nproc_per_node=1") as e:
+        resolve_device("cuda")
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cuda") == torch.device("cuda", 0)  # rank 0 has the GPU
+
+
+def test_the_nccl_process_group_is_bound_to_the_ranks_gpu(monkeypatch):
+    """init_process_group gets device_id (the rank's GPU), after set_device."""
+    from hddgeo.distill import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("HDDGEO_BACKEND", raising=False)
+    _fake_gpus(monkeypatch, 2)
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.setdefault("set_device", d))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: seen.setdefault("init", kw))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "_COMM_DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(distributed, "_STARTED", False)
+    assert distributed.setup("cuda") == (1, 2)
+    assert seen["set_device"] == torch.device("cuda", 1)
+    assert seen["init"]["backend"] == "nccl" and seen["init"]["device_id"] == torch.device("cuda", 1)

@@ -102,3 +102,20 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:
             reads, copies, blocking, _ = audit_iteration(Path(tmp), **kw)
         print(f"{case:18s} reads {reads:3d}  host-to-device copies {copies} ({blocking} blocking)")
+
+
+def test_an_iteration_under_torchrun_reads_once(tmp_path, monkeypatch):
+    """Two ranks, the collectives stubbed (each rank's sums are its own values): the logged values' sum over ranks
+    comes back in the iteration's one read (runner.read_back with distributed.sum_), not in a second transfer
+    after it (sum_floats made a tensor of the floats, all-reduced it and read it again)."""
+    from hddgeo.distill import distributed
+
+    monkeypatch.setattr(distributed, "setup", lambda device="auto": (0, 2))
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, op=None: None)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: None)
+    monkeypatch.setattr(distributed, "gather", lambda obj: [obj, obj])
+    reads, copies, blocking, where = audit_iteration(tmp_path, matcher="euclidean")
+    assert reads == 1, where
+    assert blocking == 0, where

@@ -343,14 +343,35 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
             if name not in RESUMABLE_FIELDS and saved.get(name) != value}
 
 
-def read_back(flag: torch.Tensor, values: dict) -> tuple:
+_REDUCE_WIDTH = 64  # slots of the packed log values summed over ranks
+
+
+def read_back(flag: torch.Tensor, values: dict, reduce=None) -> tuple:
     """``(bool(flag), values as floats)`` with every tensor among them read from the device in one transfer:
-    on a GPU each ``float(tensor)`` is a host synchronisation, and an iteration makes one."""
-    names = [k for k, v in values.items() if torch.is_tensor(v)]
-    packed = torch.stack([flag.to(torch.float64)] + [values[k].detach().reshape(()).to(flag.device, torch.float64)
-                                                     for k in names]).tolist()
+    on a GPU each ``float(tensor)`` is a host synchronisation, and an iteration makes one.
+
+    ``reduce`` (``distributed.sum_`` under torchrun) is applied in place to the packed tensor before the read, so the
+    sum over ranks of every value (numbers included, in the order of their sorted names, the same on every rank)
+    comes back in the same transfer; the flag, the same on every rank, is then ``world`` or 0."""
+    names = [k for k, v in values.items() if torch.is_tensor(v) or reduce is not None]
+    if reduce is not None:
+        names = sorted(names)
+
+    def as_tensor(v):
+        if torch.is_tensor(v):
+            return v.detach().reshape(()).to(flag.device, torch.float64)
+        return torch.full((), float(v), dtype=torch.float64, device=flag.device)  # a fill, not a copy
+
+    packed = torch.stack([flag.to(torch.float64)] + [as_tensor(values[k]) for k in names])
+    if reduce is not None:
+        # one length on every rank, also when a rank whose step failed has fewer values (all then stop on the flag)
+        if len(packed) > _REDUCE_WIDTH:
+            raise ValueError(f"{len(packed) - 1} logged values: more than the {_REDUCE_WIDTH - 1} a reduction holds")
+        packed = torch.cat([packed, packed.new_zeros(_REDUCE_WIDTH - len(packed))])
+        reduce(packed)
+    packed = packed.tolist()
     out = dict(values)  # numbers stay as they are
-    out.update(zip(names, packed[1:]))
+    out.update(zip(names, packed[1:len(names) + 1]))
     return packed[0] != 0, out
 
 
@@ -544,12 +565,12 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         # a NaN or inf gradient makes the images non-finite too, so one check covers both (the summed gradient,
         # hence the images, are the same on every rank); it and every logged value come back in one transfer
         finite, logged = read_back(torch.isfinite(syn.images).all(),
-                                   {"loss": loss.detach(), **parts, "grad_norm": grad_norm})
+                                   {"loss": loss.detach(), **parts, "grad_norm": grad_norm},
+                                   reduce=distributed.sum_ if world > 1 else None)  # the sum over ranks, same read
         if not finite:
             bar.close()
             raise _first_failure(failure, non_finite("synthetic images (or their gradient)", it), world) from None
         method.after_step(step)
-        logged = distributed.sum_floats(logged)
         if not math.isfinite(logged["loss"]):
             bar.close()
             raise non_finite("loss", it)
