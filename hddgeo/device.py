@@ -74,7 +74,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda":
         rank = local_rank()
         if rank is None:
-            index = torch.cuda.current_device()
+            # torch's current device once CUDA has started; before that it is 0, and asking would start CUDA (a study's
+            # parent process checking its cells would hold a context on GPU 0 for the whole study)
+            index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
         elif rank < count:
             index = rank
         elif count == 1 and not os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():

@@ -457,3 +457,45 @@ def test_the_nccl_process_group_is_bound_to_the_ranks_gpu(monkeypatch):
     assert distributed.setup("cuda") == (1, 2)
     assert seen["set_device"] == torch.device("cuda", 1)
     assert seen["init"]["backend"] == "nccl" and seen["init"]["device_id"] == torch.device("cuda", 1)
+
+
+def test_resolving_cuda_does_not_start_cuda(monkeypatch):
+    """A study's parent checks every cell's device (study.check_cells -> resolve_device): that must not start CUDA
+    (torch.cuda.current_device would, and the parent would hold a context on GPU 0 for the whole study)."""
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+
+    def starts_cuda():
+        raise AssertionError("torch.cuda.current_device called before CUDA started")
+
+    monkeypatch.setattr(torch.cuda, "current_device", starts_cuda)
+    assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # started: torch's current device
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+
+
+def test_a_gpu_worker_takes_its_share_of_the_cpu_threads(monkeypatch):
+    import os
+
+    from hddgeo.distill import executors
+
+    monkeypatch.setenv("HDDGEO_WORKER_DEVICE", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    executors._pin("cuda:0", 4)
+    assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 4)
+    assert os.environ["HDDGEO_WORKER_DEVICE"] == "cuda:0"
+
+
+def test_an_evaluation_network_leaves_the_cuda_generators_alone(monkeypatch):
+    """No CUDA generator is used by an evaluation (networks are drawn on the CPU): none is forked (fork_rng(devices=
+    all) read every GPU's state, starting a context on each) or reseeded (torch.manual_seed reseeds all of them)."""
+    from cuda_shim import pretend_cuda
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 2
+    ref = train_and_test(x, y, x, y, num_classes=2, epochs=2, seed=3)
+    with pretend_cuda(monkeypatch, devices=2) as calls:
+        got = train_and_test(x, y, x, y, num_classes=2, epochs=2, seed=3, device="cuda:1")
+    assert calls["get_rng_state"] == 0 and calls["manual_seed_all"] == 0 and calls["manual_seed"] == 0
+    assert got == ref  # the same seeded network and batches
