@@ -499,3 +499,15 @@ def test_an_evaluation_network_leaves_the_cuda_generators_alone(monkeypatch):
         got = train_and_test(x, y, x, y, num_classes=2, epochs=2, seed=3, device="cuda:1")
     assert calls["get_rng_state"] == 0 and calls["manual_seed_all"] == 0 and calls["manual_seed"] == 0
     assert got == ref  # the same seeded network and batches
+
+
+def test_tf32_auto_and_off_are_one_run_to_a_study(tmp_path):
+    """Run directories written before --tf32 auto existed say tf32 false (then the default, and computed on the
+    CPU): a study asking for the default now reuses them; on is another run."""
+    from hddgeo.distill.runner import config_differences
+
+    cfg = tiny_config()
+    assert cfg.tf32 is None
+    saved = {**cfg.to_json(), "tf32": False}
+    assert config_differences(cfg, saved) == {}
+    assert set(config_differences(cfg, {**saved, "tf32": True})) == {"tf32"}

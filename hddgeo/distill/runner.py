@@ -340,7 +340,12 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
     defaults = json.loads(json.dumps(DistillConfig().to_json()))
     saved = {**defaults, **saved}
     return {name: (saved.get(name), value) for name, value in wanted.items()
-            if name not in RESUMABLE_FIELDS and saved.get(name) != value}
+            if name not in RESUMABLE_FIELDS and saved.get(name) != value
+            and not (name == "tf32" and {saved.get(name), value} <= {None, False})}
+
+
+# ``tf32`` auto (None) and off (False) are one run to config_differences: before auto existed, off was the default,
+# and every run directory written then was computed on the CPU (no GPU had run hddgeo), where TF32 changes nothing.
 
 
 _REDUCE_WIDTH = 64  # slots of the packed log values summed over ranks
