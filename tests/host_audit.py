@@ -7,7 +7,7 @@ from them and what a copy puts on the device) and counts
   ``int``, ``numpy``, ``.cpu()``, ``torch.equal`` / ``allclose`` / ``is_nonzero``): on a GPU each waits for the
   whole queue;
 * ``copies``: every copy of a host tensor to the device (``.to(device)``, ``.cuda()``, ``copy_`` into a device
-  tensor, ``torch.tensor(data, device=...)``), and ``blocking`` those of them not made with ``non_blocking=True``.
+  tensor), and ``blocking`` those of them not made with ``non_blocking=True``.
 
 Host tensors (the CPU generators' draws, a pool's index lists) are read freely: reading them costs a GPU
 nothing.  Use it with :func:`hddgeo.device.force_accelerator`, so that the code takes the branches it takes on
@@ -115,8 +115,6 @@ class HostAudit(TorchFunctionMode):
             copy = name == "cuda" or _names_device(args[1:], kwargs)
         elif name == "copy_" and len(args) > 1 and self.on_device(args[0]) and not self.on_device(args[1]):
             copy = True
-        elif name in ("tensor", "as_tensor") and _names_device((), kwargs) and not tainted:
-            copy = True  # host data (Python numbers, lists) made into a device tensor: a copy from pageable memory
         if copy:
             self.copies += 1
             if not kwargs.get("non_blocking", len(args) > 2 and args[2] is True):

@@ -15,13 +15,15 @@ LIMITS = {"dm euclidean": (1, 2), "dm hdd/law": (1, 2), "idm euclidean": (1, 4),
           "geodm euclidean": (1, 2)}
 
 
-def audit_iteration(tmp_path, it=1, **kw):
+def audit_iteration(tmp_path, it=1, setup=None, **kw):
     """``(reads, copies, blocking copies, events)`` of iteration ``it`` of a tiny run, from the start of its step to
     the start of the next one (so the runner's read-back, ``after_step`` and logging are inside)."""
     cfg = tiny_config(**{"iterations": it + 2, "checkpoint_every": 0, "threads": 1, "device": "cpu", **kw})
     marks = []
     original = DistillMethod.step
     audit = HostAudit()
+    if setup is not None:
+        setup(audit)
 
     def step(self, i, syn, diagnose=False):
         audit.track(self)  # what the method holds (parameters made as nn.Parameter, ...) is on the device
@@ -113,9 +115,12 @@ def test_an_iteration_under_torchrun_reads_once(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "setup", lambda device="auto": (0, 2))
     monkeypatch.setattr(distributed, "active", lambda: True)
     monkeypatch.setattr(distributed, "rank", lambda: 0)
-    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, op=None: None)
     monkeypatch.setattr(distributed.dist, "barrier", lambda: None)
     monkeypatch.setattr(distributed, "gather", lambda obj: [obj, obj])
-    reads, copies, blocking, where = audit_iteration(tmp_path, matcher="euclidean")
+
+    def setup(audit):  # an all-reduced tensor is on the device (NCCL's), whatever it was made from
+        monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, op=None: audit.mark(tensor))
+
+    reads, copies, blocking, where = audit_iteration(tmp_path, setup=setup, matcher="euclidean")
     assert reads == 1, where
     assert blocking == 0, where
