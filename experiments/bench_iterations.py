@@ -11,8 +11,8 @@ forward only, synthetic images forward and backward, 3x their forward) divided b
 
 ``--device`` (default ``auto``: CUDA when torch sees a GPU) puts the real-image pool, the networks and
 the synthetic images there; ``--amp bf16`` runs the feature networks under bf16 autocast (the geometry
-stays float64).  On CUDA every timer is read after ``torch.cuda.synchronize()``.  ``--tf32 on|off`` (default
-off, as a run's ``tf32`` field) says whether TF32 may stand in for float32 in CUDA convolutions and matmuls,
+stays float64).  On CUDA every timer is read after ``torch.cuda.synchronize()``.  ``--tf32 auto|on|off`` (default
+auto, as a run's ``tf32`` field: torch's default, TF32 for convolutions only) says whether TF32 may stand in for float32 in CUDA convolutions and matmuls,
 the matrix-product rate included; every row records both settings as they were (``tf32_conv``,
 ``tf32_matmul``).
 
@@ -156,15 +156,16 @@ def main(argv=None):
                    help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=AMP_MODES,
                    help="bf16: the feature networks under bf16 autocast (the geometry stays float64)")
-    p.add_argument("--tf32", default="off", choices=["on", "off"],
-                   help="TF32 for float32 CUDA convolutions and matmuls (a run's tf32 field; default off)")
+    p.add_argument("--tf32", default="auto", choices=["auto", "on", "off"],
+                   help="TF32 for float32 CUDA work, a run's tf32 field: auto (torch's default: convolutions in TF32, "
+                        "matmuls not), on (both), off (neither)")
     p.add_argument("--out", default="results/bench_iterations.csv")
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
     except ValueError as err:
         p.error(str(err))
-    configure_process(tf32=args.tf32 == "on", device=device)
+    configure_process(tf32={"auto": None, "on": True, "off": False}[args.tf32], device=device)
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         print(f"device {device} ({torch.cuda.get_device_name(device)}); float32 convolutions and matmuls with TF32 "

@@ -15,7 +15,8 @@ b. CPU-vs-device agreement in float64 of ``lift``, ``law_centroid``, ``karcher_m
 c. seconds per DM iteration of euclidean, hdd/law and hdd/karcher (``bench_iterations.bench``, the three
    interleaved), IPC 10, 256 real images per class, on Fashion-MNIST (random 1x28x28 tensors when its
    files are not found) and on random 3x32x32 (CIFAR-sized) tensors, and the ratios to euclidean
-   (targets: hdd/law <= 1.05x, hdd/karcher <= 1.2x); then the same under ``--amp bf16`` for euclidean and
+   (targets: hdd/law <= 1.05x, hdd/karcher <= 1.2x); the three again on a CIFAR-100-shaped case (100 classes of
+   random 3x32x32 tensors, IPC 50, 256 real per class: what its peak memory is); then the same under ``--amp bf16`` for euclidean and
    hdd/law, and with ``--deterministic`` (torch's deterministic kernels) for euclidean and hdd/law on the first
    shape, to say what that flag costs.  Every timer is read after ``torch.cuda.synchronize()``.
 d. in the time left: DM and DM+HDD (law; the paper's Fashion-MNIST IPC 10 settings: k 1, lambda 40,
@@ -26,8 +27,12 @@ d. in the time left: DM and DM+HDD (law; the paper's Fashion-MNIST IPC 10 settin
    note.  Prints the accuracies, the seconds per iteration and whether 20,000 DM iterations take at
    most 10 minutes.
 
-``--tf32 on|off`` (default off) is set for every step before any CUDA work, with cuBLAS's workspace setting
-for step c's deterministic rows; the table's ``settings`` row says what they ran under.
+``--tf32 auto|on|off`` (default auto: torch's own defaults, TF32 for convolutions and not for matmuls; ``off`` for
+float32 parity with the CPU) is set for every step at the start, with cuBLAS's workspace setting for step c's
+deterministic rows (torch reads it when cuBLAS first allocates its workspace); the table's ``settings`` row says
+what they ran under, and the ``environment`` row what ran them (torch, CUDA, cuDNN, the GPU, the CPU model, hddgeo's
+version and git commit).  On CUDA every row records ``torch.cuda.max_memory_allocated`` since the row before it
+(``max_mem_gib``).
 
 The last thing printed is a short table (step, check, status, value, target, met, seconds); the full
 rows are in ``--out`` (default ``results/gpu_check/``): ``gpu_check.csv`` (with a ``detail`` column),
@@ -98,6 +103,7 @@ STEPS = {"a": "CUDA tests", "b": "CPU-vs-device agreement", "c": "seconds per DM
 AGREEMENT_TARGET = 1e-10
 RATIO_TARGETS = {"hdd/law": 1.05, "hdd/karcher": 1.2}
 FULL_ITERATIONS = 20000
+TF32 = {"auto": None, "on": True, "off": False}  # --tf32 -> a run's tf32 field
 DM_MINUTES = 10.0
 
 
@@ -112,6 +118,8 @@ class Sizes:
     bench_batch_real: int = 256
     bench_iterations: int = 20
     bench_warmup: int = 2
+    cifar100: tuple = (100, 256, 50, 256, 5)  # the CIFAR-100-shaped case: classes, images/class, IPC, real/class, its
+                                              # iterations (random 3x32x32 data; what matters is its peak memory)
     ipc: int = 10
     batch_real: int = 256
     iterations: int = FULL_ITERATIONS
@@ -129,7 +137,7 @@ class Sizes:
 
 
 QUICK = Sizes(agree=(2, 16, 3, 64), bench_classes=2, bench_per_class=20, bench_ipc=2, bench_batch_real=16,
-              bench_iterations=2, bench_warmup=1, ipc=1, batch_real=8, iterations=3, min_iterations=2,
+              bench_iterations=2, bench_warmup=1, cifar100=(3, 6, 2, 4, 1), ipc=1, batch_real=8, iterations=3, min_iterations=2,
               eval_nets=1, eval_epochs=2, min_eval_epochs=1, eval_test_per_class=5, probe_epochs=1,
               tests_timeout_s=120.0, run_startup_s=1.0, need_s=(5.0, 1.0, 1.0, 2.0), margin_s=1.0)
 
@@ -150,18 +158,30 @@ class Clock:
 class Report:
     """The rows of the table; each is printed as it is added."""
 
-    COLUMNS = ["step", "check", "status", "value", "target", "met", "seconds", "detail"]
+    COLUMNS = ["step", "check", "status", "value", "target", "met", "seconds", "max_mem_gib", "detail"]
 
-    def __init__(self):
+    def __init__(self, device=None):
         self.rows = []
+        self.device = device  # on CUDA each row records the peak memory since the row before it
+
+    def peak_gib(self):
+        """``torch.cuda.max_memory_allocated`` in GiB since the previous row (whose peak is then reset), or ``None``
+        off CUDA."""
+        if self.device is None or self.device.type != "cuda":
+            return None
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return round(peak, 3)
 
     def add(self, step, check, status="ok", value="", target="", met="", seconds=None, detail=""):
         row = {"step": step, "check": check, "status": status, "value": value, "target": target, "met": met,
-               "seconds": None if seconds is None else round(float(seconds), 3), "detail": detail}
+               "seconds": None if seconds is None else round(float(seconds), 3), "max_mem_gib": self.peak_gib(),
+               "detail": detail}
         self.rows.append(row)
         bits = [f"[{step}] {check}: {status}"] + [x for x in (value, f"target {target}" if target else "",
                                                             f"met {met}" if met else "") if x]
-        print("  ".join(bits) + (f"  ({seconds:.1f} s)" if seconds is not None else ""), flush=True)
+        print("  ".join(bits) + (f"  ({seconds:.1f} s)" if seconds is not None else "")
+              + (f"  [peak {row['max_mem_gib']:.2f} GiB]" if row["max_mem_gib"] is not None else ""), flush=True)
 
     def failed(self) -> bool:
         return any(r["status"].startswith("FAILED") for r in self.rows)
@@ -178,7 +198,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.1f}"
+        return f"{value:.1f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3f}"
     return str(value)
 
 
@@ -207,10 +227,13 @@ def load_bench():
 def environment(device) -> str:
     import geoopt
 
-    bits = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}", f"geoopt {geoopt.__version__}"]
+    from hddgeo.device import provenance
+
+    prov = provenance(device)
+    bits = [f"python {sys.version.split()[0]}", f"torch {prov['torch']}", f"geoopt {geoopt.__version__}",
+            f"hddgeo {prov['hddgeo']} (commit {(prov['git_commit'] or 'unknown')[:12]})", f"CPU {prov['cpu']}"]
     if device is not None and device.type == "cuda":
-        bits += [f"CUDA {torch.version.cuda}", f"cuDNN {torch.backends.cudnn.version()}",
-                 f"{device}: {torch.cuda.get_device_name(device)}"]
+        bits += [f"CUDA {prov['cuda']}", f"cuDNN {prov['cudnn']}", f"{device}: {prov['gpu']}"]
     else:
         bits += [f"device {device or 'none'}", f"{torch.get_num_threads()} CPU threads"]
     return ", ".join(bits + [settings()])
@@ -376,10 +399,16 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
     from hddgeo.device import deterministic
 
     # fp32 and bf16 on both shapes; then the cost of --deterministic, on the first shape only
-    passes = [("none", bench.MATCHERS, False, datasets), ("bf16", bench.MATCHERS[:2], False, datasets),
-              ("none", bench.MATCHERS[:2], True, datasets[:1])]
+    classes, per_class, c_ipc, c_real, c_iters = sizes.cifar100
+    cifar100 = [(f"random CIFAR-100 shape ({classes} classes, IPC {c_ipc})",
+                 bench.random_images((3, 32, 32), "random-cifar100", per_class, classes))]
+    passes = [("none", bench.MATCHERS, False, datasets), ("none", bench.MATCHERS, False, cifar100),
+              ("bf16", bench.MATCHERS[:2], False, datasets), ("none", bench.MATCHERS[:2], True, datasets[:1])]
     for amp, matchers, det, pass_datasets in passes:
         for label, dataset in pass_datasets:
+            big = pass_datasets is cifar100
+            ipc, batch_real, iterations = ((c_ipc, c_real, c_iters) if big else
+                                           (sizes.bench_ipc, sizes.bench_batch_real, sizes.bench_iterations))
             tag = f"{label}" + (" bf16" if amp != "none" else "") + (" deterministic" if det else "")
             # a pass is left out rather than eating into step d: the bf16 passes leave d its share, and none
             # starts that would not end in time if it took 1.5x the last one
@@ -391,8 +420,8 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
             t0 = time.perf_counter()
             try:
                 with deterministic(det):
-                    rows = bench.bench(dataset, sizes.bench_ipc, sizes.bench_iterations, sizes.bench_batch_real,
-                                       warmup=sizes.bench_warmup, device=device, amp=amp, matchers=matchers)
+                    rows = bench.bench(dataset, ipc, iterations, batch_real, warmup=min(sizes.bench_warmup, 1) if big
+                                       else sizes.bench_warmup, device=device, amp=amp, matchers=matchers)
             except Exception as err:  # noqa: BLE001
                 report.add("c", tag, _error(err), seconds=time.perf_counter() - t0,
                            detail=traceback.format_exc()[-1500:])
@@ -411,7 +440,7 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
                 report.add("c", f"{tag} {r['matcher']}", "ok", value, f"<= {goal}x" if goal else "",
                            ("yes" if ratio <= goal else "NO") if goal else "", seconds if i == 0 else None,
                            f"IPC {r['ipc']}, {r['batch_real']} real/class, {dataset.num_classes} classes, median of "
-                           f"{sizes.bench_iterations} after {sizes.bench_warmup} warm-up, {r['device']}, amp {amp}; "
+                           f"{iterations} after the warm-up, {r['device']}, amp {amp}; "
                            f"conv floor {r['floor_seconds'] * 1e3:.2f} ms ({r['ratio_to_floor']:.1f}x), "
                            f"fp32 matmul {r['matmul_gflops']:.0f} GFLOP/s"
                            + f" (TF32 {'on' if r['tf32_matmul'] else 'off'})")
@@ -424,15 +453,21 @@ def step_timing(report: Report, clock: Clock, sizes: Sizes, device, fashionmnist
 def distill_configs(sizes: Sizes, device: str, data_root, iterations: int, epochs: int):
     from hddgeo.distill import DistillConfig, paper_preset
 
-    from hddgeo.device import tf32_settings
-
     paper = paper_preset("dm", "fashionmnist", 10)  # k 1, lambda 40, lr_img 1, 20,000 iterations
     common = dict(dataset="fashionmnist", data_root=data_root, ipc=sizes.ipc, method="dm", iterations=iterations,
                   batch_real=sizes.batch_real, lr_img=paper["lr_img"], final_eval_nets=sizes.eval_nets,
                   final_eval_epochs=epochs, eval_test_per_class=sizes.eval_test_per_class, checkpoint_every=0,
-                  device=device, tf32=tf32_settings()["tf32_conv"])  # as the check's --tf32 set it
+                  device=device, tf32=tf32_field())  # as the check's --tf32 set it
     return [("DM", DistillConfig(matcher="euclidean", **common)),
             ("DM+HDD law", DistillConfig(matcher="hdd", centroid="law", k=paper["k"], scale=paper["scale"], **common))]
+
+
+def tf32_field():
+    """The run field that reproduces the TF32 settings the check runs under (None: torch's defaults)."""
+    from hddgeo.device import _TORCH_TF32, tf32_settings
+
+    now = tuple(tf32_settings().values())
+    return None if now == _TORCH_TF32 else now[0]
 
 
 def probe_evaluation(sizes: Sizes, device, fashionmnist) -> tuple:
@@ -592,9 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=540.0,
                    help="seconds the whole check may take (checked before each step; step d fits itself in)")
     p.add_argument("--skip-tests", action="store_true", help="leave out step a (pytest -k cuda)")
-    p.add_argument("--tf32", default="off", choices=["on", "off"],
-                   help="TF32 for float32 CUDA convolutions and matmuls in every step (a run's tf32 field; default "
-                        "off: float32 as on the CPU)")
+    p.add_argument("--tf32", default="auto", choices=["auto", "on", "off"],
+                   help="TF32 for float32 CUDA work in every step, a run's tf32 field: auto (default; torch's: "
+                        "convolutions in TF32, matmuls not), on (both), off (neither: float32 as on the CPU)")
     return p
 
 
@@ -609,13 +644,16 @@ def main(argv=None) -> int:
     from hddgeo.data import load_dataset
     from hddgeo.device import configure_process, resolve_device
 
+    # first, before this process's first cuBLAS call (torch reads the workspace setting when cuBLAS allocates its
+    # workspace, not when CUDA starts): cuBLAS's setting for step c's deterministic rows, and TF32 for every step.
+    # Resolving the device starts CUDA; that is fine.
+    configure_process(deterministic_kernels=True, tf32=TF32[args.tf32])
     try:
         device = resolve_device(args.device)
         no_device = None
     except ValueError as err:
         device, no_device = None, str(err)
-    # before any CUDA work: cuBLAS's workspace setting for step c's deterministic rows, and TF32 for every step
-    configure_process(deterministic_kernels=True, tf32=args.tf32 == "on", device=device)
+    report.device = device
     env = environment(device)
     print(f"gpu_check: {env}; budget {args.budget_s:.0f} s{' (quick sizes)' if args.quick else ''}", flush=True)
     report.add("-", "environment", "ok" if device is not None else f"FAILED: {no_device}", str(device or ""), detail=env)

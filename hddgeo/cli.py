@@ -39,6 +39,13 @@ def _max_norm(text: str):
     return float(text)
 
 
+def _on_off(text: str):
+    value = {"auto": None, "on": True, "off": False}.get(text.lower())
+    if value is None and text.lower() != "auto":
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return value
+
+
 def _add_distill_options(p):
     """One flag per :class:`DistillConfig` field, with its help, group and choices from the field's metadata:
     a new field is a new flag. Values are validated by ``DistillConfig.validate``, in one place."""
@@ -51,6 +58,9 @@ def _add_distill_options(p):
         text = meta["help"] + (f" ({' | '.join(map(str, choices))})" if choices else "")
         if f.name == "options":
             g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE", help=text)
+        elif str(f.type) == "Optional[bool]":  # auto (None) | on | off; a bare flag means on
+            g.add_argument(flag, type=_on_off, nargs="?", const=True, default=default, metavar="auto|on|off",
+                           help=text + " [default: auto]")
         elif str(f.type) == "bool":
             if default:
                 g.add_argument(flag.replace("--", "--no-", 1), dest=f.name, action="store_false", help=f"no {text}")

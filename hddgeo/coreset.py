@@ -183,9 +183,8 @@ def train_on_real(dataset: ImageDataset, model: str = "convnet", epochs: int = 3
     images, labels = dataset.train_images, dataset.train_labels
     n = len(labels)
     history = torch.zeros(epochs, n, dtype=torch.bool, device=device)  # on the device: no copy per batch
-    fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # only the CPU generator is used (see evaluate._train_and_test)
+        torch.random.default_generator.manual_seed(seed)
         net = fresh_network(model, dataset, seed, device=device, **model_kw)
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)

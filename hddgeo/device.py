@@ -74,11 +74,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda":
         rank = local_rank()
         if rank is None:
-            index = torch.cuda.current_device()
+            # torch's current device once CUDA has started; before that it is 0, and asking would start CUDA (a study's
+            # parent process checking its cells would hold a context on GPU 0 for the whole study)
+            index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
         elif rank < count:
             index = rank
+        elif count == 1 and not os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+            raise ValueError(f"LOCAL_RANK {rank} would share cuda:0 with LOCAL_RANK 0: this node has one GPU and "
+                             f"every process sees it; start one process per GPU (--nproc_per_node=1 here), or "
+                             f"show each process its own GPU with CUDA_VISIBLE_DEVICES")
         elif count == 1:
-            index = 0  # this rank sees only its own GPU
+            index = 0  # this rank sees only its own GPU (a scheduler set CUDA_VISIBLE_DEVICES for it)
         else:
             raise ValueError(f"LOCAL_RANK {rank} has no GPU of its own: this process sees {count} "
                              f"({', '.join(have[1:])}); start at most {count} processes per node")
@@ -88,6 +94,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"device cuda:{index} does not exist; available: {', '.join(have)}")
     return torch.device("cuda", index)
 
+
+# torch's TF32 defaults as this process found them (convolutions on, matmuls off): what ``tf32`` "auto" restores
+_TORCH_TF32 = (bool(torch.backends.cudnn.allow_tf32), bool(torch.backends.cuda.matmul.allow_tf32))
 
 # Tests set this to take the accelerator-only branches (no host reads, packed non-blocking copies, one real
 # batch of all classes) on the CPU, where their arithmetic can be checked and their host reads counted.
@@ -145,21 +154,67 @@ def move_module(net: torch.nn.Module, device) -> torch.nn.Module:
     return net
 
 
-def configure_process(deterministic_kernels: bool = False, tf32: bool = False, device=None) -> None:
-    """What must be set before a process's first CUDA work: ``CUBLAS_WORKSPACE_CONFIG`` for deterministic
-    cuBLAS (cuBLAS reads it once, at its first use), and whether TF32 may stand in for float32 in cuDNN
-    convolutions and CUDA matmuls (torch's own defaults: on for convolutions, off for matmuls; here both follow
-    ``tf32``).  ``ValueError`` when deterministic kernels are asked for on CUDA after this process has already
-    started CUDA without the workspace setting (it would have no effect).  The CPU ignores all of it."""
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if deterministic_kernels and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
-        if cuda and torch.cuda.is_initialized():
-            raise ValueError("--deterministic needs CUBLAS_WORKSPACE_CONFIG before the process's first CUDA work, "
-                             "which has already happened here; set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the "
-                             "environment or start a new process")
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    torch.backends.cudnn.allow_tf32 = bool(tf32)
-    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+def configure_process(deterministic_kernels: bool = False, tf32: Optional[bool] = None, device=None) -> None:
+    """What a run sets for its whole process before its first cuBLAS call: ``CUBLAS_WORKSPACE_CONFIG`` for
+    deterministic cuBLAS, and whether TF32 may stand in for float32.
+
+    torch reads ``CUBLAS_WORKSPACE_CONFIG`` when cuBLAS first allocates its workspace (the first matmul on a
+    device), not when CUDA initialises: choosing a device, uploading data and the convolutions before it may have
+    happened already (``resolve_device`` itself initialises CUDA), so no check is made here; the run calls this
+    before its first matmul.  ``tf32``: ``None`` leaves torch's own defaults (TF32 on for cuDNN convolutions, off
+    for matmuls); ``True`` turns it on for both, ``False`` off for both (float32 as on the CPU, for parity checks).
+    The CPU ignores all of it."""
+    if deterministic_kernels:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if tf32 is None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _TORCH_TF32
+    else:
+        torch.backends.cudnn.allow_tf32 = bool(tf32)
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else :func:`platform.processor`), or ``unknown``."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _git_commit() -> Optional[str]:
+    """The commit of the checkout hddgeo is imported from, or ``None`` (an installed copy, no git)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return None
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def provenance(device=None) -> dict:
+    """What produced a run's numbers: hddgeo's version and git commit, torch, its CUDA and cuDNN builds, the CPU
+    model and, on CUDA, the GPU's name (``metrics.json`` and gpu_check's environment row record it; the README's
+    table of bitwise-repeatable settings is checked against it).  It reads device properties only: a CPU run does
+    not start CUDA."""
+    from hddgeo import __version__
+
+    out = {"hddgeo": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "cudnn": None, "gpu": None, "cpu": cpu_model()}
+    if device is not None and torch.device(device).type == "cuda":
+        out["cudnn"] = torch.backends.cudnn.version()
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return out
 
 
 def tf32_settings() -> dict:
@@ -260,5 +315,5 @@ def tensors_off_device(obj, device: torch.device, path: str = "") -> list:
 
 
 __all__ = ["AMP_MODES", "NONDETERMINISTIC_CUDA", "autocast", "available_devices", "check_device_name",
-           "configure_process", "deterministic", "force_accelerator", "local_rank", "move_module", "on_accelerator",
-           "resolve_device", "tensors_off_device", "tf32_settings", "to_device", "world_size"]
+           "configure_process", "cpu_model", "deterministic", "force_accelerator", "local_rank", "move_module", "on_accelerator",
+           "provenance", "resolve_device", "tensors_off_device", "tf32_settings", "to_device", "world_size"]

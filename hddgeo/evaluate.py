@@ -122,10 +122,10 @@ def _train_and_test(images, labels, test_images, test_labels, model, num_classes
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     device = images.device if device is None else torch.device(device)
-    # Fork every CUDA generator too: torch.manual_seed below reseeds all of them.
-    fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
+    # Only the CPU generator is seeded (the network is initialised on the CPU) and forked: no CUDA generator is
+    # used here, and forking or reseeding them would start a context on every GPU of the machine.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
         net = build_model(model, images.shape[1], num_classes, tuple(images.shape[2:]), **(model_kwargs or {}))
         net = move_module(net, device)  # drawn on the CPU (fork_rng above), then moved in one copy
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,

@@ -150,6 +150,10 @@ def _karcher_together(zr, wr, zs, ws, kt, k: float, karcher_kwargs: dict):
     convergence test that reads the device instead of one per side, and half the kernel launches).  The smaller
     sets are padded to the larger size with copies of their first point at weight 0, which leaves every mean
     where it is (a zero-weight point adds nothing to the objective, its gradient or its Hessian)."""
+    if min(zr.shape[-2], zs.shape[-2]) == 1:
+        # a side of one point is its own mean (karcher_ returns it without solving): solve the other side alone,
+        # not padded to twice the work (IPC 1)
+        return tuple(centroid_(z, w, kt, "karcher", k_val=k, **karcher_kwargs) for z, w in ((zr, wr), (zs, ws)))
     n = max(zr.shape[-2], zs.shape[-2])
 
     def pad(z, w):

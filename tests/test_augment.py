@@ -142,3 +142,27 @@ def test_rejects_bad_input():
         dsa(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), 0)
     with pytest.raises(ValueError):
         dsa_op(torch.zeros(1, 1, 8, 8), "blur", torch.Generator())
+
+
+@pytest.mark.parametrize("siamese", [True, False])
+def test_blocks_in_one_call_per_operation_are_each_blocks_own_call(siamese):
+    """dsa_apply_blocks (an accelerator's DSA of all classes at once, grouped by the operation each class drew)
+    against one dsa_apply per class with the same draws: the same images and the same input gradients, for
+    blocks of several sizes and every operation."""
+    from hddgeo.data.augment import DEFAULT_DSA_STRATEGY, dsa_apply, dsa_apply_blocks, dsa_draw, upload
+
+    g = torch.Generator().manual_seed(7)
+    sizes = [3, 1, 4, 2, 3, 5, 2, 1, 4, 3, 2, 2]
+    x = torch.randn(sum(sizes), 3, 10, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    draws = [dsa_draw(100 + i, DEFAULT_DSA_STRATEGY, (s, 3, 10, 9), siamese=siamese) for i, s in enumerate(sizes)]
+    assert len({d[0] for d in draws}) >= 4  # several operations, several classes sharing one
+    params = upload(draws, x.device)
+    cot = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    ref = torch.cat([dsa_apply(b, d, q) for b, d, q in zip(x.split(sizes), draws, params)])
+    got = dsa_apply_blocks(x, sizes, draws, params)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    (g_ref,) = torch.autograd.grad((ref * cot).sum(), x)
+    (g_got,) = torch.autograd.grad((got * cot).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="one draw per block"):
+        dsa_apply_blocks(x, sizes[:-1], draws, params)

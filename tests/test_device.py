@@ -328,6 +328,7 @@ def test_a_rank_that_sees_one_gpu_takes_it_and_one_without_a_gpu_is_refused(monk
     LOCAL_RANK; several GPUs but fewer than the ranks is a launch error, said in one line."""
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3")  # the scheduler's: this rank's own GPU
     _fake_gpus(monkeypatch, 1)
     assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
     _fake_gpus(monkeypatch, 2)
@@ -343,21 +344,27 @@ def _no_cublas_setting(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
 
 
-def test_configure_process_sets_cublas_before_cuda_and_refuses_after(monkeypatch):
+def test_configure_process_sets_cublas_whether_or_not_cuda_has_started(monkeypatch):
+    """torch reads CUBLAS_WORKSPACE_CONFIG when cuBLAS first allocates its workspace, not when CUDA starts; every
+    path starts CUDA before (resolve_device, torchrun's set_device, a worker's pin), so an initialised CUDA is no
+    reason to refuse.  Before, this raised a ValueError and stopped gpu_check.py before its first step."""
     _no_cublas_setting(monkeypatch)
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:
         monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-        with pytest.raises(ValueError, match="CUBLAS_WORKSPACE_CONFIG before the process's first CUDA work"):
-            devices.configure_process(deterministic_kernels=True, device=torch.device("cuda", 0))
-        devices.configure_process(deterministic_kernels=True, tf32=True, device=torch.device("cpu"))  # the CPU: fine
-        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": True}
-        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-        devices.configure_process(deterministic_kernels=True, tf32=False, device=torch.device("cuda", 0))
+        devices.configure_process(deterministic_kernels=True, tf32=True, device=torch.device("cuda", 0))
         import os
 
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": True}
+        devices.configure_process(deterministic_kernels=True, tf32=False, device=torch.device("cuda", 0))
         assert devices.tf32_settings() == {"tf32_conv": False, "tf32_matmul": False}
+        # auto (None): torch's own defaults, convolutions in TF32 and matmuls not
+        devices.configure_process(tf32=None, device=torch.device("cuda", 0))
+        assert devices.tf32_settings() == {"tf32_conv": True, "tf32_matmul": False}
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting is kept
+        devices.configure_process(deterministic_kernels=True, device=torch.device("cuda", 0))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -400,10 +407,14 @@ def test_tf32_is_part_of_a_run(tmp_path, capsys):
     assert "tf32" in capsys.readouterr().err
 
 
-def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("initialised", [False, True])
+def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatch, capsys, initialised):
     """IDM's factored synthetic set is upsampled by F.interpolate, whose CUDA backward has no deterministic
-    kernel: --deterministic refuses it in one line before anything is written (torch would raise mid-run)."""
+    kernel: --deterministic refuses it in one line before anything is written (torch would raise mid-run).  Also
+    when CUDA has already started in this process, as earlier CUDA tests leave it (then the workspace check of
+    configure_process used to answer first, with another message)."""
     _fake_gpus(monkeypatch, 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialised)
     _no_cublas_setting(monkeypatch)
     out = tmp_path / "run"
     code = main(["distill", "--method", "idm", "--deterministic", "--device", "cuda", "--iterations", "1",
@@ -411,3 +422,92 @@ def test_deterministic_idm_on_cuda_is_refused_naming_the_op(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "F.interpolate" in err[0] and "--deterministic" in err[0], err
     assert not out.exists()
+
+
+def test_two_ranks_on_a_node_with_one_gpu_are_refused(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU node: both ranks see the same GPU (CUDA_VISIBLE_DEVICES unset), and
+    putting both on cuda:0 makes NCCL fail or hang; rank 1 is refused in one line saying what to do."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_gpus(monkeypatch, 1)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 1 would share cuda:0 with LOCAL_RANK 0.*--nproc_per_node=1") as e:
+        resolve_device("cuda")
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cuda") == torch.device("cuda", 0)  # rank 0 has the GPU
+
+
+def test_the_nccl_process_group_is_bound_to_the_ranks_gpu(monkeypatch):
+    """init_process_group gets device_id (the rank's GPU), after set_device."""
+    from hddgeo.distill import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("HDDGEO_BACKEND", raising=False)
+    _fake_gpus(monkeypatch, 2)
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.setdefault("set_device", d))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: seen.setdefault("init", kw))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "_COMM_DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(distributed, "_STARTED", False)
+    assert distributed.setup("cuda") == (1, 2)
+    assert seen["set_device"] == torch.device("cuda", 1)
+    assert seen["init"]["backend"] == "nccl" and seen["init"]["device_id"] == torch.device("cuda", 1)
+
+
+def test_resolving_cuda_does_not_start_cuda(monkeypatch):
+    """A study's parent checks every cell's device (study.check_cells -> resolve_device): that must not start CUDA
+    (torch.cuda.current_device would, and the parent would hold a context on GPU 0 for the whole study)."""
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+
+    def starts_cuda():
+        raise AssertionError("torch.cuda.current_device called before CUDA started")
+
+    monkeypatch.setattr(torch.cuda, "current_device", starts_cuda)
+    assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # started: torch's current device
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+
+
+def test_a_gpu_worker_takes_its_share_of_the_cpu_threads(monkeypatch):
+    import os
+
+    from hddgeo.distill import executors
+
+    monkeypatch.setenv("HDDGEO_WORKER_DEVICE", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    executors._pin("cuda:0", 4)
+    assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 4)
+    assert os.environ["HDDGEO_WORKER_DEVICE"] == "cuda:0"
+
+
+def test_an_evaluation_network_leaves_the_cuda_generators_alone(monkeypatch):
+    """No CUDA generator is used by an evaluation (networks are drawn on the CPU): none is forked (fork_rng(devices=
+    all) read every GPU's state, starting a context on each) or reseeded (torch.manual_seed reseeds all of them)."""
+    from cuda_shim import pretend_cuda
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 2
+    ref = train_and_test(x, y, x, y, num_classes=2, epochs=2, seed=3)
+    with pretend_cuda(monkeypatch, devices=2) as calls:
+        got = train_and_test(x, y, x, y, num_classes=2, epochs=2, seed=3, device="cuda:1")
+    assert calls["get_rng_state"] == 0 and calls["manual_seed_all"] == 0 and calls["manual_seed"] == 0
+    assert got == ref  # the same seeded network and batches
+
+
+def test_tf32_auto_and_off_are_one_run_to_a_study(tmp_path):
+    """Run directories written before --tf32 auto existed say tf32 false (then the default, and computed on the
+    CPU): a study asking for the default now reuses them; on is another run."""
+    from hddgeo.distill.runner import config_differences
+
+    cfg = tiny_config()
+    assert cfg.tf32 is None
+    saved = {**cfg.to_json(), "tf32": False}
+    assert config_differences(cfg, saved) == {}
+    assert set(config_differences(cfg, {**saved, "tf32": True})) == {"tf32"}

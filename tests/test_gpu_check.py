@@ -7,11 +7,13 @@ from test_experiments import load_script
 def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
     out = tmp_path / "out"
     rc = load_script("gpu_check").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
-                                        "--fashionmnist-root", str(fashionmnist_root)])
+                                        "--fashionmnist-root", str(fashionmnist_root), "--tf32", "off"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     table = pd.read_csv(out / "gpu_check.csv", keep_default_na=False)
-    assert list(table.columns) == ["step", "check", "status", "value", "target", "met", "seconds", "detail"]
+    assert list(table.columns) == ["step", "check", "status", "value", "target", "met", "seconds", "max_mem_gib",
+                                   "detail"]
+    assert (table["max_mem_gib"] == "").all()  # only CUDA has a peak to report
     # the printed table comes last, and is the one written beside the CSV
     tail = printed[printed.rindex("step  check"):]
     assert (out / "table.txt").read_text().split("\n\n")[1].strip() in tail
@@ -29,7 +31,8 @@ def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
     # c: the three matchers on both shapes, then bf16 for two; ratios against their targets
     timing = table[table["step"] == "c"]
     assert (timing["status"] == "ok").all()
-    assert len(timing) == 2 * 3 + 2 * 2 + 2  # fp32 on both shapes, bf16 on both, deterministic on the first
+    # fp32 on both shapes and the CIFAR-100 shape, bf16 on both, deterministic on the first
+    assert len(timing) == 3 * 3 + 2 * 2 + 2
     det = timing[timing["check"].str.contains("deterministic")]
     assert len(det) == 2 and det["value"].str.contains("x the non-deterministic step").all()
     targeted = timing[~timing["check"].str.contains("deterministic")]
@@ -37,7 +40,7 @@ def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
     assert set(targeted[targeted["check"].str.endswith("hdd/karcher")]["target"]) == {"<= 1.2x"}
     bench_rows = pd.read_csv(out / "bench_iterations.csv")
     assert set(bench_rows["device"]) == {"cpu"} and set(bench_rows["amp"]) == {"none", "bf16"}
-    # every row says what float32 meant: TF32 off by default, as the settings row says
+    # every row says what float32 meant: TF32 off, as --tf32 off asked and the settings row says
     assert not bench_rows["tf32_conv"].any() and not bench_rows["tf32_matmul"].any()
     assert "TF32 conv off, TF32 matmul off" in table.set_index("check").loc["settings", "value"]
     # d: both runs on the fake Fashion-MNIST, with accuracies and the 20,000-iteration projection
@@ -115,3 +118,67 @@ def test_the_agreement_passes_share_no_tensor_and_leave_their_inputs_alone():
         assert a is not None and b is not None and a.data_ptr() != b.data_ptr()
         assert torch.equal(a, b)
     assert all(t.data_ptr() not in (v_real.data_ptr(), v_syn.data_ptr()) for t in ref + got)
+
+
+class _FakePytest:
+    """Step a's pytest process, answering at once as a GPU machine's would."""
+
+    returncode = 0
+    pid = -1
+
+    def __init__(self, cmd, **kwargs):
+        assert cmd[-1] == "tests" and "-k" in cmd and "cuda" in cmd
+        # step a's subprocess inherits the workspace setting, made before any CUDA work
+        import os
+
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
+
+    def communicate(self, timeout=None):
+        return "....s.\nFAILED tests/x.py::nothing - never\n5 passed, 1 skipped in 1.00s\n", None
+
+
+def test_gpu_check_runs_end_to_end_on_an_initialised_gpu(tmp_path, fashionmnist_root, monkeypatch, capsys):
+    """The check's whole control flow as on a GPU machine: ``--device cuda`` with CUDA's queries answering as for
+    one GPU that earlier work has initialised (tests/cuda_shim.py; the arithmetic runs on the CPU with the
+    accelerator branches on).  Every step must reach its rows.  Before, ``configure_process`` refused
+    ``deterministic_kernels`` once CUDA was initialised, and ``resolve_device`` had just initialised it: the check
+    stopped with a ValueError before step a."""
+    from cuda_shim import GPU_NAME, pretend_cuda
+
+    gpu_check = load_script("gpu_check")
+    real_popen = gpu_check.subprocess.Popen
+    monkeypatch.setattr(gpu_check.subprocess, "Popen",
+                        lambda cmd, **kw: _FakePytest(cmd, **kw) if "pytest" in cmd else real_popen(cmd, **kw))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    import torch
+
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    out = tmp_path / "out"
+    try:
+        with pretend_cuda(monkeypatch) as calls:
+            rc = gpu_check.main(["--quick", "--device", "cuda", "--out", str(out),
+                                 "--fashionmnist-root", str(fashionmnist_root)])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "gpu_check.csv", keep_default_na=False)
+    failed = table[table["status"].str.startswith("FAILED")]
+    assert rc == 0 and failed.empty, (failed[["check", "status", "detail"]].to_string(), printed[-3000:])
+    steps = table.groupby("step")["status"].apply(list).to_dict()
+    # every step reached its rows, none skipped
+    assert set(steps) == {"-", "a", "b", "c", "d"}
+    assert all(s == "ok" for step in "abcd" for s in steps[step]), steps
+    env = table.set_index("check").loc["environment"]
+    assert env["value"] == "cuda:0" and GPU_NAME in env["detail"] and "commit" in env["detail"] and "CPU " in env["detail"]
+    assert "TF32 conv on, TF32 matmul off" in table.set_index("check").loc["settings", "value"]  # torch's default
+    assert table.set_index("check").loc["pytest -q -k cuda tests", "value"].startswith("5 passed, 0 failed, 1 skipped")
+    # c: the CIFAR-100-shaped case is there; every row after the environment records a peak memory
+    assert table["check"].str.contains("CIFAR-100 shape").any()
+    assert (table[table["step"] != "-"]["max_mem_gib"] != "").all()
+    assert calls["max_memory_allocated"] >= len(table) - 2
+    # the runs' metrics.json name the GPU and the software; evaluation never forked or reseeded a CUDA generator
+    import json
+
+    metrics = json.loads((out / "runs" / "dm" / "metrics.json").read_text())
+    assert metrics["device"] == "cuda:0" and metrics["provenance"]["gpu"] == GPU_NAME
+    assert calls["get_rng_state"] == 0 and calls["manual_seed_all"] == 0

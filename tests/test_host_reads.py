@@ -15,13 +15,15 @@ LIMITS = {"dm euclidean": (1, 2), "dm hdd/law": (1, 2), "idm euclidean": (1, 4),
           "geodm euclidean": (1, 2)}
 
 
-def audit_iteration(tmp_path, it=1, **kw):
+def audit_iteration(tmp_path, it=1, setup=None, **kw):
     """``(reads, copies, blocking copies, events)`` of iteration ``it`` of a tiny run, from the start of its step to
     the start of the next one (so the runner's read-back, ``after_step`` and logging are inside)."""
     cfg = tiny_config(**{"iterations": it + 2, "checkpoint_every": 0, "threads": 1, "device": "cpu", **kw})
     marks = []
     original = DistillMethod.step
     audit = HostAudit()
+    if setup is not None:
+        setup(audit)
 
     def step(self, i, syn, diagnose=False):
         audit.track(self)  # what the method holds (parameters made as nn.Parameter, ...) is on the device
@@ -102,3 +104,23 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:
             reads, copies, blocking, _ = audit_iteration(Path(tmp), **kw)
         print(f"{case:18s} reads {reads:3d}  host-to-device copies {copies} ({blocking} blocking)")
+
+
+def test_an_iteration_under_torchrun_reads_once(tmp_path, monkeypatch):
+    """Two ranks, the collectives stubbed (each rank's sums are its own values): the logged values' sum over ranks
+    comes back in the iteration's one read (runner.read_back with distributed.sum_), not in a second transfer
+    after it (sum_floats made a tensor of the floats, all-reduced it and read it again)."""
+    from hddgeo.distill import distributed
+
+    monkeypatch.setattr(distributed, "setup", lambda device="auto": (0, 2))
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: None)
+    monkeypatch.setattr(distributed, "gather", lambda obj: [obj, obj])
+
+    def setup(audit):  # an all-reduced tensor is on the device (NCCL's), whatever it was made from
+        monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, op=None: audit.mark(tensor))
+
+    reads, copies, blocking, where = audit_iteration(tmp_path, setup=setup, matcher="euclidean")
+    assert reads == 1, where
+    assert blocking == 0, where

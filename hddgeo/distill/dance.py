@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hddgeo.data import dsa
-from hddgeo.data.augment import dsa_apply, dsa_draw, upload
-from hddgeo.device import autocast
+from hddgeo.data.augment import dsa_apply, dsa_apply_blocks, dsa_draw, upload
+from hddgeo.device import on_accelerator
 from hddgeo.rundir import save_tensors
 from hddgeo.seeds import DEFAULT_SCHEME, RunSeeds, expert_seed  # noqa: F401  (expert_seed re-exported)
 from hddgeo.training import sgd_epochs
@@ -350,6 +350,8 @@ class Dance(DistillMethod):
             raise ValueError(f"{len(labels)} synthetic images do not split evenly into {len(classes)} classes")
         parts = torch.split(images, len(labels) // len(classes))
         draws = [dsa_draw(seeds[c], self.cfg.dsa_strategy, x.shape, siamese=False) for x, c in zip(parts, classes)]
+        if on_accelerator(images.device):  # all classes in one call per DSA operation
+            return dsa_apply_blocks(images, [len(x) for x in parts], draws, upload(draws, images.device))
         return torch.cat([dsa_apply(x, d, q) for x, d, q in zip(parts, draws, upload(draws, images.device))])
 
     def extra_loss(self, step, syn_images, syn_labels, total: Optional[int] = None):
@@ -357,9 +359,11 @@ class Dance(DistillMethod):
         if w == 0 or len(syn_labels) == 0:
             return None, {}
         expert = self.experts[step.draw["expert"]].network
-        with autocast(self.device, self.cfg.amp):
-            logits = expert(self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"]))
-        ce = F.cross_entropy(logits.float(), syn_labels, reduction="sum") / (total or len(syn_labels))
+        # DSA outside autocast (in float32, as without --amp); only the network runs under it, chunked to the
+        # memory budget on an accelerator
+        images = self.calibration_images(syn_images, syn_labels, step.draw["ce_seeds"])
+        logits = self.forward(expert, images, grad=True)
+        ce = F.cross_entropy(logits, syn_labels, reduction="sum") / (total or len(syn_labels))
         return w * ce, {"ce": ce.detach()}
 
     def state_dict(self):

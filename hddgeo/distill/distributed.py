@@ -43,10 +43,12 @@ def setup(device: str = "auto") -> tuple:
         except ValueError:
             target = torch.device("cpu")
         backend = "nccl" if target.type == "cuda" and os.environ.get("HDDGEO_BACKEND") != "gloo" else "gloo"
+        extra = {}
         if backend == "nccl":
             torch.cuda.set_device(target)
             _COMM_DEVICE = target
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+            extra["device_id"] = target  # binds the group to this rank's GPU (NCCL connects eagerly, no guessing)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **extra)
         _STARTED = True
     return dist.get_rank(), dist.get_world_size()
 

@@ -98,9 +98,12 @@ def on_slot(cfg: DistillConfig, slot: str) -> DistillConfig:
     return dataclasses.replace(cfg, device=slot) if slot.startswith("cuda") else cfg
 
 
-def _pin(slot: str) -> None:
-    """Initialiser of a local worker process: its GPU becomes the current device."""
+def _pin(slot: str, workers: int = 1) -> None:
+    """Initialiser of a local worker process: its GPU becomes the current device, and a GPU worker takes its share
+    of the CPU threads (``workers`` processes side by side; a cell's own ``threads`` still wins)."""
     os.environ["HDDGEO_WORKER_DEVICE"] = slot
+    if slot.startswith("cuda"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
     if slot.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(int(slot.split(":")[1]))
 
@@ -118,7 +121,7 @@ def run_local(cells: Sequence[Cell], jobs: Optional[int] = None, resume: bool = 
     done = [0]
     # spawn: a fresh interpreter per worker, so no torch thread pool, CUDA context or generator state is inherited
     context = multiprocessing.get_context("spawn")
-    pools = [ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_pin, initargs=(slot,))
+    pools = [ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_pin, initargs=(slot, len(slots)))
              for slot in slots]
 
     def worker(slot: str, pool: ProcessPoolExecutor) -> None:

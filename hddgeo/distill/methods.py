@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from hddgeo.data import dsa
-from hddgeo.data.augment import dsa_apply, dsa_draw, upload
+from hddgeo.data.augment import dsa_apply, dsa_apply_blocks, dsa_draw, upload
 from hddgeo.device import autocast, on_accelerator, resolve_device, to_device
 from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
 from hddgeo.seeds import IDM_TRAIN, RunSeeds
 from hddgeo.training import sgd_epochs
 
+from .memory import activation_bytes, budget_bytes, checkpointed, plan_forward
 from .synset import SyntheticSet
 
 _CPU_CHUNK_BYTES = 4 << 20  # one chunk's activations per layer when the CPU embeds real images (real_chunk)
@@ -45,6 +46,11 @@ class Step:
     draw: dict = field(default_factory=dict)  # the method's own draws: IDM's queue index, DANCE's expert, ...
     f_real: Optional[torch.Tensor] = None     # (C', n, d) features of this process's classes
     f_syn: Optional[torch.Tensor] = None      # (C', m, d)
+
+
+def _joined(parts: list) -> torch.Tensor:
+    """``torch.cat(parts)``, without the copy when there is one part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class DistillMethod:
@@ -115,28 +121,69 @@ class DistillMethod:
         seeds = self.seeds.draw(gen, C)
         real_idx = torch.stack([self.pool.sample_indices(c, self.n_real, gen) for c in range(C)])
         real_idx = to_device(real_idx, self.device)  # one copy to the device for all classes
-        real = [self.pool.images[real_idx[c]] for c in self.classes]
-        syn_sel = [syn_by_class[c] for c in self.classes]
+        mine = len(self.classes)
+        accelerator = on_accelerator(self.device)
+        if accelerator:  # every class in one block: one gather, and DSA in one call per operation
+            own = real_idx.flatten() if mine == C else torch.cat([real_idx[c] for c in self.classes])
+            real = [self.pool.images[own]]
+            syn_sel = [syn_by_class.flatten(0, 1) if mine == C else torch.cat([syn_by_class[c] for c in self.classes])]
+        else:
+            real = [self.pool.images[real_idx[c]] for c in self.classes]
+            syn_sel = [syn_by_class[c] for c in self.classes]
         if self.cfg.dsa:
             # one siamese draw per class (the same for its real and synthetic images), all copied at once
             draws = [dsa_draw(seeds[c], self.cfg.dsa_strategy, self.pool.images.shape) for c in self.classes]
             params = upload(draws, self.device)
-            real = [dsa_apply(x, d, q) for x, d, q in zip(real, draws, params)]
-            syn_sel = [dsa_apply(x, d, q) for x, d, q in zip(syn_sel, draws, params)]
-        mine = len(self.classes)
+            if accelerator:
+                real = [dsa_apply_blocks(real[0], [self.n_real] * mine, draws, params)]
+                syn_sel = [dsa_apply_blocks(syn_sel[0], [syn_by_class.shape[1]] * mine, draws, params)]
+            else:
+                real = [dsa_apply(x, d, q) for x, d, q in zip(real, draws, params)]
+                syn_sel = [dsa_apply(x, d, q) for x, d, q in zip(syn_sel, draws, params)]
         # Real images without autograd.  On the CPU class by class, in chunks whose activations stay in cache
         # (see real_chunk); on an accelerator one batch of all classes (every layer of the instance-norm
         # ConvNet treats images independently, so the features are the same).  The clone leaves inference
         # mode, so the features can enter the loss's graph.
         with torch.inference_mode():
-            if on_accelerator(self.device) and self._per_image(net):
-                f_real = self.embed(net, torch.cat(real)).reshape(mine, self.n_real, -1)
+            if accelerator and self._per_image(net):
+                # in chunks that fit the run's memory budget (hddgeo/distill/memory.py)
+                f_real = self.forward(net.embed, _joined(real), grad=False).reshape(mine, self.n_real, -1)
+            elif accelerator:  # batch norm: each class's statistics of its own
+                f_real = torch.stack([self.embed(net, x) for x in real[0].split(self.n_real)])
             else:
                 f_real = torch.stack([torch.cat([self.embed(net, part) for part in x.split(self.real_chunk(net, x))])
                                       for x in real])
         f_real = f_real.clone()
-        f_syn = self.embed(net, torch.cat(syn_sel)).reshape(mine, syn_by_class.shape[1], -1)
+        f_syn = self.forward(net.embed, _joined(syn_sel), grad=True).reshape(mine, syn_by_class.shape[1], -1)
         return f_real, f_syn
+
+    def forward(self, fn, images: torch.Tensor, grad: bool) -> torch.Tensor:
+        """``fn(images)`` (``net.embed`` or ``net``) under the run's autocast, as float32.  On an accelerator, with a
+        network that treats images independently, in chunks that fit the run's ``memory_budget_gb``: without
+        autograd (``grad=False``) chunk by chunk, with it under activation checkpointing when keeping every
+        activation would not fit (:func:`hddgeo.distill.memory.plan_forward`).  Elsewhere in one call."""
+        net = getattr(fn, "__self__", fn)
+        if not (on_accelerator(self.device) and self._per_image(net)) or len(images) <= 1:
+            return self._apply(fn, images)
+        plan = plan_forward(len(images), self._image_bytes(fn, images), budget_bytes(self.cfg), grad)
+        if plan.chunks == 1:
+            return self._apply(fn, images)
+        if grad:
+            return checkpointed(partial(self._apply, fn), images, plan.chunk)
+        return torch.cat([self._apply(fn, part) for part in images.split(plan.chunk)])
+
+    def _apply(self, fn, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.amp):
+            return fn(images).float()
+
+    def _image_bytes(self, fn, images: torch.Tensor):
+        """Per-image activation bytes of ``fn`` at ``images``' size, measured once per architecture and size."""
+        net = getattr(fn, "__self__", fn)
+        key = (type(net), getattr(fn, "__name__", "forward"), tuple(images.shape[1:]), images.dtype, self.cfg.amp)
+        cache = self.__dict__.setdefault("_bytes_cache", {})
+        if key not in cache:
+            cache[key] = activation_bytes(fn, images[:1].detach(), self.cfg.amp, self.device)
+        return cache[key]
 
     def _own_images(self, labels: torch.Tensor) -> torch.Tensor:
         """Indices of this process's classes among the expanded synthetic labels (the same every iteration: found
@@ -234,9 +281,8 @@ class IDM(DistillMethod):
     def extra_loss(self, step, syn_images, syn_labels, total):
         if self.cfg.idm_ce_weight <= 0:
             return None, {}
-        with autocast(self.device, self.cfg.amp):
-            logits = step.net(syn_images)
-        ce = F.cross_entropy(logits.float(), syn_labels, reduction="sum") / total
+        logits = self.forward(step.net, syn_images, grad=True)  # chunked to the memory budget on an accelerator
+        ce = F.cross_entropy(logits, syn_labels, reduction="sum") / total
         return self.cfg.idm_ce_weight * ce, {"ce": ce.detach()}
 
     def after_step(self, step):

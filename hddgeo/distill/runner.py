@@ -30,7 +30,7 @@ import torch
 from hddgeo.data import ClassPool, dsa, load_dataset, parse_strategy
 from hddgeo.data.datasets import DATASET_NAMES
 from hddgeo.device import (AMP_MODES, NONDETERMINISTIC_CUDA, autocast, check_device_name, configure_process,
-                           deterministic, resolve_device, tf32_settings)
+                           deterministic, provenance, resolve_device, tf32_settings)
 from hddgeo.evaluate import evaluate_synset
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS, Matcher
@@ -41,6 +41,7 @@ from hddgeo import seeds
 from hddgeo.stats import method_label
 
 from . import distributed
+from .memory import DEFAULT_BUDGET_GB
 from .methods import METHODS, build_method
 from .synset import SyntheticSet
 
@@ -111,8 +112,12 @@ class DistillConfig:
                             "float64, losses float32 or float64)", "device", lambda: AMP_MODES)
     deterministic: bool = _opt(False, "torch's deterministic algorithms and no cuDNN autotuning (CUDA: slower, "
                                       "repeatable; the CPU is deterministic already)", "device")
-    tf32: bool = _opt(False, "let TF32 stand in for float32 in CUDA convolutions and matmuls (faster from Ampere on, "
-                             "~1e-3 relative); off, float32 is float32 as on the CPU", "device")
+    tf32: Optional[bool] = _opt(None, "TF32 for float32 CUDA work: auto (torch's default: convolutions in TF32, "
+                                      "matmuls not), on (both), off (neither: float32 as on the CPU, for parity "
+                                      "checks)", "device")
+    memory_budget_gb: float = _opt(DEFAULT_BUDGET_GB, "GiB of activations one forward pass may hold on a GPU: larger "
+                                                      "batches are split into chunks (and checkpointed under "
+                                                      "autograd); lower it when a run is out of memory", "device")
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
     prune_level: str = _opt("radius", "how root-level is ranked (random: a uniformly drawn share, the control)",
@@ -159,7 +164,7 @@ class DistillConfig:
         choice("amp", self.amp, AMP_MODES)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 (or left unset for torch's default), got {self.threads}")
-        for name in ("k", "scale", "lr_img", "idm_net_lr"):
+        for name in ("k", "scale", "lr_img", "idm_net_lr", "memory_budget_gb"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name.replace('_', '-')} must be positive and finite, got {value}"
@@ -217,7 +222,7 @@ def legacy_fields(saved: dict) -> dict:
 # Field annotation -> accepted JSON/Python types (bool is not an int here, although Python says it is).
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
           "Optional[str]": (str, type(None)), "Optional[float]": (int, float, type(None)),
-          "Optional[int]": (int, type(None))}
+          "Optional[int]": (int, type(None)), "Optional[bool]": (bool, type(None))}
 
 
 def _check_types(cfg) -> None:
@@ -314,7 +319,8 @@ class RunInterrupted(Exception):
 # the run computes (where the data lives, whether it may be downloaded, how many threads or which device
 # compute it, whether CUDA's kernels are the deterministic ones).  Checkpoints hold CPU tensors, so a run
 # started on a GPU resumes on the CPU and the other way round.
-RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard", "wandb")
+RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard", "wandb",
+                    "memory_budget_gb")
 
 
 def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
@@ -367,17 +373,43 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
     defaults = json.loads(json.dumps(DistillConfig().to_json()))
     saved = {**defaults, **legacy_fields(saved)}
     return {name: (saved.get(name), value) for name, value in wanted.items()
-            if name not in RESUMABLE_FIELDS and saved.get(name) != value}
+            if name not in RESUMABLE_FIELDS and saved.get(name) != value
+            and not (name == "tf32" and {saved.get(name), value} <= {None, False})}
 
 
-def read_back(flag: torch.Tensor, values: dict) -> tuple:
+# ``tf32`` auto (None) and off (False) are one run to config_differences: before auto existed, off was the default,
+# and every run directory written then was computed on the CPU (no GPU had run hddgeo), where TF32 changes nothing.
+
+
+_REDUCE_WIDTH = 64  # slots of the packed log values summed over ranks
+
+
+def read_back(flag: torch.Tensor, values: dict, reduce=None) -> tuple:
     """``(bool(flag), values as floats)`` with every tensor among them read from the device in one transfer:
-    on a GPU each ``float(tensor)`` is a host synchronisation, and an iteration makes one."""
-    names = [k for k, v in values.items() if torch.is_tensor(v)]
-    packed = torch.stack([flag.to(torch.float64)] + [values[k].detach().reshape(()).to(flag.device, torch.float64)
-                                                     for k in names]).tolist()
+    on a GPU each ``float(tensor)`` is a host synchronisation, and an iteration makes one.
+
+    ``reduce`` (``distributed.sum_`` under torchrun) is applied in place to the packed tensor before the read, so the
+    sum over ranks of every value (numbers included, in the order of their sorted names, the same on every rank)
+    comes back in the same transfer; the flag, the same on every rank, is then ``world`` or 0."""
+    names = [k for k, v in values.items() if torch.is_tensor(v) or reduce is not None]
+    if reduce is not None:
+        names = sorted(names)
+
+    def as_tensor(v):
+        if torch.is_tensor(v):
+            return v.detach().reshape(()).to(flag.device, torch.float64)
+        return torch.full((), float(v), dtype=torch.float64, device=flag.device)  # a fill, not a copy
+
+    packed = torch.stack([flag.to(torch.float64)] + [as_tensor(values[k]) for k in names])
+    if reduce is not None:
+        # one length on every rank, also when a rank whose step failed has fewer values (all then stop on the flag)
+        if len(packed) > _REDUCE_WIDTH:
+            raise ValueError(f"{len(packed) - 1} logged values: more than the {_REDUCE_WIDTH - 1} a reduction holds")
+        packed = torch.cat([packed, packed.new_zeros(_REDUCE_WIDTH - len(packed))])
+        reduce(packed)
+    packed = packed.tolist()
     out = dict(values)  # numbers stay as they are
-    out.update(zip(names, packed[1:]))
+    out.update(zip(names, packed[1:len(names) + 1]))
     return packed[0] != 0, out
 
 
@@ -418,11 +450,17 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
             # before this process's first CUDA work: cuBLAS reads its workspace setting once, at its first call
             configure_process(cfg.deterministic, cfg.tf32, resolve_device(cfg.device))
             dataset, pool, matcher = prepare(cfg)
-            method = build_method(cfg.method, cfg, dataset, pool, matcher)
+            with deterministic(cfg.deterministic):  # DANCE trains its experts here
+                method = build_method(cfg.method, cfg, dataset, pool, matcher)
             if rank == 0 and lock is None:
                 lock = _own_new_directory(out_dir)  # every input checked: the first write
             elif rank == 0:
                 remove_temporaries(out_dir)  # what a killed write (or a planter) left under temporary names
+        except torch.OutOfMemoryError as err:  # uploading the data, DANCE's experts
+            oom = out_of_memory(err, cfg, out_dir, "while preparing the run", None)
+            if world == 1:
+                raise oom from None
+            error = str(oom)
         except (ValueError, FileNotFoundError) as err:
             if world == 1:
                 raise
@@ -432,11 +470,32 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
         if cfg.threads:  # after resuming, so that the saved thread count is honoured
             torch.set_num_threads(cfg.threads)
         method.classes = distributed.shard(range(pool.num_classes), rank, world)
+        where = {}  # where the loop is, for an out-of-memory message
         with deterministic(cfg.deterministic):
-            return _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval)
+            try:
+                return _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval,
+                               where)
+            except torch.OutOfMemoryError as err:
+                raise out_of_memory(err, cfg, out_dir, where.get("phase", "at the start"), where.get("saved_at")) from None
     finally:
         if lock is not None:
             lock.release()
+
+
+class OutOfMemory(ValueError):
+    """The device ran out of memory (``torch.OutOfMemoryError``); the message names the run, the allocation and
+    what to lower.  A ``ValueError``: the command line exits with status 2, a study marks the cell failed."""
+
+
+def out_of_memory(err: BaseException, cfg, out_dir: str, phase: str, saved_at: Optional[int]) -> OutOfMemory:
+    """One line for a device's out-of-memory error ``err`` met ``phase`` (e.g. ``at iteration 12``)."""
+    found = re.search(r"[Tt]ried to allocate ([0-9.]+ ?[KMGT]?i?B)", str(err))
+    tried = f"tried to allocate {found.group(1)}" if found else "an allocation failed"
+    kept = (f"the checkpoint of iteration {saved_at} is kept (resume with --resume)" if saved_at
+            else "no checkpoint was written")
+    return OutOfMemory(f"run {out_dir}: {cfg.device} out of memory {phase} ({tried}); lower --batch-real (now "
+                       f"{cfg.batch_real}) or --memory-budget-gb (now {cfg.memory_budget_gb:g})"
+                       + (", or add --amp bf16" if cfg.amp == "none" else "") + f"; {kept}")
 
 
 def _own_new_directory(out_dir: str) -> RunLock:
@@ -453,8 +512,10 @@ def _own_new_directory(out_dir: str) -> RunLock:
     return lock
 
 
-def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval) -> dict:
-    """The loop of :func:`run_distillation`, once the configuration, data and method are ready."""
+def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_after, final_eval, where=None) -> dict:
+    """The loop of :func:`run_distillation`, once the configuration, data and method are ready; ``where`` is kept
+    up to date with the loop's phase and last checkpoint (for an out-of-memory message)."""
+    where = {} if where is None else where
     from tqdm import tqdm
 
     main_proc = rank == 0
@@ -480,6 +541,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         except OSError as err:
             raise ValueError(f"cannot write the run directory {out_dir}: {err.strerror or err}; choose another --out") from None
     saved_at = start_it
+    where.update(phase="at the start", saved_at=saved_at)
 
     log = LogWriter(os.path.join(out_dir, LOG))
     spent = {"checkpoint": 0.0, "periodic_eval": 0.0}
@@ -517,6 +579,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
     bar = tqdm(range(start_it, cfg.iterations), initial=start_it, total=cfg.iterations,
                disable=not (progress and main_proc), desc=describe(cfg), unit="it", dynamic_ncols=True)
     for it in bar:
+        where["phase"] = f"at iteration {it + 1}"
         t0 = time.perf_counter()
         diagnose = bool(cfg.gap_every) and (it % cfg.gap_every == 0 or it + 1 == cfg.iterations)
         failure = None
@@ -547,12 +610,12 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         # a NaN or inf gradient makes the images non-finite too, so one check covers both (the summed gradient,
         # hence the images, are the same on every rank); it and every logged value come back in one transfer
         finite, logged = read_back(torch.isfinite(syn.images).all(),
-                                   {"loss": loss.detach(), **parts, "grad_norm": grad_norm})
+                                   {"loss": loss.detach(), **parts, "grad_norm": grad_norm},
+                                   reduce=distributed.sum_ if world > 1 else None)  # the sum over ranks, same read
         if not finite:
             bar.close()
             raise _first_failure(failure, non_finite("synthetic images (or their gradient)", it), world) from None
         method.after_step(step)
-        logged = distributed.sum_floats(logged)
         if not math.isfinite(logged["loss"]):
             bar.close()
             raise non_finite("loss", it)
@@ -570,7 +633,7 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         last = it + 1 == cfg.iterations
         if last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or stop_after == it + 1:
             checkpoint(it + 1)
-            saved_at = it + 1
+            saved_at = where["saved_at"] = it + 1
         if stop_after == it + 1 and not last:
             bar.close()
             raise RunInterrupted(f"stopped after iteration {it + 1}")
@@ -586,8 +649,10 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
                "seconds_per_iteration": sum(seconds) / max(len(seconds), 1), "processes": world,
                "device": str(method.device), "loop_seconds": time.perf_counter() - loop_start,
                "checkpoint_seconds": spent["checkpoint"], "periodic_eval_seconds": spent["periodic_eval"],
-               "resumed_from_iteration": start_it, "deterministic": cfg.deterministic, **tf32_settings()}
+               "resumed_from_iteration": start_it, "deterministic": cfg.deterministic, **tf32_settings(),
+               "provenance": provenance(method.device)}
     if final_eval and cfg.final_eval_epochs > 0:
+        where["phase"] = "in the final evaluation"
         t_eval = time.perf_counter()
         images, labels = syn.expanded()
         res = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.final_eval_epochs,
