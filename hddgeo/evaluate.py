@@ -44,6 +44,11 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
     if len(test_images) != len(test_labels):
         raise ValueError(f"test_images and test_labels differ in length ({len(test_images)} vs "
                          f"{len(test_labels)}); pass one label per test image")
+    for name, x in (("images", images), ("test_images", test_images)):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} hold {bad} NaN or infinite values of {x.numel()}: a network trained or tested "
+                             f"on them measures nothing; use a finite synthetic set (or re-run its distillation)")
     if images.shape[1:] != test_images.shape[1:]:
         raise ValueError(f"training images are {tuple(images.shape[1:])} but test images are "
                          f"{tuple(test_images.shape[1:])}; both must share (C, H, W)")

@@ -469,14 +469,28 @@ def _load_run(run_dir: str):
             f"{run_dir} is not a finished run directory: {', '.join(missing)} missing "
             "(synset.pt is written when a run completes; resume an interrupted run with --resume first)"
         )
-    cfg = read_json(os.path.join(run_dir, "config.json"))
-    for key in ("dataset", "model", "k"):
-        if key not in cfg:
-            raise ValueError(f"{run_dir}/config.json lacks {key!r}: not a run directory written by hddgeo")
+    from .distill.runner import DistillConfig
+
+    path = os.path.join(run_dir, "config.json")
+    cfg = read_json(path)
+    DistillConfig.from_json(cfg, source=path)  # checked as `hddgeo evaluate` checks it: fields, types, ranges
     syn = load_tensors(os.path.join(run_dir, "synset.pt"), "synthetic set")
     if "images" not in syn or "train_labels" not in syn:
         raise ValueError(f"{run_dir}/synset.pt lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")
     return cfg, syn
+
+
+def _check_synset(syn: dict, dataset, path: str):
+    """The synthetic images and labels of ``syn`` (``path``), checked against ``dataset`` as ``hddgeo evaluate``
+    checks them (shapes, finite images, labels among the dataset's classes): ``ValueError`` naming the file."""
+    from .evaluate import _check_inputs
+
+    try:
+        images, labels, _, _, _ = _check_inputs(syn["images"], syn["train_labels"], dataset.test_images[:1],
+                                                dataset.test_labels[:1], dataset.num_classes)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{path}: {str(err).strip().splitlines()[0]}") from None
+    return images, labels
 
 
 def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
@@ -525,7 +539,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     max_norm = cfg.get("max_norm")
     M = geoopt.Lorentz(k=k)
     net = fresh_network(cfg["model"], dataset, seed, device=device).eval()
-    syn_images, syn_labels = syn["images"].float(), syn["train_labels"].long()
+    syn_images, syn_labels = _check_synset(syn, dataset, os.path.join(run_dir, "synset.pt"))
 
     real_imgs, z_real, z_syn, feats = {}, {}, {}, {}
     for c in classes:
