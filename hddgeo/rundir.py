@@ -183,10 +183,14 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 def csv_cell(value):
     """``value`` as a CSV cell a spreadsheet shows as text: a text that a spreadsheet would run as a formula
     (starting with ``= + - @``, a tab or a carriage return) gets a leading single quote (OWASP's advice); numbers,
-    and texts that are plain numbers (``-0.5``, ``+1.4``), are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
-        return "'" + value
-    return value
+    and texts that are plain numbers (``-0.5``, ``+1.4``), are left as they are.  A carriage return inside a text
+    becomes a line feed (which the writer quotes), so that no reader sees a row end there."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
+        value = "'" + value
+    # a carriage return is no line end to the writer (it would not quote the cell) but is one to every reader
+    return value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
 
 
 def csv_text(value):
@@ -199,7 +203,10 @@ def csv_text(value):
 
 def _safe_frame(frame):
     """``frame`` with every text cell and column name passed through :func:`csv_cell`."""
-    text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "category")]
+    import pandas as pd
+
+    text = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+            or isinstance(frame[c].dtype, pd.CategoricalDtype)]
     if text:
         frame = frame.assign(**{str(c): [csv_cell(v) for v in frame[c]] for c in text}) \
             if all(isinstance(c, str) for c in text) else frame
