@@ -148,7 +148,10 @@ def _relative_folder(value, where: str) -> str:
     """``value`` if it is a relative folder made of names :func:`check_name` accepts (``results/demo``)."""
     if not isinstance(value, str) or not value or os.path.isabs(value):
         raise ValueError(f"{where} must be a relative folder (results/demo; pass --out for any other), got {value!r}")
-    for part in value.replace("\\", "/").split("/"):
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not parts:
+        raise ValueError(f"{where} names no folder, got {value!r}")
+    for part in parts:
         check_name(part, f"{where} ({value!r})")
     return value
 
