@@ -104,31 +104,36 @@ def test_a_cell_folder_without_its_config_is_not_cleared(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, words", [
-    ('[stages.a]\nreport = "/tmp/hddgeo-hostile-x"\n', ["report", "one path component"]),
+    ('[stages.a]\nreport = "ABS/x"\n', ["report", "one path component"]),
     ('[stages.a]\nreport = "../../x"\n', ["report", "one path component"]),
     ('[stages.a]\nreport = ".."\n', ["report"]),
     ('[stages.a]\nreport = 3\n', ["report"]),
 ])
 def test_a_stage_report_name_is_one_file_name(tmp_path, capsys, text, words):
-    spec = _spec(tmp_path, tail=text)
+    (tmp_path / "abs").mkdir()
+    spec = _spec(tmp_path, tail=text.replace("ABS", str(tmp_path / "abs")))
     out = tmp_path / "a" / "b" / "out"
     assert main(["study", spec, "--out", str(out), "--stage", "a", "--quiet"]) == 2
     _one_line(capsys, *words)
-    assert not (tmp_path / "a").exists() and not os.path.exists("/tmp/hddgeo-hostile-x.csv")
+    assert not (tmp_path / "a").exists() and os.listdir(tmp_path / "abs") == []
 
 
 @pytest.mark.parametrize("head, words", [
     ('report = ".."\n', ["report"]),
     ('report = "a\\nb"\n', ["report"]),
-    ('out = "/tmp/hddgeo-hostile-out"\n', ["out", "relative"]),
+    ('out = "ABS"\n', ["out", "relative"]),
     ('out = "../x"\n', ["out"]),
 ])
-def test_top_level_names_are_checked(tmp_path, capsys, head, words):
+def test_top_level_names_are_checked(tmp_path, capsys, monkeypatch, head, words):
+    (tmp_path / "cwd").mkdir()
     path = tmp_path / "spec.toml"
-    path.write_text(head + SPEC.format(iterations=1, epochs=1, baseline="false", extra=""))
+    path.write_text(head.replace("ABS", str(tmp_path / "abs")) + SPEC.format(iterations=1, epochs=1, baseline="false",
+                                                                              extra=""))
+    monkeypatch.chdir(tmp_path / "cwd")  # a relative out would land in here
     assert main(["study", str(path), "--quiet"] + (["--out", str(tmp_path / "out")] if "out" not in head else [])) == 2
     _one_line(capsys, *words)
-    assert not (tmp_path / "out").exists() and not os.path.exists("/tmp/hddgeo-hostile-out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "abs").exists() and os.listdir(tmp_path / "cwd") == []
+    assert not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- finished cells read like compare reads them
@@ -217,6 +222,7 @@ def test_a_variant_or_ipc_table_may_not_set_an_axis(tmp_path, capsys, tail, word
     "[stages.a]\nvariants = \"dm\"\n",
     "[stages.a]\nvariants = [1]\n",
     "[profiles]\nquick = 3\n",
+    "[paper]\naccuracy = 3\n",
 ])
 def test_malformed_spec_tables_are_one_line(tmp_path, capsys, text):
     path = tmp_path / "bad.toml"

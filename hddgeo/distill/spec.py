@@ -158,7 +158,7 @@ def _relative_folder(value, where: str) -> str:
 
 def _table(value, where: str) -> dict:
     if not isinstance(value, dict):
-        raise ValueError(f"{where} must be a table ([{where.split()[-1]}] ...), got {value!r}"[:300])
+        raise ValueError(f"{where} must be a table (of names and values), got {value!r}"[:300])
     return value
 
 
@@ -402,7 +402,7 @@ def _paper(table, path: str, labels: list) -> Optional[dict]:
         if key in table and (type(table[key]) is not int or table[key] < (2 if key == "runs" else 1)):
             raise ValueError(f"{where}: {key} must be an integer >= {2 if key == 'runs' else 1}, got {table[key]!r}")
     accuracy = {}
-    for label, per_ipc in (table.get("accuracy") or {}).items():
+    for label, per_ipc in _table(table.get("accuracy") or {}, f"{where} accuracy").items():
         if label not in labels:
             raise ValueError(f"{where} accuracy names {label!r}, which is no variant's label ({', '.join(labels)})")
         if not isinstance(per_ipc, dict):
