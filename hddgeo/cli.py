@@ -394,8 +394,12 @@ def _run(args, given: set) -> int:
               + (", compare_verdict.csv" if verdict is not None else "") + " and compare.md")
     elif args.command == "plot":
         from .plots import poincare_report
+        from .rundir import read_json
 
         _check_seed(args.seed)
+        config = os.path.join(args.run_dir, "config.json")
+        if os.path.isfile(os.path.join(args.run_dir, "synset.pt")):  # checked as `hddgeo evaluate` checks it
+            DistillConfig.from_json(read_json(config), source=config)
         for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
                                     data_root=args.data_root, device=resolve_device(args.device)):
             print(f"wrote {path}")

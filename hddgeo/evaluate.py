@@ -44,17 +44,20 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
     if len(test_images) != len(test_labels):
         raise ValueError(f"test_images and test_labels differ in length ({len(test_images)} vs "
                          f"{len(test_labels)}); pass one label per test image")
-    for name, x in (("images", images), ("test_images", test_images)):
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"{name} hold {bad} NaN or infinite values of {x.numel()}: a network trained or tested "
-                             f"on them measures nothing; use a finite synthetic set (or re-run its distillation)")
     if images.shape[1:] != test_images.shape[1:]:
         raise ValueError(f"training images are {tuple(images.shape[1:])} but test images are "
                          f"{tuple(test_images.shape[1:])}; both must share (C, H, W)")
     # the four label bounds in one read (labels may live on a GPU, where every read waits for the queue)
+    finite = [torch.isfinite(x).all().to(labels.device, labels.dtype) if x.is_floating_point()
+              else torch.ones((), dtype=labels.dtype, device=labels.device) for x in (images, test_images)]
     bounds = torch.stack([labels.min(), labels.max(), test_labels.min().to(labels.device),
-                          test_labels.max().to(labels.device)]).tolist()
+                          test_labels.max().to(labels.device), *finite]).tolist()
+    for name, x, ok in (("images", images, bounds[4]), ("test_images", test_images, bounds[5])):
+        if not ok:  # (the finiteness rides on the labels' one read)
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} hold {bad} NaN or infinite values of {x.numel()}: a network trained or tested "
+                             f"on them measures nothing; use a finite synthetic set (or re-run its distillation)")
+    bounds = bounds[:4]
     if num_classes is None:
         num_classes = int(max(bounds[1], bounds[3])) + 1
     if num_classes < 1:

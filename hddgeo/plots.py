@@ -469,11 +469,17 @@ def _load_run(run_dir: str):
             f"{run_dir} is not a finished run directory: {', '.join(missing)} missing "
             "(synset.pt is written when a run completes; resume an interrupted run with --resume first)"
         )
-    from .distill.runner import DistillConfig
+    from .data import DATASET_NAMES
+    from .models import MODEL_NAMES
 
     path = os.path.join(run_dir, "config.json")
-    cfg = read_json(path)
-    DistillConfig.from_json(cfg, source=path)  # checked as `hddgeo evaluate` checks it: fields, types, ranges
+    cfg = read_json(path)  # (``hddgeo plot`` checks it whole as a configuration first, as ``evaluate`` does)
+    k, max_norm = cfg.get("k"), cfg.get("max_norm")
+    for key, ok in (("dataset", cfg.get("dataset") in DATASET_NAMES), ("model", cfg.get("model") in MODEL_NAMES),
+                    ("k", type(k) in (int, float) and math.isfinite(k) and k > 0),
+                    ("max_norm", max_norm is None or type(max_norm) in (int, float) and max_norm > 0)):
+        if not ok:
+            raise ValueError(f"{path}: {key} is {cfg.get(key)!r}"[:200] + "; not a run directory written by hddgeo")
     syn = load_tensors(os.path.join(run_dir, "synset.pt"), "synthetic set")
     if "images" not in syn or "train_labels" not in syn:
         raise ValueError(f"{run_dir}/synset.pt lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")

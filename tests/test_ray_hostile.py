@@ -72,7 +72,7 @@ def _alive_cpus(address) -> float:
     return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0.0
 
 
-def test_a_cluster_that_cannot_run_the_cells(tmp_path, monkeypatch):
+def test_a_cluster_that_cannot_run_the_cells(tmp_path, monkeypatch, capsys):
     """No worker node: one line at once.  Then a worker: a relative --out lands beside the driver.  Then the worker
     is lost in the middle of a cell: one line once the cluster has had no node for the cells a while."""
     from hddgeo.distill import executors
@@ -94,9 +94,11 @@ def test_a_cluster_that_cannot_run_the_cells(tmp_path, monkeypatch):
                     break
             assert head.poll() is None and time.time() < deadline, (tmp_path / "ray.log").read_text()[-2000:]
             time.sleep(0.5)
-        proc = _study(tmp_path, str(spec), "--out", str(tmp_path / "none"), "--executor", "ray", "--ray-address",
-                      address, "--quiet")
-        _one_line(proc, "no live node", "CPU")
+        monkeypatch.setattr(executors, "RAY_STALL_S", 10.0)
+        assert main(["study", str(spec), "--out", str(tmp_path / "none"), "--executor", "ray", "--ray-address",
+                     address, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no live node" in err[0] and "CPU" in err[0], err
         assert not (tmp_path / "none" / "runs").exists()
 
         worker = _ray_start(["--address", address, "--num-cpus", "2", *common], log)
@@ -125,7 +127,6 @@ def test_a_cluster_that_cannot_run_the_cells(tmp_path, monkeypatch):
 
         killer = threading.Thread(target=kill_worker, daemon=True)
         killer.start()
-        monkeypatch.setattr(executors, "RAY_STALL_S", 10.0)
         status = main(["study", str(spec), "--out", str(tmp_path / "lost"), "--executor", "ray", "--ray-address",
                        address, "--quiet"])
         killer.join()

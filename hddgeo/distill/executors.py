@@ -325,7 +325,8 @@ def run_ray(cells: Sequence[Cell], address: Optional[str] = None, resume: bool =
     with an error of its input (the others go on).
 
     One line (``ValueError``) instead of waiting for ever: nothing answers at ``address``
-    (:data:`RAY_CONNECT_TIMEOUT_S`), no live node of the cluster has the CPUs (and GPU) a cell asks for, or the
+    (:data:`RAY_CONNECT_TIMEOUT_S`), no live node of the cluster has had the CPUs (and GPU) a cell asks for within
+    :data:`RAY_STALL_S` (worker nodes may still be joining when the study starts), or the
     cluster has lost the nodes that could run the cells left for :data:`RAY_STALL_S` (their finished cells are
     kept; a rerun reuses them)."""
     import time
@@ -342,8 +343,11 @@ def run_ray(cells: Sequence[Cell], address: Optional[str] = None, resume: bool =
             cuda = wants_cuda(cell.cfg.device)
             threads = cell.cfg.threads or 1
             needs.append((threads, 1 if cuda else 0))
-        nodes = _ray_nodes(ray)
+        nodes, deadline = _ray_nodes(ray), time.monotonic() + RAY_STALL_S
         for cell, (cpus, gpus) in zip(cells, needs):
+            while not _fits_a_node(nodes, cpus, gpus) and time.monotonic() < deadline:  # workers may still be joining
+                time.sleep(2.0)
+                nodes = _ray_nodes(ray)
             if not _fits_a_node(nodes, cpus, gpus):
                 raise ValueError(f"no live node of the Ray cluster has the {cpus} CPU(s){' and a GPU' if gpus else ''} "
                                  f"cell {cell.name} asks for (nodes: {_describe_nodes(nodes)}); start a worker node "
