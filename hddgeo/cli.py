@@ -248,7 +248,7 @@ def _run_spec(args) -> None:
     """``hddgeo demo`` (the shipped demo spec) and ``hddgeo study SPEC``: check every cell, print their count and
     cost, run them, print the compare tables."""
     from .distill.spec import describe_estimate, estimate, load_spec
-    from .distill.study import check_cells, check_seeds_and_jobs, run_cells
+    from .distill.study import check_seeds_and_jobs, check_study, run_cells
 
     demo = args.command == "demo"
     spec = load_spec("demo" if demo else args.spec)
@@ -268,15 +268,16 @@ def _run_spec(args) -> None:
             overrides["tensorboard"] = True
     out = args.out or spec.out
     cells = spec.cells(out_dir=out, stage=stage, profile=profile, seeds=args.seeds, ipcs=args.ipc, overrides=overrides)
-    check_cells(cells)  # every cell before the first one runs
+    name = spec.report_name(stage)
+    executor = "local" if demo else args.executor
+    check_study(cells, out, name, jobs=args.jobs, executor=executor)  # every check of the run, before it (and --dry-run)
     print(f"{spec.name}{f' ({stage})' if stage else ''}: {describe_estimate(estimate(cells))} -> {out}", flush=True)
     if not demo and args.dry_run:
         for cell in cells:
             print(f"  {cell.name}")
         return
-    name = spec.report_name(stage)
     table = run_cells(cells, out, name, jobs=args.jobs, progress=not args.quiet,
-                      executor="local" if demo else args.executor, ray_address=None if demo else args.ray_address)
+                      executor=executor, ray_address=None if demo else args.ray_address)
     with open(os.path.join(out, f"{name}.md")) as fh:  # written by run_cells
         print(fh.read())
     sec = table.groupby(["method", "ipc"], sort=False)["seconds_per_iteration"].mean().dropna()
@@ -305,6 +306,13 @@ def _protocol(args):
         if changes["model"] not in MODEL_NAMES:
             raise ValueError(f"unknown model {changes['model']!r}; choose one of {', '.join(MODEL_NAMES)}")
     return dataclasses.replace(base, **changes)
+
+
+def _check_seed(seed: int) -> None:
+    from .distill.runner import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must lie in 0..{MAX_SEED}, got {seed}")
 
 
 def _run(args, given: set) -> int:
@@ -374,10 +382,15 @@ def _run(args, given: set) -> int:
         if spec is not None:
             from .verdict import claims_table
 
-            datasets = sorted(set(table["dataset"])) if "dataset" in table.columns else []
+            from .distill.study import table_datasets
+
+            datasets = table_datasets(table, args.run_dirs[0])
             if len(datasets) > 1:
                 raise ValueError(f"--claims reads one dataset's runs; these are of {', '.join(datasets)}: "
                                  f"compare each dataset's separately")
+            if datasets[0] not in spec.datasets():
+                raise ValueError(f"the runs are of {datasets[0]} but {spec.path} is a study of "
+                                 f"{', '.join(sorted(spec.datasets()))}: its claims (and paper numbers) are not theirs")
             verdict = claims_table(table, spec.claims, spec.designs, margin=spec.margin, paper=spec.paper,
                                    budget=spec.budget())
         summary, diffs, text = write_report(table, out, "compare", pairs=pairs, preamble=note.rstrip("\n"))
@@ -394,7 +407,12 @@ def _run(args, given: set) -> int:
               + (", compare_verdict.csv" if verdict is not None else "") + " and compare.md")
     elif args.command == "plot":
         from .plots import poincare_report
+        from .rundir import read_json
 
+        _check_seed(args.seed)
+        config = os.path.join(args.run_dir, "config.json")
+        if os.path.isfile(os.path.join(args.run_dir, "synset.pt")):  # checked as `hddgeo evaluate` checks it
+            DistillConfig.from_json(read_json(config), source=config)
         for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
                                     data_root=args.data_root, device=resolve_device(args.device)):
             print(f"wrote {path}")
@@ -405,6 +423,7 @@ def _run(args, given: set) -> int:
 
         if not (args.k > 0):
             raise ValueError(f"k must be positive, got {args.k}")
+        _check_seed(args.seed)
         if os.path.isdir(args.out):
             raise ValueError(f"--out {args.out} is a directory; name the CSV file to write, e.g. "
                              f"{os.path.join(args.out, 'centroids.csv')}")

@@ -48,8 +48,16 @@ def _check_inputs(images, labels, test_images, test_labels, num_classes: Optiona
         raise ValueError(f"training images are {tuple(images.shape[1:])} but test images are "
                          f"{tuple(test_images.shape[1:])}; both must share (C, H, W)")
     # the four label bounds in one read (labels may live on a GPU, where every read waits for the queue)
+    finite = [torch.isfinite(x).all().to(labels.device, labels.dtype) if x.is_floating_point()
+              else torch.ones((), dtype=labels.dtype, device=labels.device) for x in (images, test_images)]
     bounds = torch.stack([labels.min(), labels.max(), test_labels.min().to(labels.device),
-                          test_labels.max().to(labels.device)]).tolist()
+                          test_labels.max().to(labels.device), *finite]).tolist()
+    for name, x, ok in (("images", images, bounds[4]), ("test_images", test_images, bounds[5])):
+        if not ok:  # (the finiteness rides on the labels' one read)
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} hold {bad} NaN or infinite values of {x.numel()}: a network trained or tested "
+                             f"on them measures nothing; use a finite synthetic set (or re-run its distillation)")
+    bounds = bounds[:4]
     if num_classes is None:
         num_classes = int(max(bounds[1], bounds[3])) + 1
     if num_classes < 1:

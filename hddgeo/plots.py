@@ -469,14 +469,34 @@ def _load_run(run_dir: str):
             f"{run_dir} is not a finished run directory: {', '.join(missing)} missing "
             "(synset.pt is written when a run completes; resume an interrupted run with --resume first)"
         )
-    cfg = read_json(os.path.join(run_dir, "config.json"))
-    for key in ("dataset", "model", "k"):
-        if key not in cfg:
-            raise ValueError(f"{run_dir}/config.json lacks {key!r}: not a run directory written by hddgeo")
+    from .data import DATASET_NAMES
+    from .models import MODEL_NAMES
+
+    path = os.path.join(run_dir, "config.json")
+    cfg = read_json(path)  # (``hddgeo plot`` checks it whole as a configuration first, as ``evaluate`` does)
+    k, max_norm = cfg.get("k"), cfg.get("max_norm")
+    for key, ok in (("dataset", cfg.get("dataset") in DATASET_NAMES), ("model", cfg.get("model") in MODEL_NAMES),
+                    ("k", type(k) in (int, float) and math.isfinite(k) and k > 0),
+                    ("max_norm", max_norm is None or type(max_norm) in (int, float) and max_norm > 0)):
+        if not ok:
+            raise ValueError(f"{path}: {key} is {cfg.get(key)!r}"[:200] + "; not a run directory written by hddgeo")
     syn = load_tensors(os.path.join(run_dir, "synset.pt"), "synthetic set")
     if "images" not in syn or "train_labels" not in syn:
         raise ValueError(f"{run_dir}/synset.pt lacks 'images' / 'train_labels': not a synthetic set written by hddgeo")
     return cfg, syn
+
+
+def _check_synset(syn: dict, dataset, path: str):
+    """The synthetic images and labels of ``syn`` (``path``), checked against ``dataset`` as ``hddgeo evaluate``
+    checks them (shapes, finite images, labels among the dataset's classes): ``ValueError`` naming the file."""
+    from .evaluate import _check_inputs
+
+    try:
+        images, labels, _, _, _ = _check_inputs(syn["images"], syn["train_labels"], dataset.test_images[:1],
+                                                dataset.test_labels[:1], dataset.num_classes)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{path}: {str(err).strip().splitlines()[0]}") from None
+    return images, labels
 
 
 def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
@@ -525,7 +545,7 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     max_norm = cfg.get("max_norm")
     M = geoopt.Lorentz(k=k)
     net = fresh_network(cfg["model"], dataset, seed, device=device).eval()
-    syn_images, syn_labels = syn["images"].float(), syn["train_labels"].long()
+    syn_images, syn_labels = _check_synset(syn, dataset, os.path.join(run_dir, "synset.pt"))
 
     real_imgs, z_real, z_syn, feats = {}, {}, {}, {}
     for c in classes:

@@ -20,7 +20,9 @@ Files (``docs/design.md`` describes what each holds):
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
+import re
 import json
 import os
 import pickle
@@ -34,6 +36,8 @@ import torch
 
 CONFIG, LOG, CHECKPOINT, SYNSET, METRICS = "config.json", "log.csv", "checkpoint.pt", "synset.pt", "metrics.json"
 LOCK = "run.lock"  # present while a process owns the directory (and after a kill, unlocked)
+# flock's answers on a file system without locks (ENOSYS: Lustre mounted without -o flock; EOPNOTSUPP: some NFS)
+NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
 class RunDirBusy(ValueError):
@@ -58,7 +62,15 @@ class RunLock:
                 raise ValueError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as err:
+                if err.errno in NO_LOCKS:  # a shared file system mounted without flock (Lustre's default)
+                    os.close(fd)
+                    raise ValueError(f"cannot lock the run directory {run_dir}: its file system has no file locks "
+                                     f"({os.strerror(err.errno)}); use a folder on a file system with locks (a local "
+                                     f"disk, or mount with -o flock)") from None
+                if not isinstance(err, BlockingIOError):
+                    os.close(fd)
+                    raise ValueError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 os.close(fd)
                 raise RunDirBusy(f"{run_dir} is in use by process {holder if holder.isdigit() else '(pid not yet written)'} "
@@ -124,12 +136,17 @@ def write_file(path: str, write: Callable, binary: bool = False) -> str:
     """The one writer of every file hddgeo writes: ``write(fh)`` fills a temporary file (see
     :func:`_open_temporary`) that then replaces ``path`` with ``os.replace``.  A kill mid-write leaves the
     previous version intact; a link planted under ``path`` is replaced, never followed; on any error the
-    temporary file is removed.  Returns ``path``."""
+    temporary file is removed.  The file's data reach the disk (``fsync``) before the rename, and the rename
+    itself (the folder's ``fsync``) before this returns, so a crash of the machine leaves either the previous
+    version or the whole new one under ``path``, never a truncated file.  Returns ``path``."""
     fd, tmp = _open_temporary(str(path))
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_folder(os.path.dirname(os.path.abspath(str(path))))
     except BaseException:
         try:
             os.unlink(tmp)
@@ -139,13 +156,67 @@ def write_file(path: str, write: Callable, binary: bool = False) -> str:
     return str(path)
 
 
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable; a file system that cannot sync a folder (some network ones) is left
+    as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_text(path: str, text: str) -> str:
     """``text`` into ``path`` through :func:`write_file`."""
     return write_file(path, lambda fh: fh.write(text))
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a text cell as a formula
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value):
+    """``value`` as a CSV cell a spreadsheet shows as text: a text that a spreadsheet would run as a formula
+    (starting with ``= + - @``, a tab or a carriage return) gets a leading single quote (OWASP's advice); numbers,
+    and texts that are plain numbers (``-0.5``, ``+1.4``), are left as they are.  A carriage return inside a text
+    becomes a line feed (which the writer quotes), so that no reader sees a row end there."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
+        value = "'" + value
+    # a carriage return is no line end to the writer (it would not quote the cell) but is one to every reader
+    return value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
+
+
+def csv_text(value):
+    """The text :func:`csv_cell` neutralised, as it was (the quote taken off again); other values as they are."""
+    if isinstance(value, str) and len(value) > 1 and value[0] == "'" and value[1:].startswith(FORMULA_START) \
+            and not _NUMBER.fullmatch(value[1:]):
+        return value[1:]
+    return value
+
+
+def _safe_frame(frame):
+    """``frame`` with every text cell and column name passed through :func:`csv_cell`."""
+    import pandas as pd
+
+    text = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+            or isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    if text:
+        frame = frame.assign(**{str(c): [csv_cell(v) for v in frame[c]] for c in text}) \
+            if all(isinstance(c, str) for c in text) else frame
+    return frame.rename(columns=lambda c: csv_cell(c) if isinstance(c, str) else c)
+
+
 def write_csv(path: str, frame) -> str:
-    """A pandas DataFrame as CSV (no index) through :func:`write_file`."""
+    """A pandas DataFrame as CSV (no index) through :func:`write_file`, its text cells neutralised
+    (:func:`csv_cell`): every CSV table hddgeo writes goes through here or :func:`write_log`."""
+    frame = _safe_frame(frame)
     return write_file(path, lambda fh: frame.to_csv(fh, index=False))
 
 
@@ -190,10 +261,15 @@ def write_log(path: str, rows: list) -> None:
     fields = _fields(rows)
 
     def fill(fh):
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=[csv_cell(f) for f in fields])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_safe_rows(rows))
     write_file(path, fill)
+
+
+def _safe_rows(rows: list) -> list:
+    """Log rows with their keys and text values through :func:`csv_cell`."""
+    return [{csv_cell(k): csv_cell(v) for k, v in row.items()} for row in rows]
 
 
 class LogWriter:
@@ -229,7 +305,7 @@ class LogWriter:
         except OSError:
             return False
         with os.fdopen(fd, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=fields).writerows(rows)
+            csv.DictWriter(fh, fieldnames=[csv_cell(f) for f in fields]).writerows(_safe_rows(rows))
         return True
 
 
@@ -282,6 +358,33 @@ def _to_cpu(obj):
     return obj
 
 
+MAX_TENSOR_FILE_BYTES = 32 * 2**30  # what a .pt file may declare in all (a TinyImageNet IPC 50 checkpoint is ~2 GB)
+
+
+def _check_archive(path: str, what: str) -> None:
+    """``ValueError`` unless ``path`` is a zip archive as ``torch.save`` writes it whose entries, read from its
+    central directory before anything is loaded, are stored uncompressed and together declare no more than the
+    file holds nor more than :data:`MAX_TENSOR_FILE_BYTES`: a small file that would inflate to gigabytes in
+    memory is refused from its header."""
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is truncated or corrupt (not the zip archive torch.save writes: {reason[:120]}); "
+                         f"delete it or restore an intact copy") from None
+    declared = sum(e.file_size for e in entries)
+    squeezed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if squeezed:
+        raise ValueError(f"{path} is not a {what} written by hddgeo: its entry {squeezed[0][:80]} is compressed "
+                         f"(torch.save stores tensors uncompressed); it is not loaded")
+    if declared > size or declared > MAX_TENSOR_FILE_BYTES:
+        limit = f"the file's {size:,} bytes" if declared > size else f"the limit of {MAX_TENSOR_FILE_BYTES:,} bytes"
+        raise ValueError(f"{path} declares {declared:,} bytes of tensors, more than {limit}: not a {what} written by "
+                         f"hddgeo; it is not loaded")
+
+
 def load_tensors(path: str, what: str = "file") -> dict:
     """A ``.pt`` file written by hddgeo, loaded as data only (``weights_only=True``) onto the CPU.
 
@@ -289,6 +392,7 @@ def load_tensors(path: str, what: str = "file") -> dict:
     and plain containers (a pickle that would import or call code)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} is missing: no {what} in this run directory")
+    _check_archive(path, what)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

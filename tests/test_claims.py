@@ -129,6 +129,7 @@ def test_compare_reads_a_long_table_and_recomputes_the_claims(tmp_path, capsys):
         """)
     table = _long({"dm": [0.70, 0.71, 0.72], "dm+hdd/law": [0.71, 0.725, 0.73], "random": [0.5, 0.52, 0.51]})
     table["run_dir"] = "runs/x"
+    table["dataset"] = "digits"  # the spec's (a table that cannot say its dataset is refused with --claims)
     table.to_csv(tmp_path / "results.csv", index=False)
     out = tmp_path / "cmp"
     assert main(["compare", str(tmp_path / "results.csv"), "--claims", spec, "--out", str(out)]) == 0

@@ -367,36 +367,67 @@ def _load_digits(image_size: Optional[int]) -> ImageDataset:
 # FashionMNIST (IDX files)
 # --------------------------------------------------------------------------------------------
 
+MAX_IDX_BYTES = 2**31  # an idx file's data may declare at most this (Fashion-MNIST's largest holds 47 MB)
+
+
 def read_idx(path: PathLike) -> np.ndarray:
     """Read an unsigned-byte IDX file (the MNIST family's format), gzipped or not.
 
     Layout: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then each
     dimension as a big-endian uint32, then the data in C order. A truncated or corrupt file
-    raises ``ValueError`` naming it.
+    raises ``ValueError`` naming it.  The header is checked before the body is read: a file whose
+    dimensions declare more than :data:`MAX_IDX_BYTES`, or more than the file holds (its size, or for a
+    gzipped file the uncompressed size its gzip trailer records), is refused without reading the rest.
     """
     path = Path(path)
+    gz = path.suffix == ".gz"
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0:2] != b"\x00\x00":
+                raise ValueError(f"{path} is not an IDX file (bad magic number)")
+            type_code, ndim = head[2], head[3]
+            if type_code != 0x08:
+                raise ValueError(f"{path}: expected unsigned-byte IDX data (type 0x08), found type {type_code:#04x}")
+            raw = f.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header")
+            dims = struct.unpack(">" + "I" * ndim, raw)
+            header, count = 4 + 4 * ndim, math.prod(dims)
+            if count > MAX_IDX_BYTES:
+                raise ValueError(f"{path}: IDX header announces shape {dims} ({count:,} values), more than the "
+                                 f"{MAX_IDX_BYTES:,} an idx file may hold here; replace it with an intact copy")
+            _check_idx_size(path, gz, header + count, dims)
+            data = f.read(count + 1)  # one byte more than announced: trailing data is an error too
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ValueError(f"{path} is truncated or not a valid gzip file ({err}); replace it with an intact "
                          f"copy (reinstall the package or download it again)") from None
-    if len(data) < 4 or data[0:2] != b"\x00\x00":
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    type_code, ndim = data[2], data[3]
-    if type_code != 0x08:
-        raise ValueError(f"{path}: expected unsigned-byte IDX data (type 0x08), found type {type_code:#04x}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    dims = struct.unpack(">" + "I" * ndim, data[4:header])
-    values = np.frombuffer(bytearray(data), dtype=np.uint8, offset=header)  # writable, for torch
-    if values.size != math.prod(dims):
-        raise ValueError(f"{path}: IDX header announces shape {dims} but holds {values.size} values")
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read ({err.strerror or err})") from None
+    if len(data) != count:
+        raise ValueError(f"{path}: IDX header announces shape {dims} but holds {len(data)} values"
+                         + (" or more" if len(data) > count else ""))
+    values = np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, for torch
     return values.reshape(dims)
+
+
+def _check_idx_size(path: Path, gz: bool, total: int, dims) -> None:
+    """``ValueError`` when an idx file of ``total`` bytes (header and data) cannot be ``path``: a plain file of
+    another size, or a gzip file whose trailer (ISIZE: the uncompressed size modulo 2**32) says otherwise."""
+    size = path.stat().st_size
+    if not gz:
+        if size != total:
+            raise ValueError(f"{path}: IDX header announces shape {dims} ({total:,} bytes) but the file holds "
+                             f"{size:,} bytes; replace it with an intact copy")
+        return
+    if size < 18:  # a gzip member's header and trailer alone
+        raise EOFError("shorter than a gzip header")
+    with open(path, "rb") as raw:
+        raw.seek(size - 4)
+        isize = struct.unpack("<I", raw.read(4))[0]
+    if isize != total % 2**32:
+        raise ValueError(f"{path}: IDX header announces shape {dims} ({total:,} bytes) but the gzip trailer records "
+                         f"{isize:,} uncompressed bytes; replace it with an intact copy")
 
 
 _FASHIONMNIST_STEMS = tuple(f"{split}-{kind}" for split in ("train", "t10k")

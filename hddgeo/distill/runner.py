@@ -57,6 +57,7 @@ def _opt(default, help: str, group: str, choices=None, default_factory=None):
 
 _PRUNE_LEVELS = ("radius", "centroid_distance", "random")  # random: the control, a uniform share of each class
 _INITS = ("real", "noise")
+MAX_SEED = 2**31 - 1  # seeds are derived from the run's seed by products far below 2**64 (hddgeo.seeds)
 
 
 @dataclass
@@ -164,6 +165,8 @@ class DistillConfig:
         choice("amp", self.amp, AMP_MODES)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 (or left unset for torch's default), got {self.threads}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must lie in 0..{MAX_SEED}, got {self.seed}")
         for name in ("k", "scale", "lr_img", "idm_net_lr", "memory_budget_gb"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -323,6 +326,14 @@ RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic
                     "memory_budget_gb")
 
 
+def check_threads(threads: Optional[int]) -> None:
+    """``ValueError`` when ``threads`` exceeds this machine's cores (torch crashes on absurd counts, and more
+    threads than cores only slow a run); checked where a run starts, not in a configuration read from a file."""
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        raise ValueError(f"threads {threads} is more than the {cores} cores of this machine; pass --threads 1..{cores}")
+
+
 def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
     """``(configuration to run, checkpoint state or None)``; ``ValueError`` before anything is written.
 
@@ -447,6 +458,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, resume: bool = False, pro
             if resume and rank == 0 and os.path.isdir(out_dir):
                 lock = RunLock(out_dir)  # one process owns the directory, from before its files are read
             cfg, state = _prepare_directory(cfg, out_dir, resume)
+            check_threads(cfg.threads)
             # before this process's first CUDA work: cuBLAS reads its workspace setting once, at its first call
             configure_process(cfg.deterministic, cfg.tf32, resolve_device(cfg.device))
             dataset, pool, matcher = prepare(cfg)

@@ -47,7 +47,11 @@
     [paper.accuracy]              # per label and IPC: [mean, std] in %
     "dm" = {1 = [70.7, 0.6], 10 = [83.4, 0.1]}
 
-A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  Cells come in :func:`study.run_study`'s order
+A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  A field that is an axis of ``[config]`` may not be
+set again by a variant or an ``[ipc_config.N]`` table (refused, so that a cell's tag always says what it ran); a
+profile or a command-line override of it replaces the axis.  Report names (the spec's and each stage's) are file
+name stems (one path component: no ``/``, not ``..``), ``out`` is a relative folder of such names (``--out`` may
+be any folder), and a spec may ask for at most :data:`MAX_CELLS` cells.  Cells come in :func:`study.run_study`'s order
 (per IPC, per seed: the baseline, then every axis value and variant) and with its names
 (:func:`study.cell_name`), so a spec reuses the run directories of the script it replaced.  Every cell runs
 with one torch thread unless the spec sets ``threads``.  Python 3.11's ``tomllib`` reads the file (``tomli``
@@ -68,6 +72,7 @@ from .executors import Cell
 from .runner import DistillConfig, describe
 from .study import cell_name, check_seeds_and_jobs
 
+MAX_CELLS = 100_000  # cells one spec may ask for (a typo in an axis should not build millions of cells)
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
             "claims", "description", "margin", "paper")
@@ -129,9 +134,37 @@ def _fields(table, where: str, axes: bool = False) -> dict:
     return out
 
 
+def check_name(value, where: str) -> str:
+    """``value`` if it can be one file or folder name (one path component): a non-empty text without ``/``,
+    ``\\``, control characters or NUL, not ``.`` or ``..``, at most 200 bytes; ``ValueError`` naming ``where``."""
+    if not isinstance(value, str) or not value or value in (".", "..") or len(value.encode()) > 200 \
+            or any(c in value for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{where} must be a file name (one path component: no /, not .., no control characters, "
+                         f"at most 200 bytes), got {value!r}"[:300])
+    return value
+
+
+def _relative_folder(value, where: str) -> str:
+    """``value`` if it is a relative folder made of names :func:`check_name` accepts (``results/demo``)."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        raise ValueError(f"{where} must be a relative folder (results/demo; pass --out for any other), got {value!r}")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not parts:
+        raise ValueError(f"{where} names no folder, got {value!r}")
+    for part in parts:
+        check_name(part, f"{where} ({value!r})")
+    return value
+
+
+def _table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table (of names and values), got {value!r}"[:300])
+    return value
+
+
 def _int_list(value, where: str) -> list[int]:
-    if not isinstance(value, list) or not value or any(type(v) is not int or v < 0 for v in value):
-        raise ValueError(f"{where} must be a non-empty list of non-negative integers, got {value!r}")
+    if not isinstance(value, list) or not value or any(type(v) is not int or not 0 <= v <= 2**31 - 1 for v in value):
+        raise ValueError(f"{where} must be a non-empty list of non-negative integers (below 2**31), got {value!r}"[:300])
     return value
 
 
@@ -201,6 +234,12 @@ class Spec:
                 raise ValueError(f"{self.path}: the axis {changing[0]} changes the random baseline; "
                                  f"set baseline = false or make one spec per {changing[0]}")
         scalars = {k: v for k, v in self.config.items() if k not in axes}
+        count = len(ipcs) * len(seeds) * (int(self.baseline) + math.prod(len(v) for v in axes.values()) * len(variants))
+        if count > MAX_CELLS:
+            sizes = " x ".join([f"{len(ipcs)} IPCs", f"{len(seeds)} seeds"] + [f"{len(v)} {k}" for k, v in axes.items()]
+                               + [f"{len(variants)} variants"])
+            raise ValueError(f"{self.path} asks for {count:,} cells ({sizes}), more than {MAX_CELLS:,}; split it into "
+                             f"stages or specs")
         combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())] or [{}]
         cells = []
         for ipc in ipcs:
@@ -265,6 +304,14 @@ class Spec:
         return any(label in s.get("variants", self.labels()) and ipc in s.get("ipc", self.ipcs)
                    for s in self.stages.values())
 
+    def datasets(self) -> set:
+        """Every dataset a cell of this spec may run on (``[config]``, its axis, profiles, IPC tables, variants)."""
+        found = set()
+        for table in [self.config, *self.ipc_config.values(), *self.profiles.values(), *self.variants]:
+            value = table.get("dataset", FIELDS["dataset"].default if table is self.config else None)
+            found.update(value if isinstance(value, list) else [value])
+        return {d for d in found if d is not None}
+
     def report_name(self, stage: Optional[str] = None) -> str:
         return self.stages.get(stage, {}).get("report") or self.report
 
@@ -281,38 +328,54 @@ def load_spec(path: str) -> Spec:
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise ValueError(f"{path}: unknown key {unknown[0]!r}; keys: {', '.join(TOP_KEYS)}")
-    report = data.get("report", "results")
-    if not isinstance(report, str) or not report or os.path.sep in report:
-        raise ValueError(f"{path}: report must be a file name stem, got {report!r}")
+    report = check_name(data.get("report", "results"), f"{path}: report")
     out = data.get("out")
-    if out is not None and not isinstance(out, str):
-        raise ValueError(f"{path}: out must be a folder name, got {out!r}")
+    if out is not None:
+        _relative_folder(out, f"{path}: out")
     baseline = data.get("baseline", True)
     if not isinstance(baseline, bool):
         raise ValueError(f"{path}: baseline must be true or false, got {baseline!r}")
     ipc_config = {}
-    for key, table in (data.get("ipc_config") or {}).items():
+    for key, table in _table(data.get("ipc_config") or {}, f"{path}: ipc_config").items():
         if not str(key).isdigit():
             raise ValueError(f"{path}: ipc_config.{key} must be named by an IPC (ipc_config.10)")
         ipc_config[int(key)] = _fields(table, f"{path} [ipc_config.{key}]")
-    profiles = {name: _fields(table, f"{path} [profiles.{name}]") for name, table in (data.get("profiles") or {}).items()}
+    profiles = {name: _fields(table, f"{path} [profiles.{name}]")
+                for name, table in _table(data.get("profiles") or {}, f"{path}: profiles").items()}
     variants = data.get("variants") or [{}]
     if not isinstance(variants, list):
         raise ValueError(f"{path}: variants must be an array of tables ([[variants]])")
     variants = [_fields(v, f"{path} variant {i + 1}") for i, v in enumerate(variants)]
     stages = {}
-    for name, table in (data.get("stages") or {}).items():
+    for name, table in _table(data.get("stages") or {}, f"{path}: stages").items():
+        table = _table(table, f"{path}: stages.{name}")
         bad = [k for k in table if k not in STAGE_KEYS]
         if bad:
             raise ValueError(f"{path} [stages.{name}]: unknown key {bad[0]!r}; keys: {', '.join(STAGE_KEYS)}")
         for key in ("seeds", "ipc"):
             if key in table:
                 _int_list(table[key], f"{path} [stages.{name}] {key}")
+        if "report" in table:
+            check_name(table["report"], f"{path} [stages.{name}] report")
+        wanted = table.get("variants")
+        if wanted is not None and (not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted)):
+            raise ValueError(f"{path} [stages.{name}] variants must be a list of variant labels, got {wanted!r}"[:300])
         stages[name] = dict(table)
     spec = Spec(path=path, report=report, out=out, ipcs=_int_list(data.get("ipc", [10]), f"{path}: ipc"),
                 seeds=_int_list(data.get("seeds", [0]), f"{path}: seeds"), baseline=baseline,
                 config=_fields(data.get("config") or {}, f"{path} [config]", axes=True), ipc_config=ipc_config,
                 profiles=profiles, variants=variants, stages=stages)
+    axes = spec.axes()
+    for where, fields in ([(f"variant {i + 1}", v) for i, v in enumerate(variants)]
+                          + [(f"[ipc_config.{ipc}]", t) for ipc, t in ipc_config.items()]):
+        again = [k for k in fields if k in axes]
+        if again:
+            raise ValueError(f"{path} {where} sets {again[0]}, an axis of [config] ({axes[again[0]]!r}): its cells "
+                             f"would be tagged with the axis value but run another; drop it there, or make the "
+                             f"axis a list of variants")
+    for i, v in enumerate(variants):
+        if "tag" in v and v["tag"] is not None and v["tag"] != "":
+            check_name(v["tag"], f"{path} variant {i + 1} tag")
     for name in stages:
         spec.stage_variants(name)  # labels checked now
     spec.claims = _claims(data.get("claims") or [], path, spec.labels() + [stats.RANDOM])
@@ -339,7 +402,7 @@ def _paper(table, path: str, labels: list) -> Optional[dict]:
         if key in table and (type(table[key]) is not int or table[key] < (2 if key == "runs" else 1)):
             raise ValueError(f"{where}: {key} must be an integer >= {2 if key == 'runs' else 1}, got {table[key]!r}")
     accuracy = {}
-    for label, per_ipc in (table.get("accuracy") or {}).items():
+    for label, per_ipc in _table(table.get("accuracy") or {}, f"{where} accuracy").items():
         if label not in labels:
             raise ValueError(f"{where} accuracy names {label!r}, which is no variant's label ({', '.join(labels)})")
         if not isinstance(per_ipc, dict):
@@ -381,9 +444,9 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
                 raise ValueError(f"{where} names {name!r}, which is no variant's label ({', '.join(labels)})")
         paper = t.get("paper")
         if paper is not None:
-            if not isinstance(paper, dict) or not all(str(k).isdigit() and type(v) in (int, float)
+            if not isinstance(paper, dict) or not all(str(k).isdigit() and type(v) in (int, float) and math.isfinite(v)
                                                       for k, v in paper.items()):
-                raise ValueError(f"{where}: paper must be a table of points per IPC ({{1 = 1.4, 10 = 0.6}}), "
+                raise ValueError(f"{where}: paper must be a table of points per IPC ({{1 = 1.4, 10 = 0.6}}, finite), "
                                  f"got {paper!r}")
             paper = {int(k): float(v) for k, v in paper.items()}
         try:  # Claim checks its kind

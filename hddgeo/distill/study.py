@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 from typing import Iterable, Optional, Sequence
 
@@ -24,10 +25,10 @@ from hddgeo.seeds import RunSeeds
 from hddgeo.evaluate import evaluate_synset
 
 from .methods import build_method
-from hddgeo.rundir import (CONFIG, LOCK, LOG, METRICS, RunLock, is_temporary, read_json, write_csv, write_json,
-                           write_text)
+from hddgeo.rundir import (CONFIG, LOCK, LOG, METRICS, RunLock, csv_text, is_temporary, read_json, write_csv,
+                           write_json, write_text)
 
-from .runner import (RESUMABLE_FIELDS, DistillConfig, config_differences, describe, eval_augment, prepare,
+from .runner import (MAX_SEED, RESUMABLE_FIELDS, DistillConfig, config_differences, describe, eval_augment, prepare,
                      run_distillation)
 
 DEFAULT_VARIANTS = (
@@ -55,12 +56,14 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
 def baseline_cell(cfg: DistillConfig, run_dir: str, progress: bool = False) -> dict:
     """:func:`baseline_row` kept in ``run_dir`` (``config.json`` + ``metrics.json``), reused when it matches."""
     cfg = dataclasses.replace(cfg, matcher="euclidean", iterations=1)  # fields that do not change the baseline
+    check_cell_dir(run_dir)
     if os.path.isdir(run_dir):
         with RunLock(run_dir):  # a cell one process owns at a time, like a distillation's run directory
             done = _finished_baseline(cfg, run_dir)
         if done is not None:
             return done
     row = baseline_row(cfg, progress=progress)  # checks every input before anything is written
+    check_cell_dir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     with RunLock(run_dir):
         done = _finished_baseline(cfg, run_dir)  # another process may have finished it meanwhile
@@ -76,7 +79,7 @@ def _finished_baseline(cfg: DistillConfig, run_dir: str) -> Optional[dict]:
     if not os.path.isfile(os.path.join(run_dir, METRICS)):
         return None
     check_same_run(cfg, run_dir)
-    return read_json(os.path.join(run_dir, METRICS))
+    return read_cell("baseline", cfg, run_dir)
 
 
 def cell_name(cfg: DistillConfig, label: Optional[str] = None) -> str:
@@ -140,34 +143,87 @@ def study_cells(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10)
 def check_cells(cells: Sequence) -> None:
     """``ValueError`` (one line) unless every cell's configuration is valid, its device exists and no two cells
     share a run directory; called before the first cell starts."""
+    from .spec import check_name
+
     seen = {}
     for cell in cells:
         try:
+            check_name(cell.name, "its folder name")
             cell.cfg.validate()
             resolve_device(cell.cfg.device)
         except ValueError as err:
-            raise ValueError(f"cell {cell.name}: {err}") from None
+            raise ValueError(f"cell {cell.name[:200]!r}: {err}") from None
         if cell.run_dir in seen:
             raise ValueError(f"two cells of the study are both {cell.name} ({seen[cell.run_dir]} and "
                              f"{describe(cell.cfg)}); give one of the variants a tag")
         seen[cell.run_dir] = describe(cell.cfg)
 
 
-def run_cells(cells: Sequence, out_dir: str, name: str = "results", jobs: int = 1, progress: bool = True,
-              resume: bool = True, executor: str = "local", ray_address: Optional[str] = None) -> pd.DataFrame:
-    """Check every cell (:func:`check_cells`), run them with ``executor`` and save their long table as
-    :func:`write_report` does; return it."""
+def check_study(cells: Sequence, out_dir: str, name: str = "results", jobs: Optional[int] = 1,
+                executor: str = "local", resume: bool = True) -> None:
+    """Every check a study makes before its first cell starts, in one place (``hddgeo study --dry-run`` makes
+    them too): the executor, every cell (:func:`check_cells`), the report name, the study folder's ``runs``
+    and every cell folder (no links, :func:`check_cell_dir`), each existing cell's ``config.json`` (the cell's
+    run) and finished cell's ``metrics.json`` (:func:`read_cell`), and for the local executor the devices and
+    thread counts.  ``ValueError``, one line, naming the cell and the field."""
     from . import executors
+    from .runner import check_threads
+    from .spec import check_name
 
     if executor not in executors.EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(executors.EXECUTORS)}")
+    check_name(name, "the report name")
     check_cells(cells)  # every cell's configuration is checked before the first one starts
+    if os.path.islink(os.path.join(out_dir, "runs")):
+        raise ValueError(f"{os.path.join(out_dir, 'runs')} is a link, not the study's runs folder: a study writes only "
+                         f"inside its folder; remove the link (or pass another --out)")
+    for cell in cells:
+        try:
+            check_cell_dir(cell.run_dir)
+            if os.path.isfile(os.path.join(cell.run_dir, CONFIG)):
+                check_same_run(cell.cfg if cell.kind == "distill" else
+                               dataclasses.replace(cell.cfg, matcher="euclidean", iterations=1), cell.run_dir)
+            if resume and os.path.isfile(os.path.join(cell.run_dir, METRICS)):
+                read_cell(cell.kind, cell.cfg, cell.run_dir)
+        except ValueError as err:
+            raise ValueError(f"cell {cell.name}: {str(err).strip().splitlines()[0]}") from None
+    if executor == "local":
+        executors.plan_slots(cells, jobs)
+        for cell in cells:
+            try:
+                check_threads(cell.cfg.threads)
+            except ValueError as err:
+                raise ValueError(f"cell {cell.name}: {err}") from None
+
+
+def run_cells(cells: Sequence, out_dir: str, name: str = "results", jobs: int = 1, progress: bool = True,
+              resume: bool = True, executor: str = "local", ray_address: Optional[str] = None) -> pd.DataFrame:
+    """Check every cell (:func:`check_study`), run them with ``executor`` and save the long table of the finished
+    ones as :func:`write_report` does; return it.
+
+    A cell that fails with an error of its input (one line: a ``ValueError`` such as a cell another process
+    holds, a dataset missing on a node, CUDA out of memory) does not stop the others: when every other cell has
+    run, the tables of the finished cells are written and one ``ValueError`` names the failed cells and the
+    first one's error.  The cells leave this process with absolute run directories (a Ray node's working folder
+    is not this one's)."""
+    from . import executors
+
+    check_study(cells, out_dir, name, jobs=jobs, executor=executor, resume=resume)
+    leaving = [dataclasses.replace(c, run_dir=os.path.abspath(c.run_dir)) for c in cells]
     if executor == "ray":
-        results = executors.run_ray(cells, address=ray_address, resume=resume, progress=progress)
+        results = executors.run_ray(leaving, address=ray_address, resume=resume, progress=progress)
     else:
-        results = executors.run_local(cells, jobs=jobs, resume=resume, progress=progress)
-    table = cells_table(cells, results)
-    write_report(table, out_dir, name)
+        results = executors.run_local(leaving, jobs=jobs, resume=resume, progress=progress)
+    failed = [(c, r) for c, r in zip(cells, results) if isinstance(r, executors.CellFailed)]
+    done = [(c, r) for c, r in zip(cells, results) if not isinstance(r, executors.CellFailed)]
+    table = cells_table([c for c, _ in done], [r for _, r in done])
+    if not table.empty:
+        write_report(table, out_dir, name)
+    if failed:
+        first = failed[0]
+        raise ValueError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(c.name for c, _ in failed)})"
+                         + (f"; the tables hold the {len(done)} others" if not table.empty else "")
+                         + f"; {first[0].name}: {first[1].message}")
     return table
 
 
@@ -300,10 +356,11 @@ def read_long_table(path: str) -> pd.DataFrame:
     missing column, a seed, IPC or network that is not a non-negative integer, or an accuracy outside [0, 1]."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist")
-    try:
-        table = pd.read_csv(path, dtype={"method": str, "dataset": str})
+    try:  # every cell as text: numbers are parsed below, strictly (no wrap-around, no True as 1)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a CSV table: {str(err).splitlines()[0]}") from None
+    table = table.rename(columns=csv_text)
     missing = [c for c in stats.REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: a long table has "
@@ -311,21 +368,55 @@ def read_long_table(path: str) -> pd.DataFrame:
     if table.empty:
         raise ValueError(f"{path} has no rows")
     for col in ("ipc", "seed", "network"):
-        values = pd.to_numeric(table[col], errors="coerce")
-        bad = ~(values.notna() & (values >= 0) & (values == values.round()))
-        if bad.any():
-            i = int(bad.idxmax())
-            raise ValueError(f"{path} row {i + 2}: {col} is {table[col].iloc[i]!r}, not a non-negative integer")
-        table[col] = values.astype(int)
-    acc = pd.to_numeric(table["acc"], errors="coerce")
-    bad = ~acc.between(0, 1)
-    if bad.any():
-        i = int(bad.idxmax())
-        raise ValueError(f"{path} row {i + 2}: acc is {table['acc'].iloc[i]!r}; accuracies are fractions in [0, 1]")
-    table["acc"] = acc.astype(float)
-    if table["method"].isna().any():
-        raise ValueError(f"{path} row {int(table['method'].isna().idxmax()) + 2}: method is empty")
+        values = []
+        for i, text in enumerate(table[col]):
+            if not _INTEGER.fullmatch(text.strip()) or int(text.strip().split(".")[0]) > 2**63 - 1:
+                raise ValueError(f"{path} row {i + 2}: {col} is {text[:40]!r}, not a non-negative integer below 2**63")
+            values.append(int(text.strip().split(".")[0]))
+        table[col] = pd.Series(values, dtype="int64", index=table.index)
+    accs = []
+    for i, text in enumerate(table["acc"]):
+        value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
+        if not 0 <= value <= 1:
+            raise ValueError(f"{path} row {i + 2}: acc is {text[:40]!r}; accuracies are numbers (fractions) in [0, 1]")
+        accs.append(value)
+    table["acc"] = pd.Series(accs, dtype="float64", index=table.index)
+    for col in [c for c in ("method", "dataset") if c in table.columns]:
+        if (table[col].str.strip() == "").any():
+            raise ValueError(f"{path} row {int((table[col].str.strip() == '').idxmax()) + 2}: {col} is empty")
+        table[col] = [csv_text(v) for v in table[col]]
+    for col in table.columns:
+        if col in stats.REQUIRED_COLUMNS or col in ("dataset", "method"):
+            continue
+        numbers = pd.to_numeric(table[col].replace("", math.nan), errors="coerce")
+        if col == "seconds_per_iteration" or numbers.notna().sum() == (table[col] != "").sum():
+            table[col] = numbers  # a numeric column (NaN where empty)
+        else:
+            table[col] = [csv_text(v) for v in table[col]]
     return stats.check_long(table)
+
+
+_INTEGER = re.compile(r"\+?\d{1,25}(\.0*)?")
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def table_datasets(table: pd.DataFrame, source: str) -> list:
+    """The datasets of a long table: its ``dataset`` column, or (a study's ``results.csv`` has none) the
+    ``config.json`` of each run its ``run_dir`` column names (relative to the table's folder); ``ValueError`` when
+    neither tells."""
+    if "dataset" in table.columns:
+        return sorted(set(table["dataset"]))
+    if "run_dir" not in table.columns or not source.endswith(".csv"):
+        raise ValueError(f"{source} names no dataset (no dataset or run_dir column); compare the run folders instead")
+    found = set()
+    for run_dir in dict.fromkeys(table["run_dir"]):
+        path = os.path.join(os.path.dirname(os.path.abspath(source)), str(run_dir), CONFIG)
+        try:
+            found.add(DistillConfig.from_json(read_json(path), source=path).dataset)
+        except ValueError as err:
+            raise ValueError(f"{source} names no dataset and its run {run_dir} cannot tell: "
+                             f"{str(err).strip().splitlines()[0]}") from None
+    return sorted(found)
 
 
 def read_run(run_dir: str) -> tuple[DistillConfig, dict]:
@@ -342,13 +433,16 @@ def read_run(run_dir: str) -> tuple[DistillConfig, dict]:
 
     method = metrics.get("method")
     if not isinstance(method, str):
-        bad("method", f"must be a string, got {method!r}")
+        bad("method", f"must be a string, got {method!r}"[:200])
     baseline = method == stats.RANDOM and cfg.iterations == 1 and cfg.matcher == "euclidean"  # a baseline_cell
     if method != describe(cfg) and not baseline:
         bad("method", f"is {method!r} but {config_path} describes {describe(cfg)!r} (method, matcher, centroid, tag)")
     ipc = metrics.get("ipc")
-    if type(ipc) is not int:
-        bad("ipc", f"must be an integer, got {ipc!r}")
+    if type(ipc) is not int or not 0 < ipc < 2**63:
+        bad("ipc", f"must be a positive integer below 2**63, got {ipc!r}"[:200])
+    spi = metrics.get("seconds_per_iteration")
+    if spi is not None and (type(spi) not in (int, float) or not (math.isnan(spi) or 0 <= spi < math.inf)):
+        bad("seconds_per_iteration", f"must be a non-negative number, got {spi!r}"[:200])
     for field, want in (("ipc", cfg.ipc), ("dataset", cfg.dataset), ("eval_model", cfg.model),
                         ("eval_epochs", cfg.final_eval_epochs)):
         if field in metrics and metrics[field] != want:
@@ -408,8 +502,10 @@ def check_seeds_and_jobs(seeds: Optional[Sequence[int]] = None, jobs: int = 1) -
     than cores would slow each cell and write inflated timings into the results."""
     if seeds is not None:
         seeds = list(seeds)
-        if not seeds or len(set(seeds)) != len(seeds) or any(type(s) is not int or s < 0 for s in seeds):
-            raise ValueError(f"--seeds must be distinct non-negative integers, got {' '.join(map(str, seeds)) or 'none'}")
+        if not seeds or len(set(seeds)) != len(seeds) or any(type(s) is not int or not 0 <= s <= MAX_SEED
+                                                             for s in seeds):
+            raise ValueError(f"--seeds must be distinct integers in 0..{MAX_SEED}, got "
+                             f"{' '.join(map(str, seeds))[:200] or 'none'}")
     cores = os.cpu_count() or 1
     if type(jobs) is not int or not (1 <= jobs <= cores):
         raise ValueError(f"--jobs must lie in 1..{cores} (the cores of this machine), got {jobs}")
@@ -441,16 +537,21 @@ def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bo
     """
     cfg.validate()
     has_ckpt = False
+    check_cell_dir(run_dir)  # before the lock: a linked cell would have its lock file made elsewhere
     if os.path.isdir(run_dir):
         with RunLock(run_dir):
-            if os.path.exists(os.path.join(run_dir, CONFIG)):
+            check_cell_dir(run_dir)
+            has_config = os.path.exists(os.path.join(run_dir, CONFIG))
+            if has_config:
                 check_same_run(cfg, run_dir)
             metrics_path = os.path.join(run_dir, METRICS)
             if resume and os.path.exists(metrics_path):
-                return read_json(metrics_path)
+                return read_cell("distill", cfg, run_dir)
             has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
             stale = set(os.listdir(run_dir)) - {LOCK}
-            if not has_ckpt and all(name in (CONFIG, LOG, "tensorboard") or is_temporary(name) for name in stale):
+            killed = all(name in (CONFIG, LOG, "tensorboard") or is_temporary(name) for name in stale)
+            if not has_ckpt and killed and (has_config or all(is_temporary(name) for name in stale)):
+                # a cell this study created (its config.json is the cell's) that died before its first checkpoint
                 for name in stale:
                     path = os.path.join(run_dir, name)
                     if os.path.isdir(path) and not os.path.islink(path):
@@ -458,6 +559,38 @@ def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bo
                     else:
                         os.unlink(path)  # a link itself, never what it points to
     return run_distillation(cfg, run_dir, resume=resume and has_ckpt, progress=progress)
+
+
+def check_cell_dir(run_dir: str) -> None:
+    """``ValueError`` (one line) unless ``run_dir`` and the ``runs`` folder holding it are real folders (or do not
+    exist yet) and nothing inside the cell is a link: a link would make a cell read, clear or write files
+    outside the study folder.  Links under temporary names (a killed write's, removed by the run) are let be."""
+    runs = os.path.dirname(os.path.abspath(run_dir))
+    for path, what in ((runs, "the study's runs folder"), (run_dir, "a cell")):
+        if os.path.islink(path):
+            raise ValueError(f"{path} is a link, not {what}: a study writes only inside its folder; remove the link "
+                             f"(or pass another --out)")
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is a file, not {what}; move it away (or pass another --out)")
+    if not os.path.isdir(run_dir):
+        return
+    for folder, dirs, files in os.walk(run_dir):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not (folder == run_dir and (is_temporary(name) or name == LOCK)):
+                raise ValueError(f"{path} is a link: a study cell holds only its own files; remove the link")
+
+
+def read_cell(kind: str, cfg: DistillConfig, run_dir: str) -> dict:
+    """The metrics of the finished cell in ``run_dir``, read through :func:`read_run`'s checks (the ones
+    ``hddgeo compare`` makes) and those of the cell: the method is the cell's (``random`` for a baseline).
+    ``ValueError`` naming the file and the field."""
+    _, metrics = read_run(run_dir)
+    want = stats.RANDOM if kind == "baseline" else describe(cfg)
+    if metrics["method"] != want:
+        raise ValueError(f"{os.path.join(run_dir, METRICS)}: 'method' is {metrics['method']!r} but the cell runs "
+                         f"{want!r}; delete the cell to run it again")
+    return metrics
 
 
 def read_log(run_dir: str) -> pd.DataFrame:
