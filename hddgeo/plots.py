@@ -18,21 +18,21 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Circle  # noqa: E402
+from .geometry import karcher_mean, law_centroid, lift, radius
+from .geometry.lorentz import check_points, frame_logs_, manifold_k
+from .rundir import load_tensors, read_json, write_file
+from .tables import markdown_table as save_table_md  # re-exported for the studies (in __all__)
 
-from .geometry import karcher_mean, law_centroid, lift, radius  # noqa: E402
-from .geometry.lorentz import check_points, frame_logs_, manifold_k  # noqa: E402
-from .rundir import load_tensors, read_json, write_file  # noqa: E402
-from .tables import markdown_table as save_table_md  # noqa: E402,F401  (re-exported for the studies)
+matplotlib.use("Agg")  # figures go to files; switching after pyplot's import is fine while no figure exists
 
 __all__ = [
     "PoincareProjection", "poincare_projection", "plot_poincare_disk", "plot_radius_histograms",
