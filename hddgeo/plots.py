@@ -605,8 +605,8 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     r_syn = {c: radius(z_syn[c], M).numpy() if z_syn[c] is not None else np.zeros(0) for c in classes}
     clip_r = clip_radius(k, max_norm)
     with _style():
-        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(12, 6), gridspec_kw=dict(width_ratios=(1.1, 1)))
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.83, bottom=0.28, wspace=0.28)
+        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(12, 6.3), gridspec_kw=dict(width_ratios=(1.1, 1)))
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.31, wspace=0.28)
         plot_radius_histograms(ax_h, np.concatenate([r_real[c] for c in classes]),
                                np.concatenate([r_syn[c] for c in classes]), title="all shown classes pooled",
                                clip=clip_r, legend="none")
