@@ -377,6 +377,8 @@ def run_main(main, argv=None, prog: str = "", interrupted: str = "interrupted") 
 
 
 def main(argv=None) -> int:
+    """Run the ``hddgeo`` command with ``argv`` (default ``sys.argv[1:]``) and return its exit status: 0 on
+    success, 2 for bad input (one line on stderr, nothing written)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

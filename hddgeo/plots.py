@@ -478,7 +478,9 @@ def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, class
     rgb = getattr(dataset, "channels", 1) == 3
     with _style():
         fig, axes = plt.subplots(len(classes), 2, figsize=(2 * max(0.75 * n + 0.4, 2.6) + 0.8, 0.8 * len(classes) + 1.2),
-                                 squeeze=False, gridspec_kw=dict(wspace=0.08, hspace=0.15))
+                                 squeeze=False, layout="constrained")
+        # constrained: a caller's fig.suptitle gets its own room above the column titles
+        fig.get_layout_engine().set(wspace=0.04, hspace=0.02)
         for row, c in enumerate(classes):
             for col, idx in enumerate((root_idx[c], leaf_idx[c])):
                 ax = axes[row, col]
