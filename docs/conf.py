@@ -12,11 +12,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import sphinx.ext.autosummary as _autosummary
+
+import hddgeo  # the installed package (.ci/setup installs the checkout in editable mode)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-
-import hddgeo  # noqa: E402  (after the path above, so a checkout builds its own docs)
 
 project = "hddgeo"
 author = "the hddgeo developers"
@@ -48,8 +49,6 @@ napoleon_google_docstring = False
 napoleon_use_rtype = False
 
 # autosummary's one-line summaries end at the first ". "; the docstrings cite "paper Eq. 17", "Fig. 4"
-import sphinx.ext.autosummary as _autosummary  # noqa: E402
-
 _autosummary.WELL_KNOWN_ABBREVIATIONS = tuple(_autosummary.WELL_KNOWN_ABBREVIATIONS) + ("Eq.", "Eqs.", "Fig.", "Sec.")
 
 # -- MyST and the notebooks
