@@ -74,6 +74,7 @@ for _nb in sorted(_NB_SRC.glob("*.ipynb")):
 # -- HTML
 html_theme = "furo"
 html_title = f"hddgeo {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["wide.css"]
 html_show_sourcelink = False
 nitpicky = False
