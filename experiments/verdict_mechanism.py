@@ -122,7 +122,7 @@ def weights_and_difficulty(cells: list, dataset, nets: list, most: int) -> pd.Da
     from hddgeo.distill.runner import DistillConfig, eval_augment
     from hddgeo.distill.synset import SyntheticSet
     from hddgeo.evaluate import train_and_test
-    from hddgeo.seeds import FINAL_EVAL_OFFSET
+    from hddgeo.seeds import RunSeeds
 
     dm = [(d, c) for d, c, m in cells if m["method"] == "dm" and os.path.isfile(os.path.join(d, "synset.pt"))]
     if not dm:
@@ -135,7 +135,8 @@ def weights_and_difficulty(cells: list, dataset, nets: list, most: int) -> pd.Da
         res = train_and_test(syn["images"].float(), syn["train_labels"].long(), dataset.test_images,
                              dataset.test_labels, model=cfg["model"], num_classes=dataset.num_classes,
                              epochs=cfg["final_eval_epochs"], augment=eval_augment(DistillConfig.from_json(cfg)),
-                             seed=cfg["seed"] + FINAL_EVAL_OFFSET, per_image=True)
+                             seed=RunSeeds.of(DistillConfig.from_json(cfg)).eval_networks("final", 1)[0],
+                             per_image=True)
         wrong += (~res["correct"]).float()
     wrong /= len(dm)
     kt = torch.tensor(float(dm[0][1]["k"]), dtype=torch.float64)

@@ -5,6 +5,8 @@
     hddgeo distill --dataset digits --ipc 10 --method dm --matcher hdd --centroid karcher --out runs/x
     hddgeo distill --out runs/x --resume
     hddgeo evaluate runs/x [--model resnet18]
+    hddgeo evaluate runs/x res_DM_FashionMNIST_ConvNet_1ipc.pt --protocol paper --out eval   any sets, one protocol
+    hddgeo export runs/x OUT            PNG class folders + float set + dataset card
     hddgeo centroids                    Law vs Karcher vs tangent centroids per class, as CSV
     hddgeo compare RUN_DIR...           per-method accuracy and paired differences over seeds
     hddgeo compare STUDY/results.csv --claims SPEC   ... and the verdict of a spec's claims, from a long table
@@ -22,6 +24,7 @@ from . import __version__
 from .device import AMP_MODES, resolve_device
 from .distill import distributed
 from .distill.runner import RESUMABLE_FIELDS, DistillConfig
+from .evaluate import PROTOCOLS
 from .extras import missing_extra_message
 
 DEFAULTS = DistillConfig()
@@ -47,7 +50,7 @@ def _add_distill_options(p):
         g = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
         flag, default = "--" + f.name.replace("_", "-"), getattr(DEFAULTS, f.name)
         choices = meta["choices"]() if meta["choices"] else None
-        text = meta["help"] + (f" ({' | '.join(choices)})" if choices else "")
+        text = meta["help"] + (f" ({' | '.join(map(str, choices))})" if choices else "")
         if f.name == "options":
             g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE", help=text)
         elif str(f.type) == "bool":
@@ -127,16 +130,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("evaluate", help="re-evaluate a run's synthetic set")
-    e.add_argument("run_dir")
+    e = sub.add_parser("evaluate", help="re-evaluate a run's synthetic set, or evaluate any sets under a declared "
+                                         "protocol (--protocol, --out)")
+    e.add_argument("paths", nargs="+", metavar="SET",
+                   help="a run directory; with --protocol or --out also a reference .pt (official DM/IDM-HDD layout), "
+                        "an {images, labels} .pt or an image folder (one sub-folder per class), several at once")
+    e.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="evaluate the sets under a declared protocol: paper (20 networks x 1000 epochs, DSA, as the "
+                        "official code) or default (5 x 300); the flags below change it")
+    e.add_argument("--out", default=None, help="folder for evaluation.csv, protocol.json and evaluation.md (protocol "
+                                               "mode; must be new or empty)")
+    e.add_argument("--dataset", default=None, help="the sets' dataset (default: the run directories' own)")
+    e.add_argument("--seed", type=int, default=None, help="seeds the protocol's evaluation networks [default: 0]")
+    e.add_argument("--test-per-class", type=int, default=None,
+                   help="test on the first N test images of each class (0: all) [default: 0]")
+    e.add_argument("--no-dsa", action="store_true", help="train the evaluation networks without DSA")
     e.add_argument("--model", default=None, help="convnet | alexnet | vgg11 | resnet18 (default: the run's)")
-    e.add_argument("--nets", type=int, default=3)
+    e.add_argument("--nets", type=int, default=None, help="evaluation networks [default: 3, or the protocol's]")
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--data-root", default=None, help="folder holding the run's dataset (default: the run's own)")
     _add_device_option(e)
     e.add_argument("--amp", choices=AMP_MODES, default=None, help="bf16 autocast of the evaluation networks "
                                                                   "(default: the run's own --amp)")
     e.add_argument("--quiet", action="store_true")
+
+    x = sub.add_parser("export", help="write a run's synthetic set as class folders of PNGs, the float set and a "
+                                       "dataset card (loads with torchvision's ImageFolder and hddgeo evaluate)")
+    x.add_argument("run_dir")
+    x.add_argument("out", help="folder to write (must be new or empty)")
+    x.add_argument("--format", choices=["imagefolder"], default="imagefolder")
+    x.add_argument("--data-root", default=None, help="folder holding the run's dataset (default: the run's own)")
 
     m = sub.add_parser("demo", help="the main job: digits, IPC 1 and 10, DM vs DM+HDD (law, karcher), short budget "
                                      "(the shipped spec demo.toml; hddgeo study demo runs the same cells)")
@@ -252,6 +275,29 @@ def _run_spec(args) -> None:
     print(f"wrote {os.path.join(out, f'{name}.csv')} (one row per method, IPC, seed and network) and {name}.md")
 
 
+def _protocol(args):
+    """The declared protocol of ``hddgeo evaluate``: a named one (default: ``default``) with the flags given."""
+    from .evaluate import PROTOCOLS
+
+    changes = {"model": args.model, "networks": args.nets, "epochs": args.epochs, "seed": args.seed,
+               "test_per_class": args.test_per_class}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.no_dsa:
+        changes["dsa"] = False
+    for name in ("networks", "epochs"):
+        if name in changes and changes[name] < 1:
+            raise ValueError(f"--{'nets' if name == 'networks' else name} must be at least 1, got {changes[name]}")
+    if changes.get("test_per_class", 0) < 0 or changes.get("seed", 0) < 0:
+        raise ValueError("--test-per-class and --seed must be non-negative")
+    base = PROTOCOLS[args.protocol or "default"]
+    if "model" in changes:
+        from .models import MODEL_NAMES
+
+        if changes["model"] not in MODEL_NAMES:
+            raise ValueError(f"unknown model {changes['model']!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return dataclasses.replace(base, **changes)
+
+
 def _run(args, given: set) -> int:
     if args.command == "distill":
         from .distill.runner import run_distillation
@@ -266,12 +312,28 @@ def _run(args, given: set) -> int:
         acc = f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f}" if "acc_mean" in metrics else "n/a"
         print(f"{metrics['method']} on {metrics['dataset']} IPC {metrics['ipc']}: accuracy {acc} %, "
               f"{metrics['seconds_per_iteration']:.3f} s/iteration -> {args.out}")
+    elif args.command == "evaluate" and (args.protocol or args.out or len(args.paths) > 1):
+        from .synset_files import evaluate_files
+
+        protocol = _protocol(args)
+        res = evaluate_files(args.paths, args.out or "evaluation", protocol, dataset_name=args.dataset,
+                             data_root=args.data_root, device=resolve_device(args.device), progress=not args.quiet,
+                             amp=args.amp or "none")
+        print(res["text"])
+        print(f"wrote {os.path.join(args.out or 'evaluation', 'evaluation.csv')}, protocol.json and evaluation.md")
     elif args.command == "evaluate":
         from .distill.runner import evaluate_run
 
-        res = evaluate_run(args.run_dir, model=args.model, num_nets=args.nets, epochs=args.epochs, progress=not args.quiet,
-                           data_root=args.data_root, device=args.device, amp=args.amp)
+        res = evaluate_run(args.paths[0], model=args.model, num_nets=args.nets or 3, epochs=args.epochs,
+                           progress=not args.quiet, data_root=args.data_root, device=args.device, amp=args.amp)
         print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
+    elif args.command == "export":
+        from .synset_files import export_run
+
+        info = export_run(args.run_dir, args.out, data_root=args.data_root)
+        print(f"wrote {info['images']} images to {args.out} (PNG class folders, synset.pt, README.md); the PNGs are "
+              f"8-bit: largest pixel error {info['max_pixel_error']:.4f}, {100 * info['clipped']:.2f} % of pixels "
+              f"clipped to [0, 1] (synset.pt holds the exact set)")
     elif args.command in ("demo", "study"):
         _run_spec(args)
     elif args.command == "compare":
@@ -306,7 +368,8 @@ def _run(args, given: set) -> int:
             if len(datasets) > 1:
                 raise ValueError(f"--claims reads one dataset's runs; these are of {', '.join(datasets)}: "
                                  f"compare each dataset's separately")
-            verdict = claims_table(table, spec.claims, spec.designs)
+            verdict = claims_table(table, spec.claims, spec.designs, margin=spec.margin, paper=spec.paper,
+                                   budget=spec.budget())
         summary, diffs, text = write_report(table, out, "compare", pairs=pairs, preamble=note.rstrip("\n"))
         if verdict is not None:
             from .rundir import write_csv, write_text

@@ -26,10 +26,10 @@ and HDD match with, which needs no training and keeps selection cheap on a CPU.
 (closer to the benchmark, not identical: the benchmark trains to convergence), and ``features=``
 accepts any precomputed ``(N, d)`` matrix aligned with ``dataset.train_images``.
 
-Seeds. ``seed`` drives the random draws of the selection (random order, tie-breaking); the feature
-network and the network trained for forgetting use seeds derived from it that cannot coincide with
-the evaluation networks' seeds ``seed .. seed + num_nets - 1``, so a selection network never shares
-its initial weights with an evaluated one. The caller's global RNG state is never touched.
+Seeds. ``seed`` drives the random draws of the selection (random order, tie-breaking), the feature
+network, the network trained for forgetting and the evaluation networks, each through a stream of its own
+(:class:`hddgeo.seeds.RunSeeds`; ``seed_scheme=1`` gives the derivation of earlier versions), so a selection
+network never shares its initial weights with an evaluated one. The caller's global RNG state is never touched.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from torch import Tensor
 
 from hddgeo.data import ClassPool, ImageDataset, dsa as dsa_augment, load_dataset
 from hddgeo.models import embed, fresh_network
-from hddgeo.seeds import coreset_seed
+from hddgeo.seeds import DEFAULT_SCHEME, RunSeeds
 from hddgeo.training import sgd_epochs
 from hddgeo.evaluate import evaluate_synset
 
@@ -63,7 +63,12 @@ FEATURE_MODELS = ("random", "trained")
 # Stream numbers of the seeds derived from the user's seed (see the module docstring and hddgeo.seeds).
 _FEATURE_NET_STREAM = 1
 _FORGETTING_NET_STREAM = 2
-_derived_seed = coreset_seed
+
+
+def _evaluation_seeds(seed: int, seed_scheme: int, num_nets: int):
+    """Scheme 1 evaluated coresets with networks ``seed .. seed + num_nets - 1``; scheme 2 with a run's final
+    evaluation networks."""
+    return seed if seed_scheme == 1 else RunSeeds(seed, seed_scheme).eval_networks("final", num_nets)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def _check_ipc(ipc, pool: ClassPool, name: str) -> int:
 def select_coreset(method: str, dataset: Union[str, ImageDataset], ipc: int, seed: int = 0,
                    model: str = "convnet", features: Optional[Tensor] = None, forgetting_epochs: int = 3,
                    feature_model: str = "random", feature_epochs: int = 3, batch_size: int = 64,
-                   device="cpu", **model_kw) -> tuple[Tensor, Tensor]:
+                   device="cpu", seed_scheme: int = DEFAULT_SCHEME, **model_kw) -> tuple[Tensor, Tensor]:
     """Choose ``ipc`` real training images of every class by ``method`` (see :data:`CORESET_METHODS`).
 
     Returns ``(indices, labels)``: int64 indices into ``dataset.train_images``, class-major (all of
@@ -262,13 +267,14 @@ def select_coreset(method: str, dataset: Union[str, ImageDataset], ipc: int, see
         raise ValueError(f"forgetting_epochs must be an integer >= 2 (an event needs two presentations), "
                          f"got {forgetting_epochs!r}")
 
-    generator = torch.Generator().manual_seed(int(seed))
+    run_seeds = RunSeeds(seed, seed_scheme)
+    generator = run_seeds.init()
     per_class: list[Tensor] = []
     if method == "random":
         per_class = [pool.sample_indices(c, ipc, generator) for c in range(pool.num_classes)]
     elif method in ("herding", "kcenter"):
         if features is None:
-            net_seed = _derived_seed(seed, _FEATURE_NET_STREAM)
+            net_seed = run_seeds.coreset(_FEATURE_NET_STREAM)
             if feature_model == "trained":
                 net, _ = train_on_real(dataset, model, feature_epochs, net_seed, batch_size=batch_size,
                                        device=device, **model_kw)
@@ -284,7 +290,7 @@ def select_coreset(method: str, dataset: Union[str, ImageDataset], ipc: int, see
         rule = herding_order if method == "herding" else kcenter_order
         per_class = [pool.indices[c][rule(features[pool.indices[c]], ipc)] for c in range(pool.num_classes)]
     else:  # forgetting
-        _, history = train_on_real(dataset, model, forgetting_epochs, _derived_seed(seed, _FORGETTING_NET_STREAM),
+        _, history = train_on_real(dataset, model, forgetting_epochs, run_seeds.coreset(_FORGETTING_NET_STREAM),
                                    batch_size=batch_size, device=device, **model_kw)
         counts = forgetting_counts(history)
         per_class = [pool.indices[c][_most_forgotten(counts[pool.indices[c]], ipc, generator)]
@@ -295,10 +301,11 @@ def select_coreset(method: str, dataset: Union[str, ImageDataset], ipc: int, see
 
 def evaluate_coreset(method: str, dataset: Union[str, ImageDataset], ipc: int, num_nets: int = 3,
                      epochs: int = 1000, seed: int = 0, dsa: bool = True, model: str = "convnet",
-                     device="cpu", progress: bool = False, select_kwargs: Optional[dict] = None) -> dict:
+                     device="cpu", progress: bool = False, select_kwargs: Optional[dict] = None,
+                     seed_scheme: int = DEFAULT_SCHEME) -> dict:
     """Select a coreset and evaluate it with the distilled-set protocol.
 
-    ``num_nets`` fresh ``model`` networks (seeds ``seed .. seed + num_nets - 1``) are trained on the
+    ``num_nets`` fresh ``model`` networks (a distilled run's final evaluation networks of ``seed``) are trained on the
     selected images for ``epochs`` epochs with :func:`hddgeo.evaluate.evaluate_synset` (SGD 0.01,
     momentum 0.9, lr x0.1 at half) and per-image DSA when ``dsa`` is true, then tested on the real
     test split. ``select_kwargs`` go to :func:`select_coreset` (``feature_model``,
@@ -309,9 +316,9 @@ def evaluate_coreset(method: str, dataset: Union[str, ImageDataset], ipc: int, n
     """
     dataset = _as_dataset(dataset)
     indices, labels = select_coreset(method, dataset, ipc, seed=seed, model=model, device=device,
-                                     **(select_kwargs or {}))
+                                     seed_scheme=seed_scheme, **(select_kwargs or {}))
     augment = partial(dsa_augment, siamese=False) if dsa else None
     res = evaluate_synset(dataset.train_images[indices], labels, dataset.test_images, dataset.test_labels,
                           dataset.num_classes, model=model, num_nets=num_nets, epochs=epochs, augment=augment,
-                          seed=seed, device=device, progress=progress)
+                          seed=_evaluation_seeds(seed, seed_scheme, num_nets), device=device, progress=progress)
     return {"mean": res["mean"], "std": res["std"], "accs": res["accs"], "indices": indices, "labels": labels}

@@ -7,7 +7,8 @@ augmentation during training (passed in as ``augment``), mean and std over sever
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from hddgeo.device import autocast, move_module, on_accelerator
 from hddgeo.models import build_model
+from hddgeo.seeds import network_seeds
 from hddgeo.training import sgd_epochs
 
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
@@ -142,13 +144,15 @@ def _train_and_test(images, labels, test_images, test_labels, model, num_classes
 def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
                     model: str = "convnet", num_nets: int = 3, epochs: int = 1000,
                     lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-                    batch_size: int = 256, augment: Optional[Augment] = None, seed: int = 0,
-                    device=None, progress: bool = True,
+                    batch_size: int = 256, augment: Optional[Augment] = None,
+                    seed: Union[int, Sequence[int]] = 0, device=None, progress: bool = True,
                     model_kwargs: Optional[dict] = None, amp: str = "none") -> dict:
-    """Train ``num_nets`` fresh networks (seeds ``seed .. seed + num_nets - 1``) on a synthetic
-    set and test each on real data.
+    """Train ``num_nets`` fresh networks on a synthetic set and test each on real data.
 
-    Returns ``{"mean", "std", "accs", "train_losses", "model"}``; accuracies are fractions in
+    ``seed`` seeds the networks: an ``int`` gives them ``seed .. seed + num_nets - 1``, a sequence one seed each
+    (a run's evaluation networks come from :meth:`hddgeo.seeds.RunSeeds.eval_networks`).
+
+    Returns ``{"mean", "std", "accs", "train_losses", "model", "seeds"}``; accuracies are fractions in
     [0, 1] and ``std`` is the population standard deviation (``numpy.std``, ddof=0), so a single
     network gives std 0. ``progress`` shows a bar over networks (and one over epochs) on stderr.
     ``device`` (default: where ``images`` are) and ``amp`` as in :func:`train_and_test`; the set and the
@@ -163,7 +167,8 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
     if num_nets < 1:
         raise ValueError(f"num_nets must be >= 1, got {num_nets}")
     results = []
-    nets = range(seed, seed + num_nets)
+    net_seeds = network_seeds(seed, num_nets)
+    nets = net_seeds
     if progress:
         nets = tqdm(nets, desc=f"evaluate {model}", file=sys.stderr)
     for net_seed in nets:
@@ -177,4 +182,69 @@ def evaluate_synset(images, labels, test_images, test_labels, num_classes: int,
     accs = [int(c) / len(test_images) for c, _ in values]
     losses = [l for _, l in values]
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs,
-            "train_losses": losses, "model": model}
+            "train_losses": losses, "model": model, "seeds": net_seeds}
+
+
+# ----------------------------------------------------------------------------- declared protocols
+@dataclass(frozen=True)
+class Protocol:
+    """A declared train-on-synthetic protocol: what :func:`evaluate_sets` does to every set it is given.
+
+    ``networks`` fresh ``model`` networks are trained ``epochs`` epochs with SGD (``lr``, ``momentum``,
+    ``weight_decay``, batch ``batch``; the learning rate divided by 10 at half), with per-image DSA (``dsa``,
+    ``dsa_strategy``) on the set's images in the dataset's normalised space, then tested on the test split (its first
+    ``test_per_class`` images of each class when positive, else all of it).  The networks are seeded by
+    ``seed`` (a run's final evaluation networks, :meth:`hddgeo.seeds.RunSeeds.eval_networks`), so every set evaluated
+    under one protocol meets the same networks: two sets are paired network by network."""
+
+    name: str = "default"
+    model: str = "convnet"
+    networks: int = 5
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch: int = 256
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    test_per_class: int = 0
+    seed: int = 0
+
+    def network_seeds(self) -> list:
+        from hddgeo.seeds import RunSeeds
+
+        return RunSeeds(self.seed, 2).eval_networks("final", self.networks)
+
+    def describe(self) -> str:
+        test = f"the first {self.test_per_class} test images per class" if self.test_per_class else "the whole test split"
+        return (f"{self.name}: {self.networks} x {self.model} trained {self.epochs} epochs (SGD lr {self.lr}, momentum "
+                f"{self.momentum}, weight decay {self.weight_decay}, batch {self.batch}, lr x0.1 at half"
+                f"{', DSA ' + self.dsa_strategy if self.dsa else ', no augmentation'}), tested on {test}; networks "
+                f"seeded from {self.seed}")
+
+
+# "paper": the official DM / IDM / HDD code's evaluation (20 networks x 1000 epochs, DSA); "default": hddgeo's
+# shorter one (5 x 300, the verdict's IPC 1 budget)
+PROTOCOLS = {"default": Protocol(), "paper": Protocol(name="paper", networks=20, epochs=1000)}
+
+
+def evaluate_sets(sets, dataset, protocol: Protocol, device=None, progress: bool = False, amp: str = "none") -> list:
+    """Evaluate every :class:`hddgeo.synset_files.LoadedSet` in ``sets`` under ``protocol`` on ``dataset`` (its
+    test split); one row per (set, network): ``set, network, net_seed, acc``."""
+    from functools import partial
+
+    from hddgeo.data import dsa
+
+    if protocol.test_per_class:
+        dataset = dataset.test_subset(protocol.test_per_class)
+    augment = partial(dsa, strategy=protocol.dsa_strategy, siamese=False) if protocol.dsa else None
+    seeds = protocol.network_seeds()
+    rows = []
+    for s in sets:
+        res = evaluate_synset(s.images, s.labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
+                              model=protocol.model, num_nets=protocol.networks, epochs=protocol.epochs, lr=protocol.lr,
+                              momentum=protocol.momentum, weight_decay=protocol.weight_decay, batch_size=protocol.batch,
+                              augment=augment, seed=seeds, device=device, progress=progress, amp=amp)
+        rows += [{"set": s.name, "network": j, "net_seed": seed, "acc": acc}
+                 for j, (seed, acc) in enumerate(zip(res["seeds"], res["accs"]))]
+    return rows

@@ -21,6 +21,7 @@ EXTRAS = {
     "ot": ("geodm", "GeoDM's optimal-transport term (POT)"),
     "ray": ("ray", "the Ray executor"),
     "tensorboard": ("tensorboard", "TensorBoard event files"),
+    "wandb": ("wandb", "Weights & Biases logging"),
 }
 
 

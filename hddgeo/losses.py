@@ -1,6 +1,8 @@
 """Matching losses between real and synthetic feature sets.
 
 * :func:`euclidean_mean_loss`: DM's squared distance between feature means, summed over classes.
+* :func:`clipped_mean_loss`: the same on the tangent vectors HDD lifts (features shortened to ``|v|/sqrt(k) <=
+  max_norm``): DM's matching after HDD's normalisation, without the hyperbolic centroid.
 * :func:`hdd_loss`: HDD's ``lambda * d_L(centroid(real), centroid(syn))`` after lifting both sets onto
   the hyperboloid, with the centroid (``law`` | ``karcher`` | ``tangent``) as a switch.
 
@@ -15,6 +17,7 @@ import torch
 
 from .device import on_accelerator
 from .geometry.centroids import CENTROID_METHODS, centroid_, normalised_weights
+from .stats import CENTROID_MATCHERS
 from .geometry.lorentz import check_finite, check_reach, dist_, k_tensor, lift_, manifold_k, plain
 
 REDUCTIONS = ("sum", "mean", "none")
@@ -72,6 +75,33 @@ def euclidean_mean_loss(v_real: torch.Tensor, v_syn: torch.Tensor, reduction: st
     _check_pair(v_real, v_syn)
     _check_values(plain(v_real), plain(v_syn))
     diff = plain(v_real).mean(-2) - plain(v_syn).mean(-2)
+    return _reduce((diff * diff).sum(-1), reduction)
+
+
+def clip_features(v: torch.Tensor, k: float = 1.0, max_norm: Optional[float] = 10.0) -> torch.Tensor:
+    """The tangent vectors HDD lifts: each feature ``v`` shortened to length ``max_norm * sqrt(k)`` where
+    ``|v|/sqrt(k)`` exceeds ``max_norm`` (the direction kept), left as it is elsewhere; ``max_norm=None`` returns
+    ``v``.  Differentiable: a clipped feature's gradient has no radial part, as in HDD's clamped lift."""
+    if max_norm is None:
+        return v
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    bound = float(max_norm) * float(k) ** 0.5
+    clipped = norm > bound
+    return torch.where(clipped, v * (bound / torch.where(clipped, norm, torch.ones_like(norm))), v)
+
+
+def clipped_mean_loss(v_real: torch.Tensor, v_syn: torch.Tensor, k: float = 1.0, max_norm: Optional[float] = 10.0,
+                      reduction: str = "sum") -> torch.Tensor:
+    """DM's mean matching on HDD's tangent vectors: ``|mean(clip(v_real)) - mean(clip(v_syn))|^2`` per class, with
+    ``clip`` = :func:`clip_features` at ``max_norm`` (of ``|v|/sqrt(k)``).  The control that separates what HDD's
+    normalisation of the features does from what its hyperbolic centroid does."""
+    _check_pair(v_real, v_syn)
+    if not (k > 0):
+        raise ValueError(f"k must be positive (curvature K = -1/k), got {k}")
+    if max_norm is not None and not (max_norm > 0):
+        raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+    _check_values(plain(v_real), plain(v_syn))
+    diff = clip_features(plain(v_real), k, max_norm).mean(-2) - clip_features(plain(v_syn), k, max_norm).mean(-2)
     return _reduce((diff * diff).sum(-1), reduction)
 
 
@@ -134,14 +164,16 @@ def _karcher_together(zr, wr, zs, ws, kt, k: float, karcher_kwargs: dict):
     return both[0], both[1]
 
 
-MATCHERS = ("euclidean", "hdd", "both")
+MATCHERS = ("euclidean", "clipped_euclidean", "hdd", "both")
 
 
 class Matcher:
     """The feature-matching term of a distillation step, with the centroid as a switch.
 
-    ``kind="euclidean"``: DM's mean matching; ``"hdd"``: HDD's centroid distance (which replaces DM's
-    term in the reference code); ``"both"``: ``euclidean_weight * DM + hdd_weight * HDD`` for ablations.
+    ``kind="euclidean"``: DM's mean matching; ``"clipped_euclidean"``: DM's mean matching on the tangent vectors
+    HDD lifts (:func:`clipped_mean_loss`, with ``k`` and ``max_norm``); ``"hdd"``: HDD's centroid distance (which
+    replaces DM's term in the reference code); ``"both"``: ``euclidean_weight * DM + hdd_weight * HDD`` for
+    ablations.
     ``scale`` is the paper's ``lambda``; ``k``, ``centroid`` and ``max_norm`` configure the HDD term.
     Called on class batches ``(C, n, d)`` / ``(C, m, d)``; returns the scalar loss and its parts.
     """
@@ -220,6 +252,9 @@ class Matcher:
         if self.kind in ("euclidean", "both"):
             parts["euclidean"] = euclidean_mean_loss(f_real, f_syn)
             total = total + self.euclidean_weight * parts["euclidean"]
+        if self.kind == "clipped_euclidean":
+            parts["clipped_euclidean"] = clipped_mean_loss(f_real, f_syn, self.k, self.max_norm)
+            total = total + parts["clipped_euclidean"]
         if self.kind in ("hdd", "both"):
             parts["hdd"] = hdd_loss(f_real, f_syn, self.manifold, scale=self.scale, centroid=self.centroid,
                                     max_norm=self.max_norm, **self.karcher_kwargs).to(f_syn.dtype)
@@ -231,6 +266,6 @@ class Matcher:
         return total, logged
 
     def describe(self) -> str:
-        if self.kind == "euclidean":
-            return "euclidean"
+        if self.kind not in CENTROID_MATCHERS:
+            return self.kind
         return f"{self.kind}/{self.centroid}"

@@ -5,10 +5,11 @@ Input is a *long* table with one row per trained evaluation network: columns ``m
 
 Why paired: runs that share a distillation seed see the same feature networks, real batches, DSA draws
 and initial images, and their evaluation networks share seeds too, so the matcher (or centroid) is the
-only difference between them.  The difference of two methods is therefore taken *within* each seed, and
-the seed is the unit of replication: a 95 % interval over ``n`` seeds uses Student's t with ``n - 1``
-degrees of freedom (``scipy.stats.t``).  Networks of one seed are averaged first; they are not
-independent replicates of the distillation.
+only difference between them.  Runs of different seeds share nothing random (seed scheme 2,
+:mod:`hddgeo.seeds`; scheme 1 runs shared evaluation networks between adjacent seeds). The difference of two
+methods is therefore taken *within* each seed, and the seed is the unit of replication: a 95 % interval over ``n``
+seeds uses Student's t with ``n - 1`` degrees of freedom (``scipy.stats.t``). Networks of one seed are averaged
+first; they are not independent replicates of the distillation.
 
 A single run of either method is an anecdote: CPUs of different models round differently and a
 distillation amplifies that, so the same command moves single accuracies by a few points between
@@ -81,10 +82,18 @@ def seeds_needed(sd: float, half_width: float, most: int = 50) -> int:
     return most + 1
 
 
+CENTROID_MATCHERS = ("hdd", "both")  # the matchers whose label names a centroid
+
+
 def method_label(method: str, matcher: str = "euclidean", centroid: str = "", tag: str = "") -> str:
     """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher``, and with a variant's tag
     ``dm@lr10`` or ``dm+hdd/law@noclip`` (the form parsed below)."""
-    label = method if matcher == "euclidean" else f"{method}+{matcher}/{centroid}"
+    if matcher == "euclidean":
+        label = method
+    elif matcher in CENTROID_MATCHERS:
+        label = f"{method}+{matcher}/{centroid}"
+    else:
+        label = f"{method}+{matcher}"
     return f"{label}@{tag}" if tag else label
 
 
@@ -128,6 +137,61 @@ def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
         others = {"karcher": ("law", "tangent"), "law": ("tangent",)}.get(centroid, ())
         pairs += [(m, f"{prefix}/{o}{at}{tag}") for o in others if f"{prefix}/{o}{at}{tag}" in present]
     return pairs
+
+
+def variance_components(df: pd.DataFrame, a: str, b: str, ipc: int) -> dict:
+    """How the spread of the paired difference ``a - b`` at ``ipc`` splits into a between-seed part and an
+    evaluation-network part (accuracy fractions squared).
+
+    Network ``j`` of a seed evaluates ``a``'s and ``b``'s sets with the same initialisation and batches, so the
+    per-network differences ``e_sj`` of seed ``s`` scatter around the seed's own difference with variance
+    ``within`` (pooled over seeds, ``J_s - 1`` degrees of freedom each), and the seed means ``mean_j e_sj`` with
+    variance ``between + within / J``: ``between`` (method of moments, floored at 0) is what more networks per
+    seed cannot remove.  Returns ``{"seeds", "networks" (harmonic mean of J_s), "within", "between",
+    "seed_means_var", "diff_mean"}``; ``ValueError`` without two shared seeds with two networks each."""
+    at = check_long(df)
+    at = at[at["ipc"] == ipc]
+    wide = at[at["method"].isin([a, b])].pivot_table(index=["seed", "network"], columns="method", values="acc")
+    if a not in wide or b not in wide:
+        raise ValueError(f"{a} and {b} are not both in the table at IPC {ipc}")
+    e = (wide[a] - wide[b]).dropna()
+    groups = [g.values for _, g in e.groupby(level="seed")]
+    groups = [g for g in groups if len(g) >= 2]
+    if len(groups) < 2:
+        raise ValueError(f"{a} - {b} at IPC {ipc}: splitting its variance needs two shared seeds with two "
+                         f"evaluation networks each")
+    within = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / sum(len(g) - 1 for g in groups))
+    means = np.array([g.mean() for g in groups])
+    networks = float(len(groups) / sum(1.0 / len(g) for g in groups))
+    seed_var = float(np.var(means, ddof=1))
+    return {"seeds": len(groups), "networks": networks, "within": within,
+            "between": max(0.0, seed_var - within / networks), "seed_means_var": seed_var,
+            "diff_mean": float(means.mean())}
+
+
+def half_width(between: float, within: float, seeds: int, networks: int, confidence: float = 0.95) -> float:
+    """The expected half-width of the t interval of a paired difference over ``seeds`` seeds with ``networks``
+    evaluation networks each, for the variance components of :func:`variance_components`."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, seeds - 1) * np.sqrt((between + within / networks) / seeds))
+
+
+def welch_interval(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int,
+                   confidence: float = 0.95) -> tuple[float, float]:
+    """Welch's interval for ``mean_a - mean_b`` from two reported ``mean ± sd`` over ``n_a`` and ``n_b`` runs (sample
+    standard deviations): what a paper's "72.1 ± 0.2 vs 70.7 ± 0.6 over 3 runs" says about its difference, unpaired
+    because the paper gives no pairing."""
+    from scipy import stats
+
+    va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
+    se = float(np.sqrt(va + vb))
+    diff = mean_a - mean_b
+    if se == 0:
+        return diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return diff - half, diff + half
 
 
 def paired_differences(df: pd.DataFrame, pairs: Optional[Iterable[tuple[str, str]]] = None,

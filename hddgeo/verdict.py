@@ -5,7 +5,10 @@ points) where the paper gives one, and a kind:
 
 * ``gain``: the paper says ``a`` beats ``b``;
 * ``same``: the paper says ``a`` does as well as ``b`` (pruning keeps accuracy, the approximation is enough),
-  read as "within :data:`SAME_MARGIN` points".
+  read as "within the equivalence margin" (:data:`SAME_MARGIN` points unless a spec sets ``margin``).
+
+A claim's ``group`` says whose it is: ``paper`` (the paper's claims, with its numbers) or ``project`` (this
+project's own questions); reports print the two groups as separate tables.
 
 ``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them
 ran (chosen after the fact, so in ``b``'s favour; the row names the one chosen).  Claims live in a study spec
@@ -22,9 +25,12 @@ import pandas as pd
 
 from . import stats
 
-SAME_MARGIN = 1.0  # points: "keeps accuracy" / "the approximation is enough" read as within one point
+SAME_MARGIN = 1.0  # points: "keeps accuracy" / "the approximation is enough" read as within one point (v1)
 KINDS = ("gain", "same")
+GROUPS = ("paper", "project")
 COLUMNS = ["claim", "IPC", "paper (points)", "ours (points)", "95% CI", "seeds", "verdict", "difference"]
+# with the paper's absolute numbers (a spec's [paper] table)
+PAPER_COLUMNS = ["group", "paper a / b (%)", "paper's 95% CI", "ours a / b (%)", "budget"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,26 +40,30 @@ class Claim:
     b: Union[str, tuple]  # a label, or the labels of which the best is taken
     paper: Optional[dict] = None  # {ipc: points}
     kind: str = "gain"
+    group: str = "paper"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"claim {self.claim!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.group not in GROUPS:
+            raise ValueError(f"claim {self.claim!r}: group must be one of {', '.join(GROUPS)}, got {self.group!r}")
 
 
-def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain") -> str:
+def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain",
+                 margin: float = SAME_MARGIN) -> str:
     """One word for a claim from its 95 % interval ``[low, high]`` (accuracy points) over ``seeds`` seeds.
 
     ``gain`` (the paper reports ``paper`` points, or only a direction when ``None``): *reproduced* when the
     interval lies above 0 (*in sign, smaller than the paper's* when it also lies below ``paper``; *larger* when
     above it), *not reproduced* when it contains 0 but excludes ``paper``, *contradicted* when it lies below 0.
-    ``same``: *reproduced* when the interval lies within ±:data:`SAME_MARGIN`, *contradicted* when it lies wholly
+    ``same``: *reproduced* when the interval lies within ±``margin``, *contradicted* when it lies wholly
     outside.  Otherwise, and always with fewer than 3 seeds, *not resolvable*."""
     if seeds < 3 or not np.isfinite(low):
         return "not resolvable"
     if kind == "same":
-        if -SAME_MARGIN <= low and high <= SAME_MARGIN:
+        if -margin <= low and high <= margin:
             return "reproduced"
-        return "contradicted" if (high < -SAME_MARGIN or low > SAME_MARGIN) else "not resolvable"
+        return "contradicted" if (high < -margin or low > margin) else "not resolvable"
     if low > 0:
         if paper is not None and high < paper:
             return "reproduced in sign, smaller than the paper's"
@@ -65,23 +75,25 @@ def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], ki
     return "not resolvable"
 
 
-def seeds_to_resolve(mean: float, sd: float, paper: Optional[float], kind: str = "gain", most: int = 50) -> int:
+def seeds_to_resolve(mean: float, sd: float, paper: Optional[float], kind: str = "gain", most: int = 50,
+                     margin: float = SAME_MARGIN) -> int:
     """Seeds a claim would need, were its mean and spread over seeds to stay ``mean`` and ``sd`` (points), for
     :func:`verdict_word` to say something other than *not resolvable*: the interval must exclude 0 or the paper's
-    number (``gain``), or lie within or wholly outside ±:data:`SAME_MARGIN` (``same``).  ``most + 1`` when even
+    number (``gain``), or lie within or wholly outside ±``margin`` (``same``).  ``most + 1`` when even
     ``most`` seeds would not do (a mean at the boundary needs any number)."""
     if kind == "same":
-        target = abs(abs(mean) - SAME_MARGIN)
+        target = abs(abs(mean) - margin)
     else:
         target = max(abs(mean), abs(mean - paper) if paper is not None else 0.0)
     return stats.seeds_needed(sd, target, most) if target > 0 else most + 1
 
 
-def _to_resolve(diff: np.ndarray, paper: Optional[float], kind: str, most: int = 50) -> str:
+def _to_resolve(diff: np.ndarray, paper: Optional[float], kind: str, most: int = 50,
+                margin: float = SAME_MARGIN) -> str:
     """What a *not resolvable* row would take: "~N seeds at this spread" (two or more seeds give a spread)."""
     if len(diff) < 2:
         return ""
-    n = seeds_to_resolve(float(np.mean(diff)), float(np.std(diff, ddof=1)), paper, kind, most)
+    n = seeds_to_resolve(float(np.mean(diff)), float(np.std(diff, ddof=1)), paper, kind, most, margin)
     return f"over {most} seeds at this spread" if n > most else f"~{n} seeds at this spread"
 
 
@@ -100,14 +112,33 @@ def _points(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:+.1f}"
 
 
+def _paper_cells(c: Claim, b: Optional[str], ipc: int, paper: dict) -> dict:
+    """The paper's absolute accuracies of ``a`` and ``b`` (``paper["accuracy"][label][ipc] = (mean, sd)``, over
+    ``paper["runs"]`` runs) and Welch's interval of their difference."""
+    acc = paper.get("accuracy", {})
+    pa, pb = acc.get(c.a, {}).get(ipc), acc.get(b, {}).get(ipc) if b else None
+    shown = " / ".join("—" if p is None else f"{p[0]:.1f} ± {p[1]:.1f}" for p in (pa, pb))
+    ci = ""
+    if pa is not None and pb is not None:
+        runs = int(paper.get("runs", 3))
+        low, high = stats.welch_interval(pa[0], pa[1], runs, pb[0], pb[1], runs)
+        ci = f"[{low:+.2f}, {high:+.2f}]"
+    return {"paper a / b (%)": shown, "paper's 95% CI": ci}
+
+
 def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
-                 designed: Optional[Callable[[str, int], bool]] = None) -> pd.DataFrame:
+                 designed: Optional[Callable[[str, int], bool]] = None, margin: float = SAME_MARGIN,
+                 paper: Optional[dict] = None, budget: str = "") -> pd.DataFrame:
     """One row per claim and IPC of ``table`` (a long accuracy table, one dataset): the paper's number, ours (mean
     of the per-seed differences, in points), its 95 % t interval, the seeds and the word of :func:`verdict_word`.
 
     ``designed(label, ipc)`` says whether a study's design runs a label at an IPC: a claim whose labels are all
     designed there but not all in ``table`` gets a *pending* row; one whose labels are not designed there gets
-    none.  Without ``designed``, a label counts as designed at the IPCs where ``table`` has it."""
+    none.  Without ``designed``, a label counts as designed at the IPCs where ``table`` has it.  ``margin`` is the
+    equivalence margin of ``same`` claims.  With ``paper`` (a spec's ``[paper]`` table: ``accuracy`` per label and
+    IPC, ``runs``) each row also gets its group, the paper's absolute numbers of ``a`` and ``b`` with Welch's
+    interval of their difference, ours (means over the seeds, %), and ``budget`` (ours against the paper's)."""
+    paper_table = paper
     seeds_table = stats.per_seed(table)
     present = {ipc: set(g["method"]) for ipc, g in seeds_table.groupby("ipc")}
     designed = designed or (lambda label, ipc: label in present[ipc])
@@ -129,19 +160,26 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
                 if not (designed(c.a, ipc) or c.a in wide) or not (designed(c.b, ipc) or c.b in wide):
                     continue
                 b, shown = (c.b if c.b in wide else None), c.b
+            if paper_table is not None:
+                row.update({"group": c.group, **_paper_cells(c, b or (None if isinstance(c.b, (tuple, list)) else c.b),
+                                                             ipc, paper_table), "budget": budget})
             if b is None or c.a not in wide:
                 rows.append({**row, "ours (points)": "pending", "95% CI": "", "seeds": 0,
-                             "verdict": "not resolvable (cells not run yet)", "difference": f"{c.a} − {shown}"})
+                             "verdict": "not resolvable (cells not run yet)", "difference": f"{c.a} − {shown}",
+                             **({"ours a / b (%)": "pending"} if paper_table is not None else {})})
                 continue
-            diff = 100 * (wide[c.a] - wide[b]).dropna()
+            pair = wide[[c.a, b]].dropna()
+            diff = 100 * (pair[c.a] - pair[b])
             low, high = stats.t_interval(diff.values)
-            word = verdict_word(low, high, len(diff), paper, c.kind)
+            word = verdict_word(low, high, len(diff), paper, c.kind, margin)
+            if paper_table is not None:
+                row["ours a / b (%)"] = f"{100 * pair[c.a].mean():.1f} / {100 * pair[b].mean():.1f}"
             extra = [b] if isinstance(c.b, (tuple, list)) else []  # which of the labels was the best
             if word == "not resolvable":
-                extra += [_to_resolve(diff.values, paper, c.kind)]
+                extra += [_to_resolve(diff.values, paper, c.kind, margin=margin)]
             extra = [x for x in extra if x]
             rows.append({**row, "ours (points)": f"{diff.mean():+.2f}" if len(diff) else "pending",
                          "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
                          "seeds": len(diff), "verdict": word + (f" ({'; '.join(extra)})" if extra else ""),
                          "difference": f"{c.a} − {b}"})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS + (PAPER_COLUMNS if paper_table is not None else []))

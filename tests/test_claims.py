@@ -199,3 +199,76 @@ def test_a_mean_on_the_boundary_needs_more_seeds_than_any_and_the_row_says_so():
     table = _long({"a": [0.71, 0.73, 0.72], "b": [0.70, 0.70, 0.70]})
     row = claims_table(table, [Claim("a beats b", "a", "b")]).iloc[0]
     assert row["verdict"] == "not resolvable (~4 seeds at this spread)"
+
+
+# ----------------------------------------------------------------------------- verdict v2: margin, paper's numbers
+def test_welch_interval_of_the_papers_reported_differences():
+    """The paper's Table 1 (3 runs each): DM+HDD 72.1 ± 0.2 vs DM 70.7 ± 0.6 at IPC 1, 84.0 ± 0.1 vs 83.4 ± 0.1 at
+    IPC 10: unpaired intervals about [0.07, 2.73] and [0.37, 0.83] (Welch, checked against scipy's t-test)."""
+    from hddgeo.stats import welch_interval
+
+    low, high = welch_interval(72.1, 0.2, 3, 70.7, 0.6, 3)
+    assert (round(low, 2), round(high, 2)) == (0.07, 2.73)
+    # at the interval's ends, Welch's test from the summary statistics gives p = 0.05
+    for end in (low, high):
+        res = sps.ttest_ind_from_stats(72.1 - end, 0.2, 3, 70.7, 0.6, 3, equal_var=False)
+        assert res.pvalue == pytest.approx(0.05, abs=1e-9)
+    low, high = welch_interval(84.0, 0.1, 3, 83.4, 0.1, 3)
+    assert (round(low, 2), round(high, 2)) == (0.37, 0.83)
+
+
+def test_the_margin_of_same_claims_is_the_specs():
+    assert verdict_word(-0.4, 0.3, 5, None, "same", margin=0.5) == "reproduced"
+    assert verdict_word(-0.6, 0.3, 5, None, "same", margin=0.5) == "not resolvable"
+    assert verdict_word(-0.6, 0.3, 5, None, "same") == "reproduced"  # v1's margin, 1 point
+    assert verdict_word(0.6, 0.9, 5, None, "same", margin=0.5) == "contradicted"
+    assert seeds_to_resolve(0.2, 0.3, None, "same", margin=0.5) < seeds_to_resolve(0.2, 0.3, None, "same", margin=0.3)
+
+
+def test_claims_table_with_the_papers_numbers_and_groups():
+    table = _long({"dm": [0.70, 0.71, 0.69], "dm+hdd/law": [0.705, 0.716, 0.697], "random": [0.5, 0.52, 0.51]})
+    paper = {"iterations": 20000, "runs": 3,
+             "accuracy": {"dm": {1: (70.7, 0.6)}, "dm+hdd/law": {1: (72.1, 0.2)}}}
+    claims = [Claim("HDD beats DM", "dm+hdd/law", "dm", {1: 1.4}),
+              Claim("DM beats random", "dm", "random", None, "gain", "paper"),
+              Claim("same", "dm+hdd/law", "dm", None, "same", "project")]
+    out = claims_table(table, claims, margin=0.5, paper=paper, budget="200 / 20,000 iterations (1 %)")
+    first = out.iloc[0]
+    assert first["group"] == "paper" and first["paper a / b (%)"] == "72.1 ± 0.2 / 70.7 ± 0.6"
+    assert first["paper's 95% CI"] == "[+0.07, +2.73]" and first["ours a / b (%)"] == "70.6 / 70.0"
+    assert first["budget"] == "200 / 20,000 iterations (1 %)"
+    assert out.iloc[1]["paper a / b (%)"] == "70.7 ± 0.6 / —" and out.iloc[1]["paper's 95% CI"] == ""
+    # HDD - DM is +0.6 [+0.35, +0.85]: within v1's margin of 1 point, not within 0.5
+    assert out.iloc[2]["group"] == "project" and out.iloc[2]["verdict"].startswith("not resolvable")
+    assert claims_table(table, claims[2:])["verdict"].iloc[0] == "reproduced"
+
+
+def test_a_specs_paper_table_is_checked(tmp_path):
+    base = textwrap.dedent("""
+        ipc = [1]
+        seeds = [0, 1, 2]
+        margin = {margin}
+        [config]
+        dataset = "digits"
+        [[variants]]
+        matcher = "euclidean"
+        [paper]
+        {paper}
+    """)
+    good = base.format(margin=0.5, paper='iterations = 20000\nruns = 3\n[paper.accuracy]\n"dm" = {1 = [70.7, 0.6]}')
+    path = tmp_path / "s.toml"
+    path.write_text(good)
+    spec = load_spec(str(path))
+    assert spec.margin == 0.5 and spec.paper["accuracy"]["dm"][1] == (70.7, 0.6) and spec.budget() == ""
+    for margin, paper, message in [
+        (0, "iterations = 2", "margin"),
+        (0.5, "iterations = 0", "iterations must be an integer"),
+        (0.5, "runs = 1", "runs must be an integer >= 2"),
+        (0.5, "flops = 3", "unknown key 'flops'"),
+        (0.5, '[paper.accuracy]\n"dm" = {1 = [70.7]}', r"\[mean, std\]"),
+        (0.5, '[paper.accuracy]\n"dm" = {1 = [nan, 0.6]}', r"\[mean, std\]"),
+        (0.5, '[paper.accuracy]\n"idm" = {1 = [70.7, 0.6]}', "no variant's label"),
+    ]:
+        path.write_text(base.format(margin=margin, paper=paper))
+        with pytest.raises(ValueError, match=message):
+            load_spec(str(path))

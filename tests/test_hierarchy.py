@@ -140,3 +140,22 @@ def test_prune_warns_when_clip_ties_every_radius_and_checks_input():
         sample_table(feats, k=-1.0)
     with pytest.raises(ValueError, match="features must have shape"):
         sample_table([torch.zeros(0, 3)])
+
+
+def test_random_pruning_is_the_control_a_uniform_share_of_each_class():
+    """prune_level random keeps as many images per class as hierarchical pruning, drawn from the run's own stream."""
+    from conftest import tiny_config
+
+    from hddgeo.distill import prepare
+    from hddgeo.hierarchy import kept_count
+
+    full = prepare(tiny_config())[1]
+    pools = {}
+    for level, seed in (("random", 0), ("random", 1), ("radius", 0)):
+        pools[level, seed] = prepare(tiny_config(prune_fraction=0.2, prune_level=level, seed=seed))[1]
+    for pool in pools.values():
+        assert [pool.count(c) for c in range(10)] == [kept_count(full.count(c), 0.2) for c in range(10)]
+    again = prepare(tiny_config(prune_fraction=0.2, prune_level="random", seed=0))[1]
+    assert torch.equal(again.images, pools["random", 0].images)
+    assert not torch.equal(pools["random", 0].images, pools["random", 1].images)
+    assert not torch.equal(pools["random", 0].images, pools["radius", 0].images)

@@ -1,11 +1,15 @@
 """Matching losses: hdd_loss (HDD, paper Eq. 13) and euclidean_mean_loss (DM), checked against the public API."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import hddgeo
 from geometry_helpers import DT, KS, gen, manifold, plain, random_directions, random_weights
+
+from hddgeo.geometry.lorentz import lift_
+from hddgeo.losses import Matcher, euclidean_mean_loss
 
 METHODS = ("law", "karcher", "tangent")
 
@@ -386,3 +390,60 @@ def test_a_gradient_through_a_far_law_centroid_is_refused_and_one_within_reach_i
             fd = (hddgeo.hdd_loss(vr, syn + 1e-5 * d, M, scale=1.0, centroid=centroid, max_norm=None)
                   - hddgeo.hdd_loss(vr, syn - 1e-5 * d, M, scale=1.0, centroid=centroid, max_norm=None)) / 2e-5
         assert float((grad * d).sum()) == pytest.approx(float(fd), rel=1e-5, abs=1e-9), centroid
+
+
+# ----------------------------------------------------------------------------- DM on HDD's clipped tangent vectors
+def _clipped_mean_numpy(real, syn, k, max_norm):
+    """The closed form, in numpy float64: shorten every feature longer than max_norm * sqrt(k) to that length,
+    then DM's squared distance of the class means, summed over classes."""
+    def clip(x):
+        n = np.linalg.norm(x, axis=-1, keepdims=True)
+        bound = max_norm * np.sqrt(k)
+        return np.where(n > bound, x * bound / np.maximum(n, 1e-300), x)
+    d = clip(real).mean(-2) - clip(syn).mean(-2)
+    return (d * d).sum()
+
+
+@pytest.mark.parametrize("k,max_norm", [(1.0, 10.0), (9.0, 1.0), (0.5, 3.0)])
+def test_clipped_mean_loss_is_dm_on_the_tangent_vectors_hdd_lifts(k, max_norm):
+    from hddgeo.losses import clip_features, clipped_mean_loss
+
+    g = torch.Generator().manual_seed(4)
+    real = torch.randn(3, 30, 12, generator=g, dtype=torch.float64) * torch.linspace(0.5, 8, 30).reshape(1, 30, 1)
+    syn = torch.randn(3, 4, 12, generator=g, dtype=torch.float64) * 4
+    got = clipped_mean_loss(real, syn, k=k, max_norm=max_norm)
+    assert float(got) == pytest.approx(_clipped_mean_numpy(real.numpy(), syn.numpy(), k, max_norm), rel=1e-12)
+    # some features clipped, some not: the case distinguishes it from both DM and direction matching
+    n = real.norm(dim=-1) / k ** 0.5
+    assert (n > max_norm).any() and (n < max_norm).any()
+    # the clipped vectors are what HDD's lift takes: expmap0 of the clipped vector is the clipped lift
+    kt = torch.tensor(k, dtype=torch.float64)
+    assert torch.allclose(lift_(clip_features(real, k, max_norm), kt, None), lift_(real, kt, max_norm), rtol=1e-12)
+
+
+def test_clipped_mean_loss_reduces_to_dm_without_a_binding_clip_and_its_gradient_is_exact():
+    from hddgeo.losses import clipped_mean_loss
+
+    g = torch.Generator().manual_seed(5)
+    real, syn = torch.randn(2, 9, 6, generator=g, dtype=torch.float64), torch.randn(2, 3, 6, generator=g, dtype=torch.float64)
+    assert torch.equal(clipped_mean_loss(real, syn, max_norm=None), euclidean_mean_loss(real, syn))
+    assert torch.allclose(clipped_mean_loss(real, syn, max_norm=1e6), euclidean_mean_loss(real, syn), rtol=0, atol=0)
+    syn = (syn * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s: clipped_mean_loss(real * 2, s, k=2.0, max_norm=1.5), (syn,))
+    # a clipped feature's gradient has no radial part (the clamp), as in HDD's lift
+    far = torch.randn(1, 1, 6, generator=g, dtype=torch.float64) * 50
+    far.requires_grad_(True)
+    clipped_mean_loss(real[:1], far, max_norm=1.0).backward()
+    assert abs(float((far.grad * far.detach()).sum())) < 1e-10 * float(far.grad.norm() * far.detach().norm())
+
+
+def test_the_clipped_dm_matcher_is_a_matcher_of_its_own():
+    from hddgeo.losses import clipped_mean_loss
+    from hddgeo.stats import method_label
+
+    g = torch.Generator().manual_seed(6)
+    fr, fs = torch.randn(3, 20, 16, generator=g) * 5, torch.randn(3, 2, 16, generator=g) * 5
+    loss, parts = Matcher("clipped_euclidean", k=4.0, max_norm=2.0)(fr, fs)
+    assert set(parts) == {"clipped_euclidean"} and torch.equal(loss, clipped_mean_loss(fr, fs, k=4.0, max_norm=2.0))
+    assert Matcher("clipped_euclidean").describe() == "clipped_euclidean"
+    assert method_label("dm", "clipped_euclidean", "karcher") == "dm+clipped_euclidean"

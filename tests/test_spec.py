@@ -210,3 +210,38 @@ def test_no_gpu_asked_for_cuda_is_one_line(tmp_path):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         executors.plan_slots([Cell("distill", DistillConfig(device="cuda"), str(tmp_path / "c"))])
+
+
+def test_the_estimate_counts_what_is_left_of_final_and_periodic_evaluations(tmp_path):
+    """Cells that evaluate every 250 of 2,000 iterations owe 8 periodic evaluations; one resumed at iteration 500
+    owes 6 (its log says where it stands)."""
+    from hddgeo.distill.spec import estimate, load_spec
+
+    spec = load_spec("fashionmnist_verdict_v2")
+    cells = [c for c in spec.cells(out_dir=str(tmp_path), stage="budget1") if c.kind == "distill"][:2]
+    est = estimate(cells)
+    per_cell = 8 * 2 * 300 + cells[0].cfg.final_eval_nets * cells[0].cfg.final_eval_epochs
+    assert est["network_epochs"] == 2 * per_cell and est["iterations"] == 4000
+    run = tmp_path / "runs" / cells[0].name
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "log.csv").write_text("iteration,loss\n" + "".join(f"{i},1\n" for i in range(1, 501)))
+    est = estimate(cells)
+    assert est["resume"] == 1 and est["iterations"] == 4000 - 500
+    assert est["network_epochs"] == 2 * per_cell - 2 * 2 * 300
+
+
+def test_the_estimate_prices_steps_and_evaluations_at_the_finished_cells_rates(tmp_path):
+    import json
+
+    from hddgeo.distill.spec import estimate, load_spec
+
+    spec = load_spec("fashionmnist_verdict_v2")
+    cells = [c for c in spec.cells(out_dir=str(tmp_path), stage="pilot1") if c.kind == "distill"][:3]
+    done = tmp_path / "runs" / cells[0].name
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({"seconds_per_iteration": 0.9, "final_eval_seconds": 480.0,
+                                                   "accs": [0.7] * 8, "eval_epochs": 300}))
+    est = estimate(cells)
+    per_cell = 200 * 0.9 + 8 * 300 * (480.0 / (8 * 300))
+    assert est["finished"] == 1 and est["hours"] == pytest.approx(2 * per_cell / 3600)

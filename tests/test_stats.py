@@ -127,3 +127,53 @@ def test_compare_reports_the_pairs_it_is_asked_for(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "study"), "--out", str(out), "--pair", "dm@lr3", "dm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dm@lr3" in err[0] and "the runs are dm, dm+hdd/law" in err[0]
+
+
+# ----------------------------------------------------------------------------- variance split (study design)
+def _two_level(seeds, nets, between, within, rng, shift=0.01):
+    """Long table of a and b whose paired difference is shift + seed effect + network noise."""
+    rows = []
+    for s in range(seeds):
+        u = rng.normal(0, np.sqrt(between))
+        for j in range(nets):
+            base = 0.7 + rng.normal(0, 0.02)  # what a and b share on network j: cancels in the pair
+            rows.append({"method": "b", "ipc": 1, "seed": s, "network": j, "acc": base})
+            rows.append({"method": "a", "ipc": 1, "seed": s, "network": j,
+                         "acc": base + shift + u + rng.normal(0, np.sqrt(within))})
+    return pd.DataFrame(rows)
+
+
+def test_variance_components_are_the_one_way_anova_mean_squares():
+    from scipy.stats import f_oneway
+
+    from hddgeo.stats import variance_components
+
+    df = _two_level(5, 6, 4e-5, 9e-5, np.random.default_rng(1))
+    c = variance_components(df, "a", "b", 1)
+    wide = df.pivot_table(index=["seed", "network"], columns="method", values="acc")
+    e = wide["a"] - wide["b"]
+    groups = [g.values for _, g in e.groupby(level="seed")]
+    f = f_oneway(*groups).statistic  # = MSB / MSW, MSB = J * var(seed means)
+    assert c["seeds"] == 5 and c["networks"] == pytest.approx(6)
+    assert 6 * c["seed_means_var"] / c["within"] == pytest.approx(f, rel=1e-10)
+    assert c["between"] == pytest.approx(max(0.0, c["seed_means_var"] - c["within"] / 6), rel=1e-12)
+
+
+def test_variance_components_recover_the_generating_values():
+    from hddgeo.stats import variance_components
+
+    c = variance_components(_two_level(400, 8, 4e-5, 9e-5, np.random.default_rng(2)), "a", "b", 1)
+    assert c["within"] == pytest.approx(9e-5, rel=0.06)
+    assert c["between"] == pytest.approx(4e-5, rel=0.2)
+    assert c["diff_mean"] == pytest.approx(0.01, abs=5e-4)
+
+
+def test_half_width_is_the_t_interval_of_seed_means():
+    from scipy.stats import t
+
+    from hddgeo.stats import half_width, variance_components
+
+    assert half_width(4e-5, 9e-5, 6, 8) == pytest.approx(t.ppf(0.975, 5) * np.sqrt((4e-5 + 9e-5 / 8) / 6))
+    assert half_width(0.0, 9e-5, 6, 16) < half_width(0.0, 9e-5, 6, 8) < half_width(4e-5, 9e-5, 6, 8)
+    with pytest.raises(ValueError, match="two shared seeds"):
+        variance_components(_two_level(1, 4, 1e-5, 1e-5, np.random.default_rng(3)), "a", "b", 1)

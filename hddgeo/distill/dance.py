@@ -64,7 +64,7 @@ from hddgeo.data import dsa
 from hddgeo.data.augment import dsa_apply, dsa_draw, upload
 from hddgeo.device import autocast
 from hddgeo.rundir import save_tensors
-from hddgeo.seeds import expert_seed
+from hddgeo.seeds import DEFAULT_SCHEME, RunSeeds, expert_seed  # noqa: F401  (expert_seed re-exported)
 from hddgeo.training import sgd_epochs
 
 from .methods import DistillMethod, fresh_network, register_method
@@ -208,9 +208,12 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_fields(dataset, model: str, opts: dict, seed: int, dsa_strategy: Optional[str]) -> dict:
-    """Everything the cached experts depend on (hashed into the file name, checked on load)."""
-    return {"format": CACHE_FORMAT, "dataset": dataset.name, "model": model,
+def cache_fields(dataset, model: str, opts: dict, seed: int, dsa_strategy: Optional[str],
+                 seed_scheme: int = DEFAULT_SCHEME) -> dict:
+    """Everything the cached experts depend on (hashed into the file name, checked on load); the seed scheme is
+    named from scheme 2 on, so scheme 1's experts keep their file names."""
+    scheme = {} if seed_scheme == 1 else {"seed_scheme": seed_scheme}
+    return {"format": CACHE_FORMAT, **scheme, "dataset": dataset.name, "model": model,
             "num_experts": opts["num_experts"], "expert_epochs": opts["expert_epochs"], "seed": int(seed),
             "train_shape": list(dataset.train_images.shape), "checksum": data_fingerprint(
                 dataset.train_images, dataset.train_labels),
@@ -270,18 +273,20 @@ def _load_cache(path: str, fields: dict) -> Optional[list]:
 
 
 def load_or_train_experts(dataset, model: str, opts: dict, seed: int, dsa_strategy: Optional[str],
-                          cache_dir: Optional[str] = None, device=None, amp: str = "none") -> tuple:
+                          cache_dir: Optional[str] = None, device=None, amp: str = "none",
+                          seed_scheme: int = DEFAULT_SCHEME) -> tuple:
     """The run's experts (``list[Expert]``, networks on ``device``) and the cache file they came from or were
     written to.  The cache holds CPU tensors: experts trained on a GPU load on the CPU and the other way
     round (experts trained on different devices differ by rounding; the cache key does not name the device)."""
     cache_dir = os.path.expanduser(cache_dir or opts.get("expert_cache") or default_cache_dir())
-    fields = cache_fields(dataset, model, opts, seed, dsa_strategy)
+    fields = cache_fields(dataset, model, opts, seed, dsa_strategy, seed_scheme)
+    run_seeds = RunSeeds(seed, seed_scheme)
     path = cache_path(cache_dir, fields)
     records = _load_cache(path, fields)
     if records is None:
         print(f"dance: training {opts['num_experts']} {model} expert(s) for {opts['expert_epochs']} epoch(s) on "
               f"{dataset.name} (cached at {path})", file=sys.stderr)
-        records = [train_expert(model, dataset, expert_seed(seed, i), opts["expert_epochs"], lr=opts["expert_lr"],
+        records = [train_expert(model, dataset, run_seeds.expert(i), opts["expert_epochs"], lr=opts["expert_lr"],
                                 batch=opts["expert_batch"], dsa_strategy=dsa_strategy, device=device, amp=amp)
                    for i in range(opts["num_experts"])]
         os.makedirs(cache_dir, exist_ok=True)
@@ -320,15 +325,15 @@ class Dance(DistillMethod):
         expert_dsa = cfg.dsa if self.opts["expert_dsa"] is None else self.opts["expert_dsa"]
         self.experts, self.cache_file = load_or_train_experts(
             dataset, cfg.model, self.opts, cfg.seed, cfg.dsa_strategy if expert_dsa else None, device=self.device,
-            amp=cfg.amp)
+            amp=cfg.amp, seed_scheme=self.seeds.scheme)
 
     def network(self, it, gen, draw=None):
         # One draw from the step's generator, like DM's network seed, so DANCE and DM see the same
         # real batches and augmentations at the same seed; everything DANCE needs derives from it.
-        sub = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+        sub = torch.Generator().manual_seed(self.seeds.draw(gen))
         e = int(torch.randint(0, len(self.experts), (), generator=sub))
         l = float(torch.rand((), generator=sub, dtype=torch.float64))
-        ce_seeds = torch.randint(0, 2**31 - 1, (self.pool.num_classes,), generator=sub).tolist()
+        ce_seeds = self.seeds.draw(sub, self.pool.num_classes)
         if draw is not None:
             draw.update(expert=e, l=l, ce_seeds=ce_seeds)
         return middle_encoder(self.experts[e], l)

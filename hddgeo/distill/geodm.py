@@ -70,7 +70,6 @@ import torch
 
 from . import distributed
 from hddgeo.device import on_accelerator, to_device
-from hddgeo.seeds import geodm_projection_generator
 
 from .methods import DM, register_method
 
@@ -344,7 +343,7 @@ class GeoDM(DM):
     def heads(self, dim: int) -> Dict[str, torch.Tensor]:
         """The fixed random projection heads for features of size ``dim`` (a function of the seed only)."""
         if dim not in self._heads:
-            gen = geodm_projection_generator(self.cfg.seed)
+            gen = self.seeds.geodm_projection()
             p = self.options["proj_dim"]
             # drawn on the CPU (the same heads on every device), kept where the features are
             self._heads[dim] = {g: to_device(torch.randn(dim, p, generator=gen, dtype=torch.float64) / math.sqrt(p), self.device)

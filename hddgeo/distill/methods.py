@@ -27,7 +27,7 @@ from hddgeo.data import dsa
 from hddgeo.data.augment import dsa_apply, dsa_draw, upload
 from hddgeo.device import autocast, on_accelerator, resolve_device, to_device
 from hddgeo.models import fresh_network  # noqa: F401  (re-exported: methods build their networks with it)
-from hddgeo.seeds import IDM_TRAIN, idm_queue_seed, iteration_generator
+from hddgeo.seeds import IDM_TRAIN, RunSeeds
 from hddgeo.training import sgd_epochs
 
 from .synset import SyntheticSet
@@ -59,6 +59,7 @@ class DistillMethod:
         self.cfg, self.dataset, self.pool, self.matcher = cfg, dataset, pool.to(self.device), matcher
         self.n_real = min(int(cfg.batch_real), min(pool.count(c) for c in range(pool.num_classes)))
         self.classes = list(range(pool.num_classes))  # this process's classes (all, unless sharded)
+        self.seeds = RunSeeds(cfg.seed, getattr(cfg, "seed_scheme", 1))
 
     @staticmethod
     def parse_options(options: Optional[dict]) -> dict:
@@ -111,7 +112,7 @@ class DistillMethod:
         """
         C = self.pool.num_classes
         syn_by_class = syn.by_class()
-        seeds = torch.randint(0, 2**31 - 1, (C,), generator=gen).tolist()
+        seeds = self.seeds.draw(gen, C)
         real_idx = torch.stack([self.pool.sample_indices(c, self.n_real, gen) for c in range(C)])
         real_idx = to_device(real_idx, self.device)  # one copy to the device for all classes
         real = [self.pool.images[real_idx[c]] for c in self.classes]
@@ -171,7 +172,7 @@ class DistillMethod:
         """``(loss, logged parts, Step)`` of iteration ``it``: the loss is to be back-propagated into
         ``syn.images``, the :class:`Step` passed to :meth:`after_step`.  ``diagnose`` also logs the
         Law-Karcher centroid gaps."""
-        gen = iteration_generator(self.cfg.seed, it)
+        gen = self.seeds.iteration(it)
         draw = {}
         net = self.network(it, gen, draw)
         f_real, f_syn = self.features(net, syn, gen)
@@ -193,8 +194,7 @@ class DM(DistillMethod):
     name = "dm"
 
     def network(self, it, gen, draw=None):
-        net = fresh_network(self.cfg.model, self.dataset, int(torch.randint(0, 2**31 - 1, (), generator=gen)),
-                            device=self.device)
+        net = fresh_network(self.cfg.model, self.dataset, self.seeds.draw(gen), device=self.device)
         net.train()  # instance norm has no running statistics: train/eval give the same features
         for p in net.parameters():
             p.requires_grad_(False)
@@ -213,7 +213,7 @@ class IDM(DistillMethod):
         self.opts = []
         self.ages = []
         for i in range(cfg.idm_queue):
-            self._reset(i, seed=idm_queue_seed(cfg.seed, i))
+            self._reset(i, seed=self.seeds.idm_queue(i))
 
     def _reset(self, i: int, seed: int) -> None:
         net = fresh_network(self.cfg.model, self.dataset, seed, device=self.device)
@@ -242,7 +242,7 @@ class IDM(DistillMethod):
     def after_step(self, step):
         """Train the network just used for a few steps on real data; renew it when it is old."""
         i, it, net = step.draw["queue_index"], step.it, step.net
-        gen = iteration_generator(self.cfg.seed, it, stream=IDM_TRAIN)
+        gen = self.seeds.iteration(it, stream=IDM_TRAIN)
         net.zero_grad(set_to_none=True)  # what the distillation loss left in the network's gradients
         augment = partial(dsa, strategy=self.cfg.dsa_strategy, siamese=False) if self.cfg.dsa else None
         for _ in range(self.cfg.idm_train_steps):  # each step: one fresh batch drawn with replacement
@@ -253,7 +253,7 @@ class IDM(DistillMethod):
         self.opts[i].zero_grad(set_to_none=True)
         self.ages[i] += 1
         if self.ages[i] >= self.cfg.idm_net_age:
-            self._reset(i, seed=int(torch.randint(0, 2**31 - 1, (), generator=gen)))
+            self._reset(i, seed=self.seeds.draw(gen))
 
     def state_dict(self):
         return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],

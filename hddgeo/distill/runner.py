@@ -9,7 +9,7 @@ Run directory contents::
     synset.png     denormalised image grid, one row per class
     metrics.json   final evaluation (mean, std, per-network accuracies) and timing
 
-Everything random in iteration ``it`` is drawn from generators seeded by ``(seed, it)``, and the
+Everything random in iteration ``it`` is drawn from generators seeded by ``(seed, it)`` (:mod:`hddgeo.seeds`), and the
 checkpoint holds every piece of state carried between iterations, so ``--resume`` after a kill ends
 with exactly the synthetic set of an uninterrupted run.
 """
@@ -54,7 +54,7 @@ def _opt(default, help: str, group: str, choices=None, default_factory=None):
     return field(default=default, metadata=metadata)
 
 
-_PRUNE_LEVELS = ("radius", "centroid_distance")
+_PRUNE_LEVELS = ("radius", "centroid_distance", "random")  # random: the control, a uniform share of each class
 _INITS = ("real", "noise")
 
 
@@ -68,7 +68,8 @@ class DistillConfig:
     download: bool = _opt(False, "download a torchvision dataset into --data-root", "data")
     ipc: int = _opt(10, "synthetic images per class", "method")
     method: str = _opt("dm", "distillation method", "method", lambda: tuple(METHODS))
-    matcher: str = _opt("euclidean", "matching loss: euclidean is DM's mean matching, both a weighted sum", "method",
+    matcher: str = _opt("euclidean", "matching loss: euclidean is DM's mean matching, clipped_euclidean the same on "
+                                     "HDD's clipped tangent vectors (k, max-norm), both a weighted sum", "method",
                         lambda: MATCHERS)
     centroid: str = _opt("law", "hyperbolic centroid of the hdd matcher", "method", lambda: CENTROID_METHODS)
     k: float = _opt(1.0, "geoopt's k (curvature K = -1/k)", "method")
@@ -85,6 +86,9 @@ class DistillConfig:
     dsa: bool = _opt(True, "differentiable siamese augmentation", "optimisation")
     dsa_strategy: str = _opt("color_crop_cutout_flip_scale_rotate", "DSA operations joined by '_'", "optimisation")
     seed: int = _opt(0, "seed of every random stream of the run", "optimisation")
+    seed_scheme: int = _opt(seeds.DEFAULT_SCHEME, "how the run's random streams derive from its seed: 2 (independent "
+                                                  "streams), 1 (offsets; runs from before the scheme existed)",
+                            "optimisation", lambda: seeds.SCHEMES)
     eval_every: int = _opt(0, "evaluate every N iterations (0: never)", "evaluation and checkpoints")
     eval_nets: int = _opt(1, "networks of each periodic evaluation", "evaluation and checkpoints")
     eval_epochs: int = _opt(300, "epochs of each periodic evaluation", "evaluation and checkpoints")
@@ -111,10 +115,14 @@ class DistillConfig:
                              "~1e-3 relative); off, float32 is float32 as on the CPU", "device")
     prune_fraction: float = _opt(1.0, "hierarchical pruning: share of each class's most root-level images to "
                                       "match (paper Sec. 4.3)", "method")
-    prune_level: str = _opt("radius", "how root-level is ranked", "method", lambda: _PRUNE_LEVELS)
+    prune_level: str = _opt("radius", "how root-level is ranked (random: a uniformly drawn share, the control)",
+                            "method", lambda: _PRUNE_LEVELS)
     tensorboard: bool = _opt(False, "write TensorBoard event files into RUN_DIR/tensorboard (losses, diagnostics, "
                                     "accuracy, seconds, the image grid at every checkpoint, hyper-parameters); "
                                     "changes nothing the run computes", "evaluation and checkpoints")
+    wandb: bool = _opt(False, "log to Weights & Biases what TensorBoard gets (WANDB_MODE=offline keeps it in "
+                              "RUN_DIR/wandb; a resume continues the same W&B run); changes nothing the run computes",
+                       "evaluation and checkpoints")
     tag: str = _opt("", "a name for this variant in tables, appended to the method's label after '@' (e.g. "
                         "lr10 for a DM with a larger image learning rate); letters, digits, '.', '-' and '_'", "method")
     options: dict = _opt(None, "method-specific option KEY=VALUE (repeatable, dance and geodm), e.g. "
@@ -142,6 +150,11 @@ class DistillConfig:
                      "eval_test_per_class"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
+        if self.seed_scheme not in seeds.SCHEMES:
+            raise ValueError(f"unknown seed-scheme {self.seed_scheme}; choose one of "
+                             f"{', '.join(map(str, seeds.SCHEMES))}")
+        if self.seed_scheme >= 2 and self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         check_device_name(self.device)
         choice("amp", self.amp, AMP_MODES)
         if self.threads is not None and self.threads < 1:
@@ -172,6 +185,10 @@ class DistillConfig:
             from hddgeo.tensorboard import check_available
 
             check_available()
+        if self.wandb:
+            from hddgeo.wandb_log import check_available as wandb_available
+
+            wandb_available()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -183,12 +200,18 @@ class DistillConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}")
-        cfg = cls(**d)
+        cfg = cls(**legacy_fields(d))
         try:
             cfg.validate()
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
         return cfg
+
+
+def legacy_fields(saved: dict) -> dict:
+    """A saved configuration (JSON) with the values that a field missing from it had before the field existed,
+    where that is not the field's default: ``seed_scheme`` 1 (the field came with scheme 2)."""
+    return {"seed_scheme": 1, **saved} if isinstance(saved, dict) else saved
 
 
 # Field annotation -> accepted JSON/Python types (bool is not an int here, although Python says it is).
@@ -239,12 +262,19 @@ def prepare(cfg: DistillConfig):
 
 def prune_pool(pool: ClassPool, dataset, cfg: DistillConfig) -> ClassPool:
     """Keep the most root-level ``prune_fraction`` of each class, ranked on features of a random ConvNet
-    (seeded by the run's seed) lifted with the run's ``k`` and ``max_norm``."""
-    from hddgeo.hierarchy import prune_by_level
+    (seeded by the run's seed) lifted with the run's ``k`` and ``max_norm``; ``prune_level="random"`` keeps as many
+    images of each class drawn uniformly (the control)."""
+    from hddgeo.hierarchy import kept_count, prune_by_level
+
+    if cfg.prune_level == "random":
+        gen = seeds.RunSeeds.of(cfg).prune_random()
+        keep = [pool.sample_indices(c, kept_count(pool.count(c), cfg.prune_fraction), gen)
+                for c in range(pool.num_classes)]
+        return pool.subset(torch.cat(keep).sort().values)
 
     from .methods import fresh_network
 
-    net = fresh_network(cfg.model, dataset, cfg.seed + seeds.PRUNE_NETWORK_OFFSET, device=pool.images.device)
+    net = fresh_network(cfg.model, dataset, seeds.RunSeeds.of(cfg).prune_network(), device=pool.images.device)
     with autocast(pool.images.device, cfg.amp):
         feats = embed(net, pool.images).float()
     keep = prune_by_level(feats, cfg.prune_fraction, level=cfg.prune_level, k=cfg.k, max_norm=cfg.max_norm,
@@ -256,22 +286,24 @@ def eval_augment(cfg: DistillConfig):
     return partial(dsa, strategy=cfg.dsa_strategy, siamese=False) if cfg.dsa else None
 
 
-def evaluate_spread(cfg: DistillConfig, dataset, images, labels, num_nets: int, epochs: int, seed: int,
+def evaluate_spread(cfg: DistillConfig, dataset, images, labels, epochs: int, net_seeds: list,
                     model: Optional[str] = None, progress: bool = False) -> dict:
-    """``evaluate_synset`` with the networks split into contiguous blocks over ranks (all of them alone)."""
+    """``evaluate_synset`` of the networks seeded by ``net_seeds``, split into contiguous blocks over ranks (all of
+    them alone)."""
     r, world = distributed.rank(), (torch.distributed.get_world_size() if distributed.active() else 1)
+    num_nets = len(net_seeds)
     start, stop = r * num_nets // world, (r + 1) * num_nets // world
     accs = []
     if stop > start:
         res = evaluate_synset(images, labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                               model=model or cfg.model, num_nets=stop - start, epochs=epochs,
-                              augment=eval_augment(cfg), seed=seed + start, progress=progress,
+                              augment=eval_augment(cfg), seed=net_seeds[start:stop], progress=progress,
                               device=resolve_device(cfg.device), amp=cfg.amp)
         accs = res["accs"]
     accs = [a for block in distributed.gather(accs) for a in block]
     import numpy as np
 
-    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs}
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "accs": accs, "seeds": list(net_seeds)}
 
 
 class RunInterrupted(Exception):
@@ -282,7 +314,7 @@ class RunInterrupted(Exception):
 # the run computes (where the data lives, whether it may be downloaded, how many threads or which device
 # compute it, whether CUDA's kernels are the deterministic ones).  Checkpoints hold CPU tensors, so a run
 # started on a GPU resumes on the CPU and the other way round.
-RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard")
+RESUMABLE_FIELDS = ("threads", "data_root", "download", "device", "deterministic", "tensorboard", "wandb")
 
 
 def _prepare_directory(cfg: DistillConfig, out_dir: str, resume: bool):
@@ -333,7 +365,7 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
     written before the field existed) counts as its default, which is what that version computed."""
     wanted = json.loads(json.dumps(cfg.to_json()))  # the JSON round trip (tuples -> lists, ...)
     defaults = json.loads(json.dumps(DistillConfig().to_json()))
-    saved = {**defaults, **saved}
+    saved = {**defaults, **legacy_fields(saved)}
     return {name: (saved.get(name), value) for name, value in wanted.items()
             if name not in RESUMABLE_FIELDS and saved.get(name) != value}
 
@@ -429,7 +461,8 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
 
     start_it, rows = 0, []
-    syn = method.init_synset(seeds.init_generator(cfg.seed))
+    run_seeds = seeds.RunSeeds.of(cfg)
+    syn = method.init_synset(run_seeds.init())
     optimizer = torch.optim.SGD([syn.images], lr=cfg.lr_img, momentum=cfg.momentum)
     if state is not None:
         if tuple(state["images"].shape) != tuple(syn.images.shape):
@@ -450,18 +483,24 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
 
     log = LogWriter(os.path.join(out_dir, LOG))
     spent = {"checkpoint": 0.0, "periodic_eval": 0.0}
-    board = None
-    if cfg.tensorboard and main_proc:  # reads what the loop computed, changes nothing of it
+    boards = []  # TensorBoard's and W&B's writers: they read what the loop computed, and change nothing of it
+    if cfg.tensorboard and main_proc:
         from hddgeo.tensorboard import RunBoard
 
-        board = RunBoard(out_dir, start_it)
+        boards.append(RunBoard(out_dir, start_it))
+    if cfg.wandb and main_proc:
+        from hddgeo.wandb_log import RunWandb
+
+        boards.append(RunWandb(out_dir, cfg.to_json(), describe(cfg)))
 
     def checkpoint(it_done: int) -> None:
         t0 = time.perf_counter()
         if main_proc:
-            if board is not None:  # on disk before the checkpoint that a resume would start from
-                board.images(syn.grid(dataset), it_done)
-                board.flush()
+            if boards:  # on disk before the checkpoint that a resume would start from
+                grid = syn.grid(dataset)
+                for board in boards:
+                    board.images(grid, it_done)
+                    board.flush()
             save_tensors({"images": syn.images.detach().clone(), "optimizer": optimizer.state_dict(),
                           "method": method.state_dict(), "iteration": it_done, "rows": pack_rows(rows),
                           "config": cfg.to_json()}, ckpt_path)
@@ -521,11 +560,11 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
             t_eval = time.perf_counter()
             images, labels = syn.expanded()
-            row["eval_acc"] = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.eval_nets, cfg.eval_epochs,
-                                              seed=cfg.seed + seeds.PERIODIC_EVAL_OFFSET)["mean"]
+            row["eval_acc"] = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.eval_epochs,
+                                              run_seeds.eval_networks("periodic", cfg.eval_nets))["mean"]
             spent["periodic_eval"] += time.perf_counter() - t_eval
         rows.append(row)
-        if board is not None:
+        for board in boards:
             board.row(row)
         bar.set_postfix(loss=f"{row['loss']:.4g}", **({"acc": f"{row['eval_acc']:.3f}"} if "eval_acc" in row else {}))
         last = it + 1 == cfg.iterations
@@ -551,13 +590,14 @@ def _distil(cfg, out_dir, dataset, method, state, rank, world, progress, stop_af
     if final_eval and cfg.final_eval_epochs > 0:
         t_eval = time.perf_counter()
         images, labels = syn.expanded()
-        res = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.final_eval_nets, cfg.final_eval_epochs,
-                              seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress and main_proc)
+        res = evaluate_spread(cfg, dataset, images.detach(), labels, cfg.final_eval_epochs,
+                              run_seeds.eval_networks("final", cfg.final_eval_nets), progress=progress and main_proc)
         metrics.update({"acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "eval_model": cfg.model,
-                        "eval_epochs": cfg.final_eval_epochs, "final_eval_seconds": time.perf_counter() - t_eval})
+                        "eval_epochs": cfg.final_eval_epochs, "eval_seeds": res["seeds"],
+                        "final_eval_seconds": time.perf_counter() - t_eval})
     if main_proc:
         write_json(os.path.join(out_dir, METRICS), metrics)
-        if board is not None:
+        for board in boards:
             board.final(cfg.to_json(), metrics)
             board.close()
     distributed.barrier()
@@ -593,8 +633,9 @@ def evaluate_run(run_dir: str, model: Optional[str] = None, num_nets: int = 3, e
     epochs = cfg.final_eval_epochs if epochs is None else epochs
     res = evaluate_synset(syn["images"], syn["train_labels"], dataset.test_images, dataset.test_labels,
                           dataset.num_classes, model=model, num_nets=num_nets, epochs=epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + seeds.FINAL_EVAL_OFFSET, progress=progress,
-                          device=device, amp=amp)
-    out = {"model": model, "acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "epochs": epochs}
+                          augment=eval_augment(cfg), seed=seeds.RunSeeds.of(cfg).eval_networks("final", num_nets),
+                          progress=progress, device=device, amp=amp)
+    out = {"model": model, "acc_mean": res["mean"], "acc_std": res["std"], "accs": res["accs"], "epochs": epochs,
+           "eval_seeds": res["seeds"]}
     write_json(os.path.join(run_dir, f"eval_{model}.json"), out)
     return out

@@ -37,7 +37,15 @@
     a = "dm+hdd/law"              # a - b, paired by seed
     b = "dm"                      # or a list of labels: against the best of them on the same seeds
     paper = {1 = 1.4, 10 = 0.6}   # the paper's number (points) per IPC, if it gives one
-    kind = "gain"                 # or "same": the paper says a does as well as b (within 1 point)
+    kind = "gain"                 # or "same": a does as well as b (within the margin)
+    group = "paper"               # or "project": this project's own question (a table of its own)
+
+    margin = 0.5                  # the equivalence margin of "same" claims, points (default 1)
+    [paper]                       # the paper's setting and absolute numbers, printed beside the claims
+    iterations = 20000            # its distillation iterations (the budget column compares ours with it)
+    runs = 3                      # runs behind each mean ± std
+    [paper.accuracy]              # per label and IPC: [mean, std] in %
+    "dm" = {1 = [70.7, 0.6], 10 = [83.4, 0.1]}
 
 A value ``"none"`` is ``None`` (``max_norm = "none"``: no clip).  Cells come in :func:`study.run_study`'s order
 (per IPC, per seed: the baseline, then every axis value and variant) and with its names
@@ -49,11 +57,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from typing import Optional, Sequence
 
 from hddgeo import stats
-from hddgeo.verdict import Claim
+from hddgeo.verdict import SAME_MARGIN, Claim
 
 from .executors import Cell
 from .runner import DistillConfig, describe
@@ -61,12 +70,13 @@ from .study import cell_name, check_seeds_and_jobs
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
-            "claims", "description")
-CLAIM_KEYS = ("claim", "a", "b", "paper", "kind")
+            "claims", "description", "margin", "paper")
+CLAIM_KEYS = ("claim", "a", "b", "paper", "kind", "group")
+PAPER_KEYS = ("iterations", "runs", "accuracy")
 STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
-BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs",
+BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs", "seed_scheme",
                    "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "method", "options")
 
 
@@ -149,6 +159,15 @@ class Spec:
     variants: list
     stages: dict
     claims: list = dataclasses.field(default_factory=list)
+    margin: float = SAME_MARGIN
+    paper: Optional[dict] = None
+
+    def budget(self) -> str:
+        """Our distillation iterations against the paper's (``[paper] iterations``), for the claims table."""
+        ours, theirs = self.config.get("iterations"), (self.paper or {}).get("iterations")
+        if not isinstance(ours, int) or not theirs:
+            return ""
+        return f"{ours:,} / {theirs:,} iterations ({100 * ours / theirs:.2g} %)"
 
     @property
     def name(self) -> str:
@@ -297,7 +316,42 @@ def load_spec(path: str) -> Spec:
     for name in stages:
         spec.stage_variants(name)  # labels checked now
     spec.claims = _claims(data.get("claims") or [], path, spec.labels() + [stats.RANDOM])
+    margin = data.get("margin", SAME_MARGIN)
+    if type(margin) not in (int, float) or not (0 < margin < 100):
+        raise ValueError(f"{path}: margin is the equivalence margin in points, a number in (0, 100); got {margin!r}")
+    spec.margin = float(margin)
+    spec.paper = _paper(data.get("paper"), path, spec.labels() + [stats.RANDOM])
     return spec
+
+
+def _paper(table, path: str, labels: list) -> Optional[dict]:
+    """A spec's ``[paper]`` table, checked: its iterations and runs (positive integers) and absolute accuracies
+    ``[mean, std]`` (finite, in [0, 100]) per variant label and IPC."""
+    if table is None:
+        return None
+    where = f"{path} [paper]"
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table")
+    bad = [k for k in table if k not in PAPER_KEYS]
+    if bad:
+        raise ValueError(f"{where}: unknown key {bad[0]!r}; keys: {', '.join(PAPER_KEYS)}")
+    for key in ("iterations", "runs"):
+        if key in table and (type(table[key]) is not int or table[key] < (2 if key == "runs" else 1)):
+            raise ValueError(f"{where}: {key} must be an integer >= {2 if key == 'runs' else 1}, got {table[key]!r}")
+    accuracy = {}
+    for label, per_ipc in (table.get("accuracy") or {}).items():
+        if label not in labels:
+            raise ValueError(f"{where} accuracy names {label!r}, which is no variant's label ({', '.join(labels)})")
+        if not isinstance(per_ipc, dict):
+            raise ValueError(f"{where} accuracy.{label} must be a table of [mean, std] per IPC")
+        accuracy[label] = {}
+        for ipc, pair in per_ipc.items():
+            ok = (str(ipc).isdigit() and isinstance(pair, list) and len(pair) == 2
+                  and all(type(v) in (int, float) and math.isfinite(v) and 0 <= v <= 100 for v in pair))
+            if not ok:
+                raise ValueError(f"{where} accuracy.{label}.{ipc} must be [mean, std] in percent, got {pair!r}")
+            accuracy[label][int(ipc)] = (float(pair[0]), float(pair[1]))
+    return {**{k: table[k] for k in ("iterations", "runs") if k in table}, "accuracy": accuracy}
 
 
 def _claims(tables, path: str, labels: list) -> list[Claim]:
@@ -333,7 +387,8 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
                                  f"got {paper!r}")
             paper = {int(k): float(v) for k, v in paper.items()}
         try:  # Claim checks its kind
-            out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, t.get("kind", "gain")))
+            out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, t.get("kind", "gain"),
+                             t.get("group", "paper")))
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     return out
@@ -341,41 +396,57 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
 
 def estimate(cells: Sequence[Cell]) -> dict:
     """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
-    evaluation network-epochs left; and, when some distilled cell of these is finished, the hours one process
-    needs at their mean seconds per iteration (their steps only; evaluations not counted)."""
+    evaluation network-epochs left (final and periodic evaluations); and, when some cell of these is finished, the
+    hours one process needs at the finished cells' rates (seconds per iteration and per evaluation network-epoch,
+    each taken from finished cells of the same IPC where there are some, else from all)."""
     import json
 
     finished = resumable = 0
     iterations = network_epochs = 0
-    rates = []
+    step_rates, eval_rates, left = {}, {}, []
     for cell in cells:
         metrics = os.path.join(cell.run_dir, "metrics.json")
         if os.path.isfile(metrics):
             finished += 1
-            if cell.kind == "distill":
-                try:
-                    with open(metrics) as fh:
-                        rate = json.load(fh).get("seconds_per_iteration")
-                    if isinstance(rate, (int, float)) and rate == rate:
-                        rates.append(float(rate))
-                except (OSError, ValueError):
-                    pass
+            try:
+                with open(metrics) as fh:
+                    m = json.load(fh)
+                rate = m.get("seconds_per_iteration")
+                if cell.kind == "distill" and isinstance(rate, (int, float)) and rate == rate:
+                    step_rates.setdefault(cell.cfg.ipc, []).append(float(rate))
+                spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
+                if isinstance(spent, (int, float)) and isinstance(accs, list) and accs and isinstance(epochs, int) \
+                        and epochs > 0:
+                    eval_rates.setdefault(cell.cfg.ipc, []).append(float(spent) / (len(accs) * epochs))
+            except (OSError, ValueError, AttributeError):
+                pass
             continue
-        network_epochs += cell.cfg.final_eval_nets * cell.cfg.final_eval_epochs
-        if cell.kind != "distill":
-            continue
-        done = 0
-        log = os.path.join(cell.run_dir, "log.csv")
-        if os.path.isfile(os.path.join(cell.run_dir, "checkpoint.pt")):
-            resumable += 1
-            if os.path.isfile(log):
-                with open(log) as fh:
-                    done = max(sum(1 for _ in fh) - 1, 0)
-        iterations += max(cell.cfg.iterations - done, 0)
+        cell_epochs = cell.cfg.final_eval_nets * cell.cfg.final_eval_epochs
+        cell_iterations = 0
+        if cell.kind == "distill":
+            done = 0
+            log = os.path.join(cell.run_dir, "log.csv")
+            if os.path.isfile(os.path.join(cell.run_dir, "checkpoint.pt")):
+                resumable += 1
+                if os.path.isfile(log):
+                    with open(log) as fh:
+                        done = max(sum(1 for _ in fh) - 1, 0)
+            cell_iterations = max(cell.cfg.iterations - done, 0)
+            if cell.cfg.eval_every:  # the periodic evaluations still ahead
+                ahead = cell.cfg.iterations // cell.cfg.eval_every - done // cell.cfg.eval_every
+                cell_epochs += ahead * cell.cfg.eval_nets * cell.cfg.eval_epochs
+        iterations += cell_iterations
+        network_epochs += cell_epochs
+        left.append((cell.cfg.ipc, cell_iterations, cell_epochs))
     out = {"cells": len(cells), "finished": finished, "resume": resumable,
            "new": len(cells) - finished - resumable, "iterations": iterations, "network_epochs": network_epochs}
-    if rates:
-        out["hours"] = iterations * sum(rates) / len(rates) / 3600
+
+    def rate(rates: dict, ipc: int):
+        values = rates.get(ipc) or [v for vs in rates.values() for v in vs]
+        return sum(values) / len(values) if values else None
+
+    if step_rates and eval_rates:
+        out["hours"] = sum(n * rate(step_rates, ipc) + e * rate(eval_rates, ipc) for ipc, n, e in left) / 3600
     return out
 
 
@@ -384,5 +455,5 @@ def describe_estimate(est: dict) -> str:
             f"left: {est['iterations']:,} distillation iterations and {est['network_epochs']:,} evaluation "
             f"network-epochs")
     if "hours" in est:
-        text += f"; about {est['hours']:.2f} h of distillation steps in one process at the finished cells' rate"
+        text += f"; about {est['hours']:.2f} h in one process at the finished cells' rates (steps and evaluations)"
     return text

@@ -20,7 +20,7 @@ import torch
 
 from hddgeo import stats
 from hddgeo.device import resolve_device
-from hddgeo.seeds import FINAL_EVAL_OFFSET, init_generator
+from hddgeo.seeds import RunSeeds
 from hddgeo.evaluate import evaluate_synset
 
 from .methods import build_method
@@ -41,14 +41,15 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
     """Accuracy of the initial synthetic set (the seed's random real images) under the final evaluation."""
     dataset, pool, matcher = prepare(cfg)
     method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    syn = method.init_synset(init_generator(cfg.seed))
+    run_seeds = RunSeeds.of(cfg)
+    syn = method.init_synset(run_seeds.init())
     images, labels = syn.expanded()
     res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                           model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
-                          augment=eval_augment(cfg), seed=cfg.seed + FINAL_EVAL_OFFSET, progress=progress,
-                          device=method.device, amp=cfg.amp)
+                          augment=eval_augment(cfg), seed=run_seeds.eval_networks("final", cfg.final_eval_nets),
+                          progress=progress, device=method.device, amp=cfg.amp)
     return {"method": stats.RANDOM, "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
-            "acc_std": res["std"], "accs": res["accs"], "seconds_per_iteration": float("nan")}
+            "acc_std": res["std"], "accs": res["accs"], "eval_seeds": res["seeds"], "seconds_per_iteration": float("nan")}
 
 
 def baseline_cell(cfg: DistillConfig, run_dir: str, progress: bool = False) -> dict:
@@ -468,4 +469,4 @@ def initial_images(cfg: DistillConfig) -> torch.Tensor:
     """The synthetic images a run of ``cfg`` starts from (its seed's real or noise initialisation)."""
     dataset, pool, matcher = prepare(cfg)
     method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    return method.init_synset(init_generator(cfg.seed)).images.detach()
+    return method.init_synset(RunSeeds.of(cfg).init()).images.detach()

@@ -1,0 +1,254 @@
+"""Verdict v2 on Fashion-MNIST: the design from the pilot, and the figures (a study folder in, CSV/Markdown/PNG out).
+
+The cells themselves are run by ``hddgeo study fashionmnist_verdict_v2 --stage NAME`` (the spec says the stages);
+this script only reads what they wrote:
+
+    python experiments/verdict_v2.py design [--study DIR] [--stage pilot1]   # variance split -> seeds x networks
+    python experiments/verdict_v2.py figures [--study DIR]                   # forest plot, accuracy vs iterations
+
+``design`` splits the spread of each paired difference of the pilot into its between-seed part and its
+evaluation-network part (:func:`hddgeo.stats.variance_components`), then lists, for every number of seeds S and
+evaluation networks J, the expected 95 % half-width of each difference and the machine time of one IPC's stage
+(from the pilot cells' own timings), and picks the cheapest (S, J) that meets the targets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+from hddgeo import stats
+from hddgeo.rundir import write_csv, write_text
+from hddgeo.tables import markdown_table
+
+STUDY = "experiments/results/fashionmnist_verdict_v2"
+# the differences the design must resolve, with their 95 % half-width targets in points (the issue's), per IPC
+TARGETS = {1: 0.3, 10: 0.4}
+DESIGNED = [("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm+hdd/law")]
+REPORTED = DESIGNED + [("dm+hdd/law", "dm+clipped_euclidean"), ("dm+clipped_euclidean", "dm")]
+
+
+def cell_costs(table: pd.DataFrame, study: str, ipc: int) -> dict:
+    """Seconds of one distilled cell's loop and of one evaluation network, means over the pilot's cells at ``ipc``
+    (the random row has no loop)."""
+    loops, nets = [], []
+    for run_dir in dict.fromkeys(table.loc[table["ipc"] == ipc, "run_dir"]):
+        with open(os.path.join(study, run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        if m.get("method") != stats.RANDOM:
+            loops.append(m["loop_seconds"])
+            nets.append(m["final_eval_seconds"] / len(m["accs"]))
+    return {"loop": float(np.mean(loops)), "network": float(np.mean(nets)), "distilled": len(loops)}
+
+
+def design(table: pd.DataFrame, ipc: int, costs: dict, variants: int, target: float,
+           seeds=range(3, 31), networks=range(2, 17)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(components, grid)``: the variance split of every reported pair, and per (S, J) the half-widths (points)
+    and the core-hours of one stage of ``variants`` distilled cells plus the random row per seed."""
+    comps = []
+    for a, b in REPORTED:
+        try:
+            c = stats.variance_components(table, a, b, ipc)
+        except ValueError:
+            continue
+        comps.append({"ipc": ipc, "a": a, "b": b, "diff_mean": 100 * c["diff_mean"], "seeds": c["seeds"],
+                      "networks": c["networks"], "sd_seed": 100 * np.sqrt(c["between"]),
+                      "sd_network": 100 * np.sqrt(c["within"]), "between": c["between"], "within": c["within"]})
+    comps = pd.DataFrame(comps)
+    grid = []
+    for s in seeds:
+        for j in networks:
+            row = {"seeds": s, "networks": j,
+                   "core_hours": s * (variants * costs["loop"] + (variants + 1) * j * costs["network"]) / 3600}
+            for c in comps.itertuples():
+                row[f"{c.a} − {c.b}"] = 100 * stats.half_width(c.between, c.within, s, j)
+            grid.append(row)
+    grid = pd.DataFrame(grid)
+    designed = [f"{a} − {b}" for a, b in DESIGNED if f"{a} − {b}" in grid]
+    grid["meets"] = (grid[designed] <= target).all(axis=1)
+    return comps, grid
+
+
+def cmd_design(args) -> int:
+    table = pd.read_csv(os.path.join(args.study, f"{args.stage}.csv"))
+    text = [f"# Design from the {args.stage} stage ({args.study})\n"]
+    for ipc in sorted(table["ipc"].unique()):
+        variants = table.loc[(table["ipc"] == ipc) & (table["method"] != stats.RANDOM), "method"].nunique()
+        costs = cell_costs(table, args.study, ipc)
+        comps, grid = design(table, int(ipc), costs, variants, TARGETS[int(ipc)])
+        write_csv(os.path.join(args.study, f"design{ipc}_components.csv"), comps.drop(columns=["between", "within"]))
+        write_csv(os.path.join(args.study, f"design{ipc}_grid.csv"), grid)
+        ok = grid[grid["meets"]].sort_values("core_hours")
+        chosen = ok.iloc[0] if len(ok) else None
+        text += [f"## IPC {ipc}\n",
+                 f"Pilot: {comps['seeds'].max()} seeds x {comps['networks'].max():.0f} evaluation networks; one distilled "
+                 f"cell's loop {costs['loop'] / 60:.1f} min, one evaluation network {costs['network'] / 60:.2f} min "
+                 f"(means over the pilot's {costs['distilled']} distilled cells, on the machine that ran them).\n",
+                 "Standard deviations of each paired difference (points): between seeds (what more networks cannot "
+                 "remove) and between evaluation networks within a seed:\n",
+                 markdown_table(comps.drop(columns=["between", "within", "ipc"]).round(3)),
+                 f"\nTarget: 95 % half-width <= {TARGETS[int(ipc)]} points for "
+                 f"{', '.join(f'{a} − {b}' for a, b in DESIGNED)}.\n"]
+        if chosen is None:
+            best = grid.sort_values(list(grid.columns[3:5])).iloc[0]
+            text.append(f"No design up to {grid['seeds'].max()} seeds x {grid['networks'].max()} networks meets it; "
+                        f"the narrowest: {int(best['seeds'])} x {int(best['networks'])}.\n")
+        else:
+            text.append(f"Cheapest design that meets it: **{int(chosen['seeds'])} seeds x {int(chosen['networks'])} "
+                        f"networks**, {chosen['core_hours']:.1f} core-hours for this IPC's {variants} distilled "
+                        f"variants and the random row.\n")
+            near = ok.head(8)[["seeds", "networks", "core_hours"] + [c for c in grid.columns if "−" in c]]
+            text.append(markdown_table(near.round(3)))
+    out = os.path.join(args.study, "design.md")
+    write_text(out, "\n".join(text) + "\n")
+    print("\n".join(text))
+    print(f"-> {out}")
+    return 0
+
+
+def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
+    """Per claim and IPC: the per-seed differences (points), our interval, the paper's point and Welch interval."""
+    from hddgeo.verdict import best_of
+
+    rows = []
+    seeds = stats.per_seed(table)
+    for ipc in sorted(seeds["ipc"].unique()):
+        wide = seeds[seeds["ipc"] == ipc].pivot(index="seed", columns="method", values="acc")
+        for c in spec.claims:
+            b = best_of(table, int(ipc), list(c.b)) if isinstance(c.b, tuple) else c.b
+            if b is None or c.a not in wide or b not in wide:
+                continue
+            d = 100 * (wide[c.a] - wide[b]).dropna()
+            if len(d) < 2:
+                continue
+            low, high = stats.t_interval(d.values)
+            acc = (spec.paper or {}).get("accuracy", {})
+            pa, pb = acc.get(c.a, {}).get(int(ipc)), acc.get(b, {}).get(int(ipc))
+            paper = (c.paper or {}).get(int(ipc))
+            p_low = p_high = None
+            if pa and pb:
+                p_low, p_high = stats.welch_interval(pa[0], pa[1], spec.paper.get("runs", 3), pb[0], pb[1],
+                                                     spec.paper.get("runs", 3))
+                paper = pa[0] - pb[0] if paper is None else paper
+            rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
+                         "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
+                         "paper_high": p_high})
+    return rows
+
+
+def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
+    """One row per claim: grey dots per seed, our 95 % interval (black), the paper's number and interval (red), 0 and
+    the equivalence margin of ``same`` claims (shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.4))
+    for y, r in enumerate(reversed(rows)):
+        if r["kind"] == "same":
+            ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#d8ecd8", zorder=0)
+        ax.scatter(r["seeds"], [y] * len(r["seeds"]), s=12, color="0.6", zorder=2)
+        ax.plot([r["low"], r["high"]], [y, y], color="black", lw=2, zorder=3)
+        ax.plot(r["mean"], y, "o", color="black", zorder=4)
+        if r["paper"] is not None:
+            if r["paper_low"] is not None:
+                ax.plot([r["paper_low"], r["paper_high"]], [y + 0.22, y + 0.22], color="tab:red", lw=1.5)
+            ax.plot(r["paper"], y + 0.22, "D", color="tab:red", ms=5)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(rows)])
+    ax.set_xlabel("difference a − b (accuracy points)")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Line2D([], [], color="black", marker="o", lw=2, label="ours: mean, 95 % t interval over seeds"),
+                       Line2D([], [], color="0.6", marker="o", lw=0, label="ours: one seed"),
+                       Line2D([], [], color="tab:red", marker="D", lw=1.5, label="the paper (Welch interval of its runs)"),
+                       Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")],
+              fontsize=7, loc="best")
+    ax.set_title(title, fontsize=10, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def curves_plot(study: str, table: pd.DataFrame, path: str) -> bool:
+    """Accuracy (periodic evaluation) and loss against iterations, mean over seeds per method, for the cells that
+    evaluated periodically; False when none did."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = []
+    for run_dir in dict.fromkeys(table["run_dir"]):
+        log_path = os.path.join(study, run_dir, "log.csv")
+        if not os.path.isfile(log_path):
+            continue
+        log = pd.read_csv(log_path)
+        if "eval_acc" in log and log["eval_acc"].notna().any():
+            m = table.loc[table["run_dir"] == run_dir].iloc[0]
+            logs.append(log.assign(method=m["method"], ipc=m["ipc"], seed=m["seed"]))
+    if not logs:
+        return False
+    logs = pd.concat(logs, ignore_index=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, g in logs.groupby("method"):
+        acc = g.dropna(subset=["eval_acc"]).groupby("iteration")["eval_acc"].agg(["mean", "min", "max"])
+        axes[0].plot(acc.index, 100 * acc["mean"], marker="o", label=method)
+        axes[0].fill_between(acc.index, 100 * acc["min"], 100 * acc["max"], alpha=0.15)
+        loss = g.groupby("iteration")["loss"].mean()
+        axes[1].plot(loss.index, loss.values, label=method)
+    axes[0].set(xlabel="iteration", ylabel="test accuracy (%), periodic evaluation", title="accuracy (band: seeds' range)")
+    axes[1].set(xlabel="iteration", ylabel="matching loss (own scale per method)", yscale="log", title="loss")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def cmd_figures(args) -> int:
+    from hddgeo.distill.spec import load_spec
+
+    spec = load_spec(args.spec)
+    table = pd.read_csv(os.path.join(args.study, f"{args.table}.csv"))
+    out = os.path.join(args.study, "figures")
+    os.makedirs(out, exist_ok=True)
+    rows = forest_rows(table, spec)
+    if rows:
+        forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,
+                    f"{spec.name} ({args.table}.csv): differences paired by seed")
+        print(f"wrote {os.path.join(out, 'forest.png')} ({len(rows)} rows)")
+    if curves_plot(args.study, table, os.path.join(out, "curves.png")):
+        print(f"wrote {os.path.join(out, 'curves.png')}")
+    else:
+        print("no cell evaluated periodically yet: no curves")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("design", help="variance split of the pilot and the seeds x networks design")
+    d.add_argument("--study", default=STUDY)
+    d.add_argument("--stage", default="pilot1", help="the report name of the pilot stage (its long table)")
+    f = sub.add_parser("figures", help="forest plot of the claims and accuracy-vs-iteration curves")
+    f.add_argument("--study", default=STUDY)
+    f.add_argument("--table", default="results", help="the long table's name in the study folder")
+    f.add_argument("--spec", default="fashionmnist_verdict_v2")
+    args = p.parse_args(argv)
+    try:
+        return {"design": cmd_design, "figures": cmd_figures}[args.command](args)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"verdict_v2: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
