@@ -218,11 +218,9 @@ def api_main(args):
 
 
 def _has_tabulate():
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None
 
 
 if __name__ == "__main__":

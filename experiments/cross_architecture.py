@@ -26,18 +26,18 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
 
-from hddgeo.distill import DistillConfig, describe, evaluate_run  # noqa: E402
-from hddgeo.cli import run_main  # noqa: E402
-from hddgeo.distill.study import check_seeds_and_jobs, run_cell  # noqa: E402
-from hddgeo.models import MODEL_NAMES  # noqa: E402
-from hddgeo.plots import save_figure, save_table_md  # noqa: E402
-from hddgeo.rundir import write_csv, write_text  # noqa: E402
+from hddgeo.distill import DistillConfig, describe, evaluate_run
+from hddgeo.cli import run_main
+from hddgeo.distill.study import check_seeds_and_jobs, run_cell
+from hddgeo.models import MODEL_NAMES
+from hddgeo.plots import save_figure, save_table_md
+from hddgeo.rundir import write_csv, write_text
 
 VARIANTS = {"dm": {"matcher": "euclidean"}, "hdd-law": {"matcher": "hdd", "centroid": "law"},
             "hdd-karcher": {"matcher": "hdd", "centroid": "karcher"},

@@ -48,19 +48,19 @@ from typing import Optional
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
 
-from hddgeo import stats  # noqa: E402
-from hddgeo.distill import DistillConfig, paper_preset  # noqa: E402
-from hddgeo.cli import run_main  # noqa: E402
-from hddgeo.distill.study import baseline_row, check_seeds_and_jobs, initial_images, read_log, run_cell  # noqa: E402
-from hddgeo.plots import save_figure, save_table_md  # noqa: E402
-from hddgeo.rundir import write_csv, write_json, write_text  # noqa: E402
+from hddgeo import stats
+from hddgeo.distill import DistillConfig, paper_preset
+from hddgeo.cli import run_main
+from hddgeo.distill.study import baseline_row, check_seeds_and_jobs, initial_images, read_log, run_cell
+from hddgeo.plots import save_figure, save_table_md
+from hddgeo.rundir import write_csv, write_json, write_text
 
 CENTROIDS = ("law", "karcher", "tangent")
 METHOD_ORDER = ["DM", "HDD law", "HDD karcher", "HDD tangent"]

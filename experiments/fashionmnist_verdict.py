@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "config.json, metrics.json, log.csv); nothing runs")
     p.add_argument("--readme", default=None, metavar="FILE",
                    help="also write the tables between FILE's '<!-- TABLES-START -->' and '<!-- TABLES-END -->' "
-                        "lines (the README's verdict section)")
+                        "lines (docs/results.md: the verdict section of the docs' results page)")
     p.add_argument("--rerun", metavar="CELL", default=None,
                    help="rerun the committed cell CELL (a folder of OUT/runs) from its config.json into a new folder "
                         "and compare its accuracies with the committed metrics.json; nothing else runs")
@@ -269,7 +269,8 @@ def main_text(table: pd.DataFrame, out: str, seeds=None) -> str:
 
 
 def write_readme_tables(readme: str, text: str, out: str) -> None:
-    """Put ``text`` (the design and verdict), the cell count and the mechanism tables between the README's markers."""
+    """Put ``text`` (the design and verdict), the cell count and the mechanism tables between the markers of
+    ``readme`` (the docs' results page, ``docs/results.md``)."""
     start, end = "<!-- TABLES-START -->", "<!-- TABLES-END -->"
     with open(readme, encoding="utf-8") as fh:
         content = fh.read()

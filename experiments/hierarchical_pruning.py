@@ -38,20 +38,20 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
 
-from hddgeo.data import load_dataset  # noqa: E402
-from hddgeo.distill import DistillConfig  # noqa: E402
-from hddgeo.cli import run_main  # noqa: E402
-from hddgeo.distill.study import check_seeds_and_jobs, read_log, run_cell  # noqa: E402
-from hddgeo.hierarchy import PRUNE_LEVELS, kept_count  # noqa: E402
-from hddgeo.plots import save_figure, save_table_md  # noqa: E402
-from hddgeo.rundir import write_csv, write_json, write_text  # noqa: E402
+from hddgeo.data import load_dataset
+from hddgeo.distill import DistillConfig
+from hddgeo.cli import run_main
+from hddgeo.distill.study import check_seeds_and_jobs, read_log, run_cell
+from hddgeo.hierarchy import PRUNE_LEVELS, kept_count
+from hddgeo.plots import save_figure, save_table_md
+from hddgeo.rundir import write_csv, write_json, write_text
 
 
 def _max_norm(text: str):
@@ -145,8 +145,8 @@ def init_rows(args, cells: list) -> list:
         if cfg is None or key in seen:
             continue
         seen.add(key)
-        path = os.path.join(os.path.dirname(cell["run_dir"]),
-                            "init_" + os.path.basename(cell["run_dir"]).replace("_dm_", "_").replace(f"_hdd-{args.centroid}_", "_") + ".json")
+        base = os.path.basename(cell["run_dir"]).replace("_dm_", "_").replace(f"_hdd-{args.centroid}_", "_")
+        path = os.path.join(os.path.dirname(cell["run_dir"]), "init_" + base + ".json")
         ident = {k: v for k, v in cfg.to_json().items() if k in ("dataset", "ipc", "seed", "k", "max_norm", "prune_fraction",
                                                                 "prune_level", "final_eval_nets", "final_eval_epochs", "model")}
         res = None
@@ -179,10 +179,10 @@ def _pm(m, s) -> str:
 
 
 def tables_markdown(args, table: pd.DataFrame, elapsed: float) -> str:
-    levels = list(dict.fromkeys(l for l in table.level if l != "full data")) or ["full data"]
+    levels = list(dict.fromkeys(lev for lev in table.level if lev != "full data")) or ["full data"]
     full = table[table.level == "full data"]
     # the full-data run belongs to every level's row (its 100% column)
-    table = pd.concat([table[table.level != "full data"]] + [full.assign(level=l) for l in levels], ignore_index=True)
+    table = pd.concat([table[table.level != "full data"]] + [full.assign(level=lev) for lev in levels], ignore_index=True)
     table = table.sort_values(["ipc", "method", "level"], key=lambda s: s.map({m: i for i, m in enumerate(
         dict.fromkeys(full.method))}) if s.name == "method" else s, kind="stable")
 
@@ -217,7 +217,7 @@ def plot_curves(curves: pd.DataFrame, table: pd.DataFrame, ipcs: list, path: str
     methods = list(dict.fromkeys(table.method))
     fractions = sorted(table.prune_fraction.unique())
     colours = dict(zip(fractions, sns.color_palette("viridis", len(fractions))))
-    levels = list(dict.fromkeys(l for l in table.level if l != "full data"))
+    levels = list(dict.fromkeys(lev for lev in table.level if lev != "full data"))
     styles = dict(zip(levels, ["-", "--", ":"]))
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
         fig, axes = plt.subplots(len(ipcs), len(methods), figsize=(5.6 * len(methods), 3.8 * len(ipcs) + 0.9),
@@ -240,7 +240,7 @@ def plot_curves(curves: pd.DataFrame, table: pd.DataFrame, ipcs: list, path: str
         handles = [plt.Line2D([], [], color=colours[f], marker="o", lw=2, label=f"keep {100 * f:g}%" +
                               (" (full data)" if f >= 1 else "")) for f in fractions]
         if len(levels) > 1:
-            handles += [plt.Line2D([], [], color="0.3", ls=styles[l], lw=2, label=f"level: {l}") for l in levels]
+            handles += [plt.Line2D([], [], color="0.3", ls=styles[lev], lw=2, label=f"level: {lev}") for lev in levels]
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.01))
         fig.suptitle("Accuracy during distillation with hierarchical pruning of the real data\n"
                      f"(each point: a fresh ConvNet trained on the current synthetic set; pruning level: "
@@ -259,7 +259,7 @@ def plot_final(table: pd.DataFrame, ipcs: list, path: str) -> None:
         for ax, ipc in zip(axes[0], ipcs):
             for h, method in enumerate(methods):
                 sub = ok[(ok.ipc == ipc) & (ok.method == method)].sort_values("prune_fraction")
-                for level in dict.fromkeys(l for l in sub.level if l != "full data"):
+                for level in dict.fromkeys(lev for lev in sub.level if lev != "full data"):
                     g = sub[(sub.level == level) | (sub.level == "full data")]
                     ax.errorbar(100 * g.prune_fraction * (1 + 0.03 * (h - 0.5)), 100 * g.acc_mean, yerr=100 * g.acc_std,
                                 color=colours[method], marker="o" if method != INIT else "s", capsize=4,

@@ -30,17 +30,17 @@ from typing import Optional
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
 
-from hddgeo.analysis import class_features  # noqa: E402
-from hddgeo.device import resolve_device  # noqa: E402
-from hddgeo.data import load_dataset  # noqa: E402
-from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples, spread_table  # noqa: E402
+from hddgeo.analysis import class_features
+from hddgeo.device import resolve_device
+from hddgeo.data import load_dataset
+from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples, spread_table
 
-from hddgeo.plots import plot_root_leaf_images, plot_weight_spread, save_figure, save_table_md  # noqa: E402
-from hddgeo.rundir import write_csv, write_text  # noqa: E402
+from hddgeo.plots import plot_root_leaf_images, plot_weight_spread, save_figure, save_table_md
+from hddgeo.rundir import write_csv, write_text
 
 
 

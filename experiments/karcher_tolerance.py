@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_centroids import DEFAULT_SPREADS, SPREADS, make_cloud  # noqa: E402
+from bench_centroids import DEFAULT_SPREADS, SPREADS, make_cloud
 
 
 def run(args):

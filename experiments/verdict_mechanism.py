@@ -26,8 +26,9 @@
   are in the study's ``results.md`` / ``hddgeo compare``.
 
 Writes ``mechanism_cells.csv`` (one row per cell: radii, bias, clip share), ``mechanism_weights.csv`` (one row per
-clip setting, network and class), ``mechanism_paired.csv`` and ``mechanism.md`` into the study folder.  Cells without ``synset.pt`` (a checkout holds only the committed
-``config.json`` / ``metrics.json`` / ``log.csv``) get the diagnostics columns only.
+clip setting, network and class), ``mechanism_paired.csv`` and ``mechanism.md`` into the study folder.  Cells without
+``synset.pt`` (a checkout holds only the committed ``config.json`` / ``metrics.json`` / ``log.csv``) get the
+diagnostics columns only.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import sys
 import torch
 
 try:
-    import torchvision  # noqa: F401
+    import torchvision
 except RuntimeError as err:  # pragma: no cover - depends on the installed wheel
     if "torchvision::nms" not in str(err):
         raise
@@ -22,10 +22,10 @@ except RuntimeError as err:  # pragma: no cover - depends on the installed wheel
     _lib = torch.library.Library("torchvision", "FRAGMENT")
     _lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import torchvision  # noqa: F401
+    import torchvision
 
-import torchvision.datasets  # noqa: E402,F401
-import torchvision.models  # noqa: E402,F401
-import torchvision.utils  # noqa: E402,F401
+import torchvision.datasets
+import torchvision.models
+import torchvision.utils
 
 __all__ = ["torchvision"]

@@ -20,10 +20,12 @@ import dataclasses
 import os
 import sys
 
+from . import __version__
 from .device import AMP_MODES, resolve_device
 from .distill import distributed
 from .distill.runner import RESUMABLE_FIELDS, DistillConfig
 from .evaluate import PROTOCOLS
+from .extras import missing_extra_message
 
 DEFAULTS = DistillConfig()
 
@@ -129,6 +131,7 @@ def _refuse_flags_with_resume(given: set) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hddgeo", description="Hyperbolic dataset distillation (HDD) on geoopt's Lorentz model.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("distill", help="distil a dataset into a run directory")
@@ -443,12 +446,19 @@ def _run(args, given: set) -> int:
 def run_main(main, argv=None, prog: str = "", interrupted: str = "interrupted") -> int:
     """``main(argv)`` as a command (``hddgeo`` and every study script): its status (0 when it returns no
     integer); bad input (``ValueError``: a flag, a file, a study cell that holds another run, a run directory
-    another process owns) or a folder that cannot be written is one line on stderr and status 2."""
+    another process owns), a folder that cannot be written or an optional package that is not installed
+    (:func:`hddgeo.extras.missing_extra_message`) is one line on stderr and status 2."""
     prog = prog or os.path.basename(sys.argv[0])
     try:
         status = main(argv)
     except (ValueError, FileNotFoundError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # an optional package (an extra) that a command needs and is not installed
+        msg = missing_extra_message(err)
+        if msg is None:
+            raise
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as err:  # a folder that cannot be written, a file that cannot be read
@@ -462,6 +472,8 @@ def run_main(main, argv=None, prog: str = "", interrupted: str = "interrupted") 
 
 
 def main(argv=None) -> int:
+    """Run the ``hddgeo`` command with ``argv`` (default ``sys.argv[1:]``) and return its exit status: 0 on
+    success, 2 for bad input (one line on stderr, nothing written)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

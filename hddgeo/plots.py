@@ -18,25 +18,26 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Circle  # noqa: E402
+from .geometry import karcher_mean, law_centroid, lift, radius
+from .geometry.lorentz import check_points, frame_logs_, manifold_k
+from .rundir import load_tensors, read_json, write_file
+from .tables import markdown_table as save_table_md  # re-exported for the studies (in __all__)
 
-from .geometry import karcher_mean, law_centroid, lift, radius  # noqa: E402
-from .geometry.lorentz import check_points, frame_logs_, manifold_k  # noqa: E402
-from .rundir import load_tensors, read_json, write_file  # noqa: E402
-from .tables import markdown_table as save_table_md  # noqa: E402,F401  (re-exported for the studies)
+matplotlib.use("Agg")  # figures go to files; switching after pyplot's import is fine while no figure exists
 
 __all__ = [
     "PoincareProjection", "poincare_projection", "plot_poincare_disk", "plot_radius_histograms",
     "plot_weight_spread", "plot_root_leaf_images", "poincare_report", "save_table_md", "REAL_COLOR", "SYN_COLOR",
+    "clip_radius", "clip_note",
 ]
 
 _PALETTE = sns.color_palette("deep")
@@ -309,16 +310,43 @@ def _edges(values: np.ndarray, bins: int) -> np.ndarray:
     if hi - lo < 1e-9 * max(1.0, abs(hi)):
         pad = max(1e-3 * abs(hi), 1e-3)
         lo, hi = lo - pad, hi + pad
+        bins |= 1  # an odd count: the one value sits in the middle of a bar, not on its edge
     return np.linspace(lo, hi, bins + 1)
 
 
+def clip_radius(k: float, max_norm: Optional[float]) -> Optional[float]:
+    """The radius at which ``lift(..., max_norm=max_norm)`` puts every clipped point: ``max_norm * sqrt(k)``."""
+    return None if max_norm is None else float(max_norm) * math.sqrt(k)
+
+
+def _share_at(values: np.ndarray, at: float) -> float:
+    return float(np.mean(np.abs(values - at) <= 1e-9 * max(1.0, abs(at)))) if values.size else 0.0
+
+
+def clip_note(r_real, r_syn, clip_r: Optional[float]) -> Optional[str]:
+    """A sentence for a figure saying how many points the radius clip put at ``clip_r`` (``None``: no clip or no
+    point there)."""
+    if clip_r is None:
+        return None
+    real = _share_at(np.asarray(r_real, dtype=float).ravel(), clip_r)
+    syn = _share_at(np.asarray(r_syn, dtype=float).ravel(), clip_r)
+    if real == 0 and syn == 0:
+        return None
+    if real == 1 and (syn == 1 or np.asarray(r_syn).size == 0):
+        return (f"the clip put every point\nat radius {clip_r:g}: one bar,\nall hierarchical weights equal")
+    return f"at the clip (radius {clip_r:g}):\n{100 * real:.0f}% of real,\n{100 * syn:.0f}% of synthetic points"
+
+
 def plot_radius_histograms(ax, r_real, r_syn, bins: int = 30, title: Optional[str] = "Hyperbolic radius r = d(o, z)",
-                           real_label: str = "real", syn_label: str = "synthetic"):
+                           real_label: str = "real", syn_label: str = "synthetic", *, clip: Optional[float] = None,
+                           legend: str = "inside"):
     """Density-normalised histograms of the radii of real and synthetic points (paper Fig. 4(d)).
 
     Each histogram integrates to one, so a small synthetic set compares with a large real one; a
     synthetic histogram shifted to the left is the root-centric bias of §4.5.  Dashed lines mark the
-    means.  Returns ``ax``.
+    means.  ``clip`` is the radius the run's clip puts points at (:func:`clip_radius`): the points there
+    are counted in a note on the axes, so a single bar reads as the clip's doing.  ``legend``: ``"inside"``
+    (upper left, above the bars) or ``"none"`` (the caller draws one, e.g. below the figure).  Returns ``ax``.
     """
     r_real = np.asarray(torch.as_tensor(r_real).detach().cpu().double().flatten())
     r_syn = np.asarray(torch.as_tensor(r_syn).detach().cpu().double().flatten())
@@ -337,9 +365,18 @@ def plot_radius_histograms(ax, r_real, r_syn, bins: int = 30, title: Optional[st
     ax.ticklabel_format(axis="x", useOffset=False)
     if title:
         ax.set_title(title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))  # long tick labels of a narrow range
+    note = clip_note(r_real, r_syn, clip)
     lo, hi = ax.get_ylim()
-    ax.set_ylim(lo, hi * 1.3)  # headroom for the legend
-    ax.legend(loc="upper left", fontsize="small")
+    if note or legend == "inside":  # headroom: the bars stay under the legend and the note
+        ax.set_ylim(lo, hi * (1.6 if note and legend == "inside" else 1.35))
+    if note:
+        ax.text(0.02, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize="small",
+                bbox=dict(boxstyle="round,pad=0.35", facecolor="white", edgecolor="0.6", alpha=0.95), zorder=5)
+    if legend == "inside":
+        ax.legend(loc="upper right" if note else "upper left", fontsize="small")
+    elif legend != "none":
+        raise ValueError(f"legend must be 'inside' or 'none', got {legend!r}")
     return ax
 
 
@@ -441,7 +478,9 @@ def plot_root_leaf_images(images, dataset, root_idx: dict, leaf_idx: dict, class
     rgb = getattr(dataset, "channels", 1) == 3
     with _style():
         fig, axes = plt.subplots(len(classes), 2, figsize=(2 * max(0.75 * n + 0.4, 2.6) + 0.8, 0.8 * len(classes) + 1.2),
-                                 squeeze=False, gridspec_kw=dict(wspace=0.08, hspace=0.15))
+                                 squeeze=False, layout="constrained")
+        # constrained: a caller's fig.suptitle gets its own room above the column titles
+        fig.get_layout_engine().set(wspace=0.04, hspace=0.02)
         for row, c in enumerate(classes):
             for col, idx in enumerate((root_idx[c], leaf_idx[c])):
                 ax = axes[row, col]
@@ -586,10 +625,13 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     # -- radii
     r_real = {c: radius(z_real[c], M).numpy() for c in classes}
     r_syn = {c: radius(z_syn[c], M).numpy() if z_syn[c] is not None else np.zeros(0) for c in classes}
+    clip_r = clip_radius(k, max_norm)
     with _style():
-        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=(1.1, 1)))
+        fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(12, 6.3), gridspec_kw=dict(width_ratios=(1.1, 1)))
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.31, wspace=0.28)
         plot_radius_histograms(ax_h, np.concatenate([r_real[c] for c in classes]),
-                               np.concatenate([r_syn[c] for c in classes]), title="all shown classes pooled")
+                               np.concatenate([r_syn[c] for c in classes]), title="all shown classes pooled",
+                               clip=clip_r, legend="none")
         xs = np.arange(len(classes))
         mean = np.array([r_real[c].mean() for c in classes])
         lo = np.array([np.percentile(r_real[c], 5) for c in classes])
@@ -602,16 +644,23 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
                 jitter = rng.uniform(-0.15, 0.15, len(r_syn[c])) if len(r_syn[c]) > 1 else np.zeros(1)
                 ax_c.scatter(i + 0.25 + jitter, r_syn[c], s=55, marker="D", color=SYN_COLOR, edgecolor="black",
                              lw=0.6, zorder=3, label="synthetic images" if i == 0 else None)
-        ax_c.set_xticks(xs, [names[c] for c in classes])
+        # class names are words ("T-shirt/top", "Ankle boot"): slanted, they no longer run into each other
+        shown = [str(names[c]) for c in classes]
+        if max(map(len, shown)) > 3:
+            ax_c.set_xticks(xs, shown, rotation=35, ha="right", rotation_mode="anchor")
+        else:
+            ax_c.set_xticks(xs, shown)
         ax_c.set_xlabel("class")
         ax_c.set_ylabel("radius r")
         ax_c.ticklabel_format(axis="y", useOffset=False)
         ax_c.set_title("per class")
-        lo_y, hi_y = ax_c.get_ylim()
-        ax_c.set_ylim(lo_y, hi_y + 0.3 * (hi_y - lo_y))  # headroom for the legend
-        ax_c.legend(loc="upper center", ncol=2, fontsize="small")
+        if clip_r is not None and clip_note(np.concatenate(list(r_real.values())),
+                                            np.concatenate(list(r_syn.values())), clip_r):
+            ax_c.axhline(clip_r, color="0.4", ls=":", lw=1.2, zorder=1, label=f"clip: radius {clip_r:g}")
+        # one legend for both panels, under them: nothing drawn over the data
+        handles, labels = (sum(x, []) for x in zip(ax_h.get_legend_handles_labels(), ax_c.get_legend_handles_labels()))
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", frameon=False)
         fig.suptitle(f"Radii of real and synthetic features (smaller = closer to the root)\n{setting}")
-        fig.tight_layout()
         paths.append(save_figure(fig, os.path.join(out_dir, "radius_hist.png")))
 
     # -- root / leaf images of the real data

@@ -6,10 +6,10 @@ Input is a *long* table with one row per trained evaluation network: columns ``m
 Why paired: runs that share a distillation seed see the same feature networks, real batches, DSA draws
 and initial images, and their evaluation networks share seeds too, so the matcher (or centroid) is the
 only difference between them.  Runs of different seeds share nothing random (seed scheme 2,
-:mod:`hddgeo.seeds`; scheme 1 runs shared evaluation networks between adjacent seeds).  The difference of two methods is therefore taken *within* each seed, and
-the seed is the unit of replication: a 95 % interval over ``n`` seeds uses Student's t with ``n - 1``
-degrees of freedom (``scipy.stats.t``).  Networks of one seed are averaged first; they are not
-independent replicates of the distillation.
+:mod:`hddgeo.seeds`; scheme 1 runs shared evaluation networks between adjacent seeds). The difference of two
+methods is therefore taken *within* each seed, and the seed is the unit of replication: a 95 % interval over ``n``
+seeds uses Student's t with ``n - 1`` degrees of freedom (``scipy.stats.t``). Networks of one seed are averaged
+first; they are not independent replicates of the distillation.
 
 A single run of either method is an anecdote: CPUs of different models round differently and a
 distillation amplifies that, so the same command moves single accuracies by a few points between

@@ -20,11 +20,12 @@ optional (``pip install "hddgeo[tensorboard]"``).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 from typing import Optional
+
+from .extras import MissingExtraError, check
 
 SUBDIR = "tensorboard"
 PARTS_PREFIX = "loss/"
@@ -33,9 +34,12 @@ DIAGNOSTICS = ("gap_", "radius_", "clip_", "wstd_")
 
 
 def check_available() -> None:
-    """``ValueError`` (one line) when the ``tensorboard`` package is missing."""
-    if importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install \"hddgeo[tensorboard]\"")
+    """``ValueError`` (one line naming the extra) when the ``tensorboard`` package is missing: a configuration
+    check (``DistillConfig.validate``), whose errors are ValueErrors."""
+    try:
+        check("tensorboard")
+    except MissingExtraError as err:
+        raise ValueError(str(err)) from None
 
 
 def tag_of(column: str) -> str:

@@ -18,13 +18,13 @@ optional (``pip install "hddgeo[wandb]"``) and is imported only when a run asks 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import secrets
 import struct
 
+from hddgeo.extras import MissingExtraError, check
 from hddgeo.rundir import write_text
 from hddgeo.tensorboard import tag_of
 
@@ -33,9 +33,12 @@ SUBDIR = "wandb"
 
 
 def check_available() -> None:
-    """``ValueError`` (one line) when the ``wandb`` package is missing."""
-    if importlib.util.find_spec("wandb") is None:
-        raise ValueError("--wandb needs the wandb package: pip install \"hddgeo[wandb]\"")
+    """``ValueError`` (one line naming the extra) when the ``wandb`` package is missing: a configuration check
+    (``DistillConfig.validate``), whose errors are ValueErrors."""
+    try:
+        check("wandb")
+    except MissingExtraError as err:
+        raise ValueError(str(err)) from None
 
 
 def _json_value(value):

@@ -344,7 +344,8 @@ def test_hierarchical_weight_closed_form_and_strictly_decreasing(k):
     u = random_directions((len(th),), 3, g)
     w = hddgeo.hierarchical_weights(from_polar(th * sk, u, k), M)
     with mpmath.workdps(40):
-        ref = torch.tensor([1.0 if t == 0 else float(mpmath.mpf(float(t)) / mpmath.sinh(mpmath.mpf(float(t)))) for t in th.tolist()], dtype=DT)
+        ref = torch.tensor([1.0 if t == 0 else float(mpmath.mpf(float(t)) / mpmath.sinh(mpmath.mpf(float(t))))
+                            for t in th.tolist()], dtype=DT)
     torch.testing.assert_close(w, ref, rtol=1e-12, atol=0)
     assert bool((torch.diff(w[1:]) < 0).all()), "w(r) must decrease strictly with the radius"
     assert bool((w > 0).all()) and bool((w <= 1).all())

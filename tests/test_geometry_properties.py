@@ -9,11 +9,11 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import hddgeo  # noqa: E402
-from geometry_helpers import (  # noqa: E402
+import hddgeo
+from geometry_helpers import (
     DT,
     ball_dist,
     ball_from_polar,

@@ -81,7 +81,7 @@ def test_bench_takes_a_device():
 def test_gpu_check_plans_the_runs_into_the_budget():
     gpu_check = load_script("gpu_check")
     sizes = gpu_check.Sizes()  # 20,000 iterations, 5 nets x 1000 epochs; runner 1.15x the benchmark, 15 s a run
-    eval_cost = lambda epochs: 5 * (1.0 + 0.004 * epochs)  # noqa: E731  one run's final evaluation
+    eval_cost = lambda epochs: 5 * (1.0 + 0.004 * epochs)  # one run's final evaluation
     spi = [0.010, 0.0105]
     assert gpu_check.plan_runs(2000, spi, eval_cost, sizes) == (20000, 1000, [])
     # a little short: fewer evaluation epochs, all the iterations
@@ -108,7 +108,7 @@ def test_the_agreement_passes_share_no_tensor_and_leave_their_inputs_alone():
     M = geoopt.Lorentz(k=1.0)
     v_real, v_syn = gpu_check.agreement_features(2, 6, 3, 5)
     keep = (v_real.clone(), v_syn.clone())
-    fn = lambda vr, vs: hdd_loss(vr, vs, M, scale=4.0, centroid="law", max_norm=10.0)  # noqa: E731
+    fn = lambda vr, vs: hdd_loss(vr, vs, M, scale=4.0, centroid="law", max_norm=10.0)
     ref = gpu_check._evaluate(fn, v_real, v_syn, torch.device("cpu"))
     got = gpu_check._evaluate(fn, v_real, v_syn, torch.device("cpu"))
     for t in (v_real, v_syn):

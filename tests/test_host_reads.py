@@ -1,5 +1,5 @@
 """The host-read audit (tests/host_audit.py): what one iteration makes a GPU wait for, counted on the CPU with the
-accelerator-only branches forced on (hddgeo.device.force_accelerator).  The README's paragraph on host waits
+accelerator-only branches forced on (hddgeo.device.force_accelerator).  The table of host waits in docs/gpus.md
 states these numbers; ``python tests/test_host_reads.py`` prints them."""
 import pytest
 import torch
@@ -10,7 +10,7 @@ from hddgeo.device import force_accelerator
 from hddgeo.distill import run_distillation
 from hddgeo.distill.methods import DistillMethod
 
-# the README's numbers: (reads, copies) per iteration at most, no blocking copy anywhere in an iteration
+# the numbers of docs/gpus.md's table: (reads, copies) per iteration at most, no blocking copy anywhere in an iteration
 LIMITS = {"dm euclidean": (1, 2), "dm hdd/law": (1, 2), "idm euclidean": (1, 4), "dance euclidean": (1, 2),
           "geodm euclidean": (1, 2)}
 

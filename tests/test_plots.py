@@ -15,6 +15,8 @@ from hddgeo.geometry.lorentz import frame_exp_, with_time_
 from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples
 from hddgeo.plots import (
     plot_poincare_disk,
+    clip_note,
+    clip_radius,
     plot_radius_histograms,
     plot_root_leaf_images,
     plot_weight_spread,
@@ -136,10 +138,21 @@ def test_disk_and_histogram_figures(tmp_path):
     g = torch.Generator().manual_seed(0)
     plot_radius_histograms(ax, 5 + 0.1 * torch.randn(300, generator=g), 4.9 + 0.1 * torch.randn(10, generator=g))
     assert_png(save(fig, tmp_path / "hist.png"))
-    # identical (clipped) radii still give a readable histogram
+    # identical (clipped) radii still give a readable histogram, which says the clip put them there
     fig, ax = plt.subplots(figsize=(6, 4))
-    plot_radius_histograms(ax, np.full(100, 10.0), np.full(5, 10.0))
+    plot_radius_histograms(ax, np.full(100, 10.0), np.full(5, 10.0), clip=clip_radius(1.0, 10.0))
+    assert any("the clip put every point" in t.get_text() for t in ax.texts)
+    assert ax.get_legend() is not None
     assert_png(save(fig, tmp_path / "hist_flat.png"))
+
+
+def test_clip_note_counts_the_points_at_the_clip():
+    assert clip_radius(4.0, 10.0) == 20.0 and clip_radius(1.0, None) is None
+    assert "every point" in clip_note(np.full(4, 20.0), np.full(2, 20.0), 20.0)
+    part = clip_note(np.array([20.0, 19.0, 18.0, 20.0]), np.array([17.0]), 20.0)
+    assert "50% of real" in part and "0% of synthetic" in part
+    assert clip_note(np.array([5.0, 6.0]), np.array([5.5]), 20.0) is None  # nothing reaches the clip
+    assert clip_note(np.full(3, 20.0), np.full(1, 20.0), None) is None  # no clip
 
 
 def test_weight_spread_root_leaf_and_table(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from hddgeo.cli import main  # noqa: E402
+from hddgeo.cli import main
 
 SPEC = """
 report = "results"

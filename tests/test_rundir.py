@@ -39,7 +39,7 @@ def test_packed_rows_round_trip_through_a_checkpoint_file(tmp_path):
     assert [set(r) for r in back] == [set(r) for r in rows]
     assert all(type(r["iteration"]) is int and type(r["sinkhorn_iters"]) is int for r in back)
     assert all(type(r["loss"]) is float for r in back)
-    same = lambda a, b: a == b or (a != a and b != b)  # noqa: E731
+    same = lambda a, b: a == b or (a != a and b != b)
     assert all(same(a[k], b[k]) for a, b in zip(rows, back) for k in a)
     assert unpack_rows(rows) == rows  # checkpoints written before the packing load too
     assert unpack_rows(pack_rows([])) == []

@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("tensorboard")
 
-from hddgeo.distill import DistillConfig  # noqa: E402
-from hddgeo.distill.runner import RunInterrupted, run_distillation  # noqa: E402
-from hddgeo.distill.study import run_cell  # noqa: E402
-from hddgeo.tensorboard import SUBDIR, read_image_steps, read_scalars, tag_of  # noqa: E402
+from hddgeo.distill import DistillConfig
+from hddgeo.distill.runner import RunInterrupted, run_distillation
+from hddgeo.distill.study import run_cell
+from hddgeo.tensorboard import SUBDIR, read_image_steps, read_scalars, tag_of
 
 CFG = dict(dataset="digits", ipc=2, iterations=6, batch_real=8, matcher="hdd", centroid="karcher", scale=1.0,
            final_eval_nets=2, final_eval_epochs=2, checkpoint_every=2, gap_every=2, eval_every=3, eval_epochs=2,

@@ -1,7 +1,5 @@
 """W&B logging (--wandb) in offline mode: what a run logs, read back from the offline transaction log and compared
 with log.csv; a resumed run continues the same W&B run; without the package, one line."""
-import json
-
 import pandas as pd
 import pytest
 from conftest import tiny_config
@@ -61,5 +59,5 @@ def test_without_the_package_wandb_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     assert main(["distill", "--dataset", "digits", "--wandb", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert 'pip install "hddgeo[wandb]"' in err and len(err.strip().splitlines()) == 1
+    assert "pip install 'hddgeo[wandb]'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
