@@ -12,8 +12,8 @@ forward only, synthetic images forward and backward, 3x their forward) divided b
 ``--device`` (default ``auto``: CUDA when torch sees a GPU) puts the real-image pool, the networks and
 the synthetic images there; ``--amp bf16`` runs the feature networks under bf16 autocast (the geometry
 stays float64).  On CUDA every timer is read after ``torch.cuda.synchronize()``.  ``--tf32 auto|on|off`` (default
-auto, as a run's ``tf32`` field: torch's default, TF32 for convolutions only) says whether TF32 may stand in for float32 in CUDA convolutions and matmuls,
-the matrix-product rate included; every row records both settings as they were (``tf32_conv``,
+auto, as a run's ``tf32`` field: torch's default, TF32 for convolutions only) says whether TF32 may stand in for
+float32 in CUDA convolutions and matmuls, the matrix-product rate included; every row records both settings as they were (``tf32_conv``,
 ``tf32_matmul``).
 
     python experiments/bench_iterations.py --iterations 20 --out results/bench_iterations.csv

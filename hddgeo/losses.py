@@ -17,7 +17,7 @@ import torch
 
 from .device import on_accelerator
 from .geometry.centroids import CENTROID_METHODS, centroid_, normalised_weights
-from .stats import CENTROID_MATCHERS
+from .labels import CENTROID_MATCHERS
 from .geometry.lorentz import check_finite, check_reach, dist_, k_tensor, lift_, manifold_k, plain
 
 REDUCTIONS = ("sum", "mean", "none")

@@ -22,10 +22,10 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .labels import CENTROID_MATCHERS, RANDOM, method_label, method_rank  # noqa: F401  (re-exported)
 from .tables import markdown_table
 
 REQUIRED_COLUMNS = ("method", "ipc", "seed", "network", "acc")
-RANDOM = "random"  # the seed's randomly drawn real images: what every synthetic set starts from
 
 
 def check_long(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,31 +80,6 @@ def seeds_needed(sd: float, half_width: float, most: int = 50) -> int:
         if stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= half_width:
             return n
     return most + 1
-
-
-CENTROID_MATCHERS = ("hdd", "both")  # the matchers whose label names a centroid
-
-
-def method_label(method: str, matcher: str = "euclidean", centroid: str = "", tag: str = "") -> str:
-    """The label a run is known by: ``dm``, ``dm+hdd/law``, ``idm+both/karcher``, and with a variant's tag
-    ``dm@lr10`` or ``dm+hdd/law@noclip`` (the form parsed below)."""
-    if matcher == "euclidean":
-        label = method
-    elif matcher in CENTROID_MATCHERS:
-        label = f"{method}+{matcher}/{centroid}"
-    else:
-        label = f"{method}+{matcher}"
-    return f"{label}@{tag}" if tag else label
-
-
-def method_rank(method: str) -> tuple:
-    """Sort key that lists ``random`` first, then each method before its matcher variants (Law, Karcher, tangent),
-    and a label before its tagged variants (``dm`` before ``dm@lr10``)."""
-    label, _, tag = method.partition("@")
-    base, _, variant = label.partition("+")
-    matcher, _, centroid = variant.partition("/")
-    return (method != RANDOM, base, variant != "", matcher, {"law": 0, "karcher": 1, "tangent": 2}.get(centroid, 3),
-            centroid, tag != "", tag)
 
 
 def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:

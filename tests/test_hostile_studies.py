@@ -4,15 +4,12 @@ in status 2 and one line (or ValueError) naming what to fix, and nothing outside
 import errno
 import gzip
 import json
-import math
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 

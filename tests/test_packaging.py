@@ -34,6 +34,7 @@ def test_import_hddgeo_loads_no_optional_package():
     loaded = _loaded_after("import hddgeo")
     assert "hddgeo" in loaded and "geoopt" in loaded  # the check sees what was imported
     assert not loaded & set(OPTIONAL), f"import hddgeo loaded {sorted(loaded & set(OPTIONAL))}"
+    assert "pandas" not in loaded  # the geometry and the losses need no tables (labels live in hddgeo.labels)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["distill", "--help"], ["study", "--help"], ["plot", "--help"]])

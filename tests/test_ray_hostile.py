@@ -2,7 +2,6 @@
 a bounded wait, never a wait for ever; and a relative --out lands in this folder, not in a Ray node's."""
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
