@@ -26,6 +26,7 @@ from .distill import distributed
 from .distill.runner import RESUMABLE_FIELDS, DistillConfig
 from .evaluate import PROTOCOLS
 from .extras import missing_extra_message
+from .synset_files import is_evaluation
 
 DEFAULTS = DistillConfig()
 
@@ -215,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "of finished run directories")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                      help="run directories, or folders holding them (a study's output folder), or one study's "
-                          "long table (its results.csv)")
+                          "long table (its results.csv), or folders written by hddgeo evaluate --out (compared by "
+                          "evaluation network)")
     cmp.add_argument("--out", default=None, help="folder for compare.csv, compare_paired.csv and compare.md "
                                                  "(default: the current folder)")
     cmp.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
@@ -357,6 +359,13 @@ def _run(args, given: set) -> int:
               f"clipped to [0, 1] (synset.pt holds the exact set)")
     elif args.command in ("demo", "study"):
         _run_spec(args)
+    elif args.command == "compare" and args.run_dirs and all(is_evaluation(p) for p in args.run_dirs):
+        from .synset_files import compare_evaluations
+
+        if args.claims or args.pair:
+            raise ValueError("--claims and --pair read runs or a study's table, not hddgeo evaluate folders")
+        print(compare_evaluations(args.run_dirs, args.out or "."))
+        print(f"wrote {os.path.join(args.out or '.', 'compare_evaluation.csv')} and compare_evaluation.md")
     elif args.command == "compare":
         from .distill.study import read_runs, write_report
 

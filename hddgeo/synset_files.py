@@ -391,22 +391,81 @@ def evaluate_files(paths, out: str, protocol, dataset_name: Optional[str] = None
              "95% CI": "[{:.2f}, {:.2f}]".format(*(100 * v for v in t_interval(table[table.set == r.set].acc)))}
             for r in per_set.itertuples()]
     lines.append(markdown_table(pd.DataFrame(view)))
-    per_net = table.groupby(["method", "network"], sort=False)["acc"].mean().unstack("network")
-    methods = list(per_net.index)
-    diffs = []
-    for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
-            d = 100 * (per_net.loc[a] - per_net.loc[b]).dropna()
-            low, high = t_interval(d.values)
-            diffs.append({"a": a, "b": b, "networks": len(d), "diff_mean": float(d.mean()), "ci_low": low,
-                          "ci_high": high})
-    if diffs:
-        lines += ["", "Differences (points), paired by evaluation network (the same networks trained on each set; "
-                      "this covers evaluation noise only, not the spread of distillation over seeds):", "",
-                  markdown_table(pd.DataFrame(diffs).round(3))]
+    diffs = network_paired(table)
+    if len(diffs):
+        lines += ["", PAIRED_NOTE, "", markdown_table(diffs.round(3))]
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, "evaluation.csv"), table)
     write_json(os.path.join(out, "protocol.json"), {**dataclasses.asdict(protocol), "dataset": dataset.name,
                                                     "threads": threads or before, "description": protocol.describe()})
     write_text(os.path.join(out, "evaluation.md"), "\n".join(lines) + "\n")
-    return {"table": table, "differences": pd.DataFrame(diffs), "text": "\n".join(lines)}
+    return {"table": table, "differences": diffs, "text": "\n".join(lines)}
+
+
+PAIRED_NOTE = ("Differences (points), paired by evaluation network (the same networks trained on each set; this covers "
+               "evaluation noise only, not the spread of distillation over seeds):")
+
+
+def network_paired(table):
+    """Every pair of methods' difference (points) paired by evaluation network: per network the mean over the
+    method's sets (several seeds or experiments pool), then the mean and 95 % t interval over networks."""
+    import pandas as pd
+
+    from hddgeo.stats import t_interval
+
+    per_net = table.groupby(["method", "network"], sort=False)["acc"].mean().unstack("network")
+    methods, rows = list(per_net.index), []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            d = 100 * (per_net.loc[a] - per_net.loc[b]).dropna()
+            low, high = t_interval(d.values)
+            rows.append({"a": a, "b": b, "networks": len(d), "diff_mean": float(d.mean()), "ci_low": low,
+                         "ci_high": high})
+    return pd.DataFrame(rows, columns=["a", "b", "networks", "diff_mean", "ci_low", "ci_high"])
+
+
+def is_evaluation(path: str) -> bool:
+    """Whether ``path`` is a folder written by ``hddgeo evaluate --out`` (``evaluation.csv`` + ``protocol.json``)."""
+    return os.path.isfile(os.path.join(path, "evaluation.csv")) and os.path.isfile(os.path.join(path, "protocol.json"))
+
+
+def compare_evaluations(paths, out: str) -> str:
+    """``hddgeo compare EVAL_DIR...``: the sets of several ``hddgeo evaluate`` folders, which must share one protocol
+    (the same networks), compared by evaluation network; ``compare_evaluation.csv`` and ``.md`` into ``out``."""
+    import pandas as pd
+
+    from hddgeo.rundir import csv_text, write_csv
+    from hddgeo.tables import markdown_table
+
+    tables, protocol = [], None
+    for path in paths:
+        spec = read_json(os.path.join(path, "protocol.json"))
+        if not isinstance(spec, dict):
+            raise ValueError(f"{os.path.join(path, 'protocol.json')} is not a protocol")
+        mine = {k: v for k, v in spec.items() if k not in ("description", "threads")}
+        if protocol is None:
+            protocol, first = mine, path
+        elif mine != protocol:
+            changed = sorted(k for k in set(mine) | set(protocol) if mine.get(k) != protocol.get(k))
+            raise ValueError(f"{path} and {first} were evaluated under different protocols ({', '.join(changed)}); "
+                             f"evaluate every set under one protocol to compare them")
+        t = pd.read_csv(os.path.join(path, "evaluation.csv"))
+        missing = [c for c in ("set", "method", "network", "acc") if c not in t.columns]
+        if missing:
+            raise ValueError(f"{os.path.join(path, 'evaluation.csv')} lacks {', '.join(missing)}")
+        acc = pd.to_numeric(t["acc"], errors="coerce")
+        net = pd.to_numeric(t["network"], errors="coerce")
+        if t["acc"].dtype == bool or not acc.between(0, 1).all() or not (net.notna() & (net % 1 == 0) & (net >= 0)).all():
+            raise ValueError(f"{os.path.join(path, 'evaluation.csv')}: accuracies must be numbers in [0, 1] and networks "
+                             f"non-negative integers")
+        t = t.assign(acc=acc, network=net.astype(int), method=[csv_text(m) for m in t["method"]])
+        tables.append(t)
+    table = pd.concat(tables, ignore_index=True)
+    diffs = network_paired(table)
+    text = f"{len(table['set'].unique())} sets, one protocol ({protocol.get('name')}, {protocol.get('networks')} " \
+           f"networks, {protocol.get('epochs')} epochs, dataset {protocol.get('dataset')}).\n\n{PAIRED_NOTE}\n\n" \
+           + markdown_table(diffs.round(3))
+    os.makedirs(out, exist_ok=True)
+    write_csv(os.path.join(out, "compare_evaluation.csv"), diffs)
+    write_text(os.path.join(out, "compare_evaluation.md"), text + "\n")
+    return text

@@ -251,3 +251,29 @@ def test_a_run_reevaluated_under_its_own_protocol_repeats_its_accuracies(run, tm
     table = __import__("pandas").read_csv(tmp_path / "e" / "evaluation.csv")
     assert table["acc"].tolist() == metrics["accs"]
     assert json.loads((tmp_path / "e" / "protocol.json").read_text())["threads"] == 1
+
+
+def test_compare_pairs_evaluation_folders_of_one_protocol_by_network(run, tmp_path, capsys):
+    """Two `hddgeo evaluate` folders under one protocol: `hddgeo compare` pairs their sets network by network; under
+    two protocols it refuses in one line."""
+    import pandas as pd
+
+    from hddgeo.cli import main
+
+    out, _ = run
+    saved = torch.load(out / "synset.pt", weights_only=True)
+    torch.save({"images": saved["images"].flip(-1), "labels": saved["train_labels"]}, tmp_path / "=flipped.pt")
+    for name, path, nets in (("e1", out, "2"), ("e2", tmp_path / "=flipped.pt", "2"), ("e3", out, "3")):
+        assert main(["evaluate", str(path), "--dataset", "digits", "--protocol", "default", "--nets", nets,
+                     "--epochs", "1", "--out", str(tmp_path / name), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "e1"), str(tmp_path / "e2"), "--out", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert "paired by evaluation network" in text and "=flipped.pt" in text
+    diffs = pd.read_csv(tmp_path / "c" / "compare_evaluation.csv")
+    e1, e2 = (pd.read_csv(tmp_path / n / "evaluation.csv") for n in ("e1", "e2"))
+    want = 100 * (e1["acc"] - e2["acc"]).mean()
+    assert len(diffs) == 1 and diffs["networks"].iloc[0] == 2 and diffs["diff_mean"].iloc[0] == pytest.approx(want)
+    assert diffs["b"].iloc[0] == "'=flipped.pt"  # written neutralised for spreadsheets
+    assert main(["compare", str(tmp_path / "e1"), str(tmp_path / "e3")]) == 2
+    assert "different protocols (networks)" in capsys.readouterr().err
