@@ -489,6 +489,14 @@ def main(argv=None) -> int:
     status = run_main(lambda _: _run(args, _given(parser.commands[args.command], args)), prog="hddgeo",
                       interrupted="interrupted; a distill run can be continued with --resume")
     distributed.end_failed_rank(status)  # under torchrun, a failed rank leaves now (see there)
+    from .distill.executors import stopped_by_interrupt
+
+    if status == 130 and stopped_by_interrupt():
+        # Ctrl-C killed a study's workers after its line was printed; the interpreter's exit would join the process
+        # pools' manager threads, which can wait for ever on a dead worker's pipe: leave now (every file is written)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     return status
 
 

@@ -210,17 +210,22 @@ def run_local(cells: Sequence[Cell], jobs: Optional[int] = None, resume: bool = 
     for pool in pools:
         pool.submit(os.getpid).result()
     threads = [threading.Thread(target=worker, args=(slot, pool), daemon=True) for slot, pool in zip(slots, pools)]
+    interrupted = False
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     except KeyboardInterrupt:  # Ctrl-C: the workers (which ignore it) are stopped; the caller says so in one line
+        interrupted = True
+        _STOPPED.append(True)
         _stop_pools(pools)
         raise
     finally:
         for pool in pools:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # after killed workers, waiting for a pool's manager thread can hang (it may be joining a queue feeder
+            # blocked on a dead worker's pipe); the processes are already gone
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
     if errors:
         raise min(errors, key=lambda e: e[0])[1]
     return results
@@ -237,6 +242,14 @@ def _here(task: Callable, cell: Cell, resume: bool, progress: bool):
         if progress:
             print(f"{cell.name} failed: {failed.message}", file=sys.stderr, flush=True)
         return failed
+
+
+_STOPPED: list = []  # set when Ctrl-C stopped a local pool: the process then leaves without joining its threads
+
+
+def stopped_by_interrupt() -> bool:
+    """Whether Ctrl-C stopped a local pool of this process (the command then leaves at once, see ``cli.main``)."""
+    return bool(_STOPPED)
 
 
 def _stop_pools(pools) -> None:
