@@ -633,6 +633,13 @@ def _alive(pid):
         return False
 
 
+def _sigint_default() -> None:
+    """In the study's process, Ctrl-C as a terminal's foreground job has it: a runner that starts the tests with
+    SIGINT ignored (a non-interactive shell's background job) would hand that on, and Python then installs no
+    KeyboardInterrupt handler, so the study would never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_long_study(tmp_path, jobs="2"):
     spec = tmp_path / "long.toml"
     spec.write_text(SPEC.format(iterations=100000, epochs=0, baseline="false", extra="threads = 1") +
@@ -640,7 +647,7 @@ def _start_long_study(tmp_path, jobs="2"):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "hddgeo.cli", "study", str(spec), "--out", str(out), "--jobs", jobs,
                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_default)
     locks = [out / "runs" / CELL / "run.lock", out / "runs" / "ipc1_dm_hdd-law_seed0" / "run.lock"]
     deadline = time.time() + 300
     while not all(p.is_file() and p.read_text().strip() for p in locks):
@@ -673,7 +680,11 @@ def test_ctrl_c_stops_a_study_in_one_line(tmp_path):
     proc, out, _ = _start_long_study(tmp_path)
     children = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
