@@ -12,8 +12,9 @@ from hddgeo.distill.study import config_mismatch, run_cell
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
+def load_script(name, folder="experiments"):
+    """A script of ``experiments/`` (or ``benchmarks/``) as a module (neither folder is a package)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", os.path.join(ROOT, folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -142,4 +143,4 @@ def test_cross_architecture_outputs(tmp_path):
 
 def test_compare_official_names_what_it_needs(tmp_path):
     with pytest.raises(SystemExit, match="DM-HDD"):
-        load_script("compare_official").main(["--official", str(tmp_path)])
+        load_script("compare_official", "benchmarks").main(["--official", str(tmp_path)])
