@@ -31,7 +31,7 @@ from hddgeo.tables import markdown_table
 
 
 def geometry(method: str) -> str:
-    """The geometry a label's tag names (``k0.1-noclip``); untagged: the paper's k 1, clip 10."""
+    """The geometry a label's tag names (``k0.15-noclip``); untagged: the paper's k 1, clip 10."""
     return method.partition("@")[2] or "k1 (clip 10)"
 
 

@@ -47,11 +47,11 @@ def test_the_exact_vs_approximate_grid_is_a_spec_of_tagged_geometries():
     cells = {c.name: c.cfg for c in spec.cells() if c.kind == "distill"}
     assert len(spec.cells()) == 2 * 3 * (1 + 13)  # IPC x seeds x (random, DM, 3 centroids x 4 geometries)
     for centroid in ("law", "karcher", "tangent"):
-        for tag, k, clip in (("", 1.0, 10.0), ("@k1-noclip", 1.0, None), ("@k0.1", 0.1, 10.0),
-                             ("@k0.1-noclip", 0.1, None)):
+        for tag, k, clip in (("", 1.0, 10.0), ("@k1-noclip", 1.0, None), ("@k0.15", 0.15, 10.0),
+                             ("@k0.15-noclip", 0.15, None)):
             cfg = cells[f"ipc10_dm_hdd-{centroid}{tag}_seed2"]
             assert (cfg.centroid, cfg.k, cfg.max_norm, cfg.scale, cfg.gap_every) == (centroid, k, clip, 1.0, 5)
-    assert {c.claim for c in spec.claims} >= {"Karcher = Law (k 0.1, no clip: radii spread)", "HDD beats DM"}
+    assert {c.claim for c in spec.claims} >= {"Karcher = Law (k 0.15, no clip: radii spread)", "HDD beats DM"}
 
 
 def test_exact_vs_approximate_measures_every_cell(eva):
