@@ -43,7 +43,7 @@ import torch
 from hddgeo import stats
 from hddgeo.cli import run_main
 from hddgeo.data import load_dataset
-from hddgeo.geometry.lorentz import lift_, radius_
+from hddgeo.geometry._math import _lift, _radius
 from hddgeo.models import embed, fresh_network
 from hddgeo.rundir import read_json, write_csv, write_text
 from hddgeo.tables import markdown_table
@@ -85,7 +85,7 @@ def diagnostics(run_dir: str) -> dict:
 @torch.no_grad()
 def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> pd.DataFrame:
     """Per clip setting, network and class: clip share, radius mean and std, the weights' coefficient of variation."""
-    from hddgeo.geometry.lorentz import inv_sinhc
+    from hddgeo.geometry._math import inv_sinhc
 
     kt, sk = torch.tensor(k, dtype=torch.float64), k ** 0.5
     rows = []
@@ -93,7 +93,7 @@ def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> 
         for c, images in images_by_class.items():
             v = embed(net, images).double()
             for clip in clips:
-                r = radius_(lift_(v, kt, clip), kt)
+                r = _radius(_lift(v, kt, clip), kt)
                 w = inv_sinhc(r / sk)
                 rows.append({"clip": "none" if clip is None else clip, "network": j, "class": c,
                              "clip_share": float((v.norm(dim=-1) / sk >= clip).double().mean()) if clip else 0.0,
@@ -110,7 +110,7 @@ def radii(images_by_class: dict, nets: list, k: float) -> np.ndarray:
     for j, net in enumerate(nets):
         for i, images in enumerate(images_by_class.values()):
             v = embed(net, images).double()
-            out[j, i] = float(radius_(lift_(v, kt, None), kt).mean())
+            out[j, i] = float(_radius(_lift(v, kt, None), kt).mean())
     return out
 
 
@@ -141,7 +141,7 @@ def weights_and_difficulty(cells: list, dataset, nets: list, most: int) -> pd.Da
     wrong /= len(dm)
     kt = torch.tensor(float(dm[0][1]["k"]), dtype=torch.float64)
     with torch.no_grad():
-        r = torch.stack([radius_(lift_(embed(net, dataset.test_images).double(), kt, None), kt) for net in nets]).mean(0)
+        r = torch.stack([_radius(_lift(embed(net, dataset.test_images).double(), kt, None), kt) for net in nets]).mean(0)
     rows = []
     for c in range(dataset.num_classes):
         mask = dataset.test_labels == c

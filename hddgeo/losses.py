@@ -16,9 +16,10 @@ from typing import Optional
 import torch
 
 from .device import on_accelerator
-from .geometry.centroids import CENTROID_METHODS, centroid_, normalised_weights
+from .geometry._math import _dist, _lift, _radius, inv_sinhc
+from .geometry.centroids import CENTROID_METHODS, _centroid, normalised_weights
+from .geometry.lorentz import check_finite, check_reach, k_tensor, manifold_k, plain
 from .labels import CENTROID_MATCHERS
-from .geometry.lorentz import check_finite, check_reach, dist_, k_tensor, lift_, manifold_k, plain
 
 REDUCTIONS = ("sum", "mean", "none")
 
@@ -134,15 +135,15 @@ def hdd_loss(
     if dtype is not None:
         vr, vs = vr.to(dtype), vs.to(dtype)
     kt = k_tensor(M, vr)
-    zr, zs = lift_(vr, kt, max_norm), lift_(vs, kt, max_norm)
+    zr, zs = _lift(vr, kt, max_norm), _lift(vs, kt, max_norm)
     _check_values(plain(v_real), plain(v_syn), zr, zs, k)
     wr, ws = normalised_weights(weights_real, zr), normalised_weights(weights_syn, zs)
     if centroid == "karcher" and on_accelerator(zr.device) and zr.shape[:-2] == zs.shape[:-2]:
         cr, cs = _karcher_together(zr, wr, zs, ws, kt, k, karcher_kwargs)
     else:
-        cr = centroid_(zr, wr, kt, centroid, k_val=k, **karcher_kwargs)
-        cs = centroid_(zs, ws, kt, centroid, k_val=k, **karcher_kwargs)
-    return _reduce(scale * dist_(cr, cs, kt), reduction)
+        cr = _centroid(zr, wr, kt, centroid, k_val=k, **karcher_kwargs)
+        cs = _centroid(zs, ws, kt, centroid, k_val=k, **karcher_kwargs)
+    return _reduce(scale * _dist(cr, cs, kt), reduction)
 
 
 def _karcher_together(zr, wr, zs, ws, kt, k: float, karcher_kwargs: dict):
@@ -151,9 +152,9 @@ def _karcher_together(zr, wr, zs, ws, kt, k: float, karcher_kwargs: dict):
     sets are padded to the larger size with copies of their first point at weight 0, which leaves every mean
     where it is (a zero-weight point adds nothing to the objective, its gradient or its Hessian)."""
     if min(zr.shape[-2], zs.shape[-2]) == 1:
-        # a side of one point is its own mean (karcher_ returns it without solving): solve the other side alone,
+        # a side of one point is its own mean (_karcher returns it without solving): solve the other side alone,
         # not padded to twice the work (IPC 1)
-        return tuple(centroid_(z, w, kt, "karcher", k_val=k, **karcher_kwargs) for z, w in ((zr, wr), (zs, ws)))
+        return tuple(_centroid(z, w, kt, "karcher", k_val=k, **karcher_kwargs) for z, w in ((zr, wr), (zs, ws)))
     n = max(zr.shape[-2], zs.shape[-2])
 
     def pad(z, w):
@@ -164,7 +165,7 @@ def _karcher_together(zr, wr, zs, ws, kt, k: float, karcher_kwargs: dict):
         return z, torch.cat([w, torch.zeros(*w.shape[:-1], extra, dtype=w.dtype, device=w.device)], dim=-1)
 
     (zr, wr), (zs, ws) = pad(zr, wr), pad(zs, ws)
-    both = centroid_(torch.stack([zr, zs]), torch.stack([wr, ws]), kt, "karcher", k_val=k, **karcher_kwargs)
+    both = _centroid(torch.stack([zr, zs]), torch.stack([wr, ws]), kt, "karcher", k_val=k, **karcher_kwargs)
     return both[0], both[1]
 
 
@@ -221,8 +222,6 @@ class Matcher:
         Per-class values are summed and divided by ``num_classes`` (all classes, not only this process's) so
         that the values of sharded processes add up to the mean.
         """
-        from .geometry.lorentz import inv_sinhc, radius_
-
         kt = torch.full((), self.k, dtype=torch.float64, device=f_real.device)
         sk = self.k ** 0.5
         out = {}
@@ -230,11 +229,11 @@ class Matcher:
         with torch.no_grad():
             for side, f in (("real", f_real), ("syn", f_syn)):
                 v = plain(f).double()
-                z = lift_(v, kt, self.max_norm)
+                z = _lift(v, kt, self.max_norm)
                 w = normalised_weights(None, z)
-                per_class[f"gap_{side}"] = dist_(centroid_(z, w, kt, "law"),
-                                                 centroid_(z, w, kt, "karcher", k_val=self.k), kt)
-                r = radius_(z, kt)
+                per_class[f"gap_{side}"] = _dist(_centroid(z, w, kt, "law"),
+                                                 _centroid(z, w, kt, "karcher", k_val=self.k), kt)
+                r = _radius(z, kt)
                 per_class[f"radius_{side}"] = r.mean(-1)
                 clipped = (v.norm(dim=-1) / sk >= self.max_norm) if self.max_norm is not None else torch.zeros_like(r)
                 per_class[f"clip_{side}"] = clipped.double().mean(-1)

@@ -28,7 +28,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
 from .geometry import karcher_mean, law_centroid, lift, radius
-from .geometry.lorentz import check_points, frame_logs_, manifold_k
+from .geometry._math import _frame_logs
+from .geometry.lorentz import check_points, manifold_k
 from .rundir import load_tensors, read_json, write_file
 from .tables import markdown_table as save_table_md  # re-exported for the studies (in __all__)
 
@@ -186,7 +187,7 @@ def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
     def logs(points: torch.Tensor) -> torch.Tensor:
         if points.shape[0] == 0:
             return points.new_zeros((0, d))
-        return frame_logs_(ms, points[:, 1:], sk)[0]
+        return _frame_logs(ms, points[:, 1:], sk)[0]
 
     L_real = logs(zr)
     origin_log = logs(zr.new_zeros((1, d + 1)))[0]
@@ -225,7 +226,7 @@ def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
 
 
 def _dist(x: torch.Tensor, y: torch.Tensor, sk: float) -> torch.Tensor:
-    return frame_logs_(x[1:].unsqueeze(0), y[1:].unsqueeze(0), sk)[1][0] * sk
+    return _frame_logs(x[1:].unsqueeze(0), y[1:].unsqueeze(0), sk)[1][0] * sk
 
 
 # ----------------------------------------------------------------------------- disk plot
