@@ -205,7 +205,7 @@ def test_karcher_of_one_point_is_the_point_exactly_with_gradients():
     # the chart z_0 = sqrt(k + |z_s|^2) the copies' gradients add up to the one point's
     z3 = z[:2].expand(2, 3, 6).clone().requires_grad_(True)
     c3 = hddgeo.karcher_mean(z3, M)
-    assert float(hddgeo.dist(c3.detach(), z[:2, 0], M).max()) < 1e-10
+    assert float(hddgeo.geometry.dist(c3.detach(), z[:2, 0], M).max()) < 1e-10
     (g3,) = torch.autograd.grad((plain(c3) * up[:2]).sum(), z3)
     x = z[:2, 0]
     chart = lambda gr: gr[..., 1:] + gr[..., :1] * x[..., 1:] / x[..., :1]
@@ -220,7 +220,7 @@ def test_karcher_unreachable_tolerance_stops_at_max_iter_finite_and_converged_as
     c, info = hddgeo.karcher_mean(z, M, tol=0.0, max_iter=12, return_info=True)
     assert info.iterations <= 12 and bool(torch.isfinite(plain(c)).all())
     assert float(info.grad_norm.max()) < 1e-12
-    assert float(hddgeo.dist(c, c_ref, M).max()) < 1e-10
+    assert float(hddgeo.geometry.dist(c, c_ref, M).max()) < 1e-10
 
 
 def test_law_far_out_tight_cloud_matches_mpmath():

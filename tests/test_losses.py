@@ -22,7 +22,7 @@ def _public_loss(vr, vs, M, scale=20.0, method="law", max_norm=10.0, wr=None, ws
     """``scale * dist(centroid(lift(v_r)), centroid(lift(v_s)))`` from the public geometry API."""
     cr = hddgeo.centroid(hddgeo.lift(vr, M, max_norm=max_norm), M, method=method, weights=wr, **kw)
     cs = hddgeo.centroid(hddgeo.lift(vs, M, max_norm=max_norm), M, method=method, weights=ws, **kw)
-    return scale * hddgeo.dist(cr, cs, M)
+    return scale * hddgeo.geometry.dist(cr, cs, M)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -120,7 +120,7 @@ def test_hdd_loss_ipc1_unclipped_features_never_silently_wrong(method, k):
     # Law of 30 spread-out points is well conditioned: the public centroid is a fine reference
     cr = hddgeo.centroid(hddgeo.lift(vr, M), M, method=method, **kw)
     assert bool(torch.isfinite(cr).all()), "the public centroid of the real sets is not finite"
-    expected = 20.0 * hddgeo.dist(cr, hddgeo.lift(vs, M)[:, 0], M)
+    expected = 20.0 * hddgeo.geometry.dist(cr, hddgeo.lift(vs, M)[:, 0], M)
     assert bool((loss > 0.5 * expected).all()), (loss, expected)
     # float64 coordinates of a point at radius r resolve it only to ~eps sinh(r/sqrt(k)) sqrt(k)
     resolution = 20 * torch.finfo(DT).eps * math.sinh(24 / math.sqrt(k)) * math.sqrt(k)
@@ -223,7 +223,7 @@ def test_hdd_loss_karcher_implicit_gradient_matches_public_unrolled(k):
     vs2 = vs.detach().clone().requires_grad_(True)
     cr = hddgeo.karcher_mean(hddgeo.lift(vr, M, max_norm=10.0), M, backward="unroll", tol=1e-14 * sk, max_iter=3000)
     cs = hddgeo.karcher_mean(hddgeo.lift(vs2, M, max_norm=10.0), M, backward="unroll", tol=1e-14 * sk, max_iter=3000)
-    (gu,) = torch.autograd.grad(20.0 * hddgeo.dist(cr, cs, M), vs2)
+    (gu,) = torch.autograd.grad(20.0 * hddgeo.geometry.dist(cr, cs, M), vs2)
     assert float((gi - gu).norm() / gu.norm()) < 1e-7
 
 
@@ -434,7 +434,7 @@ def test_clipped_mean_loss_is_dm_on_the_tangent_vectors_hdd_lifts(k, max_norm):
     assert (n > max_norm).any() and (n < max_norm).any()
     # the clipped vectors are what HDD's lift takes: expmap0 of the clipped vector is the clipped lift
     kt = torch.tensor(k, dtype=torch.float64)
-    assert torch.allclose(_lift(clip_features(real, k, max_norm), kt, None), _lift(real, kt, max_norm), rtol=1e-12)
+    assert torch.allclose(_lift(clip_features(real, k=k, max_norm=max_norm), kt, None), _lift(real, kt, max_norm), rtol=1e-12)
 
 
 def test_clipped_mean_loss_reduces_to_dm_without_a_binding_clip_and_its_gradient_is_exact():

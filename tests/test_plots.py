@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from hddgeo import dist, lift
+from hddgeo import lift
+from hddgeo.geometry import dist
 from hddgeo.geometry._math import _frame_exp, _with_time
 from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples
 from hddgeo.plots import (

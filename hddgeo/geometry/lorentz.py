@@ -12,6 +12,7 @@ keyword, ``ValueError`` with a message that says what to fix for a bad value) an
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import geoopt
@@ -28,7 +29,7 @@ DEFAULT_DTYPE = torch.float64
 def manifold_k(M) -> float:
     """The positive ``k`` of a ``geoopt.Lorentz`` manifold as a Python float (checked)."""
     if not isinstance(M, geoopt.Lorentz):
-        raise ValueError(
+        raise TypeError(
             f"expected a geoopt.Lorentz manifold, got {type(M).__name__}; build one with geoopt.Lorentz(k=1.0)"
         )
     k = float(M.k.detach())
@@ -54,14 +55,24 @@ def plain(x: torch.Tensor) -> torch.Tensor:
 
 def check_finite(x: torch.Tensor, what: str) -> None:
     if not torch.is_tensor(x):
-        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise ValueError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; convert with .double()")
+        raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; convert with .double()")
     # one reduction rather than isfinite's four full-size passes: a sum is finite whenever every term is
     # (it may overflow for huge finite values, and then the exact test decides)
     if x.numel() and not bool(torch.isfinite(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN/inf value(s); remove or repair them before the geometry")
+
+
+def check_max_norm(max_norm) -> None:
+    """``max_norm`` is ``None`` or a positive number (``TypeError`` for another type, ``ValueError`` for a value)."""
+    if max_norm is None:
+        return
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise TypeError(f"max_norm must be a number or None, got {type(max_norm).__name__}")
+    if not (max_norm > 0):
+        raise ValueError(f"max_norm must be positive or None, got {max_norm}; the reference HDD code clips at 10")
 
 
 def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int = 1) -> torch.Tensor:
@@ -114,20 +125,70 @@ def as_manifold_tensor(x: torch.Tensor, M) -> geoopt.ManifoldTensor:
 
 
 # ----------------------------------------------------------------------------- public API
-def lift(v: torch.Tensor, M, max_norm: Optional[float] = None, dtype: Optional[torch.dtype] = DEFAULT_DTYPE) -> geoopt.ManifoldTensor:
-    """Lift Euclidean features ``(..., d)`` onto the hyperboloid ``M``: ``expmap0([0, v])``, shape ``(..., d+1)``.
+def lift(v: torch.Tensor, M, *, max_norm: Optional[float] = None,
+         dtype: Optional[torch.dtype] = DEFAULT_DTYPE) -> geoopt.ManifoldTensor:
+    r"""Lift Euclidean features onto the hyperboloid by the exponential map at the origin.
 
-    ``max_norm`` clips the tangent length ``|v|/sqrt(k)`` (the reference HDD code clips at 10; ``None``
-    disables clipping).  Geometry runs in ``dtype`` (float64 by default; ``None`` keeps ``v``'s dtype):
-    in float32 ``expmap0`` overflows above ``|v|/sqrt(k)`` of about 88 and distances lose all precision
-    well before that.  The result is a ``geoopt.ManifoldTensor`` that keeps ``v``'s autograd graph.
+    A feature ``v`` of shape ``(..., d)`` becomes ``z = expmap0([0, v])`` of shape ``(..., d+1)``, at geodesic
+    distance ``|v|`` from the origin ``o = (sqrt(k), 0, ..., 0)``:
+
+    .. math::
+
+        z = \sqrt{k}\,\Bigl(\cosh\frac{|v|}{\sqrt k},\ \sinh\frac{|v|}{\sqrt k}\,\frac{v}{|v|}\Bigr).
+
+    Parameters
+    ----------
+    v : torch.Tensor
+        Features, shape ``(..., d)`` with ``d >= 1``; finite, floating point.
+    M : geoopt.Lorentz
+        The manifold ``<x, x>_L = -k`` (curvature ``-1/k``).
+    max_norm : float or None, optional
+        Clip the tangent length ``|v|/sqrt(k)`` at this value first, keeping the direction (the reference HDD code
+        clips at 10, and so does :func:`hdd_loss` by default; ``None``, the default here, does not clip).
+    dtype : torch.dtype or None, optional
+        The dtype the geometry runs in: float64 by default; ``None`` keeps ``v``'s.  In float32 the map overflows
+        above ``|v|/sqrt(k)`` of about 88 and distances lose all precision well before.
+
+    Returns
+    -------
+    geoopt.ManifoldTensor
+        Points on ``M``, shape ``(..., d+1)``, that keep ``v``'s autograd graph.
+
+    Raises
+    ------
+    TypeError
+        ``v`` is not a floating-point tensor, ``M`` is not a ``geoopt.Lorentz``, ``max_norm`` is not a number or
+        ``dtype`` not a ``torch.dtype``.
+    ValueError
+        ``v`` holds NaN or inf or has no feature dimension, ``max_norm <= 0``, ``dtype`` is not floating point, or
+        the points would overflow ``dtype`` (clip with ``max_norm``).
+
+    See Also
+    --------
+    radius : the geodesic distance to the origin, ``|v|`` (or the clip) for a lifted feature.
+    hdd_loss : lifts both feature sets and compares their centroids.
+
+    References
+    ----------
+    W. Li, G. Li, K. Maeda, T. Ogawa and M. Haseyama, "Hyperbolic Dataset Distillation", NeurIPS 2025, Sec. 3.2.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> z = hddgeo.lift(torch.tensor([[3.0, 4.0], [0.3, 0.4]]), M, max_norm=2.0)
+    >>> tuple(z.shape), z.dtype
+    ((2, 3), torch.float64)
+    >>> hddgeo.radius(z, M)                # |v| = 5 is clipped at 2; |v| = 0.5 is not
+    tensor([2.0000, 0.5000], dtype=torch.float64)
     """
     k = manifold_k(M)
     check_finite(v, "features v")
     if v.dim() < 1 or v.shape[-1] < 1:
         raise ValueError(f"features must have shape (..., d) with d >= 1, got {tuple(v.shape)}")
-    if max_norm is not None and not (max_norm > 0):
-        raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+    check_max_norm(max_norm)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float64 (or None), got {type(dtype).__name__}")
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point type (float64 by default), got {dtype}")
     v = plain(v)
@@ -157,7 +218,45 @@ def check_reach(z: torch.Tensor, k: float, what: str) -> None:
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
-    """Geodesic distance between broadcastable point sets on ``M``."""
+    r"""Geodesic distance between points on the Lorentz model, accurate at any radius.
+
+    .. math::
+
+        d(x, y) = \sqrt{k}\,\operatorname{arcosh}\bigl(-\langle x, y\rangle_L / k\bigr),
+
+    evaluated as ``2 sqrt(k) asinh(sqrt((cosh(theta) - 1) / 2))`` from a sum of non-negative terms, which keeps
+    every digit of a small distance between two points far from the origin (the ``arcosh`` form loses them all).
+    geoopt's ``M.dist(x, y)`` computes the same quantity with the ``arcosh`` form.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Points on ``M``, shapes ``(..., d+1)`` that broadcast against each other.
+    M : geoopt.Lorentz
+        The manifold.
+
+    Returns
+    -------
+    torch.Tensor
+        Distances, shape ``broadcast(x, y).shape[:-1]``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` or ``y`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``, or the shapes do not broadcast.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> from hddgeo.geometry import dist
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> x = hddgeo.lift(torch.tensor([20.0, 0.0]), M)
+    >>> y = hddgeo.lift(torch.tensor([20.0, 1e-6]), M)
+    >>> float(dist(x, y, M))                  # 2 asinh(sinh(20) sin(phi / 2)), phi = 5e-8: every digit kept
+    5.00467814902...
+    """
     x = check_points(x, M, "x")
     y = check_points(y, M, "y")
     try:
@@ -168,16 +267,85 @@ def dist(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
 
 
 def radius(z: torch.Tensor, M) -> torch.Tensor:
-    """Geodesic distance of each point to the origin ``(sqrt(k), 0, ..., 0)``; shape ``z.shape[:-1]``."""
+    """Geodesic distance of each point to the origin ``o = (sqrt(k), 0, ..., 0)``: its hierarchy level.
+
+    Computed as ``sqrt(k) asinh(|z_s| / sqrt(k))`` from the spatial part, exact near the origin (the textbook
+    ``sqrt(k) arcosh(z_0 / sqrt(k))`` loses half the digits there).
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Points on ``M``, shape ``(..., d+1)``.
+    M : geoopt.Lorentz
+        The manifold.
+
+    Returns
+    -------
+    torch.Tensor
+        Radii, shape ``z.shape[:-1]``.
+
+    Raises
+    ------
+    TypeError
+        ``z`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``.
+
+    References
+    ----------
+    W. Li et al., "Hyperbolic Dataset Distillation", NeurIPS 2025, Eq. 15.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> M = geoopt.Lorentz(k=4.0)
+    >>> hddgeo.radius(hddgeo.lift(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), M), M)
+    tensor([0., 5.], dtype=torch.float64)
+    """
     z = check_points(z, M, "points z")
     return _radius(z, k_tensor(M, z))
 
 
 def hierarchical_weights(z: torch.Tensor, M) -> torch.Tensor:
-    """Paper Eq. 17 / 36 in geoopt's ``k``: ``w(r) = (r/sqrt(k)) / sinh(r/sqrt(k))`` for each point.
+    r"""HDD's per-sample hierarchical weight of each point (paper Eq. 17 / 36, in geoopt's ``k``).
 
-    ``w(0) = 1`` and ``w`` decreases strictly with the radius: the logmap at the origin is
+    .. math::
+
+        w(r) = \frac{r/\sqrt{k}}{\sinh(r/\sqrt{k})}, \qquad r = d(o, z),
+
+    with ``w(0) = 1``, strictly decreasing in ``r``.  The logmap at the origin is
     ``Log_o(z) = w(r) (z - cosh(r/sqrt(k)) o)``, so root-level points weigh more in the tangent mean.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Points on ``M``, shape ``(..., d+1)``.
+    M : geoopt.Lorentz
+        The manifold.
+
+    Returns
+    -------
+    torch.Tensor
+        Weights in ``(0, 1]``, shape ``z.shape[:-1]``.
+
+    Raises
+    ------
+    TypeError
+        ``z`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``.
+
+    References
+    ----------
+    W. Li et al., "Hyperbolic Dataset Distillation", NeurIPS 2025, Eq. 17 and Appendix C (Eq. 36).
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> z = hddgeo.lift(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]), M)
+    >>> hddgeo.hierarchical_weights(z, M)             # 1, 1/sinh(1), 3/sinh(3)
+    tensor([1.0000, 0.8509, 0.2990], dtype=torch.float64)
     """
     z = check_points(z, M, "points z")
     kt = k_tensor(M, z)
@@ -185,20 +353,131 @@ def hierarchical_weights(z: torch.Tensor, M) -> torch.Tensor:
 
 
 def logmap0(z: torch.Tensor, M) -> torch.Tensor:
-    """``Log_o(z)`` as an ambient vector with zero time coordinate."""
+    """The logarithmic map at the origin, ``Log_o(z)``, exact at any radius.
+
+    With ``z_s = sqrt(k) sinh(theta) u``, ``Log_o(z) = (0, (theta / sinh(theta)) z_s)``: a vector of length
+    ``d(o, z)`` in the tangent space at the origin (ambient coordinates, time coordinate 0).  The inverse of
+    :func:`lift` without a clip.  geoopt's ``M.logmap0(z)`` computes the same vector.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Points on ``M``, shape ``(..., d+1)``.
+    M : geoopt.Lorentz
+        The manifold.
+
+    Returns
+    -------
+    torch.Tensor
+        Tangent vectors at the origin, shape ``(..., d+1)``, first coordinate 0.
+
+    Raises
+    ------
+    TypeError
+        ``z`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> from hddgeo.geometry import logmap0
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> logmap0(hddgeo.lift(torch.tensor([0.3, -0.4]), M), M)
+    tensor([ 0.0000,  0.3000, -0.4000], dtype=torch.float64)
+    """
     z = check_points(z, M, "points z")
     return _logmap0(z, k_tensor(M, z))
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
-    """``Log_x(y)`` in ambient coordinates (a tangent vector at ``x``)."""
+    """The logarithmic map ``Log_x(y)``: the tangent vector at ``x`` pointing to ``y``, of length ``d(x, y)``.
+
+    Computed in the frame of ``x`` (the boost that carries ``x`` to the origin), so it keeps its digits far from
+    the origin.  geoopt's ``M.logmap(x, y)`` computes the same vector.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Points on ``M``, shapes ``(..., d+1)`` that broadcast against each other.
+    M : geoopt.Lorentz
+        The manifold.
+
+    Returns
+    -------
+    torch.Tensor
+        Tangent vectors at ``x`` in ambient coordinates, shape ``(..., d+1)``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` or ``y`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``.
+
+    See Also
+    --------
+    expmap : its inverse.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> from hddgeo.geometry import dist, expmap, logmap
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> x, y = hddgeo.lift(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), M)
+    >>> u = logmap(x, y, M)
+    >>> bool(torch.allclose(expmap(x, u, M), y))
+    True
+    """
     x = check_points(x, M, "x")
     y = check_points(y, M, "y")
     return _logmap(x, y, k_tensor(M, x))
 
 
 def expmap(x: torch.Tensor, u: torch.Tensor, M) -> geoopt.ManifoldTensor:
-    """``Exp_x(u)`` for a tangent vector ``u`` at ``x`` (ambient coordinates)."""
+    r"""The exponential map ``Exp_x(u)``: follow the geodesic from ``x`` along ``u`` for length ``|u|_L``.
+
+    .. math::
+
+        \operatorname{Exp}_x(u) = \cosh\theta\, x + \frac{\sinh\theta}{\theta}\, u, \qquad
+        \theta = |u|_L / \sqrt{k}.
+
+    geoopt's ``M.expmap(x, u)`` computes the same point.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Points on ``M``, shape ``(..., d+1)``.
+    u : torch.Tensor
+        Tangent vectors at ``x`` in ambient coordinates (``<x, u>_L = 0``), broadcastable to ``x``.
+    M : geoopt.Lorentz
+        The manifold.
+
+    Returns
+    -------
+    geoopt.ManifoldTensor
+        Points on ``M``, shape ``(..., d+1)``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` or ``u`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``, or ``u`` is not finite.
+
+    See Also
+    --------
+    logmap : its inverse.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> from hddgeo.geometry import expmap
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> o = hddgeo.lift(torch.zeros(2), M)            # the origin (1, 0, 0)
+    >>> hddgeo.radius(expmap(o, torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64), M), M)
+    tensor(2., dtype=torch.float64)
+    """
     x = check_points(x, M, "x")
     check_finite(u, "tangent vector u")
     kt = k_tensor(M, x)
