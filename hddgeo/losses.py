@@ -127,8 +127,8 @@ def clip_features(v: torch.Tensor, *, k: float = 1.0, max_norm: Optional[float] 
     >>> import torch
     >>> from hddgeo.losses import clip_features
     >>> clip_features(torch.tensor([[30.0, 40.0], [3.0, 4.0]]), k=1.0, max_norm=10.0)
-    tensor([[6., 8.],
-            [3., 4.]])
+    tensor([[6.0000, 8.0000],
+            [3.0000, 4.0000]])
     """
     if max_norm is None:
         return v
@@ -150,7 +150,7 @@ def clipped_mean_loss(v_real: torch.Tensor, v_syn: torch.Tensor, *, k: float = 1
     >>> from hddgeo.losses import clipped_mean_loss
     >>> real, syn = torch.tensor([[[30.0, 40.0]]]), torch.tensor([[[3.0, 4.0]]])
     >>> clipped_mean_loss(real, syn, k=1.0, max_norm=10.0)      # (6, 8) against (3, 4)
-    tensor(25.)
+    tensor(25.0000)
     """
     _check_pair(v_real, v_syn)
     if isinstance(k, bool) or not isinstance(k, numbers.Real):

@@ -337,18 +337,37 @@ GRADIENT_TOLERANCE = 1e-4
 
 
 def gradient_reach(dtype: torch.dtype, tolerance: float = GRADIENT_TOLERANCE) -> float:
-    """The largest ``r / sqrt(k)`` of a Law centroid through whose closed form a gradient keeps a relative error
-    below ``tolerance``: about 13.8 in float64, 3.7 in float32.
+    """The largest ``r / sqrt(k)`` of a Law centroid through whose closed form a gradient stays accurate.
 
     The closed form ``sqrt(k) zbar / sqrt(q)`` divides coordinates of size ``cosh(r / sqrt k)`` by the root of
-    their Lorentz norm; its value is accurate far out (:func:`_law` evaluates ``q``
-    without cancellation), but its backward reaches a gradient of order 1 by cancelling terms of size ``cosh^2``,
-    leaving a relative error of about ``2 eps cosh^2(r / sqrt k)``.  Measured on HDD's loss (k 1, float64, one
-    synthetic point, whose Law centroid is the point, against 64 real ones, against a cancellation-free formula):
-    6e-10 at radius 8, 8e-8 at 10, 3e-6 at 12, 1e-3 at 15, 8 % at 18, 11x at 20 and 4e5x at 25, where
-    Fashion-MNIST's unclipped ConvNet features lie.  Sets spread in angle have their Law centroid near the origin
-    and keep accurate gradients however far out their points are; the Karcher mean and the tangent centroid
-    differentiate in frames near the points and are not affected."""
+    their Lorentz norm; its value is accurate far out (``q`` is evaluated without cancellation), but its backward
+    reaches a gradient of order 1 by cancelling terms of size ``cosh^2``, leaving a relative error of about
+    ``2 eps cosh^2(r / sqrt k)``.  Measured on HDD's loss (k 1, float64, one synthetic point, whose Law centroid is
+    the point, against 64 real ones, against a cancellation-free formula): 6e-10 at radius 8, 8e-8 at 10, 3e-6 at
+    12, 1e-3 at 15, 8 % at 18, 11x at 20 and 4e5x at 25, where Fashion-MNIST's unclipped ConvNet features lie.
+    Sets spread in angle have their Law centroid near the origin and keep accurate gradients however far out
+    their points are; the Karcher mean and the tangent centroid differentiate in frames near the points and are
+    not affected.  Beyond the reach, :func:`~hddgeo.law_centroid` makes the gradient NaN (on every device).
+
+    Parameters
+    ----------
+    dtype : torch.dtype
+        The floating-point type of the geometry.
+    tolerance : float, optional
+        The largest relative error of a gradient tolerated (``1e-4``).
+
+    Returns
+    -------
+    float
+        ``arcosh(sqrt(tolerance / (2 eps)))``: about 13.8 in float64 and 3.7 in float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from hddgeo.geometry import gradient_reach
+    >>> round(gradient_reach(torch.float64), 1), round(gradient_reach(torch.float32), 1)
+    (13.8, 3.7)
+    """
     return math.acosh(math.sqrt(tolerance / (2 * torch.finfo(dtype).eps)))
 
 

@@ -136,11 +136,13 @@ def law_centroid(z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None) 
     >>> import geoopt, torch, hddgeo
     >>> M = geoopt.Lorentz(k=2.0)
     >>> z = hddgeo.lift(torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]]), M)   # one set of two points
-    >>> c = hddgeo.law_centroid(z, M)
-    >>> c                                              # symmetric about the origin: the origin (sqrt 2, 0, 0)
-    tensor([[1.4142, 0.0000, 0.0000]], dtype=torch.float64)
-    >>> hddgeo.law_centroid(z, M, weights=torch.tensor([1.0, 0.0]))   # all the weight on the first point
-    tensor([[1.5539, 1.0000, 0.0000]], dtype=torch.float64)
+    >>> hddgeo.radius(hddgeo.law_centroid(z, M), M)   # symmetric about the origin: the origin
+    tensor([0.], dtype=torch.float64)
+    >>> w = torch.tensor([3.0, 1.0])
+    >>> hddgeo.radius(hddgeo.law_centroid(z, M, weights=w), M)       # an approximation of ...
+    tensor([0.4446], dtype=torch.float64)
+    >>> hddgeo.radius(hddgeo.karcher_mean(z, M, weights=w), M)       # ... the weighted geodesic mean, 1/2 of the way
+    tensor([0.5000], dtype=torch.float64)
     """
     z, w = check_set(z, M, weights)
     return as_manifold_tensor(_law(z, w, k_tensor(M, z)), M)
@@ -486,9 +488,9 @@ def centroid(z: torch.Tensor, M, *, method: str = "law", weights: Optional[torch
     --------
     >>> import geoopt, torch, hddgeo
     >>> M = geoopt.Lorentz(k=1.0)
-    >>> z = hddgeo.lift(torch.tensor([[[2.0, 0.0], [0.0, 2.0]]]), M)
+    >>> z = hddgeo.lift(torch.tensor([[[2.0, 0.0], [0.0, 2.0]]]), M)   # two points: Law = Karcher = midpoint
     >>> {m: round(float(hddgeo.radius(hddgeo.centroid(z, M, method=m), M)), 4) for m in hddgeo.CENTROID_METHODS}
-    {'law': 1.3255, 'karcher': 1.3255, 'tangent': 1.4142}
+    {'law': 0.8322, 'karcher': 0.8322, 'tangent': 1.4142}
     """
     if method not in CENTROID_METHODS:
         if not isinstance(method, str):

@@ -345,7 +345,7 @@ def hierarchical_weights(z: torch.Tensor, M) -> torch.Tensor:
     >>> M = geoopt.Lorentz(k=1.0)
     >>> z = hddgeo.lift(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]), M)
     >>> hddgeo.hierarchical_weights(z, M)             # 1, 1/sinh(1), 3/sinh(3)
-    tensor([1.0000, 0.8509, 0.2990], dtype=torch.float64)
+    tensor([1.0000, 0.8509, 0.2995], dtype=torch.float64)
     """
     z = check_points(z, M, "points z")
     kt = k_tensor(M, z)
