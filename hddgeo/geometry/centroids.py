@@ -139,9 +139,9 @@ def law_centroid(z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None) 
     >>> hddgeo.radius(hddgeo.law_centroid(z, M), M)   # symmetric about the origin: the origin
     tensor([0.], dtype=torch.float64)
     >>> w = torch.tensor([3.0, 1.0])
-    >>> hddgeo.radius(hddgeo.law_centroid(z, M, weights=w), M)       # an approximation of ...
+    >>> hddgeo.radius(hddgeo.law_centroid(z, M, weights=w), M)   # approximates ...
     tensor([0.4446], dtype=torch.float64)
-    >>> hddgeo.radius(hddgeo.karcher_mean(z, M, weights=w), M)       # ... the weighted geodesic mean, 1/2 of the way
+    >>> hddgeo.radius(hddgeo.karcher_mean(z, M, weights=w), M)   # ... the exact mean
     tensor([0.5000], dtype=torch.float64)
     """
     z, w = check_set(z, M, weights)
@@ -317,7 +317,8 @@ def karcher_mean(z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None, 
     >>> m, info = hddgeo.karcher_mean(z, M, return_info=True)
     >>> tuple(m.shape), bool(info.converged.all())
     ((2, 5), True)
-    >>> bool((hddgeo.frechet_objective(m, z, M) <= hddgeo.frechet_objective(hddgeo.law_centroid(z, M), z, M)).all())
+    >>> law = hddgeo.law_centroid(z, M)                                  # its start, and an approximation
+    >>> bool((hddgeo.frechet_objective(m, z, M) <= hddgeo.frechet_objective(law, z, M)).all())
     True
     >>> import warnings
     >>> with warnings.catch_warnings(record=True) as caught:
