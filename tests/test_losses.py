@@ -19,7 +19,10 @@ def _features(shape, k, g, scale=2.0):
 
 
 def _public_loss(vr, vs, M, scale=20.0, method="law", max_norm=10.0, wr=None, ws=None, **kw):
-    """``scale * dist(centroid(lift(v_r)), centroid(lift(v_s)))`` from the public geometry API."""
+    """``scale * dist(centroid(lift(v_r)), centroid(lift(v_s)))`` from the public geometry API (without the
+    convergence warning, which the loss, its counterpart, never gives)."""
+    if method == "karcher":
+        kw = {"warn": False, **kw}
     cr = hddgeo.centroid(hddgeo.lift(vr, M, max_norm=max_norm), M, method=method, weights=wr, **kw)
     cs = hddgeo.centroid(hddgeo.lift(vs, M, max_norm=max_norm), M, method=method, weights=ws, **kw)
     return scale * hddgeo.geometry.dist(cr, cs, M)

@@ -328,6 +328,12 @@ def karcher_mean(z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None, 
     ['RuntimeWarning']
     >>> _ = hddgeo.karcher_mean(z, M, max_iter=0, warn=False)       # silent
     """
+    return _karcher_mean(z, M, weights, tol, max_iter, warn, return_info, backward, stacklevel=3)
+
+
+def _karcher_mean(z, M, weights, tol, max_iter, warn, return_info, backward, stacklevel):
+    """:func:`karcher_mean`'s body; ``stacklevel`` makes its warning point at the caller's line, also through
+    :func:`centroid`."""
     z, w = check_set(z, M, weights)
     k_val = float(M.k.detach())
     tol, max_iter, backward = karcher_options(z.dtype, k_val, tol=tol, max_iter=max_iter, backward=backward)
@@ -343,24 +349,29 @@ def karcher_mean(z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None, 
     x = as_manifold_tensor(x, M)
     gnorm = gnorm.detach()
     if warn:
-        _warn_if_short(gnorm, tol, iterations, max_iter, z.dtype)
+        _warn_if_short(gnorm, tol, iterations, max_iter, z.dtype, stacklevel + 1)
     if not return_info:
         return x
     return x, KarcherInfo(iterations=iterations, grad_norm=gnorm, converged=gnorm <= tol, tol=tol)
 
 
-def _warn_if_short(gnorm: torch.Tensor, tol: float, iterations: int, max_iter: int, dtype: torch.dtype) -> None:
+def _warn_if_short(gnorm: torch.Tensor, tol: float, iterations: int, max_iter: int, dtype: torch.dtype,
+                   stacklevel: int) -> None:
     """One ``RuntimeWarning`` naming how many sets stopped above ``tol`` and what to change."""
     short = gnorm > tol
     if not bool(short.any()):
         return
-    why = (f"after max_iter={max_iter} Newton steps; raise max_iter or loosen tol" if iterations >= max_iter else
-           f"where {dtype} allows no further descent; use float64 or loosen tol")
+    if iterations >= max_iter:
+        why = f"after max_iter={max_iter} Newton steps; raise max_iter or loosen tol"
+    else:  # the line search found no descent: the tolerance is below what the coordinates resolve
+        why = f"where {dtype} resolves no further descent; loosen tol"
+        if dtype != torch.float64:
+            why += " or use float64"
     if dtype in (torch.float16, torch.bfloat16):
         why = f"{why} ({dtype} cannot resolve it; use float64)"
     warnings.warn(f"karcher_mean stopped short of tol={tol:g} in {int(short.sum())} of {short.numel()} set(s) "
                   f"(largest gradient norm {float(gnorm.max()):.3g}) {why}; pass warn=False to silence this",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=stacklevel)
 
 
 def frechet_objective(x: torch.Tensor, z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -498,7 +509,13 @@ def centroid(z: torch.Tensor, M, *, method: str = "law", weights: Optional[torch
             raise TypeError(f"method must be a string, one of {', '.join(CENTROID_METHODS)}; got {type(method).__name__}")
         raise ValueError(f"unknown centroid method {method!r}; choose one of {', '.join(CENTROID_METHODS)}")
     if method == "karcher":
-        return karcher_mean(z, M, weights=weights, **karcher_options)
+        options = {"tol": None, "max_iter": None, "warn": True, "return_info": False, "backward": "implicit"}
+        unknown = sorted(set(karcher_options) - set(options))
+        if unknown:
+            raise TypeError(f"centroid() got an unexpected keyword argument {unknown[0]!r}; the Karcher mean's options "
+                            f"are {', '.join(options)}")
+        options.update(karcher_options)
+        return _karcher_mean(z, M, weights, stacklevel=3, **options)
     if karcher_options:
         raise TypeError(f"option(s) {', '.join(map(repr, sorted(karcher_options)))} belong to the Karcher mean; "
                         f"the {method} centroid takes only weights")
