@@ -456,6 +456,9 @@ def test_karcher_warns_once_when_it_stops_short_and_is_silent_when_told_or_conve
         g = gen(136)
         vr, vs = 3 + 2 * torch.randn(20, 4, dtype=DT, generator=g), torch.randn(5, 4, dtype=DT, generator=g)
         hddgeo.hdd_loss(vr, vs, M, centroid="karcher", max_iter=1)  # the loss never reads, never warns
+        from hddgeo.losses import Matcher  # the distillation runner's path: no warning per iteration
+
+        Matcher("hdd", "karcher", karcher_max_iter=1)(vr[None].float(), vs[None].float(), diagnose=True)
     with pytest.warns(RuntimeWarning, match="stopped short") as rec:
         hddgeo.centroid(zz, M, method="karcher", max_iter=1)
     assert rec[0].filename == __file__
