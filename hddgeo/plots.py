@@ -515,8 +515,9 @@ def plot_weight_spread(samples: pd.DataFrame, fig=None):
                           rel_weight=samples["weight"] / samples["setting"].map(med["weight"]))
     with _style():
         if fig is None:
-            fig = plt.figure(figsize=(max(9.0, 2.2 * len(order) + 3.0), 5.4), layout="constrained")
-        ax_r, ax_w = fig.subplots(1, 2)
+            # one panel above the other, so that a page shows the figure at full width whatever the settings
+            fig = plt.figure(figsize=(max(7.0, 1.15 * len(order) + 1.5), 9.0), layout="constrained")
+        ax_r, ax_w = fig.subplots(2, 1)
         palette = sns.color_palette("deep", len(order))
         kw = dict(data=data, x="setting", order=order, hue="setting", hue_order=order, palette=palette, legend=False,
                   fliersize=2, width=0.5)
@@ -527,8 +528,6 @@ def plot_weight_spread(samples: pd.DataFrame, fig=None):
         ax_w.set_yscale("log")
         plain_fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
         ax_w.yaxis.set_major_formatter(plain_fmt)
-        ax_w.yaxis.set_minor_formatter(plain_fmt)
-        ax_w.tick_params(axis="y", which="minor", labelsize="x-small")
         ax_r.set_title("radius r = d(o, z), relative to its median")
         ax_w.set_title("weight w(r), relative to its median")
         ax_r.set_ylabel("r / median r")
@@ -540,6 +539,11 @@ def plot_weight_spread(samples: pd.DataFrame, fig=None):
         lo, hi = ax_w.get_ylim()
         lo, hi = min(lo, 0.5), max(hi, 2.0)
         ax_w.set_ylim(lo, hi * (hi / lo) ** 0.25)
+        if hi / lo < 30:  # within about a decade the minor ticks need labels; over several they would overlap
+            ax_w.yaxis.set_minor_formatter(plain_fmt)
+            ax_w.tick_params(axis="y", which="minor", labelsize="x-small")
+        else:
+            ax_w.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for i, s in enumerate(order):
             w = samples.loc[samples["setting"] == s, "weight"].to_numpy()
             ax_w.text(i, hi * (hi / lo) ** 0.1, f"max/min\n{w.max() / w.min():.3g}", ha="center", va="center",

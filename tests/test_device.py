@@ -1,7 +1,7 @@
 """One device for a whole run: resolution, placement of every tensor, portable files, autocast, determinism.
 
 Tests that build tensors take the ``device`` fixture (tests/conftest.py): on a CPU-only machine the CUDA
-cases skip with a reason; ``pytest -k cuda`` runs them where a GPU is (experiments/gpu_check.py does).
+cases skip with a reason; ``pytest -k cuda`` runs them where a GPU is (benchmarks/gpu_check.py does).
 """
 import geoopt
 import pytest

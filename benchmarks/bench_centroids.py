@@ -11,8 +11,8 @@ inputs are built) belongs to that case alone.
 ``karcher_mean``, gradient to the features, for one set of ``n`` points and for ``--classes`` sets
 batched (``C x n x d``), Law and Karcher interleaved, medians and their ratio.
 
-    python experiments/bench_centroids.py --out results/bench_centroids.csv
-    python experiments/bench_centroids.py --api --n 256 --classes 1 10 --repeats 7
+    python benchmarks/bench_centroids.py --out results/bench_centroids.csv
+    python benchmarks/bench_centroids.py --api --n 256 --classes 1 10 --repeats 7
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ relative differences from a tight reference (``tol = 1e-12 sqrt(k)``), the Newto
 time of a forward+backward.  A gradient that differs from the reference by less than float32's
 resolution (~1e-7 relative) is the same gradient for a network that produced float32 features.
 
-    python experiments/karcher_tolerance.py --classes 10 --n 256 --ipc 10
+    python benchmarks/karcher_tolerance.py --classes 10 --n 256 --ipc 10
 """
 from __future__ import annotations
 
