@@ -131,7 +131,7 @@ def run_case(n, d, spread, k, repeats, threads=2):
         karcher_iters=info.iterations,
         karcher_grad_norm=float(info.grad_norm),
         karcher_peak_mib=peak_mib,
-        law_karcher_dist=float(hddgeo.dist(c_k, c_l, M)),
+        law_karcher_dist=float(hddgeo.geometry.dist(c_k, c_l, M)),
         frechet_gap=float(hddgeo.frechet_objective(c_l, z, M) - hddgeo.frechet_objective(c_k, z, M)),
     )
 

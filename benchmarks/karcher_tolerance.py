@@ -26,8 +26,8 @@ def run(args):
     import torch
 
     import hddgeo
-    from hddgeo.geometry.centroids import karcher_
-    from hddgeo.geometry.lorentz import lift_
+    from hddgeo.geometry._karcher_math import _karcher
+    from hddgeo.geometry._math import _lift
 
     torch.set_num_threads(args.threads)
     M = geoopt.Lorentz(k=args.k)
@@ -49,10 +49,10 @@ def run(args):
 
         def newton_steps(**kw):
             kt = torch.tensor(args.k, dtype=torch.float64)
-            z = lift_(real, kt, 10.0)
+            z = _lift(real, kt, 10.0)
             w = torch.full(z.shape[:-1], 1.0 / args.n, dtype=torch.float64)
             tol = kw.get("tol", 1e-10 * sk)
-            _, iters, gnorm = karcher_(z, w, args.k, tol, kw.get("max_iter", 50))
+            _, iters, gnorm = _karcher(z, w, args.k, tol, kw.get("max_iter", 50))
             return iters, float(gnorm.max())
 
         ref_loss, ref_grad, _ = loss_and_grad(tol=1e-12 * sk)

@@ -15,7 +15,7 @@ from hddgeo.distill import DistillConfig, RunInterrupted, build_method, prepare,
 from hddgeo.distill.runner import read_back
 from hddgeo.evaluate import train_and_test
 from hddgeo.geometry import karcher_mean, law_centroid, lift
-from hddgeo.geometry.lorentz import maybe_any
+from hddgeo.geometry._math import maybe_any
 from hddgeo.losses import hdd_loss
 from hddgeo.rundir import load_tensors
 
