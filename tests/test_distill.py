@@ -7,7 +7,6 @@ from conftest import tiny_config
 
 from hddgeo.cli import main
 from hddgeo.distill import (
-    RunInterrupted,
     build_method,
     paper_preset,
     partition_expand,
@@ -15,6 +14,7 @@ from hddgeo.distill import (
     prepare,
     run_distillation,
 )
+from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.losses import Matcher
 
 
@@ -81,8 +81,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, method, matcher):
     full = tmp_path / "full"
     run_distillation(cfg, str(full), progress=False, final_eval=False)
     part = tmp_path / "part"
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(part), progress=False, stop_after=3, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(3):
+        run_distillation(cfg, str(part), progress=False, final_eval=False)
     assert not (part / "synset.pt").exists()
     run_distillation(cfg, str(part), resume=True, progress=False, final_eval=False)
     a = torch.load(full / "synset.pt", weights_only=True)
