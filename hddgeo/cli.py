@@ -59,9 +59,7 @@ def _add_distill_options(p):
         flag, default = "--" + f.name.replace("_", "-"), getattr(DEFAULTS, f.name)
         choices = meta["choices"]() if meta["choices"] else None
         text = meta["help"] + (f" ({' | '.join(map(str, choices))})" if choices else "")
-        if f.name == "options":
-            g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE", help=text)
-        elif str(f.type) == "Optional[bool]":  # auto (None) | on | off; a bare flag means on
+        if str(f.type) == "Optional[bool]":  # auto (None) | on | off; a bare flag means on
             g.add_argument(flag, type=_on_off, nargs="?", const=True, default=default, metavar="auto|on|off",
                            help=text + " [default: auto]")
         elif str(f.type) == "bool":
@@ -75,7 +73,10 @@ def _add_distill_options(p):
                 kind = _max_norm
             shown = "" if default is None else f" [default: {default}]"
             g.add_argument(flag, type=kind, default=default, help=text + shown)
-    p.add_argument_group("method").add_argument(
+    groups["method"].add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                                  help="an option of the run's method: the field METHOD_KEY (repeatable), e.g. "
+                                       "--method geodm --opt ot_weight=0.5 for --geodm-ot-weight 0.5")
+    groups["method"].add_argument(
         "--preset", choices=["paper"], default=None,
         help="take k, lambda, lr_img and iterations from the paper's Tables 5-6 (flags you give still win)")
 

@@ -83,13 +83,14 @@ def test_interpolation_covers_buffers_and_keeps_integer_counters():
 
 
 def test_unknown_option_lists_valid_keys(tmp_path):
-    cfg = dance_cfg(str(tmp_path), options={"num_expert": 2})
-    with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
-        cfg.validate()  # the configuration's own check, before any data is loaded
-    with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
-        prepare(cfg)
+    with pytest.raises(TypeError, match="valid keys: num_experts, expert_epochs"):
+        dance_cfg(str(tmp_path), options={"num_expert": 2})  # an unknown key: the configuration refuses it
+    with pytest.raises(TypeError, match="unknown dance option.*valid keys: num_experts"):
+        DistillConfig.from_json({"method": "dance", "options": {"num_expert": 2}})  # a config.json of before
     with pytest.raises(ValueError, match="num_experts"):
         dance.parse_options({"num_experts": 0})
+    with pytest.raises(ValueError, match="dance option num_experts must be an integer >= 1"):
+        prepare(dance_cfg(str(tmp_path), dance_num_experts=0))  # a bad value, before any data is loaded
     assert not list(tmp_path.iterdir())  # nothing trained or written
 
 

@@ -176,8 +176,8 @@ def test_ot_weight_zero_reduces_to_dm():
 
 def test_options_are_validated_with_a_clear_message():
     dataset, pool, matcher = prepare(tiny())
-    with pytest.raises(ValueError, match="valid options are: .*proj_dim.*ot_reg"):
-        build_method("geodm", tiny(options={"ot_lambda": 1}), dataset, pool, matcher)
+    with pytest.raises(TypeError, match="unknown geodm option.*valid keys: .*proj_dim.*ot_reg"):
+        tiny(options={"ot_lambda": 1})
     for bad in ({"ot_reg": 0}, {"proj_dim": 0}, {"geo_lr": -1}, {"components": ["flat"]}, {"components": []},
                 {"init_curvature": 50.0}, {"center": "yes"}):
         with pytest.raises(ValueError, match="GeoDM option"):

@@ -250,11 +250,11 @@ def test_every_config_field_is_a_flag_and_round_trips():
     dests = {a.dest for a in sub._actions}
     assert {f.name for f in dataclasses.fields(DistillConfig)} <= dests
     argv = ["distill", "--out", "x", "--momentum", "0.9", "--dsa-strategy", "flip_crop", "--idm-net-lr", "0.05",
-            "--no-dsa", "--max-norm", "none", "--opt", "a=1", "--method", "dance", "--threads", "1"]
+            "--no-dsa", "--max-norm", "none", "--opt", "num_experts=1", "--method", "dance", "--threads", "1"]
     args = parser.parse_args(argv)
     cfg = _config_from_args(args, _given(sub, args))
-    assert (cfg.momentum, cfg.dsa_strategy, cfg.idm_net_lr, cfg.dsa, cfg.max_norm, cfg.options, cfg.threads) == \
-        (0.9, "flip_crop", 0.05, False, None, {"a": 1}, 1)
+    assert (cfg.momentum, cfg.dsa_strategy, cfg.idm_net_lr, cfg.dsa, cfg.max_norm, cfg.dance_num_experts,
+            cfg.threads) == (0.9, "flip_crop", 0.05, False, None, 1, 1)
     default = _config_from_args(*(lambda a: (a, _given(sub, a)))(parser.parse_args(["distill", "--out", "x"])))
     assert default == DistillConfig()
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Optional
 
 from hddgeo import seeds
@@ -24,6 +24,7 @@ from hddgeo.losses import MATCHERS
 from hddgeo.models import MODEL_NAMES
 from hddgeo.stats import method_label
 
+from . import dance, geodm
 from .memory import DEFAULT_BUDGET_GB
 from .methods import METHODS
 
@@ -34,6 +35,15 @@ def _opt(default, help: str, group: str, choices=None, default_factory=None):
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _dance(key: str, help: str):
+    return _opt(dance.OPTION_DEFAULTS[key], help, "DANCE")
+
+
+def _geodm(key: str, help: str):
+    default = geodm.OPTION_DEFAULTS[key]
+    return _opt(",".join(default) if key == "components" else default, help, "GeoDM")
 
 
 _PRUNE_LEVELS = ("radius", "centroid_distance", "random")  # random: the control, a uniform share of each class
@@ -112,8 +122,38 @@ class DistillConfig:
                        "evaluation and checkpoints")
     tag: str = _opt("", "a name for this variant in tables, appended to the method's label after '@' (e.g. "
                         "lr10 for a DM with a larger image learning rate); letters, digits, '.', '-' and '_'", "method")
-    options: dict = _opt(None, "method-specific option KEY=VALUE (repeatable, dance and geodm), e.g. "
-                               "--opt ot_weight=0.5", "method", default_factory=dict)
+    dance_num_experts: int = _dance("num_experts", "experts trained, each from its own seeded initialisation")
+    dance_expert_epochs: int = _dance("expert_epochs", "epochs of expert training (the reference trains 60)")
+    dance_expert_lr: float = _dance("expert_lr", "SGD learning rate of the experts")
+    dance_expert_batch: int = _dance("expert_batch", "batch size of expert training")
+    dance_expert_dsa: Optional[bool] = _dance("expert_dsa", "DSA while training the experts: auto (the run's --dsa), "
+                                                            "on, off")
+    dance_ce_weight: float = _dance("ce_weight", "weight of the calibration cross-entropy")
+    dance_expert_cache: Optional[str] = _dance("expert_cache", "folder of the cached experts (default "
+                                                               "$HDDGEO_CACHE/experts, else ~/.cache/hddgeo/experts)")
+    geodm_proj_dim: int = _geodm("proj_dim", "output dimension of each fixed random projection head")
+    geodm_geo_lr: float = _geodm("geo_lr", "Adam learning rate of the curvatures and geometry weights (0 freezes them)")
+    geodm_ot_weight: float = _geodm("ot_weight", "weight of the OT term (0: plain DM plus logging)")
+    geodm_ot_reg: float = _geodm("ot_reg", "entropic regularisation of Sinkhorn, relative to the mean cost")
+    geodm_ot_max_iter: int = _geodm("ot_max_iter", "Sinkhorn iterations at most")
+    geodm_ot_tol: float = _geodm("ot_tol", "Sinkhorn stops when the L2 error of the row marginals is below this")
+    geodm_center: bool = _geodm("center", "subtract each class's mean real feature before the heads")
+    geodm_tangent_norm: float = _geodm("tangent_norm", "mean norm of each class's real tangent vectors after the heads")
+    geodm_init_curvature: float = _geodm("init_curvature", "initial |K| of the hyperbolic and spherical components")
+    geodm_components: str = _geodm("components", "the geometries of the product, joined by ','")
+    options: InitVar[Optional[dict]] = None  # KEY=VALUE of --opt: the field METHOD_KEY of the run's method
+
+    def __post_init__(self, options: Optional[dict]) -> None:
+        if options:
+            for key, value in method_fields(self.method, options).items():
+                setattr(self, key, value)
+
+    def method_options(self) -> dict:
+        """The options of the run's method (its ``METHOD_*`` fields, e.g. ``dance_num_experts`` as ``num_experts``);
+        ``{}`` for DM, which has none."""
+        prefix = self.method + "_"
+        return {f.name[len(prefix):]: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith(prefix)}
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option (:class:`~hddgeo.errors.ConfigTypeError`, a ``TypeError``,
@@ -170,7 +210,7 @@ class DistillConfig:
         choice("prune level", self.prune_level, _PRUNE_LEVELS)
         if self.tag and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", self.tag):
             raise ValueError(f"tag must be 1-40 letters, digits, '.', '-' or '_', got {self.tag!r}")
-        METHODS[self.method].parse_options(self.options)
+        METHODS[self.method].parse_options(self.method_options())
         if self.tensorboard:
             from hddgeo.tensorboard import check_available
 
@@ -188,11 +228,12 @@ class DistillConfig:
         """A validated configuration from a JSON object; :class:`~hddgeo.errors.ConfigTypeError` (a ``TypeError``)
         naming unknown keys or a field of the wrong type, ``ValueError`` naming a bad value."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = legacy_fields(d)
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigTypeError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
                                   f"{', '.join(sorted(names))}")
-        cfg = cls(**legacy_fields(d))
+        cfg = cls(**d)
         try:
             cfg.validate()
         except (ValueError, ConfigTypeError) as err:
@@ -201,9 +242,38 @@ class DistillConfig:
 
 
 def legacy_fields(saved: dict) -> dict:
-    """A saved configuration (JSON) with the values that a field missing from it had before the field existed,
-    where that is not the field's default: ``seed_scheme`` 1 (the field came with scheme 2)."""
-    return {"seed_scheme": 1, **saved} if isinstance(saved, dict) else saved
+    """A saved configuration (JSON) in today's form: a field missing from it gets the value it had before the field
+    existed, where that is not the field's default (``seed_scheme`` 1: the field came with scheme 2), and the
+    ``options`` object of older runs (DANCE's and GeoDM's options, before they were fields) becomes the method's
+    fields (``{"num_experts": 2}`` of a DANCE run is ``dance_num_experts``; GeoDM's ``components`` list is joined
+    by ',')."""
+    if not isinstance(saved, dict):
+        return saved
+    out = {"seed_scheme": 1, **saved}
+    options = out.pop("options", None)
+    if isinstance(options, dict) and options:
+        method = out.get("method", "dm")
+        if method == "geodm" and isinstance(options.get("components"), (list, tuple)):
+            options = {**options, "components": ",".join(map(str, options["components"]))}
+        out.update(method_fields(method, options))
+    elif options not in (None, {}):
+        raise ConfigTypeError(f"options must be an object of KEY: VALUE, got {options!r}"[:200])
+    return out
+
+
+def method_fields(method: str, options: dict) -> dict:
+    """``{"METHOD_KEY": value}`` of ``--opt KEY=VALUE`` options of ``method``; :class:`~hddgeo.errors.ConfigTypeError`
+    naming the valid keys for a key the method does not take."""
+    prefix = f"{method}_"
+    valid = [f.name[len(prefix):] for f in dataclasses.fields(DistillConfig) if f.name.startswith(prefix)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        if not valid:
+            raise ConfigTypeError(f"{method} takes no --opt options, got {', '.join(map(repr, unknown))}; --opt KEY=VALUE "
+                                  f"sets a field METHOD_KEY of the run's method (dance, geodm, idm)")
+        raise ConfigTypeError(f"unknown {method} option(s) {', '.join(map(repr, unknown))}; valid keys: "
+                              f"{', '.join(valid)}")
+    return {prefix + key: value for key, value in options.items()}
 
 
 # Field annotation -> accepted JSON/Python types (bool is not an int here, although Python says it is).
@@ -258,4 +328,4 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
 
 
 __all__ = ["MAX_SEED", "RESUMABLE_FIELDS", "DistillConfig", "check_threads", "config_differences", "describe",
-           "legacy_fields"]
+           "legacy_fields", "method_fields"]

@@ -82,7 +82,7 @@ STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
 BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs", "seed_scheme",
-                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "method", "options")
+                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "method")
 
 
 def _toml():
