@@ -120,6 +120,8 @@ def _check_comparable(runs: list) -> None:
     """``ValueError`` naming the field and two of ``runs`` (``(dir, cfg, method)``) that differ where they
     would be paired (one dataset and IPC) or pooled (one method too)."""
     def value(cfg, field):
+        if field == "tf32":  # auto (None) and off (False) are one run, as config_differences says
+            return bool(cfg.tf32)
         return getattr(cfg, field) if field != "dsa_strategy" or cfg.dsa else None  # no DSA: no strategy
 
     pooled_fields = [f.name for f in dataclasses.fields(DistillConfig)
