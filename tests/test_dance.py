@@ -90,7 +90,7 @@ def test_unknown_option_lists_valid_keys(tmp_path):
     with pytest.raises(ValueError, match="num_experts"):
         dance.parse_options({"num_experts": 0})
     with pytest.raises(ValueError, match="dance option num_experts must be an integer >= 1"):
-        prepare(dance_cfg(str(tmp_path), dance_num_experts=0))  # a bad value, before any data is loaded
+        prepare(dance_cfg(str(tmp_path), options={**EXPERT_OPTS, "num_experts": 0}))  # a bad value, before any data is loaded
     assert not list(tmp_path.iterdir())  # nothing trained or written
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from hddgeo.distill import DistillConfig
 from hddgeo.distill.study import config_mismatch, run_cell
+from hddgeo.errors import RunDirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +61,7 @@ def test_exact_vs_approximate_outputs(eva):
 
 
 def test_exact_vs_approximate_refuses_to_reuse_a_different_budget(eva):
-    with pytest.raises(ValueError, match="iterations=2"):
+    with pytest.raises(RunDirError, match="iterations=2"):
         load_script("exact_vs_approximate").main(["--quick", "--out", eva, "--quiet", "--iterations", "3"])
 
 
