@@ -1,20 +1,14 @@
 """Per-sample hierarchical weights on real features (paper §3.3): radii, weights, tangent shares, clips.
 
-Embeds every training image with one randomly initialised ConvNet (the DM protocol's feature map),
-lifts the features onto ``Lorentz(k)`` as ``expmap0(feature_scale * v)`` with ``|v|/sqrt(k)`` clipped at
-``max_norm``, and reports, with :mod:`hddgeo.hierarchy`:
-
-* ``class_table.csv`` / ``.md``: per class and setting, the spread of radii ``r = d(o, z)`` and of weights
-  ``w(r) = (r/sqrt k)/sinh(r/sqrt k)`` (Eq. 17), the spread of each sample's share of the tangent centroid
-  (Eq. 18; ``1/n`` = an average sample), and the rank correlation between a sample's radius and its
-  distance to the class's Karcher mean;
-* ``samples.csv``: one row per sample at every setting (:func:`hddgeo.hierarchy.sample_table`);
-* ``spread_table.csv`` / ``.md``: :func:`hddgeo.hierarchy.spread_table` over ``max_norm`` x ``feature_scale``
-  (all classes pooled): with the reference clip, features whose norm exceeds ``max_norm sqrt(k)`` all sit
-  at one radius and weigh the same; removing the clip (and scaling the features up) restores a spread;
-* ``weight_spread.png`` (:func:`hddgeo.plots.plot_weight_spread`), ``root_leaf.png`` (real images with
-  the smallest / largest radius per class) and ``root_leaf_centroid.png`` (closest to / farthest from the
-  class's Karcher mean), both with :func:`hddgeo.plots.plot_root_leaf_images`.
+Embeds every training image with one randomly initialised ConvNet (the DM protocol's feature map), lifts the
+features onto ``Lorentz(k)`` as ``expmap0(feature_scale * v)`` with ``|v|/sqrt(k)`` clipped at ``max_norm``, and
+writes, with :mod:`hddgeo.hierarchy`: ``class_table.csv`` / ``.md`` (per class and setting, the spread of radii
+``r = d(o, z)``, of weights ``w(r) = (r/sqrt k)/sinh(r/sqrt k)`` (Eq. 17) and of each sample's share of the tangent
+centroid (Eq. 18), and the rank correlation of a sample's radius with its distance to the class's Karcher mean);
+``samples.csv`` (one row per sample and setting); ``spread_table.csv`` / ``.md`` (all classes pooled, per
+``max_norm`` x ``feature_scale``: with the reference clip every feature beyond ``max_norm sqrt(k)`` sits at one
+radius and weighs the same); ``weight_spread.png``, and ``root_leaf.png`` / ``root_leaf_centroid.png`` (the real
+images with the smallest / largest radius, and closest to / farthest from their class's Karcher mean).
 
     python experiments/hierarchical_weights.py                       # digits, about a minute
     python experiments/hierarchical_weights.py --quick --out /tmp/hw  # smoke test
@@ -38,10 +32,10 @@ from hddgeo.analysis import class_features
 from hddgeo.device import resolve_device
 from hddgeo.data import load_dataset
 from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples, spread_table
-
 from hddgeo.plots import plot_root_leaf_images, plot_weight_spread, save_figure, save_table_md
 from hddgeo.rundir import write_csv, write_text
 
+MODEL = "convnet"  # the randomly initialised feature network (the DM protocol's)
 
 
 def _max_norm(text: str) -> Optional[float]:
@@ -57,18 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/hierarchical_weights")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--model", default="convnet", help="feature network (randomly initialised)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random feature network")
     p.add_argument("--per-class", type=int, default=None, help="first N training images per class (default: all)")
     p.add_argument("--k", type=float, default=1.0)
     p.add_argument("--max-norm", type=_max_norm, nargs="+", default=[10.0, None], help="clips ('none' = no clip)")
     p.add_argument("--feature-scale", type=float, nargs="+", default=[1.0, 3.0, 10.0])
-    p.add_argument("--n", type=int, default=8, help="root / leaf images shown per class")
     p.add_argument("--quick", action="store_true", help="smoke setting: 20 images per class, 3 classes' images shown")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto", help="where the network embeds: auto (CUDA when torch sees a GPU, "
-                                                     "else the CPU), cpu, cuda or cuda:N")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="where the network embeds: auto, cpu, cuda or cuda:N")
     return p
 
 
@@ -99,11 +88,11 @@ def main(argv=None) -> int:
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         p.set_defaults(per_class=20)  # flags given explicitly still win
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # one thread: the tables repeat bit for bit on one machine
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     dataset = load_dataset(args.dataset, data_root=args.data_root)
-    feats = class_features(dataset, model=args.model, seed=args.seed, per_class=args.per_class,
+    feats = class_features(dataset, model=MODEL, seed=args.seed, per_class=args.per_class,
                            device=resolve_device(args.device))
     images = [dataset.train_images[dataset.train_labels == c][: len(feats[c])] for c in range(dataset.num_classes)]
 
@@ -127,10 +116,8 @@ def main(argv=None) -> int:
     spread.insert(2, "clip", [clip_label(m) for m in spread["max_norm"]])
     write_csv(os.path.join(args.out, "spread_table.csv"), spread)
 
-    # markdown: spread over settings, and the per-class table at the reference setting and at the most spread one
+    # markdown: spread over settings, and the per-class table at the reference setting
     ref = classes[(classes["clip"] == clip_label(args.max_norm[0])) & (classes["feature_scale"] == args.feature_scale[0])]
-    widest = spread.sort_values("weight_ratio").iloc[-1]
-    wide = classes[(classes["clip"] == widest["clip"]) & (classes["feature_scale"] == widest["feature_scale"])]
     cols = ["class", "n", "feature_norm_mean", "clipped_fraction", "radius_mean", "radius_std", "radius_min", "radius_max",
             "weight_min", "weight_max", "weight_ratio", "share_x_n_min", "share_x_n_max", "negative_shares",
             "spearman_radius_vs_dist_karcher"]
@@ -139,7 +126,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# Hierarchical weights on {args.dataset}\n",
         f"Features: training images ({'all' if args.per_class is None else f'first {args.per_class}'} per class) through one "
-        f"random {args.model} (seed {args.seed}), lifted onto Lorentz(k={args.k:g}) as expmap0(feature_scale · v) with "
+        f"random {MODEL} (seed {args.seed}), lifted onto Lorentz(k={args.k:g}) as expmap0(feature_scale · v) with "
         f"|v|/√k clipped at `clip`. Radius r = d(o, z); weight w = (r/√k)/sinh(r/√k); share × n = a sample's share of "
         "its class's tangent centroid times the class size (1 = an average sample); spearman = rank correlation of a "
         "sample's radius with its distance to the class's Karcher mean.\n",
@@ -148,9 +135,6 @@ def main(argv=None) -> int:
         f"\n## Per class, reference setting (k={args.k:g}, clip={clip_label(args.max_norm[0])}, "
         f"feature_scale={args.feature_scale[0]:g})\n",
         save_table_md(ref[cols]),
-        f"\n## Per class, the setting with the widest weight spread (clip={widest['clip']}, "
-        f"feature_scale={widest['feature_scale']:g})\n",
-        save_table_md(wide[cols]),
     ])
     write_text(os.path.join(args.out, "class_table.md"), text)
     save_table_md(spread[spread_cols], os.path.join(args.out, "spread_table.md"))
@@ -161,7 +145,7 @@ def main(argv=None) -> int:
     shown = list(range(3)) if args.quick else list(range(dataset.num_classes))
     ref_table = samples[(samples["max_norm"].isna() if args.max_norm[0] is None else samples["max_norm"] == args.max_norm[0])
                         & (samples["feature_scale"] == args.feature_scale[0])]
-    setting = (f"{args.dataset} · random {args.model} (seed {args.seed}) · k={args.k:g}, clip={clip_label(args.max_norm[0])}, "
+    setting = (f"{args.dataset} · random {MODEL} (seed {args.seed}) · k={args.k:g}, clip={clip_label(args.max_norm[0])}, "
                f"feature_scale={args.feature_scale[0]:g}")
     for by, name, titles, what in (
             ("radius", "root_leaf.png", ("root-level\n(smallest radius first)", "leaf-level\n(largest radius first)"),
@@ -169,16 +153,15 @@ def main(argv=None) -> int:
             ("dist_karcher", "root_leaf_centroid.png",
              ("central\n(closest to the class's Karcher mean)", "peripheral\n(farthest from it)"),
              "smallest and largest distance to their class's Karcher mean")):
-        root, leaf = root_and_leaf(ref_table, n=args.n, by=by)
+        root, leaf = root_and_leaf(ref_table, n=8, by=by)
         fig = plot_root_leaf_images(images, dataset, root, leaf, classes=shown, root_title=titles[0], leaf_title=titles[1])
         # above the column titles (the grid fills the figure up to its top margin)
         fig.suptitle(f"Real images with the {what}, per class (one row per class)\n{setting}", fontsize=12,
                      y=fig.subplotpars.top + 0.75 / fig.get_figheight(), va="bottom")
         save_figure(fig, os.path.join(args.out, name))
-    if not args.quiet:
-        print(text)
-        print(f"wrote {args.out}: samples.csv, class_table.csv/.md, spread_table.csv/.md, weight_spread.png, "
-              f"root_leaf.png, root_leaf_centroid.png ({time.time() - t0:.0f} s)")
+    print(text)
+    print(f"wrote {args.out}: samples.csv, class_table.csv/.md, spread_table.csv/.md, weight_spread.png, "
+          f"root_leaf.png, root_leaf_centroid.png ({time.time() - t0:.0f} s)")
     return 0
 
 

@@ -22,8 +22,6 @@
   a test image's difficulty is the share of them that misclassify it.  Within each class the Spearman
   correlation of the test images' unclipped radius (mean over the feature networks) with their difficulty says
   whether the images the weights favour (small radius: ``r / sinh r`` falls with ``r``) are the easy ones.
-* **Hierarchical pruning** is a variant of the study itself (``dm+hdd/law@prune20``): its paired differences
-  are in the study's ``results.md`` / ``hddgeo compare``.
 
 Writes ``mechanism_cells.csv`` (one row per cell: radii, bias, clip share), ``mechanism_weights.csv`` (one row per
 clip setting, network and class), ``mechanism_paired.csv`` and ``mechanism.md`` into the study folder.  Cells without
@@ -36,16 +34,19 @@ import argparse
 import os
 import sys
 
+import geoopt
 import numpy as np
 import pandas as pd
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from studyfolder import finished_cells
+
+import hddgeo
 from hddgeo import stats
-from hddgeo.cli import run_main
 from hddgeo.data import load_dataset
-from hddgeo.geometry.lorentz import lift_, radius_
 from hddgeo.models import embed, fresh_network
-from hddgeo.rundir import read_json, write_csv, write_text
+from hddgeo.rundir import write_csv, write_text
 from hddgeo.tables import markdown_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,20 +54,6 @@ DEFAULT_STUDY = os.path.join(HERE, "results", "fashionmnist_verdict")
 NETWORK_SEED = 900_000  # the feature networks' seeds: NETWORK_SEED + j, apart from every run's own streams
 PAIRS = (("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm"), ("dm+hdd/karcher", "dm+hdd/law"),
          ("dm+hdd/law@k9", "dm"), ("dm+hdd/karcher@k9", "dm+hdd/law@k9"))
-
-
-def finished_cells(study: str) -> list[tuple[str, dict, dict]]:
-    """``(run_dir, config, metrics)`` of every distilled cell with a ``metrics.json``, in name order."""
-    runs = os.path.join(study, "runs")
-    if not os.path.isdir(runs):
-        raise ValueError(f"{runs} not found: pass --study the verdict study's folder")
-    out = []
-    for name in sorted(os.listdir(runs)):
-        run_dir = os.path.join(runs, name)
-        if "_random_" in name or not os.path.isfile(os.path.join(run_dir, "metrics.json")):
-            continue
-        out.append((run_dir, read_json(os.path.join(run_dir, "config.json")), read_json(os.path.join(run_dir, "metrics.json"))))
-    return out
 
 
 def diagnostics(run_dir: str) -> dict:
@@ -85,16 +72,14 @@ def diagnostics(run_dir: str) -> dict:
 @torch.no_grad()
 def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> pd.DataFrame:
     """Per clip setting, network and class: clip share, radius mean and std, the weights' coefficient of variation."""
-    from hddgeo.geometry.lorentz import inv_sinhc
-
-    kt, sk = torch.tensor(k, dtype=torch.float64), k ** 0.5
+    M, sk = geoopt.Lorentz(k), k ** 0.5
     rows = []
     for j, net in enumerate(nets):
         for c, images in images_by_class.items():
             v = embed(net, images).double()
             for clip in clips:
-                r = radius_(lift_(v, kt, clip), kt)
-                w = inv_sinhc(r / sk)
+                z = hddgeo.lift(v, M, max_norm=clip)
+                r, w = hddgeo.radius(z, M), hddgeo.hierarchical_weights(z, M)
                 rows.append({"clip": "none" if clip is None else clip, "network": j, "class": c,
                              "clip_share": float((v.norm(dim=-1) / sk >= clip).double().mean()) if clip else 0.0,
                              "radius_mean": float(r.mean()), "radius_std": float(r.std()),
@@ -105,12 +90,12 @@ def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> 
 @torch.no_grad()
 def radii(images_by_class: dict, nets: list, k: float) -> np.ndarray:
     """``(nets, classes)`` mean unclipped geodesic radius of each class's images under each network."""
-    kt = torch.tensor(k, dtype=torch.float64)
+    M = geoopt.Lorentz(k)
     out = np.zeros((len(nets), len(images_by_class)))
     for j, net in enumerate(nets):
         for i, images in enumerate(images_by_class.values()):
             v = embed(net, images).double()
-            out[j, i] = float(radius_(lift_(v, kt, None), kt).mean())
+            out[j, i] = float(hddgeo.radius(hddgeo.lift(v, M, max_norm=None), M).mean())
     return out
 
 
@@ -119,7 +104,7 @@ def weights_and_difficulty(cells: list, dataset, nets: list, most: int) -> pd.Da
     trained on DM synthetic sets of the largest IPC, that misclassify them)."""
     from scipy.stats import spearmanr
 
-    from hddgeo.distill.runner import DistillConfig, eval_augment
+    from hddgeo.distill.runner import eval_augment
     from hddgeo.distill.synset import SyntheticSet
     from hddgeo.evaluate import train_and_test
     from hddgeo.seeds import RunSeeds
@@ -127,21 +112,22 @@ def weights_and_difficulty(cells: list, dataset, nets: list, most: int) -> pd.Da
     dm = [(d, c) for d, c, m in cells if m["method"] == "dm" and os.path.isfile(os.path.join(d, "synset.pt"))]
     if not dm:
         return pd.DataFrame()
-    ipc = max(c["ipc"] for _, c in dm)
-    dm = [(d, c) for d, c in dm if c["ipc"] == ipc][:most]
+    ipc = max(c.ipc for _, c in dm)
+    dm = [(d, c) for d, c in dm if c.ipc == ipc][:most]
     wrong = torch.zeros(len(dataset.test_labels))
     for run_dir, cfg in dm:
         syn = SyntheticSet.load(os.path.join(run_dir, "synset.pt"))
         res = train_and_test(syn["images"].float(), syn["train_labels"].long(), dataset.test_images,
-                             dataset.test_labels, model=cfg["model"], num_classes=dataset.num_classes,
-                             epochs=cfg["final_eval_epochs"], augment=eval_augment(DistillConfig.from_json(cfg)),
-                             seed=RunSeeds.of(DistillConfig.from_json(cfg)).eval_networks("final", 1)[0],
+                             dataset.test_labels, model=cfg.model, num_classes=dataset.num_classes,
+                             epochs=cfg.final_eval_epochs, augment=eval_augment(cfg),
+                             seed=RunSeeds.of(cfg).eval_networks("final", 1)[0],
                              per_image=True)
         wrong += (~res["correct"]).float()
     wrong /= len(dm)
-    kt = torch.tensor(float(dm[0][1]["k"]), dtype=torch.float64)
+    M = geoopt.Lorentz(float(dm[0][1].k))
     with torch.no_grad():
-        r = torch.stack([radius_(lift_(embed(net, dataset.test_images).double(), kt, None), kt) for net in nets]).mean(0)
+        r = torch.stack([hddgeo.radius(hddgeo.lift(embed(net, dataset.test_images).double(), M, max_norm=None), M)
+                         for net in nets]).mean(0)
     rows = []
     for c in range(dataset.num_classes):
         mask = dataset.test_labels == c
@@ -157,33 +143,30 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--nets", type=int, default=3, help="random feature networks")
     p.add_argument("--real-per-class", type=int, default=512, help="real training images per class")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST files (default: the cells')")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--difficulty", type=int, default=0, metavar="N",
                    help="also relate the weights to per-image test difficulty, from networks trained on up to N DM "
                         "synthetic sets (0: not measured; each network costs as much as one of a cell's evaluation)")
     args = p.parse_args(argv)
     if args.nets < 1 or args.real_per_class < 2:
         raise ValueError("--nets must be at least 1 and --real-per-class at least 2")
-    torch.set_num_threads(args.threads)
-    cells = finished_cells(args.study)
-    if not cells:
-        raise ValueError(f"no finished cell in {args.study}/runs")
+    torch.set_num_threads(1)  # the measures were made on one thread (sums in another order round differently)
+    cells = finished_cells(args.study, baselines=False)
     dataset = None
     real_radius = {}  # k -> (nets, classes)
     rows = []
     for run_dir, cfg, metrics in cells:
-        row = {"cell": os.path.basename(run_dir), "method": metrics["method"], "ipc": cfg["ipc"], "seed": cfg["seed"],
-               "k": cfg["k"], "max_norm": cfg["max_norm"], **diagnostics(run_dir)}
+        row = {"cell": os.path.basename(run_dir), "method": metrics["method"], "ipc": cfg.ipc, "seed": cfg.seed,
+               "k": cfg.k, "max_norm": cfg.max_norm, **diagnostics(run_dir)}
         synset = os.path.join(run_dir, "synset.pt")
         if os.path.isfile(synset):
             from hddgeo.distill.synset import SyntheticSet
 
             if dataset is None:
-                dataset = load_dataset(cfg["dataset"], data_root=args.data_root or cfg.get("data_root"))
-                nets = [fresh_network(cfg["model"], dataset, NETWORK_SEED + j).eval() for j in range(args.nets)]
+                dataset = load_dataset(cfg.dataset, data_root=args.data_root or cfg.data_root)
+                nets = [fresh_network(cfg.model, dataset, NETWORK_SEED + j).eval() for j in range(args.nets)]
                 real = {c: dataset.train_images[dataset.train_labels == c][:args.real_per_class]
                         for c in range(dataset.num_classes)}
-            k = float(cfg["k"])
+            k = float(cfg.k)
             if k not in real_radius:
                 real_radius[k] = radii(real, nets, k)
             syn = SyntheticSet.load(synset)
@@ -197,7 +180,7 @@ def main(argv=None) -> pd.DataFrame:
     weights = pd.DataFrame()
     if dataset is not None:
         clips = tuple(dict.fromkeys([10.0] + [c for c in table["max_norm"] if c == c and c is not None] + [None]))
-        weights = weight_spread(real, nets, float(cells[0][1]["k"]), clips)
+        weights = weight_spread(real, nets, float(cells[0][1].k), clips)
         write_csv(os.path.join(args.study, "mechanism_weights.csv"), weights)
 
     difficulty = pd.DataFrame()
@@ -206,23 +189,19 @@ def main(argv=None) -> pd.DataFrame:
         write_csv(os.path.join(args.study, "mechanism_difficulty.csv"), difficulty)
 
     paired = []
-    for column, what in (("root_bias", "synthetic - real radius"),):
-        if column not in table:
-            continue
-        for ipc in sorted(table["ipc"].unique()):
-            at = table[table["ipc"] == ipc].pivot_table(index="seed", columns="method", values=column)
-            for method in at.columns:
-                values = at[method].dropna()
-                low, high = stats.t_interval(values.values)
-                paired.append({"quantity": what, "ipc": ipc, "of": method, "seeds": len(values),
-                               "mean": float(values.mean()), "ci_low": low, "ci_high": high})
-            for a, b in PAIRS:
-                if a in at and b in at:
-                    diff = (at[a] - at[b]).dropna()
-                    if len(diff):
-                        low, high = stats.t_interval(diff.values)
-                        paired.append({"quantity": what, "ipc": ipc, "of": f"{a} − {b}", "seeds": len(diff),
-                                       "mean": float(diff.mean()), "ci_low": low, "ci_high": high})
+
+    def interval(ipc, of, values):  # the mean root bias over seeds, with its 95 % t interval
+        low, high = stats.t_interval(values.values)
+        paired.append({"quantity": "synthetic - real radius", "ipc": ipc, "of": of, "seeds": len(values),
+                       "mean": float(values.mean()), "ci_low": low, "ci_high": high})
+
+    for ipc in sorted(table["ipc"].unique()) if "root_bias" in table else []:
+        at = table[table["ipc"] == ipc].pivot_table(index="seed", columns="method", values="root_bias")
+        for method in at.columns:
+            interval(ipc, method, at[method].dropna())
+        for a, b in PAIRS:
+            if a in at and b in at and len((at[a] - at[b]).dropna()):
+                interval(ipc, f"{a} − {b}", (at[a] - at[b]).dropna())
     paired = pd.DataFrame(paired)
     write_csv(os.path.join(args.study, "mechanism_paired.csv"), paired)
     shown = paired.copy()
@@ -258,4 +237,6 @@ def main(argv=None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
+    from hddgeo.cli import run_main
+
     sys.exit(run_main(main))

@@ -21,6 +21,9 @@ import sys
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from studyfolder import curves_plot, finished_cells, logs
+
 from hddgeo import stats
 from hddgeo.rundir import write_csv, write_text
 from hddgeo.tables import markdown_table
@@ -177,42 +180,6 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     plt.close(fig)
 
 
-def curves_plot(study: str, table: pd.DataFrame, path: str) -> bool:
-    """Accuracy (periodic evaluation) and loss against iterations, mean over seeds per method, for the cells that
-    evaluated periodically; False when none did."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logs = []
-    for run_dir in dict.fromkeys(table["run_dir"]):
-        log_path = os.path.join(study, run_dir, "log.csv")
-        if not os.path.isfile(log_path):
-            continue
-        log = pd.read_csv(log_path)
-        if "eval_acc" in log and log["eval_acc"].notna().any():
-            m = table.loc[table["run_dir"] == run_dir].iloc[0]
-            logs.append(log.assign(method=m["method"], ipc=m["ipc"], seed=m["seed"]))
-    if not logs:
-        return False
-    logs = pd.concat(logs, ignore_index=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, g in logs.groupby("method"):
-        acc = g.dropna(subset=["eval_acc"]).groupby("iteration")["eval_acc"].agg(["mean", "min", "max"])
-        axes[0].plot(acc.index, 100 * acc["mean"], marker="o", label=method)
-        axes[0].fill_between(acc.index, 100 * acc["min"], 100 * acc["max"], alpha=0.15)
-        loss = g.groupby("iteration")["loss"].mean()
-        axes[1].plot(loss.index, loss.values, label=method)
-    axes[0].set(xlabel="iteration", ylabel="test accuracy (%), periodic evaluation", title="accuracy (band: seeds' range)")
-    axes[1].set(xlabel="iteration", ylabel="matching loss (own scale per method)", yscale="log", title="loss")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return True
-
-
 def cmd_figures(args) -> int:
     from hddgeo.distill.spec import load_spec
 
@@ -225,7 +192,9 @@ def cmd_figures(args) -> int:
         forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,
                     f"{spec.name} ({args.table}.csv): differences paired by seed")
         print(f"wrote {os.path.join(out, 'forest.png')} ({len(rows)} rows)")
-    if curves_plot(args.study, table, os.path.join(out, "curves.png")):
+    runs = {os.path.normpath(os.path.join(args.study, d)) for d in table["run_dir"]}
+    cells = [c for c in finished_cells(args.study, baselines=False) if os.path.normpath(c[0]) in runs]
+    if cells and curves_plot(logs(cells), os.path.join(out, "curves.png")):
         print(f"wrote {os.path.join(out, 'curves.png')}")
     else:
         print("no cell evaluated periodically yet: no curves")
@@ -243,12 +212,10 @@ def main(argv=None) -> int:
     f.add_argument("--table", default="results", help="the long table's name in the study folder")
     f.add_argument("--spec", default="fashionmnist_verdict_v2")
     args = p.parse_args(argv)
-    try:
-        return {"design": cmd_design, "figures": cmd_figures}[args.command](args)
-    except (ValueError, OSError, KeyError) as err:
-        print(f"verdict_v2: error: {err}", file=sys.stderr)
-        return 2
+    return {"design": cmd_design, "figures": cmd_figures}[args.command](args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hddgeo.cli import run_main
+
+    sys.exit(run_main(main))

@@ -118,7 +118,7 @@ def _class_rows(label: int, v: torch.Tensor, M, max_norm: Optional[float], featu
     return cols
 
 
-def sample_table(features_by_class: FeaturesByClass, k: float = 1.0, max_norm: Optional[float] = 10.0,
+def sample_table(features_by_class: FeaturesByClass, *, k: float = 1.0, max_norm: Optional[float] = 10.0,
                  feature_scale: float = 1.0) -> pd.DataFrame:
     """One row per sample: its hierarchy level and what it contributes to its class's centroids.
 
@@ -167,7 +167,7 @@ def _as_list(values, name: str) -> list:
     return values
 
 
-def spread_samples(features_by_class: FeaturesByClass, ks: Iterable[float] = (1.0,),
+def spread_samples(features_by_class: FeaturesByClass, *, ks: Iterable[float] = (1.0,),
                    max_norms: Iterable[Optional[float]] = (10.0,),
                    feature_scales: Iterable[float] = (1.0,)) -> pd.DataFrame:
     """Long-form radii and weights of every sample under every ``(k, max_norm, feature_scale)`` setting.
@@ -193,7 +193,7 @@ def spread_samples(features_by_class: FeaturesByClass, ks: Iterable[float] = (1.
     return pd.concat(frames, ignore_index=True)
 
 
-def spread_table(features_by_class: FeaturesByClass, ks: Iterable[float] = (1.0,),
+def spread_table(features_by_class: FeaturesByClass, *, ks: Iterable[float] = (1.0,),
                  max_norms: Iterable[Optional[float]] = (10.0,), feature_scales: Iterable[float] = (1.0,),
                  samples: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per ``(k, max_norm, feature_scale)`` setting: how spread out radii and weights are.
@@ -208,7 +208,7 @@ def spread_table(features_by_class: FeaturesByClass, ks: Iterable[float] = (1.0,
     ``samples`` reuses a frame from :func:`spread_samples` instead of recomputing it.
     """
     if samples is None:
-        samples = spread_samples(features_by_class, ks, max_norms, feature_scales)
+        samples = spread_samples(features_by_class, ks=ks, max_norms=max_norms, feature_scales=feature_scales)
     rows = []
     for setting, g in samples.groupby("setting", sort=False):
         r, w = g["radius"].to_numpy(), g["weight"].to_numpy()
@@ -231,7 +231,7 @@ def _rank_key(level: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(level, dtype=np.float64), 10)
 
 
-def root_and_leaf(table: pd.DataFrame, n: int = 8, by: str = "radius") -> tuple:
+def root_and_leaf(table: pd.DataFrame, *, n: int = 8, by: str = "radius") -> tuple:
     """The ``n`` most root-level and ``n`` most leaf-level samples of each class of a :func:`sample_table`.
 
     ``by="radius"`` (default) orders by radius (smallest = root), which is the same order as by
@@ -290,7 +290,7 @@ def _keep(primary: np.ndarray, tie: np.ndarray, fraction: float) -> np.ndarray:
     return np.sort(order[: kept_count(len(primary), fraction)])
 
 
-def prune_by_level(features, fraction: float, level: str = "radius", k: float = 1.0,
+def prune_by_level(features, fraction: float, *, level: str = "radius", k: float = 1.0,
                    max_norm: Optional[float] = 10.0, labels: Optional[torch.Tensor] = None,
                    feature_scale: float = 1.0):
     """Hierarchical pruning (paper §4.3, Eq. 20): keep the most root-level ``fraction`` of every class.

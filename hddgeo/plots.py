@@ -28,7 +28,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
 from .geometry import karcher_mean, law_centroid, lift, radius
-from .geometry.lorentz import check_points, frame_logs_, manifold_k
+from .geometry._math import _frame_logs
+from .geometry.lorentz import check_points, manifold_k
 from .rundir import load_tensors, read_json, write_file
 from .tables import markdown_table as save_table_md  # re-exported for the studies (in __all__)
 
@@ -138,9 +139,9 @@ def _complete_basis(V: list, d: int, dtype) -> torch.Tensor:
 
 def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
                         axes: str = "pca") -> PoincareProjection:
-    """Project one class's real and synthetic points onto a Poincare disk, respecting the geometry.
+    """Project one class's real and synthetic points onto a Poincaré disk, respecting the geometry.
 
-    1. ``m`` = Karcher mean of the real points (the exact Frechet mean).
+    1. ``m`` = Karcher mean of the real points (the exact Fréchet mean).
     2. Every point ``z`` (real, synthetic, the four centroids and the hyperboloid's origin) is mapped to
        ``Log_m(z)`` in the tangent space ``T_m``, written in an orthonormal frame of ``T_m`` (so the
        Riemannian metric is the Euclidean dot product, and ``|Log_m(z)| = d(m, z)``).
@@ -151,7 +152,7 @@ def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
        reads as "towards the projected origin marker".
     4. Log vectors are projected orthogonally onto those two directions, giving tangent vectors of the
        2-D hyperbolic plane with curvature ``-1/k``; its exponential map at the centre followed by the
-       map to the Poincare disk of radius ``sqrt(k)`` gives the plotted point.
+       map to the Poincaré disk of radius ``sqrt(k)`` gives the plotted point.
 
     Along the two directions nothing is distorted: the distance of a projected point from the centre
     is the length of its projected log vector, angles at ``m`` are kept, and points lying on the
@@ -159,7 +160,46 @@ def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
     there).  Off that plane, projected points are closer to the centre than the real ones
     (``explained`` says how much of the spread the picture keeps).
 
-    ``z_real`` ``(n, d+1)`` and ``z_syn`` ``(m, d+1)`` (or ``None`` / empty) are points on ``M``.
+    Parameters
+    ----------
+    z_real : torch.Tensor
+        The class's real points on ``M``, shape ``(n, d+1)``, ``n >= 1``.
+    z_syn : torch.Tensor or None
+        Its synthetic points, shape ``(m, d+1)``; ``None`` or empty for none.
+    M : geoopt.Lorentz
+        The manifold.
+    axes : {"pca", "root"}, optional
+        How the two directions are chosen (step 3).
+
+    Returns
+    -------
+    PoincareProjection
+        The projected points and centroids, ``explained`` and the full-space centroid distances.
+
+    Raises
+    ------
+    TypeError
+        A point set is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
+    ValueError
+        A point is not finite or not on ``M``, ``z_real`` is empty or not 2-D, or ``axes`` is unknown.
+
+    See Also
+    --------
+    plot_poincare_disk : draws the result.
+
+    Examples
+    --------
+    >>> import geoopt, torch, hddgeo
+    >>> from hddgeo.plots import poincare_projection
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> real = hddgeo.lift(1.0 + 0.5 * torch.randn(50, 8, generator=g), M)
+    >>> syn = hddgeo.lift(1.0 + 0.5 * torch.randn(3, 8, generator=g), M)
+    >>> proj = poincare_projection(real, syn, M, axes="root")
+    >>> proj.real.shape, proj.syn.shape, 0 < proj.explained <= 1
+    ((50, 2), (3, 2), True)
+    >>> bool((abs(proj.real) < proj.disk_radius).all())          # inside the disk of radius sqrt(k)
+    True
     """
     if axes not in ("pca", "root"):
         raise ValueError(f"axes must be 'pca' or 'root', got {axes!r}")
@@ -186,7 +226,7 @@ def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
     def logs(points: torch.Tensor) -> torch.Tensor:
         if points.shape[0] == 0:
             return points.new_zeros((0, d))
-        return frame_logs_(ms, points[:, 1:], sk)[0]
+        return _frame_logs(ms, points[:, 1:], sk)[0]
 
     L_real = logs(zr)
     origin_log = logs(zr.new_zeros((1, d + 1)))[0]
@@ -225,7 +265,7 @@ def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
 
 
 def _dist(x: torch.Tensor, y: torch.Tensor, sk: float) -> torch.Tensor:
-    return frame_logs_(x[1:].unsqueeze(0), y[1:].unsqueeze(0), sk)[1][0] * sk
+    return _frame_logs(x[1:].unsqueeze(0), y[1:].unsqueeze(0), sk)[1][0] * sk
 
 
 # ----------------------------------------------------------------------------- disk plot
@@ -260,7 +300,42 @@ def plot_poincare_disk(ax, proj: PoincareProjection, title: Optional[str] = None
     ``sqrt(k)``) from the centre (the real Karcher mean), the real points (small, translucent), the
     synthetic points (large, outlined), the four centroids (``X`` = Karcher mean, hollow square = Law
     centroid; blue = real, red = synthetic) and the projected origin of the hyperboloid (black triangle).
-    Returns ``ax``.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    proj : PoincareProjection
+        From :func:`poincare_projection`.
+    title : str, optional
+        The axes' title.
+    rings : sequence of float, optional
+        Geodesic distances from the centre, in units of ``sqrt(k)``, drawn as dashed circles.
+    legend : bool, optional
+        Draw the legend of the markers on ``ax`` (:func:`disk_legend_handles` gives its handles).
+    real_label, syn_label : str, optional
+        The legend's names of the two sets.
+    ring_labels : bool, optional
+        Label the rings with their distances.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax``.
+
+    Examples
+    --------
+    >>> import geoopt, matplotlib, torch, hddgeo
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> from hddgeo.plots import plot_poincare_disk, poincare_projection
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> proj = poincare_projection(hddgeo.lift(torch.randn(40, 6, generator=g), M), None, M)
+    >>> fig, ax = plt.subplots()
+    >>> plot_poincare_disk(ax, proj, title="class 0", legend=True) is ax
+    True
+    >>> plt.close(fig)
     """
     R = proj.disk_radius
     ax.add_patch(Circle((0, 0), R, fill=False, lw=1.6, color="0.2", zorder=1))
@@ -344,9 +419,49 @@ def plot_radius_histograms(ax, r_real, r_syn, bins: int = 30, title: Optional[st
 
     Each histogram integrates to one, so a small synthetic set compares with a large real one; a
     synthetic histogram shifted to the left is the root-centric bias of §4.5.  Dashed lines mark the
-    means.  ``clip`` is the radius the run's clip puts points at (:func:`clip_radius`): the points there
-    are counted in a note on the axes, so a single bar reads as the clip's doing.  ``legend``: ``"inside"``
-    (upper left, above the bars) or ``"none"`` (the caller draws one, e.g. below the figure).  Returns ``ax``.
+    means.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    r_real, r_syn : array_like
+        Radii (:func:`hddgeo.radius`) of the real and the synthetic points, any shape (flattened).
+    bins : int, optional
+        Histogram bins, shared by both sets.
+    title : str or None, optional
+        The axes' title.
+    real_label, syn_label : str, optional
+        The legend's names of the two sets.
+    clip : float, optional
+        The radius the run's clip puts points at (:func:`clip_radius`): the points there are counted in a note
+        on the axes, so a single bar reads as the clip's doing.
+    legend : {"inside", "none"}, optional
+        ``"inside"`` (upper left, above the bars) or ``"none"`` (the caller draws one, e.g. below the figure).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax``.
+
+    References
+    ----------
+    W. Li et al., "Hyperbolic Dataset Distillation", NeurIPS 2025, Fig. 4(d) and Sec. 4.5.
+
+    Examples
+    --------
+    >>> import geoopt, matplotlib, torch, hddgeo
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> from hddgeo.plots import clip_radius, plot_radius_histograms
+    >>> M = geoopt.Lorentz(k=1.0)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> r_real = hddgeo.radius(hddgeo.lift(3 * torch.randn(200, 8, generator=g), M, max_norm=10.0), M)
+    >>> r_syn = hddgeo.radius(hddgeo.lift(2 * torch.randn(10, 8, generator=g), M, max_norm=10.0), M)
+    >>> fig, ax = plt.subplots()
+    >>> plot_radius_histograms(ax, r_real, r_syn, clip=clip_radius(1.0, 10.0)) is ax
+    True
+    >>> plt.close(fig)
     """
     r_real = np.asarray(torch.as_tensor(r_real).detach().cpu().double().flatten())
     r_syn = np.asarray(torch.as_tensor(r_syn).detach().cpu().double().flatten())
@@ -400,8 +515,9 @@ def plot_weight_spread(samples: pd.DataFrame, fig=None):
                           rel_weight=samples["weight"] / samples["setting"].map(med["weight"]))
     with _style():
         if fig is None:
-            fig = plt.figure(figsize=(max(9.0, 2.2 * len(order) + 3.0), 5.4), layout="constrained")
-        ax_r, ax_w = fig.subplots(1, 2)
+            # one panel above the other, so that a page shows the figure at full width whatever the settings
+            fig = plt.figure(figsize=(max(7.0, 1.15 * len(order) + 1.5), 9.0), layout="constrained")
+        ax_r, ax_w = fig.subplots(2, 1)
         palette = sns.color_palette("deep", len(order))
         kw = dict(data=data, x="setting", order=order, hue="setting", hue_order=order, palette=palette, legend=False,
                   fliersize=2, width=0.5)
@@ -412,8 +528,6 @@ def plot_weight_spread(samples: pd.DataFrame, fig=None):
         ax_w.set_yscale("log")
         plain_fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
         ax_w.yaxis.set_major_formatter(plain_fmt)
-        ax_w.yaxis.set_minor_formatter(plain_fmt)
-        ax_w.tick_params(axis="y", which="minor", labelsize="x-small")
         ax_r.set_title("radius r = d(o, z), relative to its median")
         ax_w.set_title("weight w(r), relative to its median")
         ax_r.set_ylabel("r / median r")
@@ -425,6 +539,11 @@ def plot_weight_spread(samples: pd.DataFrame, fig=None):
         lo, hi = ax_w.get_ylim()
         lo, hi = min(lo, 0.5), max(hi, 2.0)
         ax_w.set_ylim(lo, hi * (hi / lo) ** 0.25)
+        if hi / lo < 30:  # within about a decade the minor ticks need labels; over several they would overlap
+            ax_w.yaxis.set_minor_formatter(plain_fmt)
+            ax_w.tick_params(axis="y", which="minor", labelsize="x-small")
+        else:
+            ax_w.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for i, s in enumerate(order):
             w = samples.loc[samples["setting"] == s, "weight"].to_numpy()
             ax_w.text(i, hi * (hi / lo) ** 0.1, f"max/min\n{w.max() / w.min():.3g}", ha="center", va="center",
@@ -541,13 +660,12 @@ def _check_synset(syn: dict, dataset, path: str):
 def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Optional[Sequence[int]] = None, seed: int = 0,
                     per_class: int = 200, axes: str = "pca", root_leaf_n: int = 6,
                     data_root: Optional[str] = None, device=None) -> list:
-    """Figures of a finished run: per-class Poincare disks, radius histograms, root/leaf real images.
+    """Figures of a finished run: per-class Poincaré disks, radius histograms, root/leaf real images.
 
     Loads ``config.json`` and ``synset.pt`` from ``run_dir`` and the run's dataset, embeds the first
     ``per_class`` training images of each class and every synthetic image with one randomly initialised
     network (``cfg["model"]``, seeded by ``seed``: the DM protocol's feature map), lifts them onto
-    ``Lorentz(cfg["k"])`` with the run's clip ``cfg["max_norm"]`` and writes into ``out_dir``
-    (default ``run_dir/plots``):
+    ``Lorentz(cfg["k"])`` with the run's clip ``cfg["max_norm"]`` and writes into ``out_dir``:
 
     * ``poincare_disk.png``: one disk per class (default: the first 10 classes, 5 per row), see
       :func:`poincare_projection` / :func:`plot_poincare_disk`;
@@ -556,10 +674,47 @@ def poincare_report(run_dir: str, out_dir: Optional[str] = None, classes: Option
     * ``root_leaf.png``: the ``root_leaf_n`` real images of each class with the smallest and the largest
       radius (:func:`hddgeo.hierarchy.root_and_leaf`).
 
-    ``data_root`` is where the run's dataset lives (default: the run's own ``data_root``).  ``device`` is
-    where the network embeds the images (default: the CPU); the features come back to the CPU, where the
-    small geometry of a figure and matplotlib run.  Returns the list of PNG paths.  Raises ``ValueError``
-    if ``run_dir`` is not a finished run.
+    Parameters
+    ----------
+    run_dir : str
+        A finished run directory (``hddgeo distill ... --out DIR``).
+    out_dir : str, optional
+        Where the figures go; ``run_dir/plots`` by default.
+    classes : sequence of int, optional
+        The classes drawn; the first 10 by default.
+    seed : int, optional
+        Seeds the random feature network.
+    per_class : int, optional
+        Real training images embedded per class.
+    axes : {"pca", "root"}, optional
+        The disks' directions (:func:`poincare_projection`).
+    root_leaf_n : int, optional
+        Images per class in the root/leaf strip.
+    data_root : str, optional
+        Where the run's dataset lives (default: the run's own ``data_root``).
+    device : str or torch.device, optional
+        Where the network embeds the images (default: the CPU); the features come back to the CPU, where the
+        small geometry of a figure and matplotlib run.
+
+    Returns
+    -------
+    list of str
+        The paths of the PNG files written.
+
+    Raises
+    ------
+    ValueError
+        ``run_dir`` is not a finished run.
+
+    Examples
+    --------
+    A finished run directory gives its figures (the command line does the same with
+    ``hddgeo distill ... --out DIR`` and ``hddgeo plot poincare DIR``):
+
+    >>> from hddgeo.plots import poincare_report
+    >>> paths = poincare_report("runs/digits-hdd")                 # doctest: +SKIP
+    >>> sorted(p.rsplit("/", 1)[-1] for p in paths)                # doctest: +SKIP
+    ['poincare_disk.png', 'radius_hist.png', 'root_leaf.png']
     """
     import geoopt
 

@@ -29,6 +29,23 @@ REQUIRED_COLUMNS = ("method", "ipc", "seed", "network", "acc")
 
 
 def check_long(df: pd.DataFrame) -> pd.DataFrame:
+    """The long accuracy table ``df``, checked: the required columns, at least one row, one row per
+    (method, IPC, seed, network).
+
+    Raises
+    ------
+    ValueError
+        A column is missing, the table is empty, or a result appears twice (a run directory passed twice).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> stats.check_long(df) is df
+    True
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"accuracy table lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}")
@@ -43,7 +60,34 @@ def check_long(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, IPC): mean and sample std (ddof 1) of all (seed, network) accuracies, with the counts."""
+    """Per (method, IPC): the mean and sample standard deviation (ddof 1) of every (seed, network) accuracy.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A long table: ``method``, ``ipc``, ``seed``, ``network``, ``acc`` (a fraction), one row per evaluation network.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``method``, ``ipc``, ``seeds``, ``evaluations``, ``acc_mean``, ``acc_std``.
+
+    Raises
+    ------
+    ValueError
+        The table is not a valid long table (:func:`check_long`).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> stats.summarise(df).round(4)
+           method  ipc  seeds  evaluations  acc_mean  acc_std
+    0          dm    1      4            4    0.5950   0.0129
+    1  dm+hdd/law    1      4            4    0.6125   0.0096
+    """
     df = check_long(df)
     g = df.groupby(["method", "ipc"], sort=False)
     out = g["acc"].agg(acc_mean="mean", acc_std=lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0,
@@ -53,12 +97,41 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean accuracy of each (method, IPC, seed) over its evaluation networks."""
+    """The mean accuracy of each (method, IPC, seed) over its evaluation networks: the unit of replication.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> len(stats.per_seed(df))
+    8
+    """
     return check_long(df).groupby(["method", "ipc", "seed"], sort=False)["acc"].mean().reset_index()
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval for the mean of ``values`` (NaNs for fewer than two values)."""
+    """Student's t interval for the mean of ``values``, with ``n - 1`` degrees of freedom.
+
+    Parameters
+    ----------
+    values : sequence of float
+        Independent replicates (one per seed).
+    confidence : float, optional
+        The interval's coverage (0.95).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``; NaNs for fewer than two values, ``(mean, mean)`` when every value is the same.
+
+    Examples
+    --------
+    >>> from hddgeo.stats import t_interval
+    >>> [round(x, 4) for x in t_interval([0.02, 0.03, 0.01, 0.01])]
+    [0.0023, 0.0327]
+    """
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -72,8 +145,15 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 
 
 def seeds_needed(sd: float, half_width: float, most: int = 50) -> int:
-    """Smallest number of seeds n >= 3 whose 95 % t interval half-width ``t(n-1) sd / sqrt(n)`` is at most
-    ``half_width`` (same units as ``sd``; ``most + 1`` when even ``most`` seeds would not do)."""
+    """The smallest number of seeds ``n >= 3`` whose 95 % t interval half-width ``t(n-1) sd / sqrt(n)`` is at most
+    ``half_width`` (same units as ``sd``); ``most + 1`` when even ``most`` seeds would not do.
+
+    Examples
+    --------
+    >>> from hddgeo.stats import seeds_needed
+    >>> seeds_needed(sd=0.01, half_width=0.005)
+    18
+    """
     from scipy import stats
 
     for n in range(3, most + 1):
@@ -83,12 +163,18 @@ def seeds_needed(sd: float, half_width: float, most: int = 50) -> int:
 
 
 def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
-    """``(a, b)`` pairs worth reading as ``a - b``, among ``methods`` (labels like ``dm+hdd/karcher``).
+    """The ``(a, b)`` pairs worth reading as ``a - b``, among ``methods`` (labels like ``dm+hdd/karcher``).
 
     Every distilled method against the random real images; every matcher variant against its plain
     method (``dm+hdd/law - dm``); among the centroids of one method, matcher and tag, Karcher against each
     approximation and Law against the tangent centroid; and a tagged variant against its untagged label
     (``dm@lr10 - dm``).
+
+    Examples
+    --------
+    >>> from hddgeo.stats import default_pairs
+    >>> default_pairs(["dm", "dm+hdd/law", "dm+hdd/karcher"])
+    [('dm+hdd/law', 'dm'), ('dm+hdd/karcher', 'dm'), ('dm+hdd/karcher', 'dm+hdd/law')]
     """
     methods = list(dict.fromkeys(methods))
     present = set(methods)
@@ -146,7 +232,14 @@ def variance_components(df: pd.DataFrame, a: str, b: str, ipc: int) -> dict:
 
 def half_width(between: float, within: float, seeds: int, networks: int, confidence: float = 0.95) -> float:
     """The expected half-width of the t interval of a paired difference over ``seeds`` seeds with ``networks``
-    evaluation networks each, for the variance components of :func:`variance_components`."""
+    evaluation networks each, for the variance components of :func:`variance_components`.
+
+    Examples
+    --------
+    >>> from hddgeo.stats import half_width
+    >>> round(half_width(between=1e-4, within=4e-4, seeds=5, networks=4), 4)
+    0.0176
+    """
     from scipy import stats
 
     return float(stats.t.ppf(0.5 + confidence / 2, seeds - 1) * np.sqrt((between + within / networks) / seeds))
@@ -156,7 +249,14 @@ def welch_interval(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: fl
                    confidence: float = 0.95) -> tuple[float, float]:
     """Welch's interval for ``mean_a - mean_b`` from two reported ``mean ± sd`` over ``n_a`` and ``n_b`` runs (sample
     standard deviations): what a paper's "72.1 ± 0.2 vs 70.7 ± 0.6 over 3 runs" says about its difference, unpaired
-    because the paper gives no pairing."""
+    because the paper gives no pairing.
+
+    Examples
+    --------
+    >>> from hddgeo.stats import welch_interval
+    >>> [round(x, 2) for x in welch_interval(72.1, 0.2, 3, 70.7, 0.6, 3)]
+    [0.07, 2.73]
+    """
     from scipy import stats
 
     va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
@@ -171,10 +271,43 @@ def welch_interval(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: fl
 
 def paired_differences(df: pd.DataFrame, pairs: Optional[Iterable[tuple[str, str]]] = None,
                        confidence: float = 0.95) -> pd.DataFrame:
-    """For each pair ``(a, b)`` and IPC: the mean over seeds of (acc of ``a`` - acc of ``b``), its t interval,
-    and on how many of the shared seeds the difference is positive.
+    """For each pair ``(a, b)`` and IPC: the mean over seeds of ``acc(a) - acc(b)``, its t interval, and on how many of
+    the shared seeds the difference is positive.
 
-    Only seeds that both methods ran are used (``seeds`` says how many); pairs with no shared seed are left out.
+    Networks of one seed are averaged first (:func:`per_seed`); only seeds that both methods ran are used
+    (``seeds`` says how many); pairs with no shared seed are left out.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A long accuracy table (:func:`check_long`).
+    pairs : iterable of (str, str), optional
+        The differences ``a - b`` to take; :func:`default_pairs` of the table's methods by default.
+    confidence : float, optional
+        The intervals' coverage (0.95).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ipc``, ``a``, ``b``, ``seeds``, ``diff_mean``, ``ci_low``, ``ci_high``, ``positive``,
+        ``excludes_zero``.
+
+    Raises
+    ------
+    ValueError
+        The table is not a valid long table.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> d = stats.paired_differences(df)
+    >>> d[["a", "b", "seeds", "positive", "excludes_zero"]].to_dict("records")
+    [{'a': 'dm+hdd/law', 'b': 'dm', 'seeds': 4, 'positive': 4, 'excludes_zero': True}]
+    >>> round(float(d.diff_mean[0]), 4), round(float(d.ci_low[0]), 4), round(float(d.ci_high[0]), 4)
+    (0.0175, 0.0023, 0.0327)
     """
     seeds = per_seed(df)
     pairs = default_pairs(seeds["method"]) if pairs is None else list(pairs)
@@ -201,7 +334,17 @@ def _pct(x: float, digits: int = 1) -> str:
 
 
 def summary_wide(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per method, one ``mean ± std`` column (%) per IPC."""
+    """One row per method, one ``mean ± std`` column (%) per IPC, from :func:`summarise`.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> stats.summary_wide(stats.summarise(df))["IPC 1"].tolist()
+    ['59.5 ± 1.3', '61.3 ± 1.0']
+    """
     t = summary.assign(cell=[f"{_pct(m)} ± {_pct(s)}" for m, s in zip(summary.acc_mean, summary.acc_std)])
     wide = t.pivot_table(index="method", columns="ipc", values="cell", aggfunc="first", sort=False)
     wide.columns = [f"IPC {c}" for c in wide.columns]
@@ -209,7 +352,18 @@ def summary_wide(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def differences_view(diffs: pd.DataFrame) -> pd.DataFrame:
-    """Readable paired differences: ``a - b``, mean and interval in accuracy points, positive seeds."""
+    """Readable paired differences, from :func:`paired_differences`: ``a - b``, the mean and the interval in
+    accuracy points, the seeds with a positive difference.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> stats.differences_view(stats.paired_differences(df))["95% CI"].tolist()
+    ['[+0.23, +3.27]']
+    """
     return pd.DataFrame({
         "IPC": diffs["ipc"],
         "difference": [f"{a} − {b}" for a, b in zip(diffs["a"], diffs["b"])],
@@ -222,7 +376,18 @@ def differences_view(diffs: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(df: pd.DataFrame, pairs=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """``(summary, paired differences, markdown of both)`` for a long accuracy table."""
+    """``(summary, paired differences, markdown of both)`` for a long accuracy table.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from hddgeo import stats
+    >>> df = pd.DataFrame({"method": ["dm", "dm+hdd/law"] * 4, "ipc": 1, "network": 0,
+    ...                    "seed": [0, 0, 1, 1, 2, 2, 3, 3], "acc": [0.60, 0.62, 0.58, 0.61, 0.61, 0.62, 0.59, 0.60]})
+    >>> summary, diffs, text = stats.report(df)
+    >>> text.splitlines()[0]
+    'Accuracy (%), mean ± std over every (seed, evaluation network):'
+    """
     summary = summarise(df)
     diffs = paired_differences(df, pairs)
     text = ("Accuracy (%), mean ± std over every (seed, evaluation network):\n\n" + markdown_table(summary_wide(summary))

@@ -10,7 +10,7 @@ import torch
 REAL_FASHIONMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Every device a test that builds tensors runs on: the CPU always, CUDA where torch sees a GPU (elsewhere those
-# cases skip with the reason).  ``pytest -k cuda`` selects the CUDA cases (experiments/gpu_check.py runs them).
+# cases skip with the reason).  ``pytest -k cuda`` selects the CUDA cases (benchmarks/gpu_check.py runs them).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="torch sees no CUDA GPU"))]
 

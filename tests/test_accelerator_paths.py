@@ -209,8 +209,8 @@ def test_dance_refuses_a_batch_that_does_not_split_into_its_classes():
 def test_the_joint_karcher_solve_gives_each_sides_mean(m):
     """Padding a side with zero-weight copies of its first point and solving both sides at once leaves each
     mean and its gradients where the separate solves put them."""
-    from hddgeo.geometry.centroids import centroid_
-    from hddgeo.geometry.lorentz import lift_
+    from hddgeo.geometry.centroids import _centroid
+    from hddgeo.geometry._math import _lift
     from hddgeo.losses import _karcher_together
 
     g = torch.Generator().manual_seed(m)
@@ -220,12 +220,12 @@ def test_the_joint_karcher_solve_gives_each_sides_mean(m):
     cot = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
     results = []
     for together in (False, True):
-        zr, zs = lift_(vr, kt, 10.0), lift_(vs, kt, 10.0)
+        zr, zs = _lift(vr, kt, 10.0), _lift(vs, kt, 10.0)
         wr, ws = torch.full((3, 5), 0.2, dtype=torch.float64), torch.full((3, m), 1.0 / m, dtype=torch.float64)
         if together:
             cr, cs = _karcher_together(zr, wr, zs, ws, kt, 1.0, {})
         else:
-            cr, cs = centroid_(zr, wr, kt, "karcher", k_val=1.0), centroid_(zs, ws, kt, "karcher", k_val=1.0)
+            cr, cs = _centroid(zr, wr, kt, "karcher", k_val=1.0), _centroid(zs, ws, kt, "karcher", k_val=1.0)
         grads = torch.autograd.grad((cr * cot[0]).sum() + (cs * cot[1]).sum(), (vr, vs))
         results.append((cr.detach(), cs.detach()) + grads)
     for a, b in zip(*results):

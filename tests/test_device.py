@@ -1,7 +1,7 @@
 """One device for a whole run: resolution, placement of every tensor, portable files, autocast, determinism.
 
 Tests that build tensors take the ``device`` fixture (tests/conftest.py): on a CPU-only machine the CUDA
-cases skip with a reason; ``pytest -k cuda`` runs them where a GPU is (experiments/gpu_check.py does).
+cases skip with a reason; ``pytest -k cuda`` runs them where a GPU is (benchmarks/gpu_check.py does).
 """
 import geoopt
 import pytest
@@ -16,7 +16,7 @@ from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.distill.runner import read_back
 from hddgeo.evaluate import train_and_test
 from hddgeo.geometry import karcher_mean, law_centroid, lift
-from hddgeo.geometry.lorentz import maybe_any
+from hddgeo.geometry._math import maybe_any
 from hddgeo.losses import hdd_loss
 from hddgeo.rundir import load_tensors
 

@@ -8,7 +8,7 @@ import torch
 import hddgeo.distill.geodm as geodm
 from hddgeo.distill import DistillConfig, build_method, prepare, run_distillation
 from hddgeo.distill._hooks import RunInterrupted, stop_after
-from hddgeo.geometry.lorentz import lift_
+from hddgeo.geometry._math import _lift
 
 ot = pytest.importorskip("ot")
 
@@ -48,7 +48,7 @@ def test_pairwise_distances_match_geoopt_manifolds():
     K = torch.tensor(0.7, dtype=torch.float64)
     hyp = geodm.pairwise_sq_dist(x, y, "hyperbolic", K)
     L = geoopt.Lorentz(k=1 / K)
-    zx, zy = lift_(x, 1 / K), lift_(y, 1 / K)
+    zx, zy = _lift(x, 1 / K), _lift(y, 1 / K)
     assert torch.allclose(hyp, L.dist(zx[:, :, None], zy[:, None]) ** 2, atol=1e-10)
     sph = geodm.pairwise_sq_dist(x, y, "spherical", K)
     R = 1 / K.sqrt()

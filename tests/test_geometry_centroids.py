@@ -118,7 +118,7 @@ def test_centroid_of_a_single_far_out_point_is_never_silently_non_finite(method,
     if method == "karcher":
         # float64 spatial coordinates of size sqrt(k) sinh(r/sqrt(k)) resolve ~eps sinh(r/sqrt(k)) sqrt(k)
         # (4e-10 sqrt(k) at radius 16), below the default Karcher tol: ask for a reachable tolerance
-        kw = {"tol": 1e-8 * sk} if radius < 30 else {"max_iter": 10}
+        kw = {"tol": 1e-8 * sk, "warn": False} if radius < 30 else {"max_iter": 10, "warn": False}
     for copies in (1, 3):
         z = pts.unsqueeze(-2).expand(4, copies, 6)
         try:
@@ -430,10 +430,123 @@ def test_karcher_max_iter_zero_returns_the_law_centroid_and_reports_not_converge
     k = 1.0
     M = manifold(k)
     z, _, _ = wide_cloud(30, 4, k, gen(132))
-    c, info = hddgeo.karcher_mean(z, M, max_iter=0, return_info=True)
+    c, info = hddgeo.karcher_mean(z, M, max_iter=0, warn=False, return_info=True)
     torch.testing.assert_close(plain(c), plain(hddgeo.law_centroid(z, M)), rtol=1e-13, atol=1e-13)
     assert info.iterations == 0 and not bool(info.converged)
     assert float(info.grad_norm) == pytest.approx(float(geoopt_riemannian_grad_norm(hddgeo.law_centroid(z, M), z, M)), rel=1e-6)
+
+
+def test_karcher_warns_once_when_it_stops_short_and_is_silent_when_told_or_converged():
+    """As POT's solvers: a RuntimeWarning, once per call whatever the number of sets, naming the count and what to
+    change; warn=False silences it (and returns the same mean); a converged call says nothing."""
+    import warnings
+
+    M = manifold(1.0)
+    z, _, _ = wide_cloud(30, 4, 1.0, gen(134))
+    zz = torch.stack([z, z.flip(0), z * 1])  # three sets, all short after one step
+    with pytest.warns(RuntimeWarning, match=r"stopped short of tol=1e-10 in 3 of 3 set\(s\).*max_iter=1.*warn=False") as rec:
+        c_warned = hddgeo.karcher_mean(zz, M, max_iter=1)
+    assert len([w for w in rec if w.category is RuntimeWarning]) == 1 and rec[0].filename == __file__  # the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c_silent, info = hddgeo.karcher_mean(zz, M, max_iter=1, warn=False, return_info=True)
+        assert not bool(info.converged.any()) and torch.equal(plain(c_silent), plain(c_warned))
+        hddgeo.karcher_mean(zz, M)  # converges: no warning
+        hddgeo.centroid(zz, M, method="karcher", max_iter=1, warn=False)
+        g = gen(136)
+        vr, vs = 3 + 2 * torch.randn(20, 4, dtype=DT, generator=g), torch.randn(5, 4, dtype=DT, generator=g)
+        hddgeo.hdd_loss(vr, vs, M, centroid="karcher", max_iter=1)  # the loss never reads, never warns
+        from hddgeo.losses import Matcher  # the distillation runner's path: no warning per iteration
+
+        Matcher("hdd", "karcher", karcher_max_iter=1)(vr[None].float(), vs[None].float(), diagnose=True)
+    with pytest.warns(RuntimeWarning, match="stopped short") as rec:
+        hddgeo.centroid(zz, M, method="karcher", max_iter=1)
+    assert rec[0].filename == __file__
+    with pytest.raises(TypeError, match="warn"):
+        hddgeo.karcher_mean(zz, M, warn="no")
+
+
+def test_options_after_the_manifold_are_keyword_only_and_unknown_keywords_are_type_errors():
+    """``f(tensors..., M, *, options)``, as geoopt and torch.nn.functional: a positional option or an unknown
+    keyword is a TypeError; an option of the Karcher mean given to another centroid is one too."""
+    M = manifold(1.0)
+    z, _, _ = wide_cloud(10, 3, 1.0, gen(135))
+    w = torch.ones(10, dtype=DT)
+    v = torch.randn(2, 5, 3, dtype=DT)
+    positional = [
+        lambda: hddgeo.lift(v, M, 10.0),
+        lambda: hddgeo.law_centroid(z, M, w),
+        lambda: hddgeo.tangent_centroid(z, M, w),
+        lambda: hddgeo.karcher_mean(z, M, w),
+        lambda: hddgeo.centroid(z, M, "law"),
+        lambda: hddgeo.frechet_objective(z[0], z, M, w),
+        lambda: hddgeo.hdd_loss(v, v, M, 20.0),
+        lambda: hddgeo.euclidean_mean_loss(v, v, "sum"),
+    ]
+    for call in positional:
+        with pytest.raises(TypeError, match="positional"):
+            call()
+    unknown = [
+        lambda: hddgeo.lift(v, M, clip=10.0),
+        lambda: hddgeo.law_centroid(z, M, weight=w),
+        lambda: hddgeo.karcher_mean(z, M, tolerance=1e-8),
+        lambda: hddgeo.hdd_loss(v, v, M, lam=20.0),
+        lambda: hddgeo.radius(z, M, keepdim=True),
+    ]
+    for call in unknown:
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            call()
+    for method in ("law", "tangent"):
+        with pytest.raises(TypeError, match="belong to the Karcher mean"):
+            hddgeo.centroid(z, M, method=method, tol=1e-3)
+        with pytest.raises(TypeError, match="unexpected keyword|belong to the Karcher"):
+            hddgeo.centroid(z, M, method=method, colour="red")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        hddgeo.centroid(z, M, method="karcher", colour="red")
+    with pytest.raises(ValueError, match="law, karcher, tangent"):
+        hddgeo.centroid(z, M, method="frechet")
+    with pytest.raises(TypeError, match="string"):
+        hddgeo.centroid(z, M, method=None)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ("not a tensor", TypeError, "torch.Tensor"),
+    ([[1.0, 2.0]], TypeError, "torch.Tensor"),
+    (torch.ones(2, 3, dtype=torch.int64), TypeError, "floating-point"),
+    (torch.full((2, 3), float("nan"), dtype=DT), ValueError, "NaN"),
+])
+def test_wrong_types_are_type_errors_and_bad_values_value_errors(bad, error, match):
+    M = manifold(1.0)
+    with pytest.raises(error, match=match):
+        hddgeo.lift(bad, M)
+    with pytest.raises(error, match=match):
+        hddgeo.hdd_loss(bad, torch.ones(2, 3, dtype=DT), M)
+    with pytest.raises(error, match=match):
+        hddgeo.euclidean_mean_loss(torch.ones(2, 3, dtype=DT), bad)
+    if torch.is_tensor(bad) and not bad.is_floating_point():
+        return
+    with pytest.raises(error, match=match):
+        hddgeo.radius(bad if error is TypeError else torch.full((2, 3), float("nan"), dtype=DT), M)
+    for max_norm, err in (("10", TypeError), (True, TypeError), (0.0, ValueError), (-1.0, ValueError)):
+        with pytest.raises(err, match="max_norm"):
+            hddgeo.lift(torch.ones(2, 3, dtype=DT), M, max_norm=max_norm)
+        with pytest.raises(err, match="max_norm"):
+            hddgeo.hdd_loss(torch.ones(2, 3, dtype=DT), torch.ones(2, 3, dtype=DT), M, max_norm=max_norm)
+    with pytest.raises(TypeError, match="dtype"):
+        hddgeo.lift(torch.ones(2, 3, dtype=DT), M, dtype="float64")
+
+
+def test_the_riemannian_maps_live_in_hddgeo_geometry_and_the_old_top_level_names_forward_with_a_warning():
+    """geoopt's method names with another call shape are not in hddgeo's namespace; the old names still work,
+    with a DeprecationWarning naming the new place."""
+    import hddgeo.geometry as G
+
+    for name in ("dist", "expmap", "logmap", "logmap0"):
+        assert name not in hddgeo.__all__ and name in G.__all__
+        with pytest.warns(DeprecationWarning, match=f"hddgeo.geometry.{name}"):
+            assert getattr(hddgeo, name) is getattr(G, name)
+    with pytest.raises(AttributeError):
+        hddgeo.no_such_name  # noqa: B018
 
 
 def test_karcher_float32_points():
@@ -592,7 +705,7 @@ def test_dist_gradcheck(k):
     g = gen(164)
     a = (3 * sk * torch.randn(5, 3, generator=g, dtype=DT)).requires_grad_(True)
     b = (3 * sk * torch.randn(5, 3, generator=g, dtype=DT)).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, y: hddgeo.dist(hddgeo.lift(x, M), hddgeo.lift(y, M), M), (a, b))
+    assert torch.autograd.gradcheck(lambda x, y: hddgeo.geometry.dist(hddgeo.lift(x, M), hddgeo.lift(y, M), M), (a, b))
     assert torch.autograd.gradcheck(lambda x: hddgeo.hierarchical_weights(hddgeo.lift(x, M), M), (a,))
     assert torch.autograd.gradcheck(lambda x: hddgeo.radius(hddgeo.lift(x, M), M), (a,))
 
@@ -601,7 +714,7 @@ def test_dist_gradient_finite_at_coincident_points():
     M = manifold(1.0)
     a = torch.randn(3, 4, generator=gen(165), dtype=DT).requires_grad_(True)
     z = hddgeo.lift(a, M)
-    d = hddgeo.dist(z, z.detach().clone(), M).sum()
+    d = hddgeo.geometry.dist(z, z.detach().clone(), M).sum()
     (ga,) = torch.autograd.grad(d, a)
     assert bool(torch.isfinite(ga).all())
 

@@ -29,7 +29,7 @@ def test_points_beyond_float64_reach_raise_with_advice_to_clip(radius):
     with pytest.raises(ValueError, match="reach"):
         check_points(z, M)
     with pytest.raises(ValueError, match="reach"):
-        hddgeo.dist(z, z, M)
+        hddgeo.geometry.dist(z, z, M)
 
 
 def test_points_just_inside_reach_still_work():
@@ -40,21 +40,27 @@ def test_points_just_inside_reach_still_work():
     assert torch.isfinite(loss) and loss > 0 and torch.isfinite(vs.grad).all()
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"max_iter": -1}, "max_iter"),
-    ({"max_iter": 2.5}, "max_iter"),
-    ({"tol": -1.0}, "tol"),
-    ({"tol": float("nan")}, "tol"),
-    ({"tol": float("inf")}, "tol"),
-    ({"maxiter": 3}, "maxiter"),
-    ({"backward": "magic"}, "backward"),
+@pytest.mark.parametrize("kwargs, word, error", [
+    ({"max_iter": -1}, "max_iter", ValueError),
+    ({"max_iter": 2.5}, "max_iter", TypeError),
+    ({"max_iter": "3"}, "max_iter", TypeError),
+    ({"tol": -1.0}, "tol", ValueError),
+    ({"tol": float("nan")}, "tol", ValueError),
+    ({"tol": float("inf")}, "tol", ValueError),
+    ({"tol": "1e-3"}, "tol", TypeError),
+    ({"maxiter": 3}, "maxiter", TypeError),
+    ({"backward": "magic"}, "backward", ValueError),
 ])
-def test_karcher_options_are_checked_alike_in_the_loss_and_the_mean(kwargs, word):
+def test_karcher_options_are_checked_alike_in_the_loss_and_the_mean(kwargs, word, error):
+    """A value of the wrong type or an unknown keyword is a TypeError, as Python and torch raise; a bad value a
+    ValueError; the loss, the mean and the centroid switch agree."""
     v = torch.randn(1, 8, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match=word):
-        hddgeo.hdd_loss(v, v[:, :3], M, centroid="karcher", **kwargs)
-    with pytest.raises((ValueError, TypeError), match=word):
-        hddgeo.karcher_mean(hddgeo.lift(v, M), M, **kwargs)
+    z = hddgeo.lift(v, M)
+    for call in (lambda: hddgeo.hdd_loss(v, v[:, :3], M, centroid="karcher", **kwargs),
+                 lambda: hddgeo.karcher_mean(z, M, **kwargs),
+                 lambda: hddgeo.centroid(z, M, method="karcher", **kwargs)):
+        with pytest.raises(error, match=word):
+            call()
 
 
 def test_huge_weights_do_not_overflow_the_centroid():
@@ -69,7 +75,7 @@ def test_huge_weights_do_not_overflow_the_centroid():
 
 
 def test_integer_dtype_is_refused_not_truncated():
-    with pytest.raises(ValueError, match="floating-point"):
+    with pytest.raises(ValueError, match="floating-point"):  # a dtype, but not a floating one: a value
         hddgeo.lift(torch.randn(3, 4), M, dtype=torch.long)
 
 

@@ -126,17 +126,17 @@ def test_dist_metric_axioms_ball_formula_and_isometry_invariance(k, nd, seed, rm
         u = random_directions((n,), d, g)
         pts.append((from_polar(r, u, k), r, u))
     (x, r1, u1), (y, r2, u2), (w, _, _) = pts
-    dxy = hddgeo.dist(x, y, M)
-    torch.testing.assert_close(dxy, hddgeo.dist(y, x, M), rtol=1e-15, atol=0)
-    assert float(hddgeo.dist(x, x, M).max()) <= 1e-12 * sk
-    dxw, dwy = hddgeo.dist(x, w, M), hddgeo.dist(w, y, M)
+    dxy = hddgeo.geometry.dist(x, y, M)
+    torch.testing.assert_close(dxy, hddgeo.geometry.dist(y, x, M), rtol=1e-15, atol=0)
+    assert float(hddgeo.geometry.dist(x, x, M).max()) <= 1e-12 * sk
+    dxw, dwy = hddgeo.geometry.dist(x, w, M), hddgeo.geometry.dist(w, y, M)
     assert bool((dxy <= dxw + dwy + 1e-11 * sk * (1 + dxw + dwy)).all())
     ref = ball_dist(ball_from_polar(r1, u1, k), ball_from_polar(r2, u2, k), k,
                     dp=k / torch.cosh(r1 / (2 * sk)) ** 2, dq=k / torch.cosh(r2 / (2 * sk)) ** 2)
     torch.testing.assert_close(dxy, ref, rtol=1e-8, atol=1e-8 * sk)
     # invariance under a reflection followed by a boost
     iso = lambda t: _isometry(t, d, gen(seed + 1), b)
-    torch.testing.assert_close(hddgeo.dist(iso(x), iso(y), M), dxy, rtol=1e-9, atol=1e-9 * sk)
+    torch.testing.assert_close(hddgeo.geometry.dist(iso(x), iso(y), M), dxy, rtol=1e-9, atol=1e-9 * sk)
 
 
 # ----------------------------------------------------------------------------- centroids
@@ -242,7 +242,7 @@ def test_tangent_centroid_properties(cloud, seed):
     assert float(manifold_error(c, k)) < 1e-13
     wn = torch.full((n,), 1.0 / n, dtype=DT) if w is None else w / w.sum()
     mean_log = (wn.unsqueeze(-1) * r.unsqueeze(-1) * u).sum(-2)  # Log_o(z_i) = r_i u_i
-    torch.testing.assert_close(plain(hddgeo.logmap0(c, M))[1:], mean_log, rtol=1e-10, atol=1e-12 * sk)
+    torch.testing.assert_close(plain(hddgeo.geometry.logmap0(c, M))[1:], mean_log, rtol=1e-10, atol=1e-12 * sk)
     e = random_directions((), d, gen(seed))
     torch.testing.assert_close(plain(hddgeo.tangent_centroid(reflect(z, e), M, weights=w)), reflect(c, e),
                                rtol=1e-11, atol=1e-12 * sk)
@@ -288,7 +288,7 @@ def test_hdd_loss_properties(k, seed, C, nmd, feat, method, max_norm):
     ca = hddgeo.centroid(hddgeo.lift(va, M, max_norm=max_norm), M, method=method)
     cb = hddgeo.centroid(hddgeo.lift(vb, M, max_norm=max_norm), M, method=method)
     assert bool(torch.isfinite(ca).all()) and bool(torch.isfinite(cb).all()), "public centroid is not finite"
-    torch.testing.assert_close(lab, 2.5 * hddgeo.dist(ca, cb, M), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lab, 2.5 * hddgeo.geometry.dist(ca, cb, M), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(L(vb, va), lab, rtol=1e-12, atol=1e-12)
     assert float(L(va, va.clone()).abs().max()) == 0.0
     lbc, lac = L(vb, vc), L(va, vc)

@@ -1,4 +1,4 @@
-"""experiments/gpu_check.py runs end to end on --quick settings on the CPU, and bench_iterations.bench takes a device."""
+"""benchmarks/gpu_check.py runs end to end on --quick settings on the CPU, and bench_iterations.bench takes a device."""
 import pandas as pd
 import pytest
 from test_experiments import load_script
@@ -6,7 +6,7 @@ from test_experiments import load_script
 
 def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
     out = tmp_path / "out"
-    rc = load_script("gpu_check").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
+    rc = load_script("gpu_check", "benchmarks").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
                                         "--fashionmnist-root", str(fashionmnist_root), "--tf32", "off"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
@@ -55,7 +55,7 @@ def test_gpu_check_quick_cpu(tmp_path, fashionmnist_root, capsys):
 
 def test_gpu_check_skips_what_it_cannot_run(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = load_script("gpu_check").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
+    rc = load_script("gpu_check", "benchmarks").main(["--quick", "--device", "cpu", "--skip-tests", "--out", str(out),
                                         "--fashionmnist-root", str(tmp_path / "nowhere"), "--budget-s", "0"])
     assert rc == 0
     table = pd.read_csv(out / "gpu_check.csv", keep_default_na=False)
@@ -65,7 +65,7 @@ def test_gpu_check_skips_what_it_cannot_run(tmp_path, capsys):
 
 
 def test_bench_takes_a_device():
-    bench = load_script("bench_iterations")
+    bench = load_script("bench_iterations", "benchmarks")
     data = bench.random_images((1, 8, 8), "tiny", n_per_class=6, classes=2)
     rows = bench.bench(data, ipc=1, iterations=1, batch_real=4, warmup=0, device="cpu")
     assert [r["matcher"] for r in rows] == ["euclidean", "hdd/law", "hdd/karcher"]
@@ -79,7 +79,7 @@ def test_bench_takes_a_device():
 
 
 def test_gpu_check_plans_the_runs_into_the_budget():
-    gpu_check = load_script("gpu_check")
+    gpu_check = load_script("gpu_check", "benchmarks")
     sizes = gpu_check.Sizes()  # 20,000 iterations, 5 nets x 1000 epochs; runner 1.15x the benchmark, 15 s a run
     eval_cost = lambda epochs: 5 * (1.0 + 0.004 * epochs)  # one run's final evaluation
     spi = [0.010, 0.0105]
@@ -101,7 +101,7 @@ def test_the_agreement_passes_share_no_tensor_and_leave_their_inputs_alone():
     "device" is the CPU too, which is exactly where aliasing happens."""
     import torch
 
-    gpu_check = load_script("gpu_check")
+    gpu_check = load_script("gpu_check", "benchmarks")
     from hddgeo.losses import hdd_loss
     import geoopt
 
@@ -145,7 +145,7 @@ def test_gpu_check_runs_end_to_end_on_an_initialised_gpu(tmp_path, fashionmnist_
     stopped with a ValueError before step a."""
     from cuda_shim import GPU_NAME, pretend_cuda
 
-    gpu_check = load_script("gpu_check")
+    gpu_check = load_script("gpu_check", "benchmarks")
     real_popen = gpu_check.subprocess.Popen
     monkeypatch.setattr(gpu_check.subprocess, "Popen",
                         lambda cmd, **kw: _FakePytest(cmd, **kw) if "pytest" in cmd else real_popen(cmd, **kw))

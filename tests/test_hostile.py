@@ -564,27 +564,22 @@ def test_demo_refuses_bad_jobs(tmp_path, capsys, args, words):
     assert not out.exists()
 
 
-STUDY_CASES = [  # (script, arguments, words)
-    ("exact_vs_approximate", ["--quick", "--seeds", "0", "0"], ["--seeds"]),
-    ("exact_vs_approximate", ["--quick", "--seeds", "-1"], ["--seeds"]),
-    ("fashionmnist_table1", ["--quick", "--seeds", "1", "1"], ["--seeds"]),
-    ("fashionmnist_table1", ["--quick", "--jobs", "100"], ["--jobs"]),
-    ("fashionmnist_table1", ["--quick", "--jobs", "0"], ["--jobs"]),
-    ("fashionmnist_verdict", ["--quick", "--stage", "main", "--seeds", "3", "3"], ["--seeds"]),
-    ("fashionmnist_verdict", ["--quick", "--jobs", "100"], ["--jobs"]),
-    ("cross_architecture", ["--quick", "--seed", "-1"], ["--seeds"]),
-    ("hierarchical_pruning", ["--quick", "--seed", "-1"], ["--seeds"]),
+STUDY_CASES = [  # (spec, arguments, words): the grids of experiments/ are specs
+    ("exact_vs_approximate", ["--seeds", "0", "0"], ["--seeds"]),
+    ("exact_vs_approximate", ["--seeds", "-1"], ["--seeds"]),
+    ("fashionmnist_table1", ["--seeds", "1", "1"], ["--seeds"]),
+    ("fashionmnist_table1", ["--jobs", "100"], ["--jobs"]),
+    ("fashionmnist_table1", ["--jobs", "0"], ["--jobs"]),
+    ("fashionmnist_verdict", ["--stage", "controls", "--seeds", "3", "3"], ["--seeds"]),
+    ("fashionmnist_verdict", ["--jobs", "100"], ["--jobs"]),
+    ("hierarchical_pruning", ["--seeds", "-1"], ["--seeds"]),
 ]
 
 
-@pytest.mark.parametrize("script, args, words", STUDY_CASES, ids=[f"{s}{'_'.join(a)}" for s, a, _ in STUDY_CASES])
-def test_studies_refuse_bad_seeds_and_jobs(tmp_path, capsys, script, args, words):
-    from test_experiments import load_script
-
-    from hddgeo.cli import run_main
-
+@pytest.mark.parametrize("spec, args, words", STUDY_CASES, ids=[f"{s}{'_'.join(a)}" for s, a, _ in STUDY_CASES])
+def test_studies_refuse_bad_seeds_and_jobs(tmp_path, capsys, spec, args, words):
     out = tmp_path / "study"
-    assert run_main(load_script(script).main, [*args, "--out", str(out), "--quiet"]) == 2
+    assert main(["study", spec, "--quick", *args, "--out", str(out), "--quiet"]) == 2
     _one_line(capsys, *words)
     assert not out.exists()
 
@@ -593,16 +588,14 @@ def test_a_study_cell_whose_config_was_edited_is_one_line(tmp_path, capsys):
     import subprocess
     import sys
 
-    from test_experiments import load_script
-
     out = tmp_path / "study"
-    args = ["--quick", "--centroids", "law", "--no-init-row", "--out", str(out), "--quiet"]
-    assert load_script("exact_vs_approximate").main(args) == 0
+    args = ["study", "exact_vs_approximate", "--stage", "paper_geometry", "--quick", "--ipc", "1", "--seeds", "0",
+            "--out", str(out), "--jobs", "1", "--quiet"]
+    assert main(args) == 0
     cell = next(p for p in sorted((out / "runs").iterdir()) if "law" in p.name)
     cfg = json.loads((cell / "config.json").read_text())
     (cell / "config.json").write_text(json.dumps({**cfg, "iterations": 7}))
-    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "exact_vs_approximate.py")
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "hddgeo", *args], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "iterations=7" in lines[0] and "Traceback" not in proc.stderr, proc.stderr

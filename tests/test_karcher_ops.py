@@ -10,8 +10,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hddgeo.device import force_accelerator
-from hddgeo.geometry import centroids
-from hddgeo.geometry.lorentz import frame_logs_, lift_
+from hddgeo.geometry import _karcher_math
+from hddgeo.geometry._math import _frame_logs, _law, _lift
 
 # ops that make a view (no kernel on a GPU)
 VIEWS = {"unsqueeze", "squeeze", "transpose", "slice", "view", "expand", "select", "t", "as_strided", "permute",
@@ -36,9 +36,9 @@ class OpCount(TorchDispatchMode):
 def _logs(seed=0, C=3, n=24, d=16, spread=3.0):
     g = torch.Generator().manual_seed(seed)
     kt = torch.tensor(1.0, dtype=torch.float64)
-    z = lift_(torch.randn(C, n, d, generator=g, dtype=torch.float64) * spread, kt, None)
+    z = _lift(torch.randn(C, n, d, generator=g, dtype=torch.float64) * spread, kt, None)
     w = torch.full(z.shape[:-1], 1.0 / n, dtype=torch.float64)
-    logs, _ = centroids._karcher_newton(z, w, torch.sqrt(kt), 1e-10, 50, centroids.law_(z, w, kt)[..., 1:])
+    logs, _ = _karcher_math._karcher_newton(z, w, torch.sqrt(kt), 1e-10, 50, _law(z, w, kt)[..., 1:])
     return z, w, logs
 
 
@@ -51,13 +51,13 @@ def per_iteration(accelerator: bool) -> tuple:
         b = logs.grad
         rtol = torch.zeros_like(b[..., :1])  # never converged: every iteration runs
         for iters in (5, 10):
-            saved = centroids._CG_ITERATIONS_ACCELERATOR
-            centroids._CG_ITERATIONS_ACCELERATOR = iters
+            saved = _karcher_math._CG_ITERATIONS_ACCELERATOR
+            _karcher_math._CG_ITERATIONS_ACCELERATOR = iters
             try:
                 with OpCount() as c:
-                    centroids._conjugate_gradient(logs.hvp, b, rtol, iters)
+                    _karcher_math._conjugate_gradient(logs.hvp, b, rtol, iters)
             finally:
-                centroids._CG_ITERATIONS_ACCELERATOR = saved
+                _karcher_math._CG_ITERATIONS_ACCELERATOR = saved
             counts.append((c.ops, c.kernels))
     return tuple((b - a) / 5 for a, b in zip(*counts))
 
@@ -73,11 +73,11 @@ def test_a_conjugate_gradient_iteration_dispatches_half_the_kernels_on_an_accele
 
 
 def test_the_formed_logs_are_the_logmaps():
-    """``_FrameLogs.L`` (accelerator) against ``frame_logs_``, an independent explicit construction of the logmaps
+    """``_FrameLogs.L`` (accelerator) against ``_frame_logs``, an independent explicit construction of the logmaps
     in the frame of the mean, and the formed products against the matrix-free ones."""
     with force_accelerator():
         z, w, logs = _logs(spread=6.0)
-    explicit, _ = frame_logs_(logs.xs[..., 1:].unsqueeze(-2), z[..., 1:], logs.sk)
+    explicit, _ = _frame_logs(logs.xs[..., 1:].unsqueeze(-2), z[..., 1:], logs.sk)
     torch.testing.assert_close(logs.L[..., 1:], explicit, rtol=1e-9, atol=1e-9)
     assert float(logs.L[..., 0].abs().max()) == 0.0  # time slot
     g = torch.Generator().manual_seed(5)
@@ -92,8 +92,8 @@ def test_the_fixed_length_solve_matches_the_tested_one():
     _, _, logs = _logs(spread=4.0)
     b = logs.grad
     rtol = torch.full_like(b[..., :1], 1e-12)
-    ref = centroids._conjugate_gradient(logs.hvp, b, rtol, 200)
-    got = centroids._conjugate_gradient_fixed(logs.hvp, b, rtol, 20)
+    ref = _karcher_math._conjugate_gradient(logs.hvp, b, rtol, 200)
+    got = _karcher_math._conjugate_gradient_fixed(logs.hvp, b, rtol, 20)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
 
@@ -106,7 +106,7 @@ def test_a_side_of_one_point_is_not_padded():
     g = torch.Generator().manual_seed(3)
     vr = torch.randn(4, 12, 6, generator=g, dtype=torch.float64) * 2
     vs = torch.randn(4, 1, 6, generator=g, dtype=torch.float64) * 2
-    shapes, original = [], centroids._KarcherImplicit.apply
+    shapes, original = [], _karcher_math._KarcherImplicit.apply
 
     def record(z, *rest):
         shapes.append(tuple(z.shape))
@@ -115,13 +115,13 @@ def test_a_side_of_one_point_is_not_padded():
     out = []
     for forced in (False, True):
         x = vs.clone().requires_grad_(True)
-        centroids._KarcherImplicit.apply = record
+        _karcher_math._KarcherImplicit.apply = record
         try:
             with force_accelerator(forced):
                 loss = hdd_loss(vr, x, M, centroid="karcher")
                 (grad,) = torch.autograd.grad(loss, x)
         finally:
-            centroids._KarcherImplicit.apply = original
+            _karcher_math._KarcherImplicit.apply = original
         out.append((loss.detach(), grad))
     assert shapes == [(4, 12, 7), (4, 12, 7)]  # the real sets alone, on both paths
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-10, atol=1e-12)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hddgeo import dist, lift
-from hddgeo.geometry.lorentz import frame_exp_, with_time_
+from hddgeo import lift
+from hddgeo.geometry import dist
+from hddgeo.geometry._math import _frame_exp, _with_time
 from hddgeo.hierarchy import root_and_leaf, sample_table, spread_samples
 from hddgeo.plots import (
     plot_poincare_disk,
@@ -66,8 +67,8 @@ def plane_points(k, n, d=7, seed=0, base_norm=3.0, spread=1.2):
     q, _ = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))
     shift = torch.tensor([0.4, -0.2], dtype=torch.float64)
     coeffs = torch.randn(n, 2, generator=g, dtype=torch.float64) * spread + shift
-    xs = frame_exp_(x[1:].expand(n, d), coeffs @ q.T, sk)
-    return with_time_(xs, k)
+    xs = _frame_exp(x[1:].expand(n, d), coeffs @ q.T, sk)
+    return _with_time(xs, k)
 
 
 @pytest.mark.parametrize("k", [1.0, 2.5])

@@ -1,6 +1,7 @@
-"""Study specs (``hddgeo study SPEC``): the shipped specs give the cells of the code they replaced (names and
-configurations), bad specs are one line before anything is written, axes, and the local executor's placement of
-cells on GPUs (torch's CUDA queries monkeypatched; the workers are real spawned processes)."""
+"""Study specs (``hddgeo study SPEC``): the demo spec gives the cells of the code it replaced and the verdict spec
+those of its committed run directories (names and configurations), bad specs are one line before anything is
+written, axes, and the local executor's placement of cells on GPUs (torch's CUDA queries monkeypatched; the workers
+are real spawned processes)."""
 import dataclasses
 import os
 import time
@@ -9,14 +10,12 @@ import pytest
 import torch
 
 from hddgeo.cli import main
-from hddgeo.distill import DistillConfig, paper_preset
+from hddgeo.distill import DistillConfig
 from hddgeo.distill import executors
 from hddgeo.distill.executors import Cell
 from hddgeo.distill.runner import config_differences
 from hddgeo.distill.spec import load_spec, shipped_specs
 from hddgeo.distill.study import DEFAULT_VARIANTS, check_cells, study_cells
-
-from test_experiments import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,48 +35,6 @@ def test_demo_spec_is_the_demo():
     cells = load_spec("demo").cells(overrides={"device": "auto"})
     _same(cells, ref)
     assert len(cells) == 24 and cells[0].name == "ipc1_random_seed0" and cells[3].name == "ipc1_dm_hdd-karcher_seed0"
-
-
-@pytest.mark.parametrize("stage", ["pilot", None, "controls", "seeds1", "seeds10", "prune10", "random10", "resolve1"])
-def test_verdict_spec_cells_are_the_scripts(stage):
-    script = load_script("fashionmnist_verdict")
-    args = script.build_parser().parse_args([])
-    spec = load_spec("fashionmnist_verdict")
-    for budget, profile in (("verdict", None), ("quick", "quick")):
-        b = script.BUDGETS[budget]
-        variants = spec.stage_variants(stage) if stage else script.PILOT_VARIANTS + script.CONTROL_VARIANTS
-        info = spec.stages.get(stage, {})
-        ref = study_cells(script.base_config(b, args), script.DEFAULT_OUT, info.get("ipc", [1, 10]), variants,
-                          info.get("seeds", list(script.PILOT_SEEDS)), True, script.cell_adjuster(b),
-                          one_thread=args.jobs > 1)
-        _same(spec.cells(out_dir=script.DEFAULT_OUT, stage=stage, profile=profile), ref)
-    assert spec.report_name("pilot") == "pilot" and spec.report_name(None) == "results"
-    labels = spec.labels()
-    assert labels[:3] == ["dm", "dm+hdd/law", "dm+hdd/karcher"] and "dm@lr0.3" in labels
-    assert "dm+hdd/karcher@k9" in labels and "dm+hdd/law@prune20" in labels
-
-
-def test_the_verdict_main_stage_is_the_specs_stages_in_order():
-    """The script's main stage runs the pilot's cells and then every cell of the spec's stages, each once."""
-    script = load_script("fashionmnist_verdict")
-    args = script.build_parser().parse_args([])
-    spec = load_spec("fashionmnist_verdict")
-    b = script.BUDGETS["verdict"]
-    cells = script.main_cells(script.base_config(b, args), args, b)
-    names = [c.name for c in cells]
-    assert len(names) == len(set(names))
-    wanted = []
-    for stage in ("pilot",) + script.MAIN_STAGES:
-        wanted += [c.name for c in spec.cells(out_dir=script.DEFAULT_OUT, stage=stage) if c.name not in wanted]
-    assert names == wanted
-    # the pilot first, then the controls, IPC 1's extra seeds, IPC 10's pruning, IPC 10's extra DM and random
-    pilot = len(spec.cells(stage="pilot"))
-    assert names.index("ipc1_dm@lr0.1_seed0") == pilot
-    assert names.index("ipc1_dm_seed3") < names.index("ipc10_dm_hdd-law@prune20_seed0") == len(names) - 16
-    assert names[-13:-9] == ["ipc10_random_seed3", "ipc10_dm_seed3", "ipc10_random_seed4", "ipc10_dm_seed4"]
-    # then the best-tuned DM's and k 9's extra seeds at IPC 1 (their random baselines are the seeds1 stage's)
-    assert sorted(names[-9:]) == sorted(f"ipc1_{v}_seed{s}" for s in (3, 4, 5)
-                                        for v in ("dm@lr0.1", "dm_hdd-law@k9", "dm_hdd-karcher@k9"))
 
 
 def test_verdict_spec_reuses_the_committed_cells():
@@ -101,24 +58,6 @@ def test_verdict_spec_reuses_the_committed_cells():
             assert config_differences(cfg, json.load(fh)) == {}, name
         checked += 1
     assert checked
-
-
-@pytest.mark.parametrize("profile", [None, "paper", "quick"])
-def test_table1_spec_is_the_scripts_grid(profile):
-    script = load_script("fashionmnist_table1")
-    budget = script.BUDGETS[profile or "cpu"]
-    base = DistillConfig(dataset="fashionmnist", data_root=None, method="dm", iterations=budget["iterations"],
-                         batch_real=budget["batch_real"], final_eval_nets=budget["final_eval_nets"],
-                         eval_test_per_class=budget["test_per_class"], checkpoint_every=50, threads=None)
-
-    def cfg_for(cfg):  # the script's own per-IPC adjustment
-        preset = paper_preset("dm", "fashionmnist", cfg.ipc)
-        return dataclasses.replace(cfg, k=preset["k"], scale=preset["scale"], lr_img=preset["lr_img"],
-                                   final_eval_epochs=budget["epochs"][cfg.ipc])
-
-    ref = study_cells(base, "results/fashionmnist_table1", [1, 10, 50], script.VARIANTS, [0, 1, 2], True, cfg_for,
-                      one_thread=True)
-    _same(load_spec("fashionmnist_table1").cells(profile=profile, ipcs=[1, 10, 50]), ref)
 
 
 def test_every_shipped_spec_loads_and_validates():

@@ -1,12 +1,10 @@
-"""Multi-seed studies: the demo's long results table, reuse of finished cells, and the Table 1 script."""
+"""Multi-seed studies: the demo's long results table and reuse of finished cells (the Table 1 spec: test_experiments)."""
 import os
 
 import pandas as pd
 import torch
 
 from hddgeo.cli import main
-
-from test_experiments import load_script
 
 
 def test_demo_writes_one_row_per_method_ipc_seed_network(tmp_path, capsys):
@@ -53,20 +51,3 @@ def test_jobs_give_the_same_cells_as_one_thread_in_turn(tmp_path):
 def test_demo_refuses_repeated_seeds(tmp_path, capsys):
     assert main(["demo", "--seeds", "0", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--seeds" in capsys.readouterr().err and not (tmp_path / "d").exists()
-
-
-def test_fashionmnist_table1_quick(tmp_path, fashionmnist_root):
-    out = tmp_path / "t1"
-    script = load_script("fashionmnist_table1")
-    table = script.main(["--quick", "--ipc", "1", "--seeds", "0", "1", "--data-root", str(fashionmnist_root),
-                         "--out", str(out), "--quiet", "--jobs", "1"])
-    assert set(table["method"]) == {"random", "dm", "dm+hdd/law", "dm+hdd/karcher", "dm+hdd/tangent"}
-    assert len(pd.read_csv(out / "results.csv")) == 5 * 2 * 2
-    md = (out / "results.md").read_text()
-    assert "70.7 ± 0.6" in md and "51.4 ± 3.8" in md and "72.1 ± 0.2" in md  # the paper's column beside ours
-    assert "dm+hdd/karcher − dm+hdd/law" in md
-    import json
-
-    with open(out / "runs" / "ipc1_dm_hdd-law_seed0" / "config.json") as fh:
-        cfg = json.load(fh)
-    assert cfg["scale"] == 20.0 and cfg["k"] == 1.0 and cfg["lr_img"] == 1.0  # the paper's Table 5 at IPC 1

@@ -1,27 +1,36 @@
-"""The verdict study's scripts end to end on quick settings and generated Fashion-MNIST files: pilot, main stage,
-verdict table, mechanism measures, and a committed cell rerun from its config.json."""
+"""The verdict study (v1) on quick settings and generated Fashion-MNIST files: its stages run by ``hddgeo study``,
+the report script's tables and verdict, the mechanism measures, a committed cell rerun from its config.json, and the
+committed tables regenerated from the committed long table."""
 import json
+import os
+import shutil
 
 import pandas as pd
 import pytest
-from test_experiments import load_script
+from test_experiments import ROOT, load_script
 
 from hddgeo.cli import main
+from hddgeo.distill.study import read_long_table
 from hddgeo.verdict import best_of
+
+COMMITTED = os.path.join(ROOT, "experiments", "results", "fashionmnist_verdict")
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A quick verdict study at IPC 1 (pilot, then the main stage with seeds 0-2), and its mechanism tables."""
+    """A quick verdict study at IPC 1 (the pilot and the controls, seeds 0-2), its report, then its mechanism."""
     import numpy as np
     from conftest import make_fashionmnist
 
     root = tmp_path_factory.mktemp("data") / "fashion-mnist"
     make_fashionmnist(root, np.random.default_rng(0), per_class=(12, 3), compress=(True, True))
     out = tmp_path_factory.mktemp("verdict") / "study"
+    for stage in ("pilot", "controls"):
+        assert main(["study", "fashionmnist_verdict", "--stage", stage, "--quick", "--ipc", "1", "--data-root",
+                     str(root), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
     script = load_script("fashionmnist_verdict")
-    table = script.main(["--quick", "--stage", "main", "--ipc", "1", "--seeds", "0", "1", "2", "--data-root",
-                         str(root), "--out", str(out), "--jobs", "1", "--quiet"])
+    assert script.main(["--study", str(out)]) == 0
+    table = read_long_table(str(out / "results.csv"))
     load_script("verdict_mechanism").main(["--study", str(out), "--nets", "1", "--real-per-class", "4",
                                            "--difficulty", "2"])
     return script, out, table, root
@@ -86,7 +95,7 @@ def test_a_committed_cell_reruns_to_the_same_accuracies(study, tmp_path):
     data["accs"][0] += 0.01
     metrics.write_text(json.dumps(data))
     try:
-        assert script.main(["--rerun", "ipc1_dm_seed0", "--out", str(out), "--quiet"]) == 1
+        assert script.main(["--rerun", "ipc1_dm_seed0", "--study", str(out)]) == 1
     finally:
         metrics.write_text(original)  # the study is shared by the other tests
     with pytest.raises(ValueError, match="holds no finished cell"):
@@ -94,16 +103,14 @@ def test_a_committed_cell_reruns_to_the_same_accuracies(study, tmp_path):
 
 
 def test_the_tables_are_recomputed_from_the_cells_files_alone(study, tmp_path):
-    """--report-only reads the finished cells (config.json, metrics.json, log.csv: what a checkout holds) and gives
-    the verdict and paired tables the study wrote, with nothing run."""
-    import shutil
-
+    """Without a long table the script reads the finished cells (config.json, metrics.json, log.csv: what a checkout
+    holds) and gives the verdict and paired tables it wrote before."""
     script, out, _, _ = study
     read = {"verdict.csv": lambda p: pd.read_csv(p, dtype=str), "results_paired.csv": pd.read_csv}
     before = {name: read[name](out / name) for name in read}
     copy = tmp_path / "checkout"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.pt", "*.png", "results*", "verdict*", "design.md"))
-    script.main(["--stage", "main", "--report-only", "--out", str(copy), "--quiet"])
+    assert script.main(["--study", str(copy)]) == 0
     for name, table in before.items():
         again = read[name](copy / name)
         if name == "verdict.csv":  # the study wrote its verdict before the mechanism tables existed: now one row more
@@ -113,6 +120,21 @@ def test_the_tables_are_recomputed_from_the_cells_files_alone(study, tmp_path):
         key = ["ipc", "a", "b"] if name == "results_paired.csv" else ["IPC", "claim"]  # rows in another order
         pd.testing.assert_frame_equal(again.sort_values(key, ignore_index=True), table.sort_values(key, ignore_index=True),
                                       check_exact=False, rtol=1e-12)
+
+
+def test_the_committed_tables_are_regenerated_from_the_committed_long_table(tmp_path):
+    """Every table of the committed study folder, again from its committed results.csv and log.csv files: the same
+    bytes (verdict.csv: the same cells; CSV text cells that open with + or - now carry a leading quote)."""
+    if not os.path.isfile(os.path.join(COMMITTED, "results.csv")):
+        pytest.skip("no committed verdict study in this checkout")
+    copy = tmp_path / "study"
+    shutil.copytree(COMMITTED, copy)
+    assert load_script("fashionmnist_verdict").main(["--study", str(copy)]) == 0
+    for name in ("results.csv", "results.md", "results_paired.csv", "results_summary.csv", "pilot_design.csv",
+                 "design.md"):
+        assert (copy / name).read_bytes() == open(os.path.join(COMMITTED, name), "rb").read(), name
+    again = pd.read_csv(copy / "verdict.csv", dtype=str).replace(r"^'", "", regex=True)
+    pd.testing.assert_frame_equal(again, pd.read_csv(os.path.join(COMMITTED, "verdict.csv"), dtype=str))
 
 
 def test_compare_recomputes_the_verdict_from_the_committed_long_table(study, tmp_path, capsys):

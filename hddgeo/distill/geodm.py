@@ -17,7 +17,7 @@ weights are learnt along with the synthetic images.  One iteration here:
    (rather than on the mean of all classes) keeps every class's term independent of the others,
    which class-sharded multi-process runs (``hddgeo.distill.distributed``) rely on.
 3. The exponential map at the origin puts component ``g`` on its manifold: flat ``R^p``; the
-   hyperboloid of curvature ``-K_h`` (geoopt's ``Lorentz(k=1/K_h)``, ``hddgeo.geometry.lorentz.lift_``);
+   hyperboloid of curvature ``-K_h`` (geoopt's ``Lorentz(k=1/K_h)``, ``hddgeo.geometry._math._lift``);
    the sphere of curvature ``K_s`` (radius ``1/sqrt(K_s)``; geoopt's ``Sphere`` scaled, or
    equivalently ``SphereProjection(k=K_s)``).
 4. Per class, the cost between two points is ``sum_g w_g d_g(x, y)^2 / s_g``: squared geodesic

@@ -109,8 +109,8 @@ def prepare(cfg: DistillConfig):
             f"IPC {cfg.ipc} needs {cfg.ipc * per} real images per class for {cfg.method}'s initialisation, but class "
             f"{smallest} has {pool.count(smallest)}; lower --ipc or use --init noise"
         )
-    matcher = Matcher(cfg.matcher, cfg.centroid, cfg.k, cfg.scale, cfg.max_norm, cfg.euclidean_weight, cfg.hdd_weight,
-                      num_classes=dataset.num_classes)
+    matcher = Matcher(cfg.matcher, cfg.centroid, k=cfg.k, scale=cfg.scale, max_norm=cfg.max_norm,
+                      euclidean_weight=cfg.euclidean_weight, hdd_weight=cfg.hdd_weight, num_classes=dataset.num_classes)
     return dataset, pool, matcher
 
 

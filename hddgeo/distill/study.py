@@ -25,7 +25,8 @@ from . import executors
 from .cell import (Cell, baseline_cell, baseline_row, cell_name, check_cell_dir, check_name, check_same_run,  # noqa: F401
                    config_mismatch, initial_images, read_cell, run_cell)
 from .config import MAX_SEED, DistillConfig, check_threads, describe
-from .results import cells_table, format_table, read_log, read_long_table, read_runs, write_report  # noqa: F401
+from .results import (cells_table, format_table, read_log, read_long_table, read_run, read_runs,  # noqa: F401
+                      table_datasets, write_report)
 
 # (the names imported from .cell and .results beyond those used here are where experiment scripts find them)
 

@@ -11,8 +11,8 @@ inputs are built) belongs to that case alone.
 ``karcher_mean``, gradient to the features, for one set of ``n`` points and for ``--classes`` sets
 batched (``C x n x d``), Law and Karcher interleaved, medians and their ratio.
 
-    python experiments/bench_centroids.py --out results/bench_centroids.csv
-    python experiments/bench_centroids.py --api --n 256 --classes 1 10 --repeats 7
+    python benchmarks/bench_centroids.py --out results/bench_centroids.csv
+    python benchmarks/bench_centroids.py --api --n 256 --classes 1 10 --repeats 7
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def run_case(n, d, spread, k, repeats, threads=2):
         karcher_iters=info.iterations,
         karcher_grad_norm=float(info.grad_norm),
         karcher_peak_mib=peak_mib,
-        law_karcher_dist=float(hddgeo.dist(c_k, c_l, M)),
+        law_karcher_dist=float(hddgeo.geometry.dist(c_k, c_l, M)),
         frechet_gap=float(hddgeo.frechet_objective(c_l, z, M) - hddgeo.frechet_objective(c_k, z, M)),
     )
 

@@ -9,7 +9,7 @@ between Law centroids (``expmap0`` of the padded features, ``projx``, the clampe
 summed over classes, then one SGD step on the images.  geoopt is the installed one, not the checkout's copy.
 hddgeo's iteration is ``DistillMethod.step`` with the same IPC, real batch and lambda.
 
-    python experiments/compare_official.py --official ~/src/HDD --dataset fashionmnist --iterations 5
+    python benchmarks/compare_official.py --official ~/src/HDD --dataset fashionmnist --iterations 5
 
 Prints the median seconds per iteration of each loop and matcher and the official/hddgeo ratios, and writes a CSV.
 """

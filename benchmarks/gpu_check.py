@@ -1,6 +1,6 @@
 """One command that checks hddgeo on a CUDA GPU and times it, within a time budget (default 540 s).
 
-    PYTHONPATH=$PWD python experiments/gpu_check.py --fashionmnist-root data/fashion-mnist
+    PYTHONPATH=$PWD python benchmarks/gpu_check.py --fashionmnist-root data/fashion-mnist
 
 Steps, each timed, each in its own ``try`` (one failure does not lose the others) and each skipped with
 the reason printed when it cannot run or the budget (``--budget-s``, checked before each step) is spent:
@@ -217,7 +217,7 @@ def _fmt_seconds(s: float) -> str:
 
 @functools.lru_cache(maxsize=None)
 def load_bench():
-    """experiments/bench_iterations.py as a module (experiments/ is no package), loaded once."""
+    """benchmarks/bench_iterations.py as a module (benchmarks/ is no package), loaded once."""
     spec = importlib.util.spec_from_file_location("hddgeo_bench_iterations", Path(__file__).with_name("bench_iterations.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -7,7 +7,7 @@ relative differences from a tight reference (``tol = 1e-12 sqrt(k)``), the Newto
 time of a forward+backward.  A gradient that differs from the reference by less than float32's
 resolution (~1e-7 relative) is the same gradient for a network that produced float32 features.
 
-    python experiments/karcher_tolerance.py --classes 10 --n 256 --ipc 10
+    python benchmarks/karcher_tolerance.py --classes 10 --n 256 --ipc 10
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def run(args):
     import torch
 
     import hddgeo
-    from hddgeo.geometry.centroids import karcher_
-    from hddgeo.geometry.lorentz import lift_
+    from hddgeo.geometry._karcher_math import _karcher
+    from hddgeo.geometry._math import _lift
 
     torch.set_num_threads(args.threads)
     M = geoopt.Lorentz(k=args.k)
@@ -49,10 +49,10 @@ def run(args):
 
         def newton_steps(**kw):
             kt = torch.tensor(args.k, dtype=torch.float64)
-            z = lift_(real, kt, 10.0)
+            z = _lift(real, kt, 10.0)
             w = torch.full(z.shape[:-1], 1.0 / args.n, dtype=torch.float64)
             tol = kw.get("tol", 1e-10 * sk)
-            _, iters, gnorm = karcher_(z, w, args.k, tol, kw.get("max_iter", 50))
+            _, iters, gnorm = _karcher(z, w, args.k, tol, kw.get("max_iter", 50))
             return iters, float(gnorm.max())
 
         ref_loss, ref_grad, _ = loss_and_grad(tol=1e-12 * sk)

@@ -16,8 +16,8 @@ auto, as a run's ``tf32`` field: torch's default, TF32 for convolutions only) sa
 float32 in CUDA convolutions and matmuls, the matrix-product rate included; every row records both settings as they were (``tf32_conv``,
 ``tf32_matmul``).
 
-    python experiments/bench_iterations.py --iterations 20 --out results/bench_iterations.csv
-    python experiments/bench_iterations.py --device cuda --amp bf16 --datasets fashionmnist random-cifar
+    python benchmarks/bench_iterations.py --iterations 20 --out results/bench_iterations.csv
+    python benchmarks/bench_iterations.py --device cuda --amp bf16 --datasets fashionmnist random-cifar
 """
 from __future__ import annotations
 
