@@ -23,10 +23,10 @@ import sys
 from . import __version__
 from .device import AMP_MODES, resolve_device
 from .distill import distributed
-from .distill.runner import RESUMABLE_FIELDS, DistillConfig
+from .distill.config import RESUMABLE_FIELDS, DistillConfig
+from .errors import HddgeoError
 from .evaluate import PROTOCOLS
 from .extras import missing_extra_message
-from .synset_files import is_evaluation
 
 DEFAULTS = DistillConfig()
 
@@ -59,9 +59,7 @@ def _add_distill_options(p):
         flag, default = "--" + f.name.replace("_", "-"), getattr(DEFAULTS, f.name)
         choices = meta["choices"]() if meta["choices"] else None
         text = meta["help"] + (f" ({' | '.join(map(str, choices))})" if choices else "")
-        if f.name == "options":
-            g.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE", help=text)
-        elif str(f.type) == "Optional[bool]":  # auto (None) | on | off; a bare flag means on
+        if str(f.type) == "Optional[bool]":  # auto (None) | on | off; a bare flag means on
             g.add_argument(flag, type=_on_off, nargs="?", const=True, default=default, metavar="auto|on|off",
                            help=text + " [default: auto]")
         elif str(f.type) == "bool":
@@ -75,7 +73,10 @@ def _add_distill_options(p):
                 kind = _max_norm
             shown = "" if default is None else f" [default: {default}]"
             g.add_argument(flag, type=kind, default=default, help=text + shown)
-    p.add_argument_group("method").add_argument(
+    groups["method"].add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                                  help="an option of the run's method: the field METHOD_KEY (repeatable), e.g. "
+                                       "--method geodm --opt ot_weight=0.5 for --geodm-ot-weight 0.5")
+    groups["method"].add_argument(
         "--preset", choices=["paper"], default=None,
         help="take k, lambda, lr_img and iterations from the paper's Tables 5-6 (flags you give still win)")
 
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_spec(args) -> None:
+def _run_spec(args, given: set) -> None:
     """``hddgeo demo`` (the shipped demo spec) and ``hddgeo study SPEC``: check every cell, print their count and
     cost, run them, print the compare tables."""
     from .distill.spec import describe_estimate, estimate, load_spec
@@ -314,153 +315,120 @@ def _protocol(args):
 
 
 def _check_seed(seed: int) -> None:
-    from .distill.runner import MAX_SEED
+    from .distill.config import MAX_SEED
 
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"--seed must lie in 0..{MAX_SEED}, got {seed}")
 
 
-def _run(args, given: set) -> int:
-    if args.command == "distill":
-        from .distill.runner import run_distillation
+def _distill(args, given: set) -> None:
+    from .distill.runner import run_distillation
 
-        if args.resume:
-            _refuse_flags_with_resume(given)
-        cfg = _config_from_args(args, given)
-        try:
-            metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
-        finally:
-            distributed.cleanup()
-        acc = f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f}" if "acc_mean" in metrics else "n/a"
-        print(f"{metrics['method']} on {metrics['dataset']} IPC {metrics['ipc']}: accuracy {acc} %, "
-              f"{metrics['seconds_per_iteration']:.3f} s/iteration -> {args.out}")
-    elif args.command == "evaluate" and (args.protocol or args.out or len(args.paths) > 1):
+    if args.resume:
+        _refuse_flags_with_resume(given)
+    cfg = _config_from_args(args, given)
+    try:
+        metrics = run_distillation(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.cleanup()
+    acc = f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f}" if "acc_mean" in metrics else "n/a"
+    print(f"{metrics['method']} on {metrics['dataset']} IPC {metrics['ipc']}: accuracy {acc} %, "
+          f"{metrics['seconds_per_iteration']:.3f} s/iteration -> {args.out}")
+
+
+def _evaluate(args, given: set) -> None:
+    if args.protocol or args.out or len(args.paths) > 1:  # any sets, under one declared protocol
         from .synset_files import evaluate_files
 
-        protocol = _protocol(args)
-        res = evaluate_files(args.paths, args.out or "evaluation", protocol, dataset_name=args.dataset,
+        res = evaluate_files(args.paths, args.out or "evaluation", _protocol(args), dataset_name=args.dataset,
                              data_root=args.data_root, device=resolve_device(args.device), progress=not args.quiet,
                              amp=args.amp or "none", threads=args.threads)
         print(res["text"])
         print(f"wrote {os.path.join(args.out or 'evaluation', 'evaluation.csv')}, protocol.json and evaluation.md")
-    elif args.command == "evaluate":
-        from .distill.runner import evaluate_run
+        return
+    from .distill.runner import evaluate_run
 
-        res = evaluate_run(args.paths[0], model=args.model, num_nets=args.nets or 3, epochs=args.epochs,
-                           progress=not args.quiet, data_root=args.data_root, device=args.device, amp=args.amp,
-                           threads=args.threads)
-        print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
-    elif args.command == "export":
-        from .synset_files import export_run
+    res = evaluate_run(args.paths[0], model=args.model, num_nets=args.nets or 3, epochs=args.epochs,
+                       progress=not args.quiet, data_root=args.data_root, device=args.device, amp=args.amp,
+                       threads=args.threads)
+    print(f"{res['model']}: {100 * res['acc_mean']:.2f} ± {100 * res['acc_std']:.2f} % over {len(res['accs'])} networks")
 
-        info = export_run(args.run_dir, args.out, data_root=args.data_root)
-        print(f"wrote {info['images']} images to {args.out} (PNG class folders, synset.pt, README.md); the PNGs are "
-              f"8-bit: largest pixel error {info['max_pixel_error']:.4f}, {100 * info['clipped']:.2f} % of pixels "
-              f"clipped to [0, 1] (synset.pt holds the exact set)")
-    elif args.command in ("demo", "study"):
-        _run_spec(args)
-    elif args.command == "compare" and args.run_dirs and all(is_evaluation(p) for p in args.run_dirs):
-        from .synset_files import compare_evaluations
 
-        if args.claims or args.pair:
-            raise ValueError("--claims and --pair read runs or a study's table, not hddgeo evaluate folders")
-        print(compare_evaluations(args.run_dirs, args.out or "."))
-        print(f"wrote {os.path.join(args.out or '.', 'compare_evaluation.csv')} and compare_evaluation.md")
-    elif args.command == "compare":
-        from .distill.study import read_runs, write_report
+def _export(args, given: set) -> None:
+    from .synset_files import export_run
 
-        out = args.out or "."
-        spec = None
-        if args.claims:
-            from .distill.spec import load_spec
+    info = export_run(args.run_dir, args.out, data_root=args.data_root)
+    print(f"wrote {info['images']} images to {args.out} (PNG class folders, synset.pt, README.md); the PNGs are "
+          f"8-bit: largest pixel error {info['max_pixel_error']:.4f}, {100 * info['clipped']:.2f} % of pixels "
+          f"clipped to [0, 1] (synset.pt holds the exact set)")
 
-            spec = load_spec(args.claims)
-            if not spec.claims:
-                raise ValueError(f"{spec.path} has no [[claims]]")
-        table, unevaluated = read_runs(args.run_dirs)  # every file checked before anything is written
-        note = (f"Not evaluated (distilled with --final-eval-epochs 0), left out: {', '.join(unevaluated)}\n"
-                if unevaluated else "")
-        pairs = None
-        if args.pair:
-            from .stats import default_pairs
 
-            labels = list(dict.fromkeys(table["method"]))
-            unknown = sorted({m for pair in args.pair for m in pair} - set(labels))
-            if unknown:
-                raise ValueError(f"--pair names {', '.join(unknown)}, which no run is; the runs are "
-                                 f"{', '.join(labels)}")
-            pairs = default_pairs(labels) + [tuple(p) for p in args.pair if tuple(p) not in default_pairs(labels)]
-        verdict = None
-        if spec is not None:
-            from .verdict import claims_table
+def _compare(args, given: set) -> None:
+    from .compare import compare
 
-            from .distill.study import table_datasets
+    result = compare(args.run_dirs, args.out or ".", claims=args.claims, pairs=args.pair)
+    print(result.text, end="")
+    first, *rest = result.files
+    print(f"wrote {first}" + (", " + ", ".join(os.path.basename(f) for f in rest[:-1]) if rest[:-1] else "")
+          + (f" and {os.path.basename(rest[-1])}" if rest else ""))
 
-            datasets = table_datasets(table, args.run_dirs[0])
-            if len(datasets) > 1:
-                raise ValueError(f"--claims reads one dataset's runs; these are of {', '.join(datasets)}: "
-                                 f"compare each dataset's separately")
-            if datasets[0] not in spec.datasets():
-                raise ValueError(f"the runs are of {datasets[0]} but {spec.path} is a study of "
-                                 f"{', '.join(sorted(spec.datasets()))}: its claims (and paper numbers) are not theirs")
-            verdict = claims_table(table, spec.claims, spec.designs, margin=spec.margin, paper=spec.paper,
-                                   budget=spec.budget())
-        summary, diffs, text = write_report(table, out, "compare", pairs=pairs, preamble=note.rstrip("\n"))
-        if verdict is not None:
-            from .rundir import write_csv, write_text
-            from .tables import markdown_table
 
-            write_csv(os.path.join(out, "compare_verdict.csv"), verdict)
-            text += f"\nVerdict ({spec.name}'s claims; a claim in its design whose runs are missing: pending):\n\n" \
-                + markdown_table(verdict)
-            write_text(os.path.join(out, "compare.md"), text)
-        print(text, end="")
-        print(f"wrote {os.path.join(out, 'compare.csv')}, compare_summary.csv, compare_paired.csv"
-              + (", compare_verdict.csv" if verdict is not None else "") + " and compare.md")
-    elif args.command == "plot":
-        from .plots import poincare_report
-        from .rundir import read_json
+def _plot(args, given: set) -> None:
+    from .plots import poincare_report
+    from .rundir import read_json
 
-        _check_seed(args.seed)
-        config = os.path.join(args.run_dir, "config.json")
-        if os.path.isfile(os.path.join(args.run_dir, "synset.pt")):  # checked as `hddgeo evaluate` checks it
-            DistillConfig.from_json(read_json(config), source=config)
-        for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
-                                    data_root=args.data_root, device=resolve_device(args.device)):
-            print(f"wrote {path}")
-    elif args.command == "centroids":
-        from .analysis import class_features, compare_centroids
-        from .data import load_dataset
-        from .rundir import write_csv
+    _check_seed(args.seed)
+    config = os.path.join(args.run_dir, "config.json")
+    if os.path.isfile(os.path.join(args.run_dir, "synset.pt")):  # checked as `hddgeo evaluate` checks it
+        DistillConfig.from_json(read_json(config), source=config)
+    for path in poincare_report(args.run_dir, out_dir=args.out, seed=args.seed, per_class=args.per_class,
+                                data_root=args.data_root, device=resolve_device(args.device)):
+        print(f"wrote {path}")
 
-        if not (args.k > 0):
-            raise ValueError(f"k must be positive, got {args.k}")
-        _check_seed(args.seed)
-        if os.path.isdir(args.out):
-            raise ValueError(f"--out {args.out} is a directory; name the CSV file to write, e.g. "
-                             f"{os.path.join(args.out, 'centroids.csv')}")
-        device = resolve_device(args.device)
-        dataset = load_dataset(args.dataset, data_root=args.data_root)
-        df = compare_centroids(class_features(dataset, seed=args.seed, device=device), k=args.k, max_norm=args.max_norm,
-                               feature_scale=args.feature_scale)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_csv(args.out, df)
-        cols = ["class", "n", "feature_norm_mean", "radius_mean", "radius_std", "d_law_karcher", "d_tangent_karcher",
-                "radius_law", "radius_karcher", "karcher_iterations"]
-        print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        print(f"wrote {args.out}")
+
+def _centroids(args, given: set) -> None:
+    from .analysis import class_features, compare_centroids
+    from .data import load_dataset
+    from .rundir import write_csv
+
+    if not (args.k > 0):
+        raise ValueError(f"k must be positive, got {args.k}")
+    _check_seed(args.seed)
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a directory; name the CSV file to write, e.g. "
+                         f"{os.path.join(args.out, 'centroids.csv')}")
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset, data_root=args.data_root)
+    df = compare_centroids(class_features(dataset, seed=args.seed, device=device), k=args.k, max_norm=args.max_norm,
+                           feature_scale=args.feature_scale)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_csv(args.out, df)
+    cols = ["class", "n", "feature_norm_mean", "radius_mean", "radius_std", "d_law_karcher", "d_tangent_karcher",
+            "radius_law", "radius_karcher", "karcher_iterations"]
+    print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"wrote {args.out}")
+
+
+# each command's function: (parsed arguments, the flags given) -> None; it parses nothing more and prints the result
+COMMANDS = {"distill": _distill, "evaluate": _evaluate, "export": _export, "demo": _run_spec, "study": _run_spec,
+            "compare": _compare, "plot": _plot, "centroids": _centroids}
+
+
+def _run(args, given: set) -> int:
+    COMMANDS[args.command](args, given)
     return 0
 
 
 def run_main(main, argv=None, prog: str = "", interrupted: str = "interrupted") -> int:
-    """``main(argv)`` as a command (``hddgeo`` and every study script): its status (0 when it returns no
-    integer); bad input (``ValueError``: a flag, a file, a study cell that holds another run, a run directory
-    another process owns), a folder that cannot be written or an optional package that is not installed
-    (:func:`hddgeo.extras.missing_extra_message`) is one line on stderr and status 2."""
+    """``main(argv)`` as a command (``hddgeo`` and every study script): its status (0 when it returns no integer); bad
+    input (``ValueError``: a flag, a file; :class:`~hddgeo.errors.HddgeoError`: a study cell that holds another
+    run, a run directory another process owns, a run that diverged), a folder that cannot be written or an
+    optional package that is not installed (:func:`hddgeo.extras.missing_extra_message`) is one line on stderr
+    and status 2."""
     prog = prog or os.path.basename(sys.argv[0])
     try:
         status = main(argv)
-    except (ValueError, FileNotFoundError) as err:
+    except (HddgeoError, ValueError, FileNotFoundError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2

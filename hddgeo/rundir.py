@@ -34,14 +34,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import RunDirBusy, RunDirError  # noqa: F401  (RunDirBusy: raised here, importable from here)
+
 CONFIG, LOG, CHECKPOINT, SYNSET, METRICS = "config.json", "log.csv", "checkpoint.pt", "synset.pt", "metrics.json"
 LOCK = "run.lock"  # present while a process owns the directory (and after a kill, unlocked)
 # flock's answers on a file system without locks (ENOSYS: Lustre mounted without -o flock; EOPNOTSUPP: some NFS)
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
-
-
-class RunDirBusy(ValueError):
-    """Another process holds the run directory's lock."""
 
 
 class RunLock:
@@ -59,18 +57,18 @@ class RunLock:
                 if os.path.islink(self.path):  # a planted link: removed, never followed
                     os.unlink(self.path)
                     continue
-                raise ValueError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
+                raise RunDirError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 if err.errno in NO_LOCKS:  # a shared file system mounted without flock (Lustre's default)
                     os.close(fd)
-                    raise ValueError(f"cannot lock the run directory {run_dir}: its file system has no file locks "
+                    raise RunDirError(f"cannot lock the run directory {run_dir}: its file system has no file locks "
                                      f"({os.strerror(err.errno)}); use a folder on a file system with locks (a local "
                                      f"disk, or mount with -o flock)") from None
                 if not isinstance(err, BlockingIOError):
                     os.close(fd)
-                    raise ValueError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
+                    raise RunDirError(f"cannot lock the run directory {run_dir}: {err.strerror or err}") from None
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 os.close(fd)
                 raise RunDirBusy(f"{run_dir} is in use by process {holder if holder.isdigit() else '(pid not yet written)'} "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Optional
 
 from .extras import MissingExtraError, check
 
@@ -131,7 +130,3 @@ def read_image_steps(run_dir: str, tag: str = "synset") -> list[tuple[int, int, 
     acc = EventAccumulator(os.path.join(run_dir, SUBDIR), size_guidance={"images": 0})
     acc.Reload()
     return [(e.step, e.width, e.height) for e in acc.Images(tag)] if tag in acc.Tags()["images"] else []
-
-
-def board_for(run_dir: str, enabled: bool, start_iteration: int) -> Optional[RunBoard]:
-    return RunBoard(run_dir, start_iteration) if enabled else None

@@ -4,7 +4,8 @@ import torch
 
 import hddgeo.distill.dance as dance
 from hddgeo.data import load_dataset
-from hddgeo.distill import DistillConfig, RunInterrupted, build_method, prepare, run_distillation
+from hddgeo.distill import DistillConfig, build_method, prepare, run_distillation
+from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.distill.methods import fresh_network
 
 # small enough for a shared 2-core CPU: two experts, one epoch each, trained once per module
@@ -82,13 +83,14 @@ def test_interpolation_covers_buffers_and_keeps_integer_counters():
 
 
 def test_unknown_option_lists_valid_keys(tmp_path):
-    cfg = dance_cfg(str(tmp_path), options={"num_expert": 2})
-    with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
-        cfg.validate()  # the configuration's own check, before any data is loaded
-    with pytest.raises(ValueError, match="valid keys: num_experts, expert_epochs"):
-        prepare(cfg)
+    with pytest.raises(TypeError, match="valid keys: num_experts, expert_epochs"):
+        dance_cfg(str(tmp_path), options={"num_expert": 2})  # an unknown key: the configuration refuses it
+    with pytest.raises(TypeError, match="unknown dance option.*valid keys: num_experts"):
+        DistillConfig.from_json({"method": "dance", "options": {"num_expert": 2}})  # a config.json of before
     with pytest.raises(ValueError, match="num_experts"):
         dance.parse_options({"num_experts": 0})
+    with pytest.raises(ValueError, match="dance option num_experts must be an integer >= 1"):
+        prepare(dance_cfg(str(tmp_path), options={**EXPERT_OPTS, "num_experts": 0}))  # a bad value, before any data is loaded
     assert not list(tmp_path.iterdir())  # nothing trained or written
 
 
@@ -154,8 +156,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, expert_cache):
     cfg = dance_cfg(expert_cache, iterations=4, checkpoint_every=2, matcher="hdd", centroid="law")
     full, part = tmp_path / "full", tmp_path / "part"
     run_distillation(cfg, str(full), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(part), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(cfg, str(part), progress=False, final_eval=False)
     run_distillation(cfg, str(part), resume=True, progress=False, final_eval=False)
     a = torch.load(full / "synset.pt", weights_only=True)
     b = torch.load(part / "synset.pt", weights_only=True)

@@ -11,7 +11,8 @@ from conftest import tiny_config
 from hddgeo import device as devices
 from hddgeo.cli import main
 from hddgeo.device import deterministic, resolve_device, tensors_off_device
-from hddgeo.distill import DistillConfig, RunInterrupted, build_method, prepare, run_distillation
+from hddgeo.distill import DistillConfig, build_method, prepare, run_distillation
+from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.distill.runner import read_back
 from hddgeo.evaluate import train_and_test
 from hddgeo.geometry import karcher_mean, law_centroid, lift
@@ -151,8 +152,8 @@ def test_the_walk_finds_a_forgotten_tensor():
 # ----------------------------------------------------------------------------- portable files
 def test_checkpoints_and_synsets_hold_cpu_tensors(device, tmp_path):
     cfg = tiny(method="idm", matcher="hdd", device=device.type)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(tmp_path / "run"), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(cfg, str(tmp_path / "run"), progress=False, final_eval=False)
     state = load_tensors(str(tmp_path / "run" / "checkpoint.pt"))
     assert tensors_off_device(state, "cpu") == []
     run_distillation(cfg, str(tmp_path / "run"), resume=True, progress=False, final_eval=False)
@@ -165,10 +166,10 @@ def test_a_cuda_run_resumes_on_the_cpu_and_back(tmp_path):
     whole = tmp_path / "whole"
     run_distillation(cfg, str(whole), progress=False, final_eval=False)
     part = tmp_path / "part"
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(part), progress=False, stop_after=2, final_eval=False)
-    with pytest.raises(RunInterrupted):
-        run_distillation(DistillConfig(device="cpu"), str(part), resume=True, progress=False, stop_after=4,
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(cfg, str(part), progress=False, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(4):
+        run_distillation(DistillConfig(device="cpu"), str(part), resume=True, progress=False,
                          final_eval=False)
     run_distillation(DistillConfig(device="cuda"), str(part), resume=True, progress=False, final_eval=False)
     a = load_tensors(str(whole / "synset.pt"))["params"]
@@ -178,8 +179,8 @@ def test_a_cuda_run_resumes_on_the_cpu_and_back(tmp_path):
 
 def test_resume_may_move_to_another_device_but_not_change_amp(tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(RunInterrupted):
-        run_distillation(tiny(iterations=3, device="auto"), str(out), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(tiny(iterations=3, device="auto"), str(out), progress=False, final_eval=False)
     assert main(["distill", "--out", str(out), "--resume", "--device", "cpu", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["distill", "--out", str(out), "--resume", "--amp", "bf16", "--quiet"]) == 2
@@ -301,8 +302,8 @@ def test_run_directories_written_before_the_device_fields_are_still_reused_and_r
     from hddgeo.rundir import save_tensors
 
     out = tmp_path / "run"
-    with pytest.raises(RunInterrupted):
-        run_distillation(tiny(iterations=3), str(out), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(tiny(iterations=3), str(out), progress=False, final_eval=False)
     for name in ("config.json",):
         cfg = json.loads((out / name).read_text())
         for key in ("device", "amp", "deterministic"):

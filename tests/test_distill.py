@@ -7,7 +7,6 @@ from conftest import tiny_config
 
 from hddgeo.cli import main
 from hddgeo.distill import (
-    RunInterrupted,
     build_method,
     paper_preset,
     partition_expand,
@@ -15,6 +14,7 @@ from hddgeo.distill import (
     prepare,
     run_distillation,
 )
+from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.losses import Matcher
 
 
@@ -81,8 +81,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, method, matcher):
     full = tmp_path / "full"
     run_distillation(cfg, str(full), progress=False, final_eval=False)
     part = tmp_path / "part"
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(part), progress=False, stop_after=3, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(3):
+        run_distillation(cfg, str(part), progress=False, final_eval=False)
     assert not (part / "synset.pt").exists()
     run_distillation(cfg, str(part), resume=True, progress=False, final_eval=False)
     a = torch.load(full / "synset.pt", weights_only=True)
@@ -191,3 +191,88 @@ def test_cli_distill_then_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(out), "--model", "alexnet", "--nets", "1", "--epochs", "1", "--quiet"]) == 0
     res = json.loads((out / "eval_alexnet.json").read_text())
     assert res["model"] == "alexnet" and len(res["accs"]) == 1
+
+
+# ----------------------------------------------------------------------------- the exception family
+def test_expected_failures_are_one_family_apart_from_value_errors(tmp_path, capsys):
+    from hddgeo import errors
+
+    for cls in (errors.RunDirBusy, errors.RunDirError, errors.NonFiniteError, errors.OutOfMemory, errors.StudyError,
+                errors.ConfigTypeError):
+        assert issubclass(cls, errors.HddgeoError) and not issubclass(cls, ValueError)
+    assert issubclass(errors.ConfigTypeError, TypeError)  # a wrong type is a TypeError, as in Python
+    with pytest.raises(errors.NonFiniteError, match="NaN or infinite"):
+        run_distillation(tiny_config(lr_img=1e30, final_eval_epochs=0), str(tmp_path / "nan"), progress=False)
+    with pytest.raises(errors.RunDirError, match="already exists"):
+        run_distillation(tiny_config(), str(tmp_path / "nan"), progress=False)
+    with pytest.raises(errors.RunDirError, match="cannot resume"):
+        run_distillation(tiny_config(), str(tmp_path / "none"), resume=True, progress=False)
+    with pytest.raises(errors.ConfigTypeError, match="ipc must be int"):
+        tiny_config(ipc="2").validate()
+    assert main(["distill", "--dataset", "digits", "--out", str(tmp_path / "nan"), "--quiet"]) == 2  # the family: 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err
+
+
+def test_a_bug_is_not_mistaken_for_bad_input(monkeypatch):
+    """A TypeError that is no ConfigTypeError (a bug) keeps its traceback: the command line does not turn it into
+    status 2."""
+    import hddgeo.cli as cli
+
+    monkeypatch.setitem(cli.COMMANDS, "export", lambda args, given: None + 1)
+    with pytest.raises(TypeError):
+        cli.main(["export", "run", "out"])
+
+
+# ----------------------------------------------------------------------------- method options
+def test_each_method_options_are_typed_fields():
+    from hddgeo.distill import DistillConfig
+    from hddgeo.distill.dance import OPTION_DEFAULTS as DANCE
+    from hddgeo.distill.geodm import OPTION_DEFAULTS as GEODM
+
+    assert DistillConfig(method="dm").method_options() == {}
+    assert DistillConfig(method="idm", idm_queue=3).method_options()["queue"] == 3
+    dance = DistillConfig(method="dance").method_options()
+    assert dance == DANCE  # one definition of the defaults: the method's
+    geodm = DistillConfig(method="geodm").method_options()
+    assert geodm == {**GEODM, "components": ",".join(GEODM["components"])}
+    # --opt KEY=VALUE is the field METHOD_KEY, for every method
+    assert DistillConfig(method="dance", options={"num_experts": 2}).dance_num_experts == 2
+    assert DistillConfig(method="idm", options={"queue": 4}).idm_queue == 4
+    with pytest.raises(TypeError, match="dm takes no --opt options"):
+        DistillConfig(method="dm", options={"ot_weight": 1.0})
+    with pytest.raises(TypeError, match="geodm_proj_dim must be int"):
+        DistillConfig(method="geodm", geodm_proj_dim=1.5).validate()
+
+
+def test_a_config_json_of_before_maps_its_options_to_the_fields():
+    """Runs written while DANCE's and GeoDM's options were a dict load as the same runs (and reproduce)."""
+    import glob
+    import os
+
+    from hddgeo.distill import DistillConfig
+    from hddgeo.distill.config import config_differences
+
+    old = {**DistillConfig(method="dance").to_json(), "options": {"num_experts": 2, "expert_epochs": 1}}
+    for name in DistillConfig(method="dance").method_options():
+        del old["dance_" + name]
+    cfg = DistillConfig.from_json(old)
+    assert (cfg.dance_num_experts, cfg.dance_expert_epochs, cfg.dance_expert_lr) == (2, 1, 0.01)
+    assert config_differences(cfg, old) == {}
+    assert config_differences(DistillConfig(method="dance"), old) == {
+        "dance_num_experts": (2, 3), "dance_expert_epochs": (1, 5)}
+    geodm = DistillConfig.from_json({"method": "geodm", "options": {"components": ["spherical", "euclidean"]}})
+    assert geodm.geodm_components == "spherical,euclidean"
+    root = os.path.join(os.path.dirname(__file__), "..", "experiments", "results")
+    committed = sorted(glob.glob(os.path.join(root, "**", "config.json"), recursive=True))[:12]
+    for path in committed:  # every committed run directory still describes the run it holds
+        with open(path) as fh:
+            saved = json.load(fh)
+        assert config_differences(DistillConfig.from_json(saved, source=path), saved) == {}, path
+
+
+def test_cli_opt_sets_the_methods_field(tmp_path, capsys):
+    assert main(["distill", "--method", "geodm", "--opt", "ot_lambda=1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown geodm option(s) 'ot_lambda'; valid keys: proj_dim" in err
+    assert not (tmp_path / "x").exists()

@@ -100,14 +100,15 @@ def test_resume_refuses_flags_that_change_the_run(run, capsys):
 
 
 def test_resume_honours_the_saved_thread_count(tmp_path, capsys):
-    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+    from hddgeo.distill import DistillConfig, run_distillation
+    from hddgeo.distill._hooks import RunInterrupted, stop_after
 
     out = tmp_path / "run"
     cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0, threads=1)
     before = torch.get_num_threads()
     try:
-        with pytest.raises(RunInterrupted):
-            run_distillation(cfg, str(out), progress=False, stop_after=1)
+        with pytest.raises(RunInterrupted), stop_after(1):
+            run_distillation(cfg, str(out), progress=False)
         torch.set_num_threads(2)
         assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
         assert torch.get_num_threads() == 1
@@ -222,13 +223,14 @@ def test_cifar_reader_reads_python2_style_pickles(tmp_path):
 
 
 def test_resume_takes_a_new_data_root(tmp_path, fashionmnist_root, capsys):
-    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+    from hddgeo.distill import DistillConfig, run_distillation
+    from hddgeo.distill._hooks import RunInterrupted, stop_after
 
     out = tmp_path / "run"
     cfg = DistillConfig(dataset="fashionmnist", data_root=str(fashionmnist_root), ipc=1, batch_real=4, iterations=2,
                         final_eval_epochs=0)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(out), progress=False, stop_after=1)
+    with pytest.raises(RunInterrupted), stop_after(1):
+        run_distillation(cfg, str(out), progress=False)
     moved = tmp_path / "moved"
     fashionmnist_root.rename(moved)
     assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 2
@@ -248,11 +250,11 @@ def test_every_config_field_is_a_flag_and_round_trips():
     dests = {a.dest for a in sub._actions}
     assert {f.name for f in dataclasses.fields(DistillConfig)} <= dests
     argv = ["distill", "--out", "x", "--momentum", "0.9", "--dsa-strategy", "flip_crop", "--idm-net-lr", "0.05",
-            "--no-dsa", "--max-norm", "none", "--opt", "a=1", "--method", "dance", "--threads", "1"]
+            "--no-dsa", "--max-norm", "none", "--opt", "num_experts=1", "--method", "dance", "--threads", "1"]
     args = parser.parse_args(argv)
     cfg = _config_from_args(args, _given(sub, args))
-    assert (cfg.momentum, cfg.dsa_strategy, cfg.idm_net_lr, cfg.dsa, cfg.max_norm, cfg.options, cfg.threads) == \
-        (0.9, "flip_crop", 0.05, False, None, {"a": 1}, 1)
+    assert (cfg.momentum, cfg.dsa_strategy, cfg.idm_net_lr, cfg.dsa, cfg.max_norm, cfg.dance_num_experts,
+            cfg.threads) == (0.9, "flip_crop", 0.05, False, None, 1, 1)
     default = _config_from_args(*(lambda a: (a, _given(sub, a)))(parser.parse_args(["distill", "--out", "x"])))
     assert default == DistillConfig()
 
@@ -405,12 +407,13 @@ def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(tmp_path, capsy
     import subprocess
     import sys
 
-    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+    from hddgeo.distill import DistillConfig, run_distillation
+    from hddgeo.distill._hooks import RunInterrupted, stop_after
 
     out = tmp_path / "run"
     cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(out), progress=False, stop_after=1)
+    with pytest.raises(RunInterrupted), stop_after(1):
+        run_distillation(cfg, str(out), progress=False)
     code = ("import fcntl, os, signal, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
             "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code, str(out / "run.lock")])
@@ -458,12 +461,13 @@ def _no_links_and_untouched(folder, target):
 
 
 def test_resume_with_links_planted_under_temporary_names(tmp_path, capsys):
-    from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+    from hddgeo.distill import DistillConfig, run_distillation
+    from hddgeo.distill._hooks import RunInterrupted, stop_after
 
     out, target = tmp_path / "run", _outside(tmp_path)
     cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(out), progress=False, stop_after=1)
+    with pytest.raises(RunInterrupted), stop_after(1):
+        run_distillation(cfg, str(out), progress=False)
     for name in ("config.json", "log.csv", "checkpoint.pt", "synset.pt", "synset.png", "metrics.json", "run.lock"):
         os.symlink(target, out / f"{name}.tmp-{os.getpid()}")  # the names hddgeo used to write through
     os.symlink(target, out / "synset.pt")  # and one under a final name

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from hddgeo.distill import DistillConfig, RunInterrupted, run_distillation
+from hddgeo.distill import DistillConfig, run_distillation
+from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.seeds import IDM_TRAIN, SCHEMES, STEP, RunSeeds, derive, network_seeds
 
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results" / "fashionmnist_verdict" / "runs"
@@ -124,8 +125,8 @@ def test_a_run_records_its_evaluation_networks_and_seeds_do_not_share_them(tmp_p
 def test_the_schemes_differ_and_each_resumes_to_its_uninterrupted_run(tmp_path, scheme):
     cfg = tiny_config(seed_scheme=scheme, iterations=4, checkpoint_every=2, matcher="hdd")
     run_distillation(cfg, str(tmp_path / "full"), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(tmp_path / "part"), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(cfg, str(tmp_path / "part"), progress=False, final_eval=False)
     run_distillation(cfg, str(tmp_path / "part"), resume=True, progress=False, final_eval=False)
     full = torch.load(tmp_path / "full" / "synset.pt", weights_only=True)
     part = torch.load(tmp_path / "part" / "synset.pt", weights_only=True)
@@ -139,8 +140,8 @@ def test_resume_keeps_the_saved_scheme(tmp_path):
     """A v1 run directory (no seed_scheme in its files) resumes as scheme 1, not as today's default."""
     cfg = tiny_config(seed_scheme=1, iterations=4, checkpoint_every=2)
     run_distillation(cfg, str(tmp_path / "full"), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted):
-        run_distillation(cfg, str(tmp_path / "old"), progress=False, stop_after=2, final_eval=False)
+    with pytest.raises(RunInterrupted), stop_after(2):
+        run_distillation(cfg, str(tmp_path / "old"), progress=False, final_eval=False)
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     del saved["seed_scheme"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))

@@ -12,7 +12,8 @@ matching but takes its feature networks from a few *expert* ConvNets trained on 
 * **inter-class view** (distribution calibration): cross-entropy of the *trained* expert on the
   (augmented) synthetic images against their labels keeps each class inside its real region.
 
-Options (``DistillConfig.options`` / ``--opt KEY=VALUE``):
+Options (the ``dance_*`` fields of :class:`~hddgeo.distill.DistillConfig`: ``--dance-num-experts N`` or
+``--opt num_experts=N``):
 
 ``num_experts`` (3)
     experts trained (each from its own seeded initialisation).  The reference pre-trains 20 and
@@ -321,7 +322,7 @@ class Dance(DistillMethod):
 
     def __init__(self, cfg, dataset, pool, matcher):
         super().__init__(cfg, dataset, pool, matcher)
-        self.opts = parse_options(getattr(cfg, "options", None))
+        self.opts = parse_options(cfg.method_options())
         expert_dsa = cfg.dsa if self.opts["expert_dsa"] is None else self.opts["expert_dsa"]
         self.experts, self.cache_file = load_or_train_experts(
             dataset, cfg.model, self.opts, cfg.seed, cfg.dsa_strategy if expert_dsa else None, device=self.device,

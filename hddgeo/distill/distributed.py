@@ -78,18 +78,6 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def sum_floats(values: dict) -> dict:
-    """Sum a dict of floats over ranks (same keys on every rank), keys in ``values``' order (the log's columns
-    are the same with one process or several)."""
-    if not active() or not values:
-        return values
-    keys = sorted(values)  # the same order on every rank, whatever order each rank built its dict in
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_COMM_DEVICE)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    summed = dict(zip(keys, t.tolist()))
-    return {k: summed[k] for k in values}
-
-
 def gather(obj) -> list:
     """All ranks' objects, in rank order (``[obj]`` alone)."""
     if not active():
@@ -109,6 +97,24 @@ def broadcast_error(message) -> None:
     messages = [m for m in gather(message) if m]
     if messages:
         raise ValueError(messages[0])
+
+
+def first_failure(own, seen, world: int):
+    """The error every rank raises when an iteration fails (the torchrun failure protocol).  ``own`` is this
+    rank's failure in its own step (``None`` when its step went through), ``seen`` what it saw (the non-finite
+    images, a :class:`~hddgeo.errors.NonFiniteError`).  Every rank stops at the same point with the same one line:
+    the lowest failing rank's own message, else ``seen``.  A rank whose step failed took part in the iteration's
+    gradient sum with a NaN gradient, so every rank sees the non-finite images and comes here together."""
+    from hddgeo.errors import NonFiniteError
+
+    if world == 1:
+        return own or seen
+    failures = [f for f in gather(None if own is None else (isinstance(own, NonFiniteError), str(own)))
+                if f is not None]
+    if not failures:
+        return seen
+    is_nonfinite, message = failures[0]
+    return (NonFiniteError if is_nonfinite else ValueError)(message)
 
 
 def cleanup() -> None:

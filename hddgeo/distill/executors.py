@@ -1,11 +1,11 @@
 """Where a study's cells run: here (``local``: one process per GPU, or one-thread processes on the CPU) or on a Ray
 cluster (``ray``).
 
-A cell is a run directory and its configuration (:class:`Cell`); running it is :func:`run_cell_task`, which
-reuses a finished run directory and resumes an unfinished one.  An executor only decides where and when each
-cell runs, never what it computes: the device (``cuda:i`` for the GPU a process is pinned to, or ``cuda`` inside
-a Ray task, which sees its one GPU) and the thread count are fields a resume may change
-(``RESUMABLE_FIELDS``), so a cell gives the same table whichever executor ran it.
+A cell is a run directory and its configuration (:class:`~hddgeo.distill.cell.Cell`); running it is
+:func:`~hddgeo.distill.cell.run_cell_task`, which reuses a finished run directory and resumes an unfinished one. An
+executor only decides where and when each cell runs, never what it computes: the device (``cuda:i`` for the GPU a
+process is pinned to, or ``cuda`` inside a Ray task, which sees its one GPU) and the thread count are fields a
+resume may change (``RESUMABLE_FIELDS``), so a cell gives the same table whichever executor ran it.
 
 * ``local``: on the CPU, ``jobs`` processes at a time (spawned: a fresh interpreter each), every cell with one
   torch thread; with CUDA cells, one process per GPU (``jobs`` GPUs, default all), each pinned to its GPU
@@ -27,14 +27,18 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .runner import DistillConfig
+from hddgeo.errors import EXPECTED, StudyError
+
+from .cell import Cell, run_cell_task
+from .config import DistillConfig
 
 EXECUTORS = ("local", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
 class CellFailed:
-    """What an executor returns for a cell that failed with an error of its input (a ``ValueError``: one line),
+    """What an executor returns for a cell that failed with an error of its input (a ``ValueError`` or a
+    :class:`~hddgeo.errors.HddgeoError`: one line),
     in place of its metrics; the study goes on with the other cells and names the failed ones at the end."""
 
     message: str
@@ -43,37 +47,11 @@ class CellFailed:
 def _failure(err: BaseException) -> Optional[CellFailed]:
     """``CellFailed`` for an error a cell may fail with while the others go on (hddgeo's one-line errors, and CUDA
     running out of memory), ``None`` for anything else (a bug: it stops the study)."""
-    if isinstance(err, (ValueError, FileNotFoundError)) or "out of memory" in str(err).lower()[:200] \
+    if isinstance(err, EXPECTED) or "out of memory" in str(err).lower()[:200] \
             and isinstance(err, (RuntimeError, MemoryError)):
         text = str(err).strip()
         return CellFailed(text.splitlines()[0] if text else type(err).__name__)
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One cell of a study: ``kind`` is ``distill`` or ``baseline`` (the random row, :func:`study.baseline_cell`)."""
-
-    kind: str
-    cfg: DistillConfig
-    run_dir: str
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.run_dir)
-
-
-def run_cell_task(kind: str, cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bool = False) -> dict:
-    """Run (or reuse, or resume) one cell in this process; its metrics."""
-    from .runner import check_threads
-    from .study import baseline_cell, run_cell
-
-    check_threads(cfg.threads)  # this machine's cores (a Ray node's may differ from the driver's)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if kind == "baseline":
-        return baseline_cell(cfg, run_dir)
-    return run_cell(cfg, run_dir, resume=resume, progress=progress)
 
 
 def wants_cuda(device: str) -> bool:
@@ -235,7 +213,7 @@ def _here(task: Callable, cell: Cell, resume: bool, progress: bool):
     """``task`` on ``cell`` in this process: its metrics, or :class:`CellFailed`."""
     try:
         return task(cell.kind, cell.cfg, cell.run_dir, resume, progress)
-    except (ValueError, FileNotFoundError, RuntimeError, MemoryError) as err:
+    except EXPECTED + (RuntimeError, MemoryError) as err:
         failed = _failure(err)
         if failed is None:
             raise
@@ -311,7 +289,7 @@ def _check_reachable(address: Optional[str]) -> None:
             pass
     except OSError as err:
         shown = address or os.environ.get("RAY_ADDRESS")
-        raise ValueError(f"no Ray cluster answers at {shown} ({err.strerror or type(err).__name__}); start its head "
+        raise StudyError(f"no Ray cluster answers at {shown} ({err.strerror or type(err).__name__}); start its head "
                          f"(ray start --head --port PORT) or pass the head's address with --ray-address") from None
 
 
@@ -324,7 +302,7 @@ def _ray_init(ray, address: Optional[str]) -> None:
         ray.init(log_to_driver=False, logging_level=logging.WARNING, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot join the Ray cluster at {address or 'this machine'}: {text[:200]}") from None
+        raise StudyError(f"cannot join the Ray cluster at {address or 'this machine'}: {text[:200]}") from None
 
 
 def _ray_nodes(ray) -> list:
@@ -367,7 +345,7 @@ def run_ray(cells: Sequence[Cell], address: Optional[str] = None, resume: bool =
                 time.sleep(2.0)
                 nodes = _ray_nodes(ray)
             if not _fits_a_node(nodes, cpus, gpus):
-                raise ValueError(f"no live node of the Ray cluster has the {cpus} CPU(s){' and a GPU' if gpus else ''} "
+                raise StudyError(f"no live node of the Ray cluster has the {cpus} CPU(s){' and a GPU' if gpus else ''} "
                                  f"cell {cell.name} asks for (nodes: {_describe_nodes(nodes)}); start a worker node "
                                  f"(ray start --address HEAD:PORT) or give the cells fewer threads")
         for cell, (cpus, gpus) in zip(cells, needs):
@@ -391,7 +369,7 @@ def run_ray(cells: Sequence[Cell], address: Optional[str] = None, resume: bool =
                     continue
                 for ref in waiting:
                     ray.cancel(ref, force=True)
-                raise ValueError(f"the Ray cluster has had no live node able to run the {len(waiting)} cells left for "
+                raise StudyError(f"the Ray cluster has had no live node able to run the {len(waiting)} cells left for "
                                  f"{RAY_STALL_S:.0f} s (its worker nodes were lost?); {len(cells) - len(waiting)} "
                                  f"finished and are kept: rerun the study once the cluster has workers again")
             stalled_since = None

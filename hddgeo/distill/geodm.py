@@ -306,7 +306,7 @@ class GeoDM(DM):
 
     def __init__(self, cfg, dataset, pool, matcher):
         super().__init__(cfg, dataset, pool, matcher)
-        self.options = parse_options(getattr(cfg, "options", None))
+        self.options = parse_options(cfg.method_options())
         if self.n_real < 2:
             raise ValueError(f"GeoDM needs at least 2 real images per class in a batch (batch_real is {cfg.batch_real})")
         _import_ot()

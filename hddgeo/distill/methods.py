@@ -69,13 +69,10 @@ class DistillMethod:
 
     @staticmethod
     def parse_options(options: Optional[dict]) -> dict:
-        """The method's ``--opt`` options with defaults filled in; ``ValueError`` for a key it does not take.
-
-        Methods with options (DANCE, GeoDM) replace this with their own schema."""
-        if options:
-            raise ValueError(f"this method takes no --opt options, got {', '.join(map(repr, sorted(options)))}; "
-                             f"--opt is for dance and geodm")
-        return {}
+        """The method's options (:meth:`DistillConfig.method_options`: its ``METHOD_*`` fields), checked;
+        ``ValueError`` naming a bad value.  Every method's options are configuration fields, typed there; a method
+        whose values need more checks than their types (DANCE, GeoDM) replaces this."""
+        return dict(options or {})
 
     # -- hooks ------------------------------------------------------------------------------------
     def network(self, it: int, gen: torch.Generator, draw: Optional[dict] = None) -> torch.nn.Module:

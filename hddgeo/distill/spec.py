@@ -68,9 +68,9 @@ from typing import Optional, Sequence
 from hddgeo import stats
 from hddgeo.verdict import SAME_MARGIN, Claim
 
-from .executors import Cell
-from .runner import DistillConfig, describe
-from .study import cell_name, check_seeds_and_jobs
+from .cell import Cell, cell_name, check_name
+from .config import DistillConfig, describe
+from .study import check_seeds_and_jobs
 
 MAX_CELLS = 100_000  # cells one spec may ask for (a typo in an axis should not build millions of cells)
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
@@ -82,7 +82,7 @@ STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 # fields whose value changes the random baseline row (its initial images or their evaluation)
 BASELINE_FIELDS = ("dataset", "data_root", "init", "model", "final_eval_nets", "final_eval_epochs", "seed_scheme",
-                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "method", "options")
+                   "eval_test_per_class", "dsa", "dsa_strategy", "prune_fraction", "prune_level", "method")
 
 
 def _toml():
@@ -134,14 +134,6 @@ def _fields(table, where: str, axes: bool = False) -> dict:
     return out
 
 
-def check_name(value, where: str) -> str:
-    """``value`` if it can be one file or folder name (one path component): a non-empty text without ``/``,
-    ``\\``, control characters or NUL, not ``.`` or ``..``, at most 200 bytes; ``ValueError`` naming ``where``."""
-    if not isinstance(value, str) or not value or value in (".", "..") or len(value.encode()) > 200 \
-            or any(c in value for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{where} must be a file name (one path component: no /, not .., no control characters, "
-                         f"at most 200 bytes), got {value!r}"[:300])
-    return value
 
 
 def _relative_folder(value, where: str) -> str:

@@ -1,97 +1,40 @@
-"""Grids of distillation runs that differ in one switch (matcher / centroid / IPC) over several seeds.
+"""A study: a grid of distillation runs that differ in one switch (matcher / centroid / IPC) over several seeds,
+planned as cells (:func:`study_cells`), checked together (:func:`check_study`) and run by an executor
+(:func:`run_cells`), which writes the report.
 
 Every cell of one seed uses the same budget, feature networks, real batches, DSA draws, initial images and
 evaluation networks, so the switch is the only difference: results are compared *paired by seed* with
 :mod:`hddgeo.stats`.  A ``random`` row evaluates the real images each seed's synthetic sets start from.
-
-Tables are long: one row per (method, IPC, seed, evaluation network).  Each cell is a run directory under
-``out_dir/runs/``; finished cells are reused and unfinished ones resumed, so a killed study continues.
+Each cell is a run directory under ``out_dir/runs/`` (:mod:`hddgeo.distill.cell`); finished cells are reused and
+unfinished ones resumed, so a killed study continues.  Tables are long (:mod:`hddgeo.distill.results`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
-import shutil
 from typing import Iterable, Optional, Sequence
 
 import pandas as pd
-import torch
 
 from hddgeo import stats
 from hddgeo.device import resolve_device
-from hddgeo.seeds import RunSeeds
-from hddgeo.evaluate import evaluate_synset
+from hddgeo.errors import ConfigTypeError, RunDirError, StudyError
+from hddgeo.rundir import CONFIG, METRICS
 
-from .methods import build_method
-from hddgeo.rundir import (CONFIG, LOCK, LOG, METRICS, RunLock, csv_text, is_temporary, read_json, write_csv,
-                           write_json, write_text)
+from . import executors
+from .cell import (Cell, baseline_cell, baseline_row, cell_name, check_cell_dir, check_name, check_same_run,  # noqa: F401
+                   config_mismatch, initial_images, read_cell, run_cell)
+from .config import MAX_SEED, DistillConfig, check_threads, describe
+from .results import (cells_table, format_table, read_log, read_long_table, read_run, read_runs,  # noqa: F401
+                      table_datasets, write_report)
 
-from .runner import (MAX_SEED, RESUMABLE_FIELDS, DistillConfig, config_differences, describe, eval_augment, prepare,
-                     run_distillation)
+# (the names imported from .cell and .results beyond those used here are where experiment scripts find them)
 
 DEFAULT_VARIANTS = (
     {"matcher": "euclidean"},
     {"matcher": "hdd", "centroid": "law"},
     {"matcher": "hdd", "centroid": "karcher"},
 )
-
-
-def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
-    """Accuracy of the initial synthetic set (the seed's random real images) under the final evaluation."""
-    dataset, pool, matcher = prepare(cfg)
-    method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    run_seeds = RunSeeds.of(cfg)
-    syn = method.init_synset(run_seeds.init())
-    images, labels = syn.expanded()
-    res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
-                          model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
-                          augment=eval_augment(cfg), seed=run_seeds.eval_networks("final", cfg.final_eval_nets),
-                          progress=progress, device=method.device, amp=cfg.amp)
-    return {"method": stats.RANDOM, "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
-            "acc_std": res["std"], "accs": res["accs"], "eval_seeds": res["seeds"], "seconds_per_iteration": float("nan")}
-
-
-def baseline_cell(cfg: DistillConfig, run_dir: str, progress: bool = False) -> dict:
-    """:func:`baseline_row` kept in ``run_dir`` (``config.json`` + ``metrics.json``), reused when it matches."""
-    cfg = dataclasses.replace(cfg, matcher="euclidean", iterations=1)  # fields that do not change the baseline
-    check_cell_dir(run_dir)
-    if os.path.isdir(run_dir):
-        with RunLock(run_dir):  # a cell one process owns at a time, like a distillation's run directory
-            done = _finished_baseline(cfg, run_dir)
-        if done is not None:
-            return done
-    row = baseline_row(cfg, progress=progress)  # checks every input before anything is written
-    check_cell_dir(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    with RunLock(run_dir):
-        done = _finished_baseline(cfg, run_dir)  # another process may have finished it meanwhile
-        if done is None:
-            write_json(os.path.join(run_dir, CONFIG), cfg.to_json())
-            write_json(os.path.join(run_dir, METRICS), row)
-    return row if done is None else done
-
-
-def _finished_baseline(cfg: DistillConfig, run_dir: str) -> Optional[dict]:
-    """The metrics of a finished baseline cell of ``cfg`` in ``run_dir``, ``None`` if there is none;
-    ``ValueError`` if it holds another run."""
-    if not os.path.isfile(os.path.join(run_dir, METRICS)):
-        return None
-    check_same_run(cfg, run_dir)
-    return read_cell("baseline", cfg, run_dir)
-
-
-def cell_name(cfg: DistillConfig, label: Optional[str] = None) -> str:
-    label = label or describe(cfg)
-    return f"ipc{cfg.ipc}_{label.replace('/', '-').replace('+', '_')}_seed{cfg.seed}"
-
-
-def long_rows(metrics: dict, seed: int, run_dir: str = "") -> list[dict]:
-    """One row per evaluation network of a finished cell (nothing if it was not evaluated)."""
-    return [{"method": metrics["method"], "ipc": metrics["ipc"], "seed": seed, "network": j, "acc": acc,
-             "seconds_per_iteration": metrics.get("seconds_per_iteration", float("nan")), "run_dir": run_dir}
-            for j, acc in enumerate(metrics.get("accs") or [])]
 
 
 def run_study(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10),
@@ -120,9 +63,7 @@ def study_cells(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10)
                 variants: Iterable[dict] = DEFAULT_VARIANTS, seeds: Optional[Sequence[int]] = None,
                 baseline: bool = True, cfg_for: Optional[callable] = None, one_thread: bool = False) -> list:
     """The cells :func:`run_study` runs, in table order (per IPC, per seed: the baseline, then each variant),
-    each an :class:`~hddgeo.distill.executors.Cell` under ``out_dir/runs/``; nothing is checked or written."""
-    from .executors import Cell
-
+    each a :class:`~hddgeo.distill.cell.Cell` under ``out_dir/runs/``; nothing is checked or written."""
     seeds = [base.seed] if seeds is None else list(seeds)
     variants = list(variants)
     adjust = cfg_for or (lambda c: c)
@@ -143,16 +84,14 @@ def study_cells(base: DistillConfig, out_dir: str, ipcs: Iterable[int] = (1, 10)
 def check_cells(cells: Sequence) -> None:
     """``ValueError`` (one line) unless every cell's configuration is valid, its device exists and no two cells
     share a run directory; called before the first cell starts."""
-    from .spec import check_name
-
     seen = {}
     for cell in cells:
         try:
             check_name(cell.name, "its folder name")
             cell.cfg.validate()
             resolve_device(cell.cfg.device)
-        except ValueError as err:
-            raise ValueError(f"cell {cell.name[:200]!r}: {err}") from None
+        except (ValueError, ConfigTypeError) as err:
+            raise type(err)(f"cell {cell.name[:200]!r}: {err}") from None
         if cell.run_dir in seen:
             raise ValueError(f"two cells of the study are both {cell.name} ({seen[cell.run_dir]} and "
                              f"{describe(cell.cfg)}); give one of the variants a tag")
@@ -166,16 +105,12 @@ def check_study(cells: Sequence, out_dir: str, name: str = "results", jobs: Opti
     and every cell folder (no links, :func:`check_cell_dir`), each existing cell's ``config.json`` (the cell's
     run) and finished cell's ``metrics.json`` (:func:`read_cell`), and for the local executor the devices and
     thread counts.  ``ValueError``, one line, naming the cell and the field."""
-    from . import executors
-    from .runner import check_threads
-    from .spec import check_name
-
     if executor not in executors.EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(executors.EXECUTORS)}")
     check_name(name, "the report name")
     check_cells(cells)  # every cell's configuration is checked before the first one starts
     if os.path.islink(os.path.join(out_dir, "runs")):
-        raise ValueError(f"{os.path.join(out_dir, 'runs')} is a link, not the study's runs folder: a study writes only "
+        raise RunDirError(f"{os.path.join(out_dir, 'runs')} is a link, not the study's runs folder: a study writes only "
                          f"inside its folder; remove the link (or pass another --out)")
     for cell in cells:
         try:
@@ -185,8 +120,8 @@ def check_study(cells: Sequence, out_dir: str, name: str = "results", jobs: Opti
                                dataclasses.replace(cell.cfg, matcher="euclidean", iterations=1), cell.run_dir)
             if resume and os.path.isfile(os.path.join(cell.run_dir, METRICS)):
                 read_cell(cell.kind, cell.cfg, cell.run_dir)
-        except ValueError as err:
-            raise ValueError(f"cell {cell.name}: {str(err).strip().splitlines()[0]}") from None
+        except (ValueError, RunDirError, ConfigTypeError) as err:
+            raise type(err)(f"cell {cell.name}: {str(err).strip().splitlines()[0]}") from None
     if executor == "local":
         executors.plan_slots(cells, jobs)
         for cell in cells:
@@ -206,8 +141,6 @@ def run_cells(cells: Sequence, out_dir: str, name: str = "results", jobs: int = 
     run, the tables of the finished cells are written and one ``ValueError`` names the failed cells and the
     first one's error.  The cells leave this process with absolute run directories (a Ray node's working folder
     is not this one's)."""
-    from . import executors
-
     check_study(cells, out_dir, name, jobs=jobs, executor=executor, resume=resume)
     leaving = [dataclasses.replace(c, run_dir=os.path.abspath(c.run_dir)) for c in cells]
     if executor == "ray":
@@ -221,281 +154,12 @@ def run_cells(cells: Sequence, out_dir: str, name: str = "results", jobs: int = 
         write_report(table, out_dir, name)
     if failed:
         first = failed[0]
-        raise ValueError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(c.name for c, _ in failed)})"
+        raise StudyError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(c.name for c, _ in failed)})"
                          + (f"; the tables hold the {len(done)} others" if not table.empty else "")
                          + f"; {first[0].name}: {first[1].message}")
     return table
 
 
-def cells_table(cells: Sequence, results: Sequence[dict]) -> pd.DataFrame:
-    """The long table of finished cells: one row per evaluation network, in the cells' order."""
-    rows = []
-    for cell, metrics in zip(cells, results):
-        rows += long_rows(metrics, cell.cfg.seed, cell.run_dir)
-    return pd.DataFrame(rows)
-
-
-def _run_cell_task(kind: str, cfg: DistillConfig, run_dir: str, resume: bool, progress: bool) -> dict:
-    from .executors import run_cell_task
-
-    return run_cell_task(kind, cfg, run_dir, resume, progress)
-
-
-def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Wide view of a long table: one row per method, one ``mean ± std`` column (in %) per IPC."""
-    return stats.summary_wide(stats.summarise(table))
-
-
-def write_report(table: pd.DataFrame, out_dir: str, name: str = "results", pairs=None,
-                 preamble: str = "") -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Save a long table as ``<name>.csv`` (run directories inside ``out_dir`` named relative to it), its per-method
-    summary and paired differences as
-    ``<name>_summary.csv`` / ``<name>_paired.csv``, and both as markdown in ``<name>.md``."""
-    summary, diffs, text = _report_by_dataset(table, pairs)
-    os.makedirs(out_dir, exist_ok=True)
-    write_csv(os.path.join(out_dir, f"{name}.csv"), _portable(table, out_dir))
-    write_csv(os.path.join(out_dir, f"{name}_summary.csv"), summary)
-    write_csv(os.path.join(out_dir, f"{name}_paired.csv"), diffs)
-    text = (preamble + "\n\n" if preamble else "") + text
-    write_text(os.path.join(out_dir, f"{name}.md"), text)
-    return summary, diffs, text
-
-
-def _portable(table: pd.DataFrame, out_dir: str) -> pd.DataFrame:
-    """``table`` with its ``run_dir`` column relative to ``out_dir`` where a run lies inside it (a study folder is
-    then readable wherever it is copied or checked out)."""
-    if "run_dir" not in table.columns or table.empty:
-        return table
-    root = os.path.realpath(out_dir)
-
-    def rel(path):
-        full = os.path.realpath(path)
-        return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
-
-    return table.assign(run_dir=[rel(p) for p in table["run_dir"]])
-
-
-def _report_by_dataset(table: pd.DataFrame, pairs=None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """:func:`stats.report`, once per dataset when the table has a ``dataset`` column (a section each, and a
-    ``dataset`` column in the summary and the paired differences): runs of two datasets are never pooled."""
-    if "dataset" not in table.columns:
-        return stats.report(table, pairs)
-    parts = []
-    for dataset in dict.fromkeys(table["dataset"]):
-        summary, diffs, text = stats.report(table[table["dataset"] == dataset].reset_index(drop=True), pairs)
-        summary.insert(0, "dataset", dataset)
-        diffs.insert(0, "dataset", dataset)
-        parts.append((summary, diffs, f"## {dataset}\n\n{text}"))
-    return (pd.concat([p[0] for p in parts], ignore_index=True), pd.concat([p[1] for p in parts], ignore_index=True),
-            "\n".join(p[2] for p in parts))
-
-
-def load_runs(paths: Iterable[str]) -> pd.DataFrame:
-    """The long table (with a ``dataset`` column) of the evaluated runs among :func:`read_runs`'s."""
-    return read_runs(paths)[0]
-
-
-# Fields that make two runs of one dataset and IPC incomparable: how their synthetic sets were evaluated
-# (every run, the random baseline too) and the distillation budget (distilled runs).  Runs pooled into one row
-# (same method) must further agree in every field but the seed and those that do not change what a run computes.
-EVAL_FIELDS = ("model", "final_eval_nets", "final_eval_epochs", "eval_test_per_class", "dsa", "dsa_strategy")
-BUDGET_FIELDS = ("iterations", "batch_real")
-NEUTRAL_FIELDS = ("seed", "checkpoint_every", "eval_every", "eval_nets", "eval_epochs", "gap_every")
-
-
-def read_runs(paths: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
-    """``(long table, run directories without evaluation)`` of finished run directories; a folder that is not a
-    run directory contributes the run directories directly inside it (or inside its ``runs/``), so a study's
-    output folder can be named.
-
-    Every ``metrics.json`` and ``config.json`` is checked (:func:`read_run`), and runs are refused, in one
-    ``ValueError`` naming the field and two runs, when they would be paired or pooled although they differ in
-    the dataset's evaluation protocol or budget (``EVAL_FIELDS``, ``BUDGET_FIELDS``), or pooled although their
-    configurations differ in more than the seed.  A run without evaluation (``final_eval_epochs`` 0) is left
-    out of the table and listed.
-
-    A ``.csv`` file (a study's long table, e.g. a committed ``results.csv``) is read as it is
-    (:func:`read_long_table`), alone: its runs were checked when the study wrote it."""
-    paths = list(paths)
-    tables = [p for p in paths if p.endswith(".csv")]
-    if tables:
-        if len(paths) > 1:
-            raise ValueError(f"{tables[0]} is a long table: compare it alone, not with other tables or run directories")
-        return read_long_table(tables[0]), []
-    rows, unevaluated, seen, runs = [], [], {}, []
-    for path in paths:
-        dirs = _run_dirs(path)
-        if not dirs:
-            raise ValueError(f"{path} holds no finished run (no metrics.json in it, its subfolders or runs/)")
-        for d in dirs:
-            cfg, metrics = read_run(d)
-            if not metrics["accs"]:
-                unevaluated.append(d)
-                continue
-            key = (cfg.dataset, metrics["method"], cfg.ipc, cfg.seed)
-            if key in seen:
-                raise ValueError(f"{seen[key]} and {d} are both {metrics['method']} IPC {cfg.ipc} seed {cfg.seed} on "
-                                 f"{cfg.dataset}" + (" (the same run named twice)" if os.path.realpath(seen[key]) ==
-                                                     os.path.realpath(d) else "") + ": pass each run once")
-            seen[key] = d
-            runs.append((d, cfg, metrics["method"]))
-            rows += [{"dataset": cfg.dataset, **row} for row in long_rows(metrics, cfg.seed, d)]
-    _check_comparable(runs)
-    if not rows:
-        raise ValueError(f"no evaluated run to compare: {', '.join(unevaluated)} "
-                         f"{'was' if len(unevaluated) == 1 else 'were'} distilled without a final evaluation "
-                         f"(--final-eval-epochs 0)")
-    table = pd.DataFrame(rows)
-    table = table.sort_values("method", key=lambda col: col.map(stats.method_rank), kind="stable", ignore_index=True)
-    return table, unevaluated
-
-
-def read_long_table(path: str) -> pd.DataFrame:
-    """A long accuracy table written by :func:`write_report` (``method, ipc, seed, network, acc``, optionally
-    ``dataset``, ``run_dir`` ...), checked as data: ``ValueError`` naming the file, the row and the column for a
-    missing column, a seed, IPC or network that is not a non-negative integer, or an accuracy outside [0, 1]."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist")
-    try:  # every cell as text: numbers are parsed below, strictly (no wrap-around, no True as 1)
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a CSV table: {str(err).splitlines()[0]}") from None
-    table = table.rename(columns=csv_text)
-    missing = [c for c in stats.REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: a long table has "
-                         f"{', '.join(stats.REQUIRED_COLUMNS)}")
-    if table.empty:
-        raise ValueError(f"{path} has no rows")
-    for col in ("ipc", "seed", "network"):
-        values = []
-        for i, text in enumerate(table[col]):
-            if not _INTEGER.fullmatch(text.strip()) or int(text.strip().split(".")[0]) > 2**63 - 1:
-                raise ValueError(f"{path} row {i + 2}: {col} is {text[:40]!r}, not a non-negative integer below 2**63")
-            values.append(int(text.strip().split(".")[0]))
-        table[col] = pd.Series(values, dtype="int64", index=table.index)
-    accs = []
-    for i, text in enumerate(table["acc"]):
-        value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
-        if not 0 <= value <= 1:
-            raise ValueError(f"{path} row {i + 2}: acc is {text[:40]!r}; accuracies are numbers (fractions) in [0, 1]")
-        accs.append(value)
-    table["acc"] = pd.Series(accs, dtype="float64", index=table.index)
-    for col in [c for c in ("method", "dataset") if c in table.columns]:
-        if (table[col].str.strip() == "").any():
-            raise ValueError(f"{path} row {int((table[col].str.strip() == '').idxmax()) + 2}: {col} is empty")
-        table[col] = [csv_text(v) for v in table[col]]
-    for col in table.columns:
-        if col in stats.REQUIRED_COLUMNS or col in ("dataset", "method"):
-            continue
-        numbers = pd.to_numeric(table[col].replace("", math.nan), errors="coerce")
-        if col == "seconds_per_iteration" or numbers.notna().sum() == (table[col] != "").sum():
-            table[col] = numbers  # a numeric column (NaN where empty)
-        else:
-            table[col] = [csv_text(v) for v in table[col]]
-    return stats.check_long(table)
-
-
-_INTEGER = re.compile(r"\+?\d{1,25}(\.0*)?")
-_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def table_datasets(table: pd.DataFrame, source: str) -> list:
-    """The datasets of a long table: its ``dataset`` column, or (a study's ``results.csv`` has none) the
-    ``config.json`` of each run its ``run_dir`` column names (relative to the table's folder); ``ValueError`` when
-    neither tells."""
-    if "dataset" in table.columns:
-        return sorted(set(table["dataset"]))
-    if "run_dir" not in table.columns or not source.endswith(".csv"):
-        raise ValueError(f"{source} names no dataset (no dataset or run_dir column); compare the run folders instead")
-    found = set()
-    for run_dir in dict.fromkeys(table["run_dir"]):
-        path = os.path.join(os.path.dirname(os.path.abspath(source)), str(run_dir), CONFIG)
-        try:
-            found.add(DistillConfig.from_json(read_json(path), source=path).dataset)
-        except ValueError as err:
-            raise ValueError(f"{source} names no dataset and its run {run_dir} cannot tell: "
-                             f"{str(err).strip().splitlines()[0]}") from None
-    return sorted(found)
-
-
-def read_run(run_dir: str) -> tuple[DistillConfig, dict]:
-    """``(configuration, metrics)`` of a finished run directory, both checked: ``config.json`` is a valid
-    configuration, and ``metrics.json`` names the same method (its label, tag included), dataset, IPC and
-    evaluation, with ``accs`` a list of finite accuracies in [0, 1], one per final evaluation network, or empty
-    (no evaluation; ``metrics["accs"]`` is then ``[]``).  ``ValueError`` naming the file and the field."""
-    config_path, metrics_path = os.path.join(run_dir, CONFIG), os.path.join(run_dir, METRICS)
-    metrics = read_json(metrics_path)
-    cfg = DistillConfig.from_json(read_json(config_path), source=config_path)
-
-    def bad(field, why):
-        raise ValueError(f"{metrics_path}: '{field}' {why}")
-
-    method = metrics.get("method")
-    if not isinstance(method, str):
-        bad("method", f"must be a string, got {method!r}"[:200])
-    baseline = method == stats.RANDOM and cfg.iterations == 1 and cfg.matcher == "euclidean"  # a baseline_cell
-    if method != describe(cfg) and not baseline:
-        bad("method", f"is {method!r} but {config_path} describes {describe(cfg)!r} (method, matcher, centroid, tag)")
-    ipc = metrics.get("ipc")
-    if type(ipc) is not int or not 0 < ipc < 2**63:
-        bad("ipc", f"must be a positive integer below 2**63, got {ipc!r}"[:200])
-    spi = metrics.get("seconds_per_iteration")
-    if spi is not None and (type(spi) not in (int, float) or not (math.isnan(spi) or 0 <= spi < math.inf)):
-        bad("seconds_per_iteration", f"must be a non-negative number, got {spi!r}"[:200])
-    for field, want in (("ipc", cfg.ipc), ("dataset", cfg.dataset), ("eval_model", cfg.model),
-                        ("eval_epochs", cfg.final_eval_epochs)):
-        if field in metrics and metrics[field] != want:
-            bad(field, f"is {metrics[field]!r} but {config_path} says {want!r}")
-    accs = metrics.get("accs")
-    accs = [] if accs is None else accs
-    if not isinstance(accs, list):
-        bad("accs", f"must be a list of accuracies, got {accs!r}"[:200])
-    for a in accs:
-        if type(a) not in (int, float) or not (math.isfinite(a) and 0 <= a <= 1):
-            bad("accs", f"holds {a!r}: accuracies are finite numbers in [0, 1]")
-    if accs and len(accs) != cfg.final_eval_nets:
-        bad("accs", f"holds {len(accs)} accuracies but {config_path} evaluates {cfg.final_eval_nets} networks")
-    return cfg, {**metrics, "accs": accs}
-
-
-def _check_comparable(runs: list) -> None:
-    """``ValueError`` naming the field and two of ``runs`` (``(dir, cfg, method)``) that differ where they
-    would be paired (one dataset and IPC) or pooled (one method too)."""
-    def value(cfg, field):
-        return getattr(cfg, field) if field != "dsa_strategy" or cfg.dsa else None  # no DSA: no strategy
-
-    pooled_fields = [f.name for f in dataclasses.fields(DistillConfig)
-                     if f.name not in NEUTRAL_FIELDS + RESUMABLE_FIELDS]
-    first_pair, first_pool = {}, {}
-    for d, cfg, method in runs:
-        random = method == stats.RANDOM
-        checks = [(first_pair, (cfg.dataset, cfg.ipc, "eval"), EVAL_FIELDS, "paired"),
-                  (first_pool, (cfg.dataset, cfg.ipc, method),
-                   EVAL_FIELDS + ("init", "method") if random else pooled_fields, "pooled")]
-        if not random:
-            checks.append((first_pair, (cfg.dataset, cfg.ipc, "budget"), BUDGET_FIELDS, "paired"))
-        for first, key, fields, how in checks:
-            ref_dir, ref = first.setdefault(key, (d, cfg))
-            for field in fields:
-                if value(ref, field) != value(cfg, field):
-                    raise ValueError(f"{ref_dir} and {d} differ in {field} ({value(ref, field)!r} against "
-                                     f"{value(cfg, field)!r}): runs of {cfg.dataset} IPC {cfg.ipc} are {how} only when "
-                                     f"they agree in it; compare them separately")
-
-
-def _run_dirs(path: str) -> list[str]:
-    if os.path.isfile(os.path.join(path, "metrics.json")):
-        return [path]
-    found = []
-    for folder in (path, os.path.join(path, "runs")):
-        if os.path.isdir(folder):
-            found += sorted(os.path.join(folder, d) for d in os.listdir(folder)
-                            if os.path.isfile(os.path.join(folder, d, "metrics.json")))
-    return found
-
-
-# ----------------------------------------------------------------------------- helpers for experiment scripts
 def check_seeds_and_jobs(seeds: Optional[Sequence[int]] = None, jobs: int = 1) -> None:
     """``ValueError`` (one line, before anything is written) unless ``seeds`` are distinct non-negative integers
     and ``jobs`` lies in 1..os.cpu_count(): a repeated seed would count one run twice, and more one-thread cells
@@ -509,97 +173,3 @@ def check_seeds_and_jobs(seeds: Optional[Sequence[int]] = None, jobs: int = 1) -
     cores = os.cpu_count() or 1
     if type(jobs) is not int or not (1 <= jobs <= cores):
         raise ValueError(f"--jobs must lie in 1..{cores} (the cores of this machine), got {jobs}")
-
-
-def config_mismatch(cfg: DistillConfig, run_dir: str) -> dict:
-    """``{field: (in run_dir/config.json, requested)}`` for every field that differs (empty: same run);
-    fields that do not change what a run computes (``RESUMABLE_FIELDS``) are not compared."""
-    return config_differences(cfg, read_json(os.path.join(run_dir, CONFIG)))
-
-
-def check_same_run(cfg: DistillConfig, run_dir: str) -> None:
-    """``ValueError`` naming the fields in which ``run_dir/config.json`` differs from ``cfg``."""
-    diff = config_mismatch(cfg, run_dir)
-    if diff:
-        shown = ", ".join(f"{k}={old!r} (requested {new!r})" for k, (old, new) in sorted(diff.items()))
-        raise ValueError(f"{run_dir} holds a different run: {shown}; use another output folder or delete it")
-
-
-def run_cell(cfg: DistillConfig, run_dir: str, resume: bool = True, progress: bool = True) -> dict:
-    """Distil one cell of a study into ``run_dir`` and return its metrics, reusing what is there.
-
-    A finished run (``metrics.json``) is reused and an unfinished one (``checkpoint.pt``) resumed, when
-    ``resume`` is true; either way its ``config.json`` must describe the same run as ``cfg``
-    (``ValueError`` naming the differing fields otherwise, so that a changed budget never silently
-    reuses an old result).  A directory killed before its first checkpoint holds only ``config.json``
-    (and perhaps ``log.csv`` and temporary files): it is cleared and the run starts afresh.  The directory is
-    inspected under its lock: a cell another process is running is ``RunDirBusy``, never reused or cleared.
-    """
-    cfg.validate()
-    has_ckpt = False
-    check_cell_dir(run_dir)  # before the lock: a linked cell would have its lock file made elsewhere
-    if os.path.isdir(run_dir):
-        with RunLock(run_dir):
-            check_cell_dir(run_dir)
-            has_config = os.path.exists(os.path.join(run_dir, CONFIG))
-            if has_config:
-                check_same_run(cfg, run_dir)
-            metrics_path = os.path.join(run_dir, METRICS)
-            if resume and os.path.exists(metrics_path):
-                return read_cell("distill", cfg, run_dir)
-            has_ckpt = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
-            stale = set(os.listdir(run_dir)) - {LOCK}
-            killed = all(name in (CONFIG, LOG, "tensorboard") or is_temporary(name) for name in stale)
-            if not has_ckpt and killed and (has_config or all(is_temporary(name) for name in stale)):
-                # a cell this study created (its config.json is the cell's) that died before its first checkpoint
-                for name in stale:
-                    path = os.path.join(run_dir, name)
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)  # a link itself, never what it points to
-    return run_distillation(cfg, run_dir, resume=resume and has_ckpt, progress=progress)
-
-
-def check_cell_dir(run_dir: str) -> None:
-    """``ValueError`` (one line) unless ``run_dir`` and the ``runs`` folder holding it are real folders (or do not
-    exist yet) and nothing inside the cell is a link: a link would make a cell read, clear or write files
-    outside the study folder.  Links under temporary names (a killed write's, removed by the run) are let be."""
-    runs = os.path.dirname(os.path.abspath(run_dir))
-    for path, what in ((runs, "the study's runs folder"), (run_dir, "a cell")):
-        if os.path.islink(path):
-            raise ValueError(f"{path} is a link, not {what}: a study writes only inside its folder; remove the link "
-                             f"(or pass another --out)")
-        if os.path.lexists(path) and not os.path.isdir(path):
-            raise ValueError(f"{path} is a file, not {what}; move it away (or pass another --out)")
-    if not os.path.isdir(run_dir):
-        return
-    for folder, dirs, files in os.walk(run_dir):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            if os.path.islink(path) and not (folder == run_dir and (is_temporary(name) or name == LOCK)):
-                raise ValueError(f"{path} is a link: a study cell holds only its own files; remove the link")
-
-
-def read_cell(kind: str, cfg: DistillConfig, run_dir: str) -> dict:
-    """The metrics of the finished cell in ``run_dir``, read through :func:`read_run`'s checks (the ones
-    ``hddgeo compare`` makes) and those of the cell: the method is the cell's (``random`` for a baseline).
-    ``ValueError`` naming the file and the field."""
-    _, metrics = read_run(run_dir)
-    want = stats.RANDOM if kind == "baseline" else describe(cfg)
-    if metrics["method"] != want:
-        raise ValueError(f"{os.path.join(run_dir, METRICS)}: 'method' is {metrics['method']!r} but the cell runs "
-                         f"{want!r}; delete the cell to run it again")
-    return metrics
-
-
-def read_log(run_dir: str) -> pd.DataFrame:
-    """A run's ``log.csv`` (one row per iteration; ``gap_*`` / ``eval_acc`` are NaN where not logged)."""
-    return pd.read_csv(os.path.join(run_dir, "log.csv"))
-
-
-def initial_images(cfg: DistillConfig) -> torch.Tensor:
-    """The synthetic images a run of ``cfg`` starts from (its seed's real or noise initialisation)."""
-    dataset, pool, matcher = prepare(cfg)
-    method = build_method(cfg.method, cfg, dataset, pool, matcher)
-    return method.init_synset(RunSeeds.of(cfg).init()).images.detach()
