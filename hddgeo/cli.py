@@ -461,7 +461,13 @@ def main(argv=None) -> int:
 
     if status == 130 and stopped_by_interrupt():
         # Ctrl-C killed a study's workers after its line was printed; the interpreter's exit would join the process
-        # pools' manager threads, which can wait for ever on a dead worker's pipe: leave now (every file is written)
+        # pools' manager threads, which can wait for ever on a dead worker's pipe: leave now (every file is written).
+        # First the finalizers the exit would run at priority >= 0: they unlink the pools' semaphores, else
+        # multiprocessing's resource tracker warns of leaked ones under the one line.  The queue-joining finalizers
+        # (priority < 0) are the ones that can hang, and are skipped.
+        from multiprocessing import util as mp_util
+
+        mp_util._run_finalizers(0)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
