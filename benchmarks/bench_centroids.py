@@ -184,7 +184,9 @@ def main(argv=None):
 def _save(df, out, cols=None) -> int:
     """Write the CSV and print the table (``cols`` of it) as markdown when tabulate is there."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    df.to_csv(out, index=False)
+    from hddgeo.rundir import write_csv
+
+    write_csv(str(out), df)
     shown = df if cols is None else df[cols]
     print(shown.to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else shown.to_string(index=False))
     print(f"wrote {out}")

@@ -33,6 +33,7 @@ from hddgeo.data.datasets import ImageDataset
 from hddgeo.device import AMP_MODES, configure_process, resolve_device, tf32_settings
 from hddgeo.distill import DistillConfig, build_method
 from hddgeo.losses import Matcher
+from hddgeo.rundir import write_csv
 
 MATCHERS = [("euclidean", "law"), ("hdd", "law"), ("hdd", "karcher")]
 
@@ -183,7 +184,7 @@ def main(argv=None):
         rows += bench(dataset, args.ipc, args.iterations, args.batch_real, device=device, amp=args.amp)
     df = pd.DataFrame(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    df.to_csv(args.out, index=False)
+    write_csv(args.out, df)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"wrote {args.out}")
 
