@@ -71,7 +71,7 @@ def load_sets(path: str, dataset, name: Optional[str] = None) -> list[LoadedSet]
         if not isinstance(cfg, dict):
             raise ValueError(f"{os.path.join(path, 'config.json')} is not a JSON object")
         images, labels = _entry(state, ("images", "train_labels"), path)
-        from hddgeo.stats import method_label
+        from hddgeo.labels import method_label
 
         meta = {k: cfg.get(k) for k in ("dataset", "method", "matcher", "centroid", "k", "scale", "max_norm", "ipc",
                                          "iterations", "seed", "seed_scheme", "tag") if k in cfg}

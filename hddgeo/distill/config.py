@@ -22,7 +22,7 @@ from hddgeo.errors import ConfigTypeError
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS
 from hddgeo.models import MODEL_NAMES
-from hddgeo.stats import method_label
+from hddgeo.labels import method_label
 
 from . import dance, geodm
 from .memory import DEFAULT_BUDGET_GB
