@@ -180,7 +180,7 @@ def dsa_apply_blocks(x: Tensor, sizes: list, draws: list, on_device: list, param
     each), with all blocks that drew the same operation in one call: their parameters repeated per image.  One
     call per operation (at most six) instead of one per class: an accelerator's launches for DSA no longer grow
     with the class count.  Every operation treats images independently, so each block gets what its own call would
-    give it (``tests/test_augment.py`` holds them equal)."""
+    give it (``tests/data/test_augment.py`` holds them equal)."""
     if len(sizes) != len(draws) or len(draws) != len(on_device) or sum(sizes) != len(x):
         raise ValueError(f"{len(draws)} draws with {len(on_device)} parameter sets for blocks {list(sizes)} of "
                          f"{len(x)} images: one draw per block, and the blocks must cover the batch")

@@ -170,7 +170,7 @@ def _dot(a, b):
 def _conjugate_gradient_fixed(hvp, b, rtol, iterations):
     """:func:`_conjugate_gradient` as an accelerator runs it: ``iterations`` iterations and no read, each in as few
     kernels as it takes (dot products as one batched matmul each, the constants made once): with
-    :class:`_FrameLogs`' formed logs, 17 kernels an iteration instead of 32 (``tests/test_karcher_ops.py``)."""
+    :class:`_FrameLogs`' formed logs, 17 kernels an iteration instead of 32 (``tests/geometry/test_karcher_ops.py``)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()

@@ -2,7 +2,7 @@
 proxy for a GPU's kernel launches, counted with a TorchDispatchMode), the formed logs it uses checked against the
 explicit logmaps, and a side of one point solved without padding.
 
-``python tests/test_karcher_ops.py`` prints the counts (the numbers in the issue-24 note)."""
+``python tests/geometry/test_karcher_ops.py`` prints the counts (the numbers in the issue-24 note)."""
 from collections import Counter
 
 import geoopt

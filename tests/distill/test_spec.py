@@ -17,7 +17,7 @@ from hddgeo.distill.runner import config_differences
 from hddgeo.distill.spec import load_spec, shipped_specs
 from hddgeo.distill.study import DEFAULT_VARIANTS, check_cells, study_cells
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _same(spec_cells, ref_cells):

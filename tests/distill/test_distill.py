@@ -263,7 +263,7 @@ def test_a_config_json_of_before_maps_its_options_to_the_fields():
         "dance_num_experts": (2, 3), "dance_expert_epochs": (1, 5)}
     geodm = DistillConfig.from_json({"method": "geodm", "options": {"components": ["spherical", "euclidean"]}})
     assert geodm.geodm_components == "spherical,euclidean"
-    root = os.path.join(os.path.dirname(__file__), "..", "experiments", "results")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "results")
     committed = sorted(glob.glob(os.path.join(root, "**", "config.json"), recursive=True))[:12]
     for path in committed:  # every committed run directory still describes the run it holds
         with open(path) as fh:
