@@ -22,7 +22,7 @@ from .geometry import (
 )
 from .losses import euclidean_mean_loss, hdd_loss
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 __all__ = [
     "CENTROID_METHODS", "KarcherInfo", "centroid", "frechet_objective", "karcher_mean", "law_centroid",
     "tangent_centroid", "hierarchical_weights", "lift", "radius", "from_poincare", "to_poincare", "hdd_loss",
