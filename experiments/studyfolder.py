@@ -10,6 +10,7 @@ import os
 import pandas as pd
 
 from hddgeo.distill.study import read_log, read_run
+from hddgeo.labels import is_random
 
 
 def finished_cells(study: str, baselines: bool = True) -> list[tuple]:
@@ -23,7 +24,7 @@ def finished_cells(study: str, baselines: bool = True) -> list[tuple]:
         run_dir = os.path.join(runs, name)
         if os.path.isfile(os.path.join(run_dir, "metrics.json")):
             cfg, metrics = read_run(run_dir)
-            if baselines or metrics["method"] != "random":
+            if baselines or not is_random(metrics["method"]):
                 out.append((run_dir, cfg, metrics))
     if not out:
         raise ValueError(f"no finished cell in {runs}")
@@ -33,7 +34,7 @@ def finished_cells(study: str, baselines: bool = True) -> list[tuple]:
 def logs(cells: list) -> pd.DataFrame:
     """The ``log.csv`` of every distilled cell of ``cells``, one row per iteration, with its method, IPC and seed."""
     return pd.concat([read_log(d).assign(method=m["method"], ipc=cfg.ipc, seed=cfg.seed)
-                      for d, cfg, m in cells if m["method"] != "random"], ignore_index=True)
+                      for d, cfg, m in cells if not is_random(m["method"])], ignore_index=True)
 
 
 def curves_plot(logs: pd.DataFrame, path: str, title: str = "") -> bool:

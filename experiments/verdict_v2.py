@@ -36,16 +36,16 @@ REPORTED = DESIGNED + [("dm+hdd/law", "dm+clipped_euclidean"), ("dm+clipped_eucl
 
 
 def cell_costs(table: pd.DataFrame, study: str, ipc: int) -> dict:
-    """Seconds of one distilled cell's loop and of one evaluation network, means over the pilot's cells at ``ipc``
+    """Seconds of one distilled cell's loop and of one evaluation network, medians over the pilot's cells at ``ipc``
     (the random row has no loop)."""
     loops, nets = [], []
     for run_dir in dict.fromkeys(table.loc[table["ipc"] == ipc, "run_dir"]):
         with open(os.path.join(study, run_dir, "metrics.json")) as f:
             m = json.load(f)
-        if m.get("method") != stats.RANDOM:
+        if not stats.is_random(m.get("method", stats.RANDOM)):
             loops.append(m["loop_seconds"])
             nets.append(m["final_eval_seconds"] / len(m["accs"]))
-    return {"loop": float(np.mean(loops)), "network": float(np.mean(nets)), "distilled": len(loops)}
+    return {"loop": float(np.median(loops)), "network": float(np.median(nets)), "distilled": len(loops)}
 
 
 def design(table: pd.DataFrame, ipc: int, costs: dict, variants: int, target: float,
@@ -80,7 +80,7 @@ def cmd_design(args) -> int:
     table = pd.read_csv(os.path.join(args.study, f"{args.stage}.csv"))
     text = [f"# Design from the {args.stage} stage ({args.study})\n"]
     for ipc in sorted(table["ipc"].unique()):
-        variants = table.loc[(table["ipc"] == ipc) & (table["method"] != stats.RANDOM), "method"].nunique()
+        variants = table.loc[(table["ipc"] == ipc) & ~table["method"].map(stats.is_random), "method"].nunique()
         costs = cell_costs(table, args.study, ipc)
         comps, grid = design(table, int(ipc), costs, variants, TARGETS[int(ipc)])
         write_csv(os.path.join(args.study, f"design{ipc}_components.csv"), comps.drop(columns=["between", "within"]))
@@ -90,7 +90,8 @@ def cmd_design(args) -> int:
         text += [f"## IPC {ipc}\n",
                  f"Pilot: {comps['seeds'].max()} seeds x {comps['networks'].max():.0f} evaluation networks; one distilled "
                  f"cell's loop {costs['loop'] / 60:.1f} min, one evaluation network {costs['network'] / 60:.2f} min "
-                 f"(means over the pilot's {costs['distilled']} distilled cells, on the machine that ran them).\n",
+                 f"(medians over the pilot's {costs['distilled']} distilled cells, on the machine that ran them: "
+                 "cells that shared it with other work took up to 6x longer).\n",
                  "Standard deviations of each paired difference (points): between seeds (what more networks cannot "
                  "remove) and between evaluation networks within a seed:\n",
                  markdown_table(comps.drop(columns=["between", "within", "ipc"]).round(3)),

@@ -19,11 +19,16 @@ def method_label(method: str, matcher: str = "euclidean", centroid: str = "", ta
     return f"{label}@{tag}" if tag else label
 
 
+def is_random(label: str) -> bool:
+    """Whether ``label`` is a random row: ``random``, or ``random@TAG`` (a pruned pool's initial images)."""
+    return label.partition("@")[0] == RANDOM
+
+
 def method_rank(method: str) -> tuple:
     """Sort key that lists ``random`` first, then each method before its matcher variants (Law, Karcher, tangent),
     and a label before its tagged variants (``dm`` before ``dm@lr10``)."""
     label, _, tag = method.partition("@")
     base, _, variant = label.partition("+")
     matcher, _, centroid = variant.partition("/")
-    return (method != RANDOM, base, variant != "", matcher, {"law": 0, "karcher": 1, "tangent": 2}.get(centroid, 3),
+    return (not is_random(method), base, variant != "", matcher, {"law": 0, "karcher": 1, "tangent": 2}.get(centroid, 3),
             centroid, tag != "", tag)

@@ -22,7 +22,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .labels import CENTROID_MATCHERS, RANDOM, method_label, method_rank  # noqa: F401  (re-exported)
+from .labels import CENTROID_MATCHERS, RANDOM, is_random, method_label, method_rank  # noqa: F401  (re-exported)
 from .tables import markdown_table
 
 REQUIRED_COLUMNS = ("method", "ipc", "seed", "network", "acc")
@@ -190,6 +190,8 @@ def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
             pairs.append((m, base + at + tag))
         if tag and label in present:
             pairs.append((m, label))
+        if tag and label != RANDOM and f"{RANDOM}@{tag}" in present:  # a pruned pool's run against its own images
+            pairs.append((m, f"{RANDOM}@{tag}"))
     for m in methods:
         label, at, tag = m.partition("@")
         if "/" not in label:

@@ -14,13 +14,12 @@ from typing import Optional
 
 import torch
 
-from hddgeo import stats
 from hddgeo.errors import RunDirError
 from hddgeo.evaluate import evaluate_synset
 from hddgeo.rundir import CONFIG, LOCK, LOG, METRICS, RunLock, is_temporary, read_json, write_json
 from hddgeo.seeds import RunSeeds
 
-from .config import DistillConfig, check_threads, config_differences, describe
+from .config import DistillConfig, check_threads, config_differences, describe, describe_baseline
 from .methods import build_method
 from .results import read_run
 from .runner import eval_augment, prepare, run_distillation
@@ -139,7 +138,7 @@ def read_cell(kind: str, cfg: DistillConfig, run_dir: str) -> dict:
     ``hddgeo compare`` makes) and those of the cell: the method is the cell's (``random`` for a baseline).
     ``ValueError`` naming the file and the field."""
     _, metrics = read_run(run_dir)
-    want = stats.RANDOM if kind == "baseline" else describe(cfg)
+    want = describe_baseline(cfg) if kind == "baseline" else describe(cfg)
     if metrics["method"] != want:
         raise ValueError(f"{os.path.join(run_dir, METRICS)}: 'method' is {metrics['method']!r} but the cell runs "
                          f"{want!r}; delete the cell to run it again")
@@ -186,7 +185,7 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
                           model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
                           augment=eval_augment(cfg), seed=run_seeds.eval_networks("final", cfg.final_eval_nets),
                           progress=progress, device=method.device, amp=cfg.amp)
-    return {"method": stats.RANDOM, "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
+    return {"method": describe_baseline(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
             "acc_std": res["std"], "accs": res["accs"], "eval_seeds": res["seeds"], "seconds_per_iteration": float("nan")}
 
 

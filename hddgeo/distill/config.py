@@ -22,7 +22,7 @@ from hddgeo.errors import ConfigTypeError
 from hddgeo.geometry.centroids import CENTROID_METHODS
 from hddgeo.losses import MATCHERS
 from hddgeo.models import MODEL_NAMES
-from hddgeo.labels import method_label
+from hddgeo.labels import RANDOM, method_label
 
 from . import dance, geodm
 from .memory import DEFAULT_BUDGET_GB
@@ -295,6 +295,15 @@ def describe(cfg: DistillConfig) -> str:
     return method_label(cfg.method, cfg.matcher, cfg.centroid, cfg.tag)
 
 
+def describe_baseline(cfg: DistillConfig) -> str:
+    """The label of the random row that belongs to ``cfg``: ``random`` (the seed's initial images), or for a pruned
+    pool (``prune_fraction < 1``), whose initial images are drawn from what the pruning kept, ``random@TAG`` with the
+    configuration's tag (``random@prune0.2-radius`` when it has none)."""
+    if cfg.prune_fraction >= 1:
+        return RANDOM
+    return method_label(RANDOM, tag=cfg.tag or f"prune{cfg.prune_fraction:g}-{cfg.prune_level}")
+
+
 # Fields that may differ between a checkpoint and the config.json it is resumed with: they do not change what
 # the run computes (where the data lives, whether it may be downloaded, how many threads or which device
 # compute it, whether CUDA's kernels are the deterministic ones).  Checkpoints hold CPU tensors, so a run
@@ -328,4 +337,5 @@ def config_differences(cfg: DistillConfig, saved: dict) -> dict:
 
 
 __all__ = ["MAX_SEED", "RESUMABLE_FIELDS", "DistillConfig", "check_threads", "config_differences", "describe",
+           "describe_baseline",
            "legacy_fields", "method_fields"]

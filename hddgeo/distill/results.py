@@ -18,7 +18,7 @@ import pandas as pd
 from hddgeo import stats
 from hddgeo.rundir import CONFIG, LOG, METRICS, csv_text, read_json, write_csv, write_text
 
-from .config import RESUMABLE_FIELDS, DistillConfig, describe
+from .config import RESUMABLE_FIELDS, DistillConfig, describe, describe_baseline
 
 
 # Fields that make two runs of one dataset and IPC incomparable: how their synthetic sets were evaluated
@@ -44,7 +44,7 @@ def read_run(run_dir: str) -> tuple[DistillConfig, dict]:
     method = metrics.get("method")
     if not isinstance(method, str):
         bad("method", f"must be a string, got {method!r}"[:200])
-    baseline = method == stats.RANDOM and cfg.iterations == 1 and cfg.matcher == "euclidean"  # a baseline_cell
+    baseline = method == describe_baseline(cfg) and cfg.iterations == 1 and cfg.matcher == "euclidean"  # a baseline_cell
     if method != describe(cfg) and not baseline:
         bad("method", f"is {method!r} but {config_path} describes {describe(cfg)!r} (method, matcher, centroid, tag)")
     ipc = metrics.get("ipc")
@@ -128,7 +128,7 @@ def _check_comparable(runs: list) -> None:
                      if f.name not in NEUTRAL_FIELDS + RESUMABLE_FIELDS]
     first_pair, first_pool = {}, {}
     for d, cfg, method in runs:
-        random = method == stats.RANDOM
+        random = stats.is_random(method)
         checks = [(first_pair, (cfg.dataset, cfg.ipc, "eval"), EVAL_FIELDS, "paired"),
                   (first_pool, (cfg.dataset, cfg.ipc, method),
                    EVAL_FIELDS + ("init", "method") if random else pooled_fields, "pooled")]

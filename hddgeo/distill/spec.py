@@ -69,7 +69,7 @@ from hddgeo import stats
 from hddgeo.verdict import SAME_MARGIN, Claim
 
 from .cell import Cell, cell_name, check_name
-from .config import DistillConfig, describe
+from .config import DistillConfig, describe, describe_baseline
 from .study import check_seeds_and_jobs
 
 MAX_CELLS = 100_000  # cells one spec may ask for (a typo in an axis should not build millions of cells)
@@ -247,25 +247,47 @@ class Spec:
                     except TypeError as err:
                         raise ValueError(f"{self.path}: {err}") from None
 
+                distilled = [build(combo, variant) for combo in combos for variant in variants]
                 if self.baseline:
+                    # the seed's initial images, then those of every pruned pool (each its own random row)
                     cfg = build(combos[0], {})
                     cells.append(Cell("baseline", cfg, os.path.join(out_dir, "runs", cell_name(cfg, stats.RANDOM))))
-                for combo in combos:
-                    for variant in variants:
-                        cfg = build(combo, variant)
-                        cells.append(Cell("distill", cfg, os.path.join(out_dir, "runs", cell_name(cfg))))
+                    pruned = {}
+                    for cfg in distilled:
+                        label = describe_baseline(cfg)
+                        if label == stats.RANDOM:
+                            continue
+                        first = pruned.setdefault(label, cfg)
+                        differ = [f for f in BASELINE_FIELDS + ("k", "max_norm") if getattr(first, f) != getattr(cfg, f)]
+                        if differ:
+                            raise ValueError(f"{self.path}: two pruned variants share the random row {label} but prune "
+                                             f"differently ({differ[0]} {getattr(first, differ[0])!r} against "
+                                             f"{getattr(cfg, differ[0])!r}); give them different tags")
+                    cells += [Cell("baseline", cfg, os.path.join(out_dir, "runs", cell_name(cfg, label)))
+                              for label, cfg in pruned.items()]
+                cells += [Cell("distill", cfg, os.path.join(out_dir, "runs", cell_name(cfg))) for cfg in distilled]
         return cells
+
+    def _variant_configs(self) -> list[DistillConfig]:
+        base = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config.items()}
+        try:
+            return [DistillConfig(**{**base, **variant}) for variant in self.variants]
+        except TypeError as err:
+            raise ValueError(f"{self.path}: {err}") from None
 
     def labels(self) -> list[str]:
         """The method label of each variant (``dm``, ``dm+hdd/law``, ``dm@lr10``)."""
-        base = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config.items()}
-        out = []
-        for variant in self.variants:
-            try:
-                out.append(describe(DistillConfig(**{**base, **variant})))
-            except TypeError as err:
-                raise ValueError(f"{self.path}: {err}") from None
-        return out
+        return [describe(cfg) for cfg in self._variant_configs()]
+
+    def random_labels(self, stage: Optional[str] = None) -> list[str]:
+        """The random rows the spec (or ``stage``) runs with its baseline on: ``random``, and ``random@TAG`` for
+        each pruned variant's pool (:func:`~hddgeo.distill.config.describe_baseline`)."""
+        if not self.baseline:
+            return []
+        wanted = None if stage is None else self.stages.get(stage, {}).get("variants")
+        pruned = [describe_baseline(cfg) for cfg in self._variant_configs()
+                  if wanted is None or describe(cfg) in wanted]
+        return list(dict.fromkeys([stats.RANDOM] + pruned))
 
     def stage_variants(self, stage: Optional[str]) -> list[dict]:
         if stage is None:
@@ -289,6 +311,9 @@ class Spec:
         if label == stats.RANDOM:
             return self.baseline and (ipc in self.ipcs or any(ipc in s.get("ipc", self.ipcs)
                                                              for s in self.stages.values()))
+        if stats.is_random(label):  # a pruned pool's images: run wherever one of its variants is
+            return any(self.designs(describe(cfg), ipc) for cfg in self._variant_configs()
+                       if self.baseline and describe_baseline(cfg) == label)
         if label not in self.labels():
             return False
         if not self.stages:
@@ -370,12 +395,12 @@ def load_spec(path: str) -> Spec:
             check_name(v["tag"], f"{path} variant {i + 1} tag")
     for name in stages:
         spec.stage_variants(name)  # labels checked now
-    spec.claims = _claims(data.get("claims") or [], path, spec.labels() + [stats.RANDOM])
+    spec.claims = _claims(data.get("claims") or [], path, spec.labels() + spec.random_labels() + [stats.RANDOM])
     margin = data.get("margin", SAME_MARGIN)
     if type(margin) not in (int, float) or not (0 < margin < 100):
         raise ValueError(f"{path}: margin is the equivalence margin in points, a number in (0, 100); got {margin!r}")
     spec.margin = float(margin)
-    spec.paper = _paper(data.get("paper"), path, spec.labels() + [stats.RANDOM])
+    spec.paper = _paper(data.get("paper"), path, spec.labels() + spec.random_labels() + [stats.RANDOM])
     return spec
 
 

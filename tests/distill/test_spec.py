@@ -184,3 +184,63 @@ def test_the_estimate_prices_steps_and_evaluations_at_the_finished_cells_rates(t
     est = estimate(cells)
     per_cell = 200 * 0.9 + 8 * 300 * (480.0 / (8 * 300))
     assert est["finished"] == 1 and est["hours"] == pytest.approx(2 * per_cell / 3600)
+
+
+# ------------------------------------------------------------------------- a pruned pool's own random row
+PRUNED = ('ipc = [1]\nseeds = [0, 1]\nbaseline = true\n[config]\ndataset = "digits"\niterations = 1\nbatch_real = 8\n'
+          'final_eval_nets = 1\nfinal_eval_epochs = 1\n[[variants]]\nmatcher = "euclidean"\n'
+          '[[variants]]\nmatcher = "euclidean"\nprune_fraction = 0.2\ntag = "keep20"\n'
+          '[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nprune_fraction = 0.2\ntag = "keep20"\n'
+          '[[variants]]\nmatcher = "euclidean"\nprune_fraction = 0.2\nprune_level = "random"\ntag = "keep20-random"\n'
+          '[[claims]]\nclaim = "pruning helps DM beyond its pool"\na = "dm@keep20"\nb = "random@keep20"\n')
+
+
+def test_a_pruned_variant_brings_its_pools_random_row(tmp_path):
+    from hddgeo.distill.cell import initial_images
+    from hddgeo.distill.config import describe_baseline
+
+    path = tmp_path / "pruned.toml"
+    path.write_text(PRUNED)
+    spec = load_spec(str(path))
+    assert spec.random_labels() == ["random", "random@keep20", "random@keep20-random"]
+    assert spec.designs("random@keep20", 1) and not spec.designs("random@keep50", 1)
+    cells = spec.cells(out_dir=str(tmp_path / "out"))
+    names = [c.name for c in cells]
+    # one random row per pool and seed, before the seed's distilled cells (the two keep20 variants share theirs)
+    assert names[:7] == ["ipc1_random_seed0", "ipc1_random@keep20_seed0", "ipc1_random@keep20-random_seed0",
+                         "ipc1_dm_seed0", "ipc1_dm@keep20_seed0", "ipc1_dm_hdd-law@keep20_seed0",
+                         "ipc1_dm@keep20-random_seed0"]
+    assert len(cells) == 2 * 7
+    by_name = {c.name: c.cfg for c in cells}
+    pruned, control, full = (by_name[f"ipc1_{n}_seed0"] for n in ("random@keep20", "random@keep20-random", "random"))
+    assert describe_baseline(pruned) == "random@keep20" and describe_baseline(full) == "random"
+    # the pruned row's images are the ones its distilled cells start from, and not the full pool's
+    start = initial_images(pruned)
+    assert torch.equal(start, initial_images(by_name["ipc1_dm@keep20_seed0"]))
+    assert torch.equal(start, initial_images(by_name["ipc1_dm_hdd-law@keep20_seed0"]))
+    assert not torch.equal(start, initial_images(full)) and not torch.equal(start, initial_images(control))
+
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
+    import json
+
+    import pandas as pd
+
+    metrics = json.load(open(out / "runs" / "ipc1_random@keep20_seed1" / "metrics.json"))
+    assert metrics["method"] == "random@keep20"
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["method"].unique()) == sorted(["random", "random@keep20", "random@keep20-random", "dm",
+                                                       "dm@keep20", "dm+hdd/law@keep20", "dm@keep20-random"])
+    paired = pd.read_csv(out / "results_paired.csv")
+    pairs = set(zip(paired["a"], paired["b"]))
+    assert ("dm@keep20", "random@keep20") in pairs and ("dm@keep20-random", "random@keep20-random") in pairs
+    assert main(["compare", str(out), "--claims", str(path), "--out", str(tmp_path / "cmp")]) == 0
+    assert "pruning helps DM beyond its pool" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_pruned_variants_sharing_a_tag_must_prune_alike(tmp_path, capsys):
+    path = tmp_path / "clash.toml"
+    path.write_text(PRUNED.replace('centroid = "law"\nprune_fraction = 0.2', 'centroid = "law"\nprune_fraction = 0.5'))
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "share the random row random@keep20" in err and len(err.splitlines()) == 1
