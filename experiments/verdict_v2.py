@@ -65,8 +65,10 @@ def design(table: pd.DataFrame, ipc: int, costs: dict, variants: int, target: fl
     grid = []
     for s in seeds:
         for j in networks:
-            row = {"seeds": s, "networks": j,
-                   "core_hours": s * (variants * costs["loop"] + (variants + 1) * j * costs["network"]) / 3600}
+            per_seed = (variants * costs["loop"] + (variants + 1) * j * costs["network"]) / 3600
+            # the pilot's cells are the stage's first seeds when it keeps their number of networks
+            reused = min(s, int(comps["seeds"].max())) if j == int(comps["networks"].max()) else 0
+            row = {"seeds": s, "networks": j, "core_hours": s * per_seed, "core_hours_left": (s - reused) * per_seed}
             for c in comps.itertuples():
                 row[f"{c.a} − {c.b}"] = 100 * stats.half_width(c.between, c.within, s, j)
             grid.append(row)
@@ -85,7 +87,7 @@ def cmd_design(args) -> int:
         comps, grid = design(table, int(ipc), costs, variants, TARGETS[int(ipc)])
         write_csv(os.path.join(args.study, f"design{ipc}_components.csv"), comps.drop(columns=["between", "within"]))
         write_csv(os.path.join(args.study, f"design{ipc}_grid.csv"), grid)
-        ok = grid[grid["meets"]].sort_values("core_hours")
+        ok = grid[grid["meets"]].sort_values("core_hours_left")
         chosen = ok.iloc[0] if len(ok) else None
         text += [f"## IPC {ipc}\n",
                  f"Pilot: {comps['seeds'].max()} seeds x {comps['networks'].max():.0f} evaluation networks; one distilled "
@@ -104,8 +106,11 @@ def cmd_design(args) -> int:
         else:
             text.append(f"Cheapest design that meets it: **{int(chosen['seeds'])} seeds x {int(chosen['networks'])} "
                         f"networks**, {chosen['core_hours']:.1f} core-hours for this IPC's {variants} distilled "
-                        f"variants and the random row.\n")
-            near = ok.head(8)[["seeds", "networks", "core_hours"] + [c for c in grid.columns if "−" in c]]
+                        f"variants and the random row, {chosen['core_hours_left']:.1f} of them still to run (the "
+                        f"pilot's cells count as its first seeds where the number of networks is the pilot's). "
+                        f"The standard deviations come from {comps['seeds'].max()} seeds, so the half-widths are "
+                        f"estimates: take a seed or two more than the cheapest design.\n")
+            near = ok.head(8)[["seeds", "networks", "core_hours", "core_hours_left"] + [c for c in grid.columns if "−" in c]]
             text.append(markdown_table(near.round(3)))
     out = os.path.join(args.study, "design.md")
     write_text(out, "\n".join(text) + "\n")

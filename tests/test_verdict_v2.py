@@ -58,6 +58,12 @@ def test_the_design_splits_the_pilot_and_meets_its_targets_where_it_can(pilot):
     for s in (3, 10):
         col = grid[grid["seeds"] == s].sort_values("networks")
         assert (np.diff(col[key].values) <= 1e-12).all() and (np.diff(col["core_hours"].values) > 0).all()
+    # the pilot's seeds are paid for where a design keeps its number of networks, and only there
+    pilot_seeds, pilot_nets = table["seed"].nunique(), table.groupby(["method", "seed"]).size().max()
+    assert (pilot_seeds, pilot_nets) == (4, 2)  # the quick profile's
+    per_seed = grid["core_hours"] / grid["seeds"]
+    reused = np.where(grid["networks"] == pilot_nets, np.minimum(grid["seeds"], pilot_seeds), 0)
+    assert np.allclose(grid["core_hours_left"], (grid["seeds"] - reused) * per_seed)
     assert grid["meets"].equals((grid[["dm+hdd/law − dm", "dm+hdd/karcher − dm+hdd/law"]] <= 0.3).all(axis=1))
     text = (pilot / "design.md").read_text()
     assert "IPC 1" in text and ("Cheapest design" in text or "No design" in text)
