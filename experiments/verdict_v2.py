@@ -144,6 +144,7 @@ def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
                                                      spec.paper.get("runs", 3))
                 paper = pa[0] - pb[0] if paper is None else paper
             rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
+                         "random": stats.is_random(c.a) or stats.is_random(b),
                          "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
                          "paper_high": p_high})
     return rows
@@ -151,37 +152,41 @@ def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
 
 def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     """One row per claim: grey dots per seed, our 95 % interval (black), the paper's number and interval (red), 0 and
-    the equivalence margin of ``same`` claims (shaded)."""
+    the equivalence margin of ``same`` claims (shaded).  Claims against random images (tens of points) get a panel
+    and a scale of their own, above those between distillation methods (tenths of points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.4))
-    for y, r in enumerate(reversed(rows)):
-        if r["kind"] == "same":
-            ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#d8ecd8", zorder=0)
-        ax.scatter(r["seeds"], [y] * len(r["seeds"]), s=12, color="0.6", zorder=2)
-        ax.plot([r["low"], r["high"]], [y, y], color="black", lw=2, zorder=3)
-        ax.plot(r["mean"], y, "o", color="black", zorder=4)
-        if r["paper"] is not None:
-            if r["paper_low"] is not None:
-                ax.plot([r["paper_low"], r["paper_high"]], [y + 0.22, y + 0.22], color="tab:red", lw=1.5)
-            ax.plot(r["paper"], y + 0.22, "D", color="tab:red", ms=5)
-    ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(rows)])
-    ax.set_xlabel("difference a − b (accuracy points)")
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Line2D([], [], color="black", marker="o", lw=2, label="ours: mean, 95 % t interval over seeds"),
-                       Line2D([], [], color="0.6", marker="o", lw=0, label="ours: one seed"),
-                       Line2D([], [], color="tab:red", marker="D", lw=1.5, label="the paper (Welch interval of its runs)"),
-                       Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")],
-              fontsize=7, loc="best")
-    ax.set_title(title, fontsize=10, loc="left")
-    fig.tight_layout()
+    panels = [p for p in ([r for r in rows if r.get("random")], [r for r in rows if not r.get("random")]) if p]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 0.55 * len(rows) + 1.0 + 0.6 * len(panels)), squeeze=False,
+                             gridspec_kw={"height_ratios": [len(p) + 0.8 for p in panels]})
+    for ax, panel in zip(axes[:, 0], panels):
+        for y, r in enumerate(reversed(panel)):
+            if r["kind"] == "same":
+                ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#d8ecd8", zorder=0)
+            ax.scatter(r["seeds"], [y] * len(r["seeds"]), s=12, color="0.6", zorder=2)
+            ax.plot([r["low"], r["high"]], [y, y], color="black", lw=2, zorder=3)
+            ax.plot(r["mean"], y, "o", color="black", zorder=4)
+            if r["paper"] is not None:
+                if r["paper_low"] is not None:
+                    ax.plot([r["paper_low"], r["paper_high"]], [y + 0.22, y + 0.22], color="tab:red", lw=1.5)
+                ax.plot(r["paper"], y + 0.22, "D", color="tab:red", ms=5)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_ylim(-0.6, len(panel) - 0.4)
+        ax.set_yticks(range(len(panel)))
+        ax.set_yticklabels([r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(panel)])
+        ax.set_xlabel("difference a − b (accuracy points)", fontsize=8)
+    fig.legend(handles=[Line2D([], [], color="black", marker="o", lw=2, label="ours: mean, 95 % t interval over seeds"),
+                        Line2D([], [], color="0.6", marker="o", lw=0, label="ours: one seed"),
+                        Line2D([], [], color="tab:red", marker="D", lw=1.5, label="the paper (Welch interval of its runs)"),
+                        Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")],
+               fontsize=7, loc="lower center", ncol=4, frameon=False)
+    axes[0, 0].set_title(title, fontsize=10, loc="left")
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
