@@ -6,7 +6,8 @@
     out = "results/demo"          # the study folder (--out wins); cells are run directories in out/runs/
     ipc = [1, 10]
     seeds = [0, 1, 2]
-    baseline = true               # the random row: each seed's initial images, evaluated
+    baseline = true               # the random row: each seed's initial images, evaluated (and random@TAG, the
+                                  # images a pruned variant starts from)
 
     [config]                      # fields of every cell; a list is an axis: the cells are the product
     dataset = "digits"
