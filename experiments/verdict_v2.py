@@ -120,31 +120,28 @@ def cmd_design(args) -> int:
 
 
 def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
-    """Per claim and IPC: the per-seed differences (points), our interval, the paper's point and Welch interval."""
-    from hddgeo.verdict import best_of
+    """Per claim and IPC: the per-seed differences (points, on the seeds that report the claim), our interval, the
+    paper's point and Welch interval."""
+    from hddgeo.verdict import claim_difference
 
     rows = []
-    seeds = stats.per_seed(table)
-    for ipc in sorted(seeds["ipc"].unique()):
-        wide = seeds[seeds["ipc"] == ipc].pivot(index="seed", columns="method", values="acc")
+    for ipc in sorted(int(i) for i in table["ipc"].unique()):
         for c in spec.claims:
-            b = best_of(table, int(ipc), list(c.b)) if isinstance(c.b, tuple) else c.b
-            if b is None or c.a not in wide or b not in wide:
+            found = claim_difference(table, c, ipc)
+            if found is None or len(found[2]) < 2:
                 continue
-            d = 100 * (wide[c.a] - wide[b]).dropna()
-            if len(d) < 2:
-                continue
+            a, b, d = found
             low, high = stats.t_interval(d.values)
             acc = (spec.paper or {}).get("accuracy", {})
-            pa, pb = acc.get(c.a, {}).get(int(ipc)), acc.get(b, {}).get(int(ipc))
-            paper = (c.paper or {}).get(int(ipc))
+            pa, pb = acc.get(a, {}).get(ipc), acc.get(b, {}).get(ipc)
+            paper = (c.paper or {}).get(ipc)
             p_low = p_high = None
             if pa and pb:
                 p_low, p_high = stats.welch_interval(pa[0], pa[1], spec.paper.get("runs", 3), pb[0], pb[1],
                                                      spec.paper.get("runs", 3))
                 paper = pa[0] - pb[0] if paper is None else paper
             rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
-                         "random": stats.is_random(c.a) or stats.is_random(b),
+                         "random": stats.is_random(a) or stats.is_random(b),
                          "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
                          "paper_high": p_high})
     return rows

@@ -11,7 +11,9 @@ A claim's ``group`` says whose it is: ``paper`` (the paper's claims, with its nu
 project's own questions); reports print the two groups as separate tables.
 
 ``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them
-ran (chosen after the fact, so in ``b``'s favour; the row names the one chosen).  Claims live in a study spec
+ran (chosen after the fact, so in ``b``'s favour; the row names the one chosen).  With ``tune_seeds`` both ``a``
+and ``b`` may be lists (a grid of settings): each side's best is chosen on the tuning seeds alone, and the
+difference is reported on the other seeds (held out), so that tuning cannot flatter either side.  Claims live in a study spec
 (``[[claims]]``, :mod:`hddgeo.distill.spec`), so ``hddgeo compare STUDY --claims SPEC`` and the study script give
 the same table from the same files.
 """
@@ -36,13 +38,17 @@ PAPER_COLUMNS = ["group", "paper a / b (%)", "paper's 95% CI", "ours a / b (%)",
 @dataclasses.dataclass(frozen=True)
 class Claim:
     claim: str
-    a: str
+    a: Union[str, tuple]  # a label, or (with tune_seeds) the labels of which the best is taken
     b: Union[str, tuple]  # a label, or the labels of which the best is taken
     paper: Optional[dict] = None  # {ipc: points}
     kind: str = "gain"
     group: str = "paper"
+    tune_seeds: Optional[tuple] = None  # seeds that choose each list's best; the others report the difference
 
     def __post_init__(self):
+        if isinstance(self.a, tuple) and not self.tune_seeds:
+            raise ValueError(f"claim {self.claim!r}: a as a list of labels needs tune_seeds (choosing a's best on the "
+                             f"seeds that report it would flatter a)")
         if self.kind not in KINDS:
             raise ValueError(f"claim {self.claim!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.group not in GROUPS:
@@ -97,10 +103,12 @@ def _to_resolve(diff: np.ndarray, paper: Optional[float], kind: str, most: int =
     return f"over {most} seeds at this spread" if n > most else f"~{n} seeds at this spread"
 
 
-def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str]) -> Optional[str]:
+def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str], seeds: Optional[Sequence[int]] = None) -> Optional[str]:
     """The label among ``labels`` with the highest mean accuracy at ``ipc`` over the seeds every one of them
-    present ran (``None`` when fewer than two are present or they share no seed)."""
+    present ran, among ``seeds`` if given (``None`` when fewer than two are present or they share no seed)."""
     at = stats.per_seed(table[table["ipc"] == ipc])
+    if seeds is not None:
+        at = at[at["seed"].isin(list(seeds))]
     present = [m for m in labels if m in set(at["method"])]
     wide = at[at["method"].isin(present)].pivot(index="seed", columns="method", values="acc").dropna()
     if wide.empty or len(present) < 2:
@@ -112,11 +120,11 @@ def _points(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:+.1f}"
 
 
-def _paper_cells(c: Claim, b: Optional[str], ipc: int, paper: dict) -> dict:
+def _paper_cells(a: str, b: str, ipc: int, paper: dict) -> dict:
     """The paper's absolute accuracies of ``a`` and ``b`` (``paper["accuracy"][label][ipc] = (mean, sd)``, over
     ``paper["runs"]`` runs) and Welch's interval of their difference."""
     acc = paper.get("accuracy", {})
-    pa, pb = acc.get(c.a, {}).get(ipc), acc.get(b, {}).get(ipc) if b else None
+    pa, pb = acc.get(a, {}).get(ipc), acc.get(b, {}).get(ipc)
     shown = " / ".join("—" if p is None else f"{p[0]:.1f} ± {p[1]:.1f}" for p in (pa, pb))
     ci = ""
     if pa is not None and pb is not None:
@@ -124,6 +132,40 @@ def _paper_cells(c: Claim, b: Optional[str], ipc: int, paper: dict) -> dict:
         low, high = stats.welch_interval(pa[0], pa[1], runs, pb[0], pb[1], runs)
         ci = f"[{low:+.2f}, {high:+.2f}]"
     return {"paper a / b (%)": shown, "paper's 95% CI": ci}
+
+
+def _sides(table: pd.DataFrame, c: Claim, ipc: int, wide: pd.DataFrame, designed: Callable) -> Optional[list]:
+    """``[(a, shown), (b, shown)]``: each side's label (a list's best, chosen on ``c.tune_seeds`` if given), ``None``
+    while some of its cells are missing, and what a row shows for it; ``None`` when the claim has no row at ``ipc``
+    (a label not designed there)."""
+    sides = []
+    for side in (c.a, c.b):
+        if isinstance(side, (tuple, list)):
+            candidates = [m for m in side if designed(m, ipc) or m in wide]
+            if len(candidates) < 2:
+                return None
+            chosen = None if any(m not in wide for m in candidates) else best_of(table, ipc, candidates, c.tune_seeds)
+            sides.append((chosen, chosen or f"best of {', '.join(candidates)}"))
+        else:
+            if not (designed(side, ipc) or side in wide):
+                return None
+            sides.append((side if side in wide else None, side))
+    return sides
+
+
+def claim_difference(table: pd.DataFrame, c: Claim, ipc: int) -> Optional[tuple]:
+    """``(a, b, differences)``: the labels a claim compares at ``ipc`` (a list's best chosen as
+    :func:`claims_table` chooses it) and their per-seed differences in points on the seeds that report it (the
+    held-out ones with ``tune_seeds``); ``None`` while cells are missing."""
+    seeds_table = stats.per_seed(table[table["ipc"] == ipc])
+    wide = seeds_table.pivot(index="seed", columns="method", values="acc")
+    sides = _sides(table, c, ipc, wide, lambda label, i: label in wide)
+    if sides is None or sides[0][0] is None or sides[1][0] is None:
+        return None
+    (a, _), (b, _) = sides
+    held = wide if not c.tune_seeds else wide[~wide.index.isin(list(c.tune_seeds))]
+    pair = held[[a, b]].dropna()
+    return (a, b, 100 * (pair[a] - pair[b])) if len(pair) else None
 
 
 def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
@@ -149,37 +191,33 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
         for c in claims:
             paper = (c.paper or {}).get(ipc)
             row = {"claim": c.claim, "IPC": ipc, "paper (points)": _points(paper)}
-            if isinstance(c.b, (tuple, list)):
-                candidates = [m for m in c.b if designed(m, ipc) or m in wide]
-                missing = [m for m in candidates if m not in wide]
-                b = None if missing else best_of(table, ipc, candidates)
-                if len(candidates) < 2 or (not designed(c.a, ipc) and c.a not in wide):
-                    continue
-                shown = b or f"best of {', '.join(candidates)}"
-            else:
-                if not (designed(c.a, ipc) or c.a in wide) or not (designed(c.b, ipc) or c.b in wide):
-                    continue
-                b, shown = (c.b if c.b in wide else None), c.b
+            sides = _sides(table, c, ipc, wide, designed)
+            if sides is None:
+                continue
+            (a, shown_a), (b, shown_b) = sides
             if paper_table is not None:
-                row.update({"group": c.group, **_paper_cells(c, b or (None if isinstance(c.b, (tuple, list)) else c.b),
-                                                             ipc, paper_table), "budget": budget})
-            if b is None or c.a not in wide:
+                row.update({"group": c.group, **_paper_cells(a or shown_a, b or shown_b, ipc, paper_table),
+                            "budget": budget})
+            found = None if a is None or b is None else claim_difference(table, c, ipc)
+            if found is None:
                 rows.append({**row, "ours (points)": "pending", "95% CI": "", "seeds": 0,
-                             "verdict": "not resolvable (cells not run yet)", "difference": f"{c.a} − {shown}",
+                             "verdict": "not resolvable (cells not run yet)", "difference": f"{shown_a} − {shown_b}",
                              **({"ours a / b (%)": "pending"} if paper_table is not None else {})})
                 continue
-            pair = wide[[c.a, b]].dropna()
-            diff = 100 * (pair[c.a] - pair[b])
+            diff = found[2]
+            pair = wide.loc[diff.index, [a, b]]
             low, high = stats.t_interval(diff.values)
             word = verdict_word(low, high, len(diff), paper, c.kind, margin)
             if paper_table is not None:
-                row["ours a / b (%)"] = f"{100 * pair[c.a].mean():.1f} / {100 * pair[b].mean():.1f}"
-            extra = [b] if isinstance(c.b, (tuple, list)) else []  # which of the labels was the best
+                row["ours a / b (%)"] = f"{100 * pair[a].mean():.1f} / {100 * pair[b].mean():.1f}"
+            extra = [x for x, side in ((a, c.a), (b, c.b)) if isinstance(side, (tuple, list))]  # the best chosen
+            if c.tune_seeds:
+                extra += [f"chosen on seeds {', '.join(map(str, c.tune_seeds))}, reported on the others"]
             if word == "not resolvable":
                 extra += [_to_resolve(diff.values, paper, c.kind, margin=margin)]
             extra = [x for x in extra if x]
             rows.append({**row, "ours (points)": f"{diff.mean():+.2f}" if len(diff) else "pending",
                          "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",
                          "seeds": len(diff), "verdict": word + (f" ({'; '.join(extra)})" if extra else ""),
-                         "difference": f"{c.a} − {b}"})
+                         "difference": f"{a} − {b}"})
     return pd.DataFrame(rows, columns=COLUMNS + (PAPER_COLUMNS if paper_table is not None else []))

@@ -273,3 +273,42 @@ def test_a_specs_paper_table_is_checked(tmp_path):
         path.write_text(base.format(margin=margin, paper=paper))
         with pytest.raises(ValueError, match=message):
             load_spec(str(path))
+
+
+def test_a_tuned_claim_chooses_each_side_on_its_tuning_seeds_and_reports_the_others():
+    # law@l2 wins the tuning seeds 0-2 but is the worse Law setting on seeds 3-5; karcher@l1 wins both
+    law1, law2 = [0.70, 0.70, 0.70, 0.75, 0.76, 0.74], [0.72, 0.72, 0.72, 0.70, 0.71, 0.69]
+    kar1, kar2 = [0.73, 0.73, 0.74, 0.72, 0.72, 0.73], [0.60, 0.61, 0.60, 0.60, 0.60, 0.60]
+    table = _long({"law@l1": law1, "law@l2": law2, "karcher@l1": kar1, "karcher@l2": kar2})
+    claim = Claim("Karcher at its best lambda beats Law at its best", ("karcher@l1", "karcher@l2"),
+                  ("law@l1", "law@l2"), tune_seeds=(0, 1, 2))
+    row = claims_table(table, [claim]).iloc[0]
+    held = 100 * (np.array(kar1[3:]) - np.array(law2[3:]))  # Law's choice is made on seeds 0-2: l2
+    ci = sps.ttest_1samp(held, 0.0).confidence_interval(0.95)
+    assert row["difference"] == "karcher@l1 − law@l2" and row["seeds"] == 3
+    assert row["ours (points)"] == f"{held.mean():+.2f}" and row["95% CI"] == f"[{ci.low:+.2f}, {ci.high:+.2f}]"
+    assert "chosen on seeds 0, 1, 2, reported on the others" in row["verdict"]
+    from hddgeo.verdict import claim_difference
+
+    a, b, d = claim_difference(table, claim, 1)
+    assert (a, b) == ("karcher@l1", "law@l2") and list(d.index) == [3, 4, 5] and np.allclose(d.values, held)
+    # only the tuning seeds ran: pending, not a difference on the seeds that chose it
+    early = table[table["seed"] <= 2]
+    assert claims_table(early, [claim]).iloc[0]["ours (points)"] == "pending"
+    assert claim_difference(early, claim, 1) is None
+    with pytest.raises(ValueError, match="needs tune_seeds"):
+        Claim("flattering", ("karcher@l1", "karcher@l2"), "law@l1")
+
+
+def test_a_spec_claim_may_tune_on_some_seeds(tmp_path):
+    head = ('ipc = [1]\n[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 2.0\ntag = "l2"\n'
+            '[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 20.0\ntag = "l20"\n'
+            '[[claims]]\nclaim = "tuned"\na = ["dm+hdd/law@l2", "dm+hdd/law@l20"]\nb = "random"\n')
+    path = tmp_path / "tuned.toml"
+    path.write_text(head + "tune_seeds = [0, 1, 2]\n")
+    claim = load_spec(str(path)).claims[0]
+    assert claim.a == ("dm+hdd/law@l2", "dm+hdd/law@l20") and claim.tune_seeds == (0, 1, 2)
+    for tail, message in (("", "needs tune_seeds"), ("tune_seeds = [-1]\n", "non-negative integers")):
+        path.write_text(head + tail)
+        with pytest.raises(ValueError, match=message):
+            load_spec(str(path))

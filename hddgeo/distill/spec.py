@@ -40,6 +40,11 @@
     paper = {1 = 1.4, 10 = 0.6}   # the paper's number (points) per IPC, if it gives one
     kind = "gain"                 # or "same": a does as well as b (within the margin)
     group = "paper"               # or "project": this project's own question (a table of its own)
+    [[claims]]                    # a setting tuned on some seeds, reported on the others
+    claim = "HDD at its best lambda beats DM"
+    a = ["dm+hdd/law@l2", "dm+hdd/law@l20"]   # the best of a grid, chosen on tune_seeds (b may be a grid too)
+    b = "dm"
+    tune_seeds = [0, 1, 2]        # the difference is reported on every other seed that ran both
 
     margin = 0.5                  # the equivalence margin of "same" claims, points (default 1)
     [paper]                       # the paper's setting and absolute numbers, printed beside the claims
@@ -77,7 +82,7 @@ MAX_CELLS = 100_000  # cells one spec may ask for (a typo in an axis should not 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
             "claims", "description", "margin", "paper")
-CLAIM_KEYS = ("claim", "a", "b", "paper", "kind", "group")
+CLAIM_KEYS = ("claim", "a", "b", "paper", "kind", "group", "tune_seeds")
 PAPER_KEYS = ("iterations", "runs", "accuracy")
 STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
@@ -453,10 +458,14 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
                 raise ValueError(f"{where} needs {key!r}")
         if not isinstance(t["claim"], str) or not t["claim"]:
             raise ValueError(f"{where}: claim must be a text, got {t['claim']!r}")
-        b = t["b"]
-        names = [t["a"]] + (b if isinstance(b, list) else [b])
-        if isinstance(b, list) and len(b) < 2:
-            raise ValueError(f"{where}: b as a list names at least two labels (the best of them is taken)")
+        a, b = t["a"], t["b"]
+        names = (a if isinstance(a, list) else [a]) + (b if isinstance(b, list) else [b])
+        for key, side in (("a", a), ("b", b)):
+            if isinstance(side, list) and len(side) < 2:
+                raise ValueError(f"{where}: {key} as a list names at least two labels (the best of them is taken)")
+        tune = t.get("tune_seeds")
+        if tune is not None:
+            tune = tuple(_int_list(tune, f"{where}: tune_seeds"))
         for name in names:
             if name not in labels:
                 raise ValueError(f"{where} names {name!r}, which is no variant's label ({', '.join(labels)})")
@@ -468,8 +477,8 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
                                  f"got {paper!r}")
             paper = {int(k): float(v) for k, v in paper.items()}
         try:  # Claim checks its kind
-            out.append(Claim(t["claim"], t["a"], tuple(b) if isinstance(b, list) else b, paper, t.get("kind", "gain"),
-                             t.get("group", "paper")))
+            out.append(Claim(t["claim"], tuple(a) if isinstance(a, list) else a, tuple(b) if isinstance(b, list) else b,
+                             paper, t.get("kind", "gain"), t.get("group", "paper"), tune))
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     return out
