@@ -14,7 +14,6 @@ evaluation networks J, the expected 95 % half-width of each difference and the m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from studyfolder import curves_plot, finished_cells, logs
 
 from hddgeo import stats
-from hddgeo.rundir import write_csv, write_text
+from hddgeo.rundir import read_json, write_csv, write_text
 from hddgeo.tables import markdown_table
 
 STUDY = "experiments/results/fashionmnist_verdict_v2"
@@ -36,12 +35,10 @@ REPORTED = DESIGNED + [("dm+hdd/law", "dm+clipped_euclidean"), ("dm+clipped_eucl
 
 
 def cell_costs(table: pd.DataFrame, study: str, ipc: int) -> dict:
-    """Seconds of one distilled cell's loop and of one evaluation network, medians over the pilot's cells at ``ipc``
-    (the random row has no loop)."""
+    """Seconds of a distilled cell's loop and of one evaluation network: medians over the pilot's cells at ``ipc``."""
     loops, nets = [], []
     for run_dir in dict.fromkeys(table.loc[table["ipc"] == ipc, "run_dir"]):
-        with open(os.path.join(study, run_dir, "metrics.json")) as f:
-            m = json.load(f)
+        m = read_json(os.path.join(study, run_dir, "metrics.json"))
         if not stats.is_random(m.get("method", stats.RANDOM)):
             loops.append(m["loop_seconds"])
             nets.append(m["final_eval_seconds"] / len(m["accs"]))
@@ -100,7 +97,7 @@ def cmd_design(args) -> int:
                  f"\nTarget: 95 % half-width <= {TARGETS[int(ipc)]} points for "
                  f"{', '.join(f'{a} − {b}' for a, b in DESIGNED)}.\n"]
         if chosen is None:
-            best = grid.sort_values(list(grid.columns[3:5])).iloc[0]
+            best = grid.sort_values([f"{a} − {b}" for a, b in DESIGNED if f"{a} − {b}" in grid]).iloc[0]
             text.append(f"No design up to {grid['seeds'].max()} seeds x {grid['networks'].max()} networks meets it; "
                         f"the narrowest: {int(best['seeds'])} x {int(best['networks'])}.\n")
         else:
@@ -132,14 +129,10 @@ def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
                 continue
             a, b, d = found
             low, high = stats.t_interval(d.values)
-            acc = (spec.paper or {}).get("accuracy", {})
-            pa, pb = acc.get(a, {}).get(ipc), acc.get(b, {}).get(ipc)
-            paper = (c.paper or {}).get(ipc)
-            p_low = p_high = None
-            if pa and pb:
-                p_low, p_high = stats.welch_interval(pa[0], pa[1], spec.paper.get("runs", 3), pb[0], pb[1],
-                                                     spec.paper.get("runs", 3))
-                paper = pa[0] - pb[0] if paper is None else paper
+            pa, pb = ((spec.paper or {}).get("accuracy", {}).get(x, {}).get(ipc) for x in (a, b))
+            runs = (spec.paper or {}).get("runs", 3)
+            p_low, p_high = stats.welch_interval(*pa, runs, *pb, runs) if pa and pb else (None, None)
+            paper = (c.paper or {}).get(ipc, pa[0] - pb[0] if pa and pb else None)
             rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
                          "random": stats.is_random(a) or stats.is_random(b),
                          "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
@@ -177,11 +170,11 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
         ax.set_yticks(range(len(panel)))
         ax.set_yticklabels([r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(panel)])
         ax.set_xlabel("difference a − b (accuracy points)", fontsize=8)
-    fig.legend(handles=[Line2D([], [], color="black", marker="o", lw=2, label="ours: mean, 95 % t interval over seeds"),
-                        Line2D([], [], color="0.6", marker="o", lw=0, label="ours: one seed"),
-                        Line2D([], [], color="tab:red", marker="D", lw=1.5, label="the paper (Welch interval of its runs)"),
-                        Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")],
-               fontsize=7, loc="lower center", ncol=4, frameon=False)
+    keys = [Line2D([], [], color=c, marker=m, lw=w, label=t) for c, m, w, t in (
+        ("black", "o", 2, "ours: mean, 95 % t interval over seeds"), ("0.6", "o", 0, "ours: one seed"),
+        ("tab:red", "D", 1.5, "the paper (Welch interval of its runs)"))]
+    fig.legend(handles=keys + [Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")], fontsize=7, loc="lower center",
+               ncol=4, frameon=False)
     axes[0, 0].set_title(title, fontsize=10, loc="left")
     fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=130)
@@ -213,10 +206,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("design", help="variance split of the pilot and the seeds x networks design")
-    d.add_argument("--study", default=STUDY)
-    d.add_argument("--stage", default="pilot1", help="the report name of the pilot stage (its long table)")
     f = sub.add_parser("figures", help="forest plot of the claims and accuracy-vs-iteration curves")
-    f.add_argument("--study", default=STUDY)
+    for parser in (d, f):
+        parser.add_argument("--study", default=STUDY)
+    d.add_argument("--stage", default="pilot1", help="the report name of the pilot stage (its long table)")
     f.add_argument("--table", default="results", help="the long table's name in the study folder")
     f.add_argument("--spec", default="fashionmnist_verdict_v2")
     args = p.parse_args(argv)
