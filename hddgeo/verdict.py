@@ -10,10 +10,10 @@ points) where the paper gives one, and a kind:
 A claim's ``group`` says whose it is: ``paper`` (the paper's claims, with its numbers) or ``project`` (this
 project's own questions); reports print the two groups as separate tables.
 
-``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them
-ran (chosen after the fact, so in ``b``'s favour; the row names the one chosen).  With ``tune_seeds`` both ``a``
-and ``b`` may be lists (a grid of settings): each side's best is chosen on the tuning seeds alone, and the
-difference is reported on the other seeds (held out), so that tuning cannot flatter either side.  Claims live in a study spec
+``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them ran
+(chosen after the fact, so in ``b``'s favour; the row names the one chosen). With ``tune_seeds`` both ``a`` and
+``b`` may be lists (a grid of settings): each side's best is chosen on the tuning seeds alone, and the difference is
+reported on the other seeds (held out), so that tuning cannot flatter either side. Claims live in a study spec
 (``[[claims]]``, :mod:`hddgeo.distill.spec`), so ``hddgeo compare STUDY --claims SPEC`` and the study script give
 the same table from the same files.
 """
