@@ -281,8 +281,8 @@ COMPARE_CASES = {  # name: (runs as (fields, metrics, raw config), words of the 
     "eval-epochs-differ": ([({}, {}, {}), ({**HDD, "final_eval_epochs": 50}, {}, {})], ["final_eval_epochs", "paired"]),
     "eval-model-differs": ([({}, {}, {}), ({**HDD, "model": "alexnet"}, {}, {})], ["model"]),
     "test-subset-differs": ([({}, {}, {}), ({**HDD, "eval_test_per_class": 10}, {}, {})], ["eval_test_per_class"]),
-    "eval-nets-differ": ([({}, {}, {}), ({**HDD, "final_eval_nets": 3}, {"accs": [0.5, 0.5, 0.5]}, {})],
-                         ["final_eval_nets"]),
+    "pooled-eval-nets-differ": ([({}, {}, {}), ({"seed": 1, "final_eval_nets": 3}, {"accs": [0.5, 0.5, 0.5]}, {})],
+                                ["final_eval_nets", "pooled"]),
     "dsa-differs": ([({}, {}, {}), ({**HDD, "dsa": False}, {}, {})], ["dsa"]),
     "budget-differs": ([({}, {}, {}), ({**HDD, "iterations": 20}, {}, {})], ["iterations"]),
     "pooled-lr-differs": ([({}, {}, {}), ({"seed": 1, "lr_img": 10.0}, {}, {})], ["lr_img", "pooled"]),
@@ -302,6 +302,21 @@ COMPARE_CASES = {  # name: (runs as (fields, metrics, raw config), words of the 
     "dataset-other-than-config": ([({}, {"dataset": "fashionmnist"}, {})], ["metrics.json", "dataset"]),
     "same-seed-twice": ([({}, {}, {}), ({"lr_img": 2.0}, {}, {})], ["seed 0", "pass each run once"]),
 }
+
+
+def test_compare_pairs_labels_evaluated_with_different_numbers_of_networks(tmp_path):
+    # the number of networks is a cell's sample size, not its protocol: DM on 2 networks against HDD on 3
+    import pandas as pd
+
+    dirs = [str(_received(tmp_path / "in", f"dm{s}", seed=s)) for s in (0, 1, 2)]
+    dirs += [str(_received(tmp_path / "in", f"hdd{s}", {"accs": [0.55 + 0.01 * s, 0.62, 0.60]}, seed=s, **HDD,
+                           final_eval_nets=3)) for s in (0, 1, 2)]
+    assert main(["compare", *dirs, "--out", str(tmp_path / "out")]) == 0
+    paired = pd.read_csv(tmp_path / "out" / "compare_paired.csv")
+    row = paired[(paired["a"] == "dm+hdd/law") & (paired["b"] == "dm")].iloc[0]
+    # per seed: HDD's 3-network mean minus DM's 2-network mean ((0.5 + 0.01 s + 0.6) / 2)
+    want = [(0.55 + 0.01 * s + 0.62 + 0.60) / 3 - (0.5 + 0.01 * s + 0.6) / 2 for s in (0, 1, 2)]
+    assert row["seeds"] == 3 and row["diff_mean"] == pytest.approx(sum(want) / 3, abs=1e-12)
 
 
 @pytest.mark.parametrize("case", sorted(COMPARE_CASES))

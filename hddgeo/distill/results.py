@@ -25,6 +25,10 @@ from .config import RESUMABLE_FIELDS, DistillConfig, describe, describe_baseline
 # (every run, the random baseline too) and the distillation budget (distilled runs).  Runs pooled into one row
 # (same method) must further agree in every field but the seed and those that do not change what a run computes.
 EVAL_FIELDS = ("model", "final_eval_nets", "final_eval_epochs", "eval_test_per_class", "dsa", "dsa_strategy")
+# what pairs two labels: the evaluation protocol.  The number of networks is its sample size, not the protocol: a
+# run's networks are the first of its seed's stream (hddgeo.seeds), so a 4-network cell evaluates with the first 4
+# networks of an 8-network cell of its seed, and their per-seed means estimate the same accuracy
+PAIRED_EVAL_FIELDS = tuple(f for f in EVAL_FIELDS if f != "final_eval_nets")
 BUDGET_FIELDS = ("iterations", "batch_real")
 NEUTRAL_FIELDS = ("seed", "checkpoint_every", "eval_every", "eval_nets", "eval_epochs", "gap_every")
 
@@ -76,8 +80,9 @@ def read_runs(paths: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
 
     Every ``metrics.json`` and ``config.json`` is checked (:func:`read_run`), and runs are refused, in one
     ``ValueError`` naming the field and two runs, when they would be paired or pooled although they differ in
-    the dataset's evaluation protocol or budget (``EVAL_FIELDS``, ``BUDGET_FIELDS``), or pooled although their
-    configurations differ in more than the seed.  A run without evaluation (``final_eval_epochs`` 0) is left
+    the dataset's evaluation protocol or budget (``PAIRED_EVAL_FIELDS``, ``BUDGET_FIELDS``: two labels may differ
+    in their number of evaluation networks, one label may not), or pooled although their configurations differ in
+    more than the seed.  A run without evaluation (``final_eval_epochs`` 0) is left
     out of the table and listed.
 
     A ``.csv`` file (a study's long table, e.g. a committed ``results.csv``) is read as it is
@@ -129,7 +134,7 @@ def _check_comparable(runs: list) -> None:
     first_pair, first_pool = {}, {}
     for d, cfg, method in runs:
         random = stats.is_random(method)
-        checks = [(first_pair, (cfg.dataset, cfg.ipc, "eval"), EVAL_FIELDS, "paired"),
+        checks = [(first_pair, (cfg.dataset, cfg.ipc, "eval"), PAIRED_EVAL_FIELDS, "paired"),
                   (first_pool, (cfg.dataset, cfg.ipc, method),
                    EVAL_FIELDS + ("init", "method") if random else pooled_fields, "pooled")]
         if not random:
@@ -292,5 +297,5 @@ def read_log(run_dir: str) -> pd.DataFrame:
     return pd.read_csv(os.path.join(run_dir, LOG))
 
 
-__all__ = ["BUDGET_FIELDS", "EVAL_FIELDS", "NEUTRAL_FIELDS", "cells_table", "format_table", "long_rows", "read_log",
+__all__ = ["BUDGET_FIELDS", "EVAL_FIELDS", "NEUTRAL_FIELDS", "PAIRED_EVAL_FIELDS", "cells_table", "format_table", "long_rows", "read_log",
            "read_long_table", "read_run", "read_runs", "table_datasets", "write_report"]
