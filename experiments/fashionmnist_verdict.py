@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Optional
 
 import pandas as pd
@@ -40,8 +41,6 @@ TARGET_HALF_WIDTH = 0.005  # 0.5 accuracy points
 def rerun(study: str, name: str, out: Optional[str] = None, progress: bool = True) -> dict:
     """Rerun one committed cell from its ``config.json`` (threads, device and data as it says) and compare the
     per-network accuracies with its ``metrics.json``: ``{"committed", "rerun", "identical", "max_abs_diff"}``."""
-    import tempfile
-
     from hddgeo.distill import run_distillation
     from hddgeo.distill.study import baseline_cell
 
@@ -49,13 +48,14 @@ def rerun(study: str, name: str, out: Optional[str] = None, progress: bool = Tru
     if not os.path.isfile(os.path.join(cell, "metrics.json")):
         raise ValueError(f"{cell} holds no finished cell (metrics.json); name a folder of {os.path.join(study, 'runs')}")
     cfg = DistillConfig.from_json(read_json(os.path.join(cell, "config.json")), source=os.path.join(cell, "config.json"))
-    committed = read_json(os.path.join(cell, "metrics.json"))["accs"]
+    metrics = read_json(os.path.join(cell, "metrics.json"))
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(out or tmp, name)
-        if "_random_" in name:
+        if stats.is_random(metrics["method"]):  # random, or random@TAG (a pruned pool's images)
             got = baseline_cell(cfg, target, progress=progress)["accs"]
         else:
             got = run_distillation(cfg, target, progress=progress)["accs"]
+    committed = metrics["accs"]
     diff = max(abs(a - b) for a, b in zip(committed, got)) if len(committed) == len(got) else float("inf")
     return {"committed": committed, "rerun": got, "identical": committed == got, "max_abs_diff": diff}
 

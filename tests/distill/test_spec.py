@@ -236,6 +236,10 @@ def test_a_pruned_variant_brings_its_pools_random_row(tmp_path):
     assert ("dm@keep20", "random@keep20") in pairs and ("dm@keep20-random", "random@keep20-random") in pairs
     assert main(["compare", str(out), "--claims", str(path), "--out", str(tmp_path / "cmp")]) == 0
     assert "pruning helps DM beyond its pool" in (tmp_path / "cmp" / "compare.md").read_text()
+    from test_experiments import load_script  # a committed random@TAG cell reruns as a random row, identically
+
+    res = load_script("fashionmnist_verdict").rerun(str(out), "ipc1_random@keep20_seed1", str(tmp_path / "re"), False)
+    assert res["identical"] and len(res["rerun"]) == 1
 
 
 def test_pruned_variants_sharing_a_tag_must_prune_alike(tmp_path, capsys):
