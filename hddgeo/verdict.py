@@ -163,9 +163,16 @@ def claim_difference(table: pd.DataFrame, c: Claim, ipc: int) -> Optional[tuple]
     if sides is None or sides[0][0] is None or sides[1][0] is None:
         return None
     (a, _), (b, _) = sides
+    diff = _reported(wide, c, a, b)
+    return None if diff is None else (a, b, diff)
+
+
+def _reported(wide: pd.DataFrame, c: Claim, a: str, b: str) -> Optional[pd.Series]:
+    """``a - b`` per seed in points (``wide``: accuracy per seed and label) on the seeds that report ``c``: every
+    seed that ran both, less ``c.tune_seeds``; ``None`` when there is none."""
     held = wide if not c.tune_seeds else wide[~wide.index.isin(list(c.tune_seeds))]
     pair = held[[a, b]].dropna()
-    return (a, b, 100 * (pair[a] - pair[b])) if len(pair) else None
+    return 100 * (pair[a] - pair[b]) if len(pair) else None
 
 
 def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
@@ -198,13 +205,12 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
             if paper_table is not None:
                 row.update({"group": c.group, **_paper_cells(a or shown_a, b or shown_b, ipc, paper_table),
                             "budget": budget})
-            found = None if a is None or b is None else claim_difference(table, c, ipc)
-            if found is None:
+            diff = None if a is None or b is None else _reported(wide, c, a, b)
+            if diff is None:
                 rows.append({**row, "ours (points)": "pending", "95% CI": "", "seeds": 0,
                              "verdict": "not resolvable (cells not run yet)", "difference": f"{shown_a} − {shown_b}",
                              **({"ours a / b (%)": "pending"} if paper_table is not None else {})})
                 continue
-            diff = found[2]
             pair = wide.loc[diff.index, [a, b]]
             low, high = stats.t_interval(diff.values)
             word = verdict_word(low, high, len(diff), paper, c.kind, margin)
