@@ -1,5 +1,6 @@
 """Shared fixtures: small files in real on-disk formats, made by the tests themselves."""
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -23,6 +24,53 @@ def tiny_config(**kw):
                 checkpoint_every=2, idm_queue=2, threads=2)
     base.update(kw)
     return DistillConfig(**base)
+
+
+def interrupted_run(cfg, out, at, **kw):
+    """Run ``cfg`` into the folder ``out`` and stop it right after its checkpoint at iteration ``at``, as a killed
+    process stops; ``kw`` goes to ``run_distillation``."""
+    from hddgeo.distill import run_distillation
+    from hddgeo.distill._hooks import RunInterrupted, stop_after
+
+    with pytest.raises(RunInterrupted), stop_after(at):
+        run_distillation(cfg, str(out), progress=False, **kw)
+
+
+def synset_params(folder: Path) -> torch.Tensor:
+    """The learned synthetic images (``params``) a run saved in ``folder``."""
+    return torch.load(Path(folder) / "synset.pt", weights_only=True)["params"]
+
+
+def assert_resume_reproduces(cfg, tmp_path: Path, at=2, **kw):
+    """Run ``cfg`` whole into ``tmp_path/full`` and, interrupted at ``at`` then resumed, into ``tmp_path/part``;
+    assert both saved the same synthetic images bit for bit and return the two folders."""
+    from hddgeo.distill import run_distillation
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_distillation(cfg, str(full), progress=False, **kw)
+    interrupted_run(cfg, part, at, **kw)
+    run_distillation(cfg, str(part), resume=True, progress=False, **kw)
+    assert torch.equal(synset_params(full), synset_params(part))
+    return full, part
+
+
+@pytest.fixture(scope="session")
+def _small_run(tmp_path_factory):
+    """A finished two-iteration digits run (IPC 1, checkpoints at both iterations, no final evaluation)."""
+    from hddgeo.cli import main
+
+    out = tmp_path_factory.mktemp("small") / "run"
+    assert main(["distill", "--dataset", "digits", "--ipc", "1", "--batch-real", "4", "--iterations", "2",
+                 "--checkpoint-every", "1", "--final-eval-epochs", "0", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run(_small_run, tmp_path):
+    """A fresh copy of the small finished run, for a test to damage or extend."""
+    dst = tmp_path / "run"
+    shutil.copytree(_small_run, dst)
+    return dst
 
 
 @pytest.fixture(params=DEVICES)

@@ -6,13 +6,12 @@ cases skip with a reason; ``pytest -k cuda`` runs them where a GPU is (benchmark
 import geoopt
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import interrupted_run, tiny_config
 
 from hddgeo import device as devices
 from hddgeo.cli import main
 from hddgeo.device import deterministic, resolve_device, tensors_off_device
 from hddgeo.distill import DistillConfig, build_method, prepare, run_distillation
-from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.distill.runner import read_back
 from hddgeo.evaluate import train_and_test
 from hddgeo.geometry import karcher_mean, law_centroid, lift
@@ -152,8 +151,7 @@ def test_the_walk_finds_a_forgotten_tensor():
 # ----------------------------------------------------------------------------- portable files
 def test_checkpoints_and_synsets_hold_cpu_tensors(device, tmp_path):
     cfg = tiny(method="idm", matcher="hdd", device=device.type)
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(tmp_path / "run"), progress=False, final_eval=False)
+    interrupted_run(cfg, tmp_path / "run", 2, final_eval=False)
     state = load_tensors(str(tmp_path / "run" / "checkpoint.pt"))
     assert tensors_off_device(state, "cpu") == []
     run_distillation(cfg, str(tmp_path / "run"), resume=True, progress=False, final_eval=False)
@@ -166,11 +164,8 @@ def test_a_cuda_run_resumes_on_the_cpu_and_back(tmp_path):
     whole = tmp_path / "whole"
     run_distillation(cfg, str(whole), progress=False, final_eval=False)
     part = tmp_path / "part"
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(part), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted), stop_after(4):
-        run_distillation(DistillConfig(device="cpu"), str(part), resume=True, progress=False,
-                         final_eval=False)
+    interrupted_run(cfg, part, 2, final_eval=False)
+    interrupted_run(DistillConfig(device="cpu"), part, 4, resume=True, final_eval=False)
     run_distillation(DistillConfig(device="cuda"), str(part), resume=True, progress=False, final_eval=False)
     a = load_tensors(str(whole / "synset.pt"))["params"]
     b = load_tensors(str(part / "synset.pt"))["params"]
@@ -179,8 +174,7 @@ def test_a_cuda_run_resumes_on_the_cpu_and_back(tmp_path):
 
 def test_resume_may_move_to_another_device_but_not_change_amp(tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(tiny(iterations=3, device="auto"), str(out), progress=False, final_eval=False)
+    interrupted_run(tiny(iterations=3, device="auto"), out, 2, final_eval=False)
     assert main(["distill", "--out", str(out), "--resume", "--device", "cpu", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["distill", "--out", str(out), "--resume", "--amp", "bf16", "--quiet"]) == 2
@@ -302,8 +296,7 @@ def test_run_directories_written_before_the_device_fields_are_still_reused_and_r
     from hddgeo.rundir import save_tensors
 
     out = tmp_path / "run"
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(tiny(iterations=3), str(out), progress=False, final_eval=False)
+    interrupted_run(tiny(iterations=3), out, 2, final_eval=False)
     for name in ("config.json",):
         cfg = json.loads((out / name).read_text())
         for key in ("device", "amp", "deterministic"):

@@ -3,12 +3,12 @@ already written is lost, and no file is ever executed as code."""
 import json
 import os
 import pickle
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import interrupted_run
 
 from hddgeo.cli import main
 from hddgeo.data.datasets import _unpickle
@@ -24,20 +24,6 @@ class _Planted:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tpl") / "run"
-    assert main(["distill", *SMALL, "--iterations", "2", "--checkpoint-every", "1", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def run(template, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(template, dst)
-    return dst
 
 
 def _one_line(capsys, *words):
@@ -100,15 +86,13 @@ def test_resume_refuses_flags_that_change_the_run(run, capsys):
 
 
 def test_resume_honours_the_saved_thread_count(tmp_path, capsys):
-    from hddgeo.distill import DistillConfig, run_distillation
-    from hddgeo.distill._hooks import RunInterrupted, stop_after
+    from hddgeo.distill import DistillConfig
 
     out = tmp_path / "run"
     cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0, threads=1)
     before = torch.get_num_threads()
     try:
-        with pytest.raises(RunInterrupted), stop_after(1):
-            run_distillation(cfg, str(out), progress=False)
+        interrupted_run(cfg, out, 1)
         torch.set_num_threads(2)
         assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
         assert torch.get_num_threads() == 1
@@ -223,14 +207,12 @@ def test_cifar_reader_reads_python2_style_pickles(tmp_path):
 
 
 def test_resume_takes_a_new_data_root(tmp_path, fashionmnist_root, capsys):
-    from hddgeo.distill import DistillConfig, run_distillation
-    from hddgeo.distill._hooks import RunInterrupted, stop_after
+    from hddgeo.distill import DistillConfig
 
     out = tmp_path / "run"
     cfg = DistillConfig(dataset="fashionmnist", data_root=str(fashionmnist_root), ipc=1, batch_real=4, iterations=2,
                         final_eval_epochs=0)
-    with pytest.raises(RunInterrupted), stop_after(1):
-        run_distillation(cfg, str(out), progress=False)
+    interrupted_run(cfg, out, 1)
     moved = tmp_path / "moved"
     fashionmnist_root.rename(moved)
     assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 2
@@ -422,13 +404,11 @@ def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(tmp_path, capsy
     import subprocess
     import sys
 
-    from hddgeo.distill import DistillConfig, run_distillation
-    from hddgeo.distill._hooks import RunInterrupted, stop_after
+    from hddgeo.distill import DistillConfig
 
     out = tmp_path / "run"
     cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0)
-    with pytest.raises(RunInterrupted), stop_after(1):
-        run_distillation(cfg, str(out), progress=False)
+    interrupted_run(cfg, out, 1)
     code = ("import fcntl, os, signal, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
             "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code, str(out / "run.lock")])
@@ -476,13 +456,11 @@ def _no_links_and_untouched(folder, target):
 
 
 def test_resume_with_links_planted_under_temporary_names(tmp_path, capsys):
-    from hddgeo.distill import DistillConfig, run_distillation
-    from hddgeo.distill._hooks import RunInterrupted, stop_after
+    from hddgeo.distill import DistillConfig
 
     out, target = tmp_path / "run", _outside(tmp_path)
     cfg = DistillConfig(dataset="digits", ipc=1, batch_real=4, iterations=3, final_eval_epochs=0)
-    with pytest.raises(RunInterrupted), stop_after(1):
-        run_distillation(cfg, str(out), progress=False)
+    interrupted_run(cfg, out, 1)
     for name in ("config.json", "log.csv", "checkpoint.pt", "synset.pt", "synset.png", "metrics.json", "run.lock"):
         os.symlink(target, out / f"{name}.tmp-{os.getpid()}")  # the names hddgeo used to write through
     os.symlink(target, out / "synset.pt")  # and one under a final name

@@ -439,20 +439,6 @@ def test_the_csv_writers_neutralise_text_only(tmp_path):
 
 
 # ----------------------------------------------------------------------------- evaluate and plot on received folders
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tpl") / "run"
-    assert main(["distill", *SMALL, "--iterations", "2", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def run(template, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(template, dst)
-    return dst
-
-
 def _edit_synset(run, **change):
     syn = torch.load(run / "synset.pt", weights_only=True)
     torch.save({**syn, **change}, run / "synset.pt")

@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import assert_resume_reproduces, interrupted_run, synset_params, tiny_config
 
 from hddgeo.distill import DistillConfig, run_distillation
-from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.seeds import IDM_TRAIN, SCHEMES, STEP, RunSeeds, derive, network_seeds
 
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results" / "fashionmnist_verdict" / "runs"
@@ -124,24 +123,17 @@ def test_a_run_records_its_evaluation_networks_and_seeds_do_not_share_them(tmp_p
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_the_schemes_differ_and_each_resumes_to_its_uninterrupted_run(tmp_path, scheme):
     cfg = tiny_config(seed_scheme=scheme, iterations=4, checkpoint_every=2, matcher="hdd")
-    run_distillation(cfg, str(tmp_path / "full"), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(tmp_path / "part"), progress=False, final_eval=False)
-    run_distillation(cfg, str(tmp_path / "part"), resume=True, progress=False, final_eval=False)
-    full = torch.load(tmp_path / "full" / "synset.pt", weights_only=True)
-    part = torch.load(tmp_path / "part" / "synset.pt", weights_only=True)
-    assert torch.equal(full["params"], part["params"])
+    full, _ = assert_resume_reproduces(cfg, tmp_path, final_eval=False)
     other = tiny_config(seed_scheme=3 - scheme, iterations=4, checkpoint_every=2, matcher="hdd")
     run_distillation(other, str(tmp_path / "other"), progress=False, final_eval=False)
-    assert not torch.equal(full["params"], torch.load(tmp_path / "other" / "synset.pt", weights_only=True)["params"])
+    assert not torch.equal(synset_params(full), synset_params(tmp_path / "other"))
 
 
 def test_resume_keeps_the_saved_scheme(tmp_path):
     """A v1 run directory (no seed_scheme in its files) resumes as scheme 1, not as today's default."""
     cfg = tiny_config(seed_scheme=1, iterations=4, checkpoint_every=2)
     run_distillation(cfg, str(tmp_path / "full"), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(tmp_path / "old"), progress=False, final_eval=False)
+    interrupted_run(cfg, tmp_path / "old", 2, final_eval=False)
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     del saved["seed_scheme"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
@@ -152,6 +144,4 @@ def test_resume_keeps_the_saved_scheme(tmp_path):
     save_tensors(state, str(tmp_path / "old" / "checkpoint.pt"))
     run_distillation(tiny_config(iterations=4, checkpoint_every=2), str(tmp_path / "old"), resume=True,
                      progress=False, final_eval=False)
-    a = torch.load(tmp_path / "full" / "synset.pt", weights_only=True)["params"]
-    b = torch.load(tmp_path / "old" / "synset.pt", weights_only=True)["params"]
-    assert torch.equal(a, b)
+    assert torch.equal(synset_params(tmp_path / "full"), synset_params(tmp_path / "old"))

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import interrupted_run
 
 pytest.importorskip("tensorboard")
 
 from hddgeo.distill import DistillConfig
-from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.distill.runner import run_distillation
 from hddgeo.distill.study import run_cell
 from hddgeo.tensorboard import SUBDIR, read_image_steps, read_scalars, tag_of
@@ -26,8 +26,7 @@ def test_events_repeat_log_csv_across_a_resume_and_change_nothing(tmp_path):
     run_distillation(DistillConfig(**CFG), str(plain), progress=False)
     board = tmp_path / "board"
     cfg = DistillConfig(**CFG, tensorboard=True)
-    with pytest.raises(RunInterrupted), stop_after(3):
-        run_distillation(cfg, str(board), progress=False)
+    interrupted_run(cfg, board, 3)
     # what a killed process wrote after its last checkpoint (iteration 3) is discarded by the resumed run's purge
     from torch.utils.tensorboard import SummaryWriter
 

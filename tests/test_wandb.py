@@ -2,13 +2,12 @@
 with log.csv; a resumed run continues the same W&B run; without the package, one line."""
 import pandas as pd
 import pytest
-from conftest import tiny_config
+from conftest import interrupted_run, tiny_config
 
 pytest.importorskip("wandb")
 
 from hddgeo.cli import main  # noqa: E402
 from hddgeo.distill import run_distillation  # noqa: E402
-from hddgeo.distill._hooks import RunInterrupted, stop_after  # noqa: E402
 from hddgeo.tensorboard import tag_of  # noqa: E402
 from hddgeo.wandb_log import read_offline  # noqa: E402
 
@@ -46,8 +45,7 @@ def test_a_run_logs_what_log_csv_holds(tmp_path):
 
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     cfg = tiny_config(matcher="hdd", iterations=4, checkpoint_every=2, wandb=True, threads=1)
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(tmp_path / "run"), progress=False)
+    interrupted_run(cfg, tmp_path / "run", 2)
     metrics = run_distillation(cfg, str(tmp_path / "run"), resume=True, progress=False)
     logged = _check_against_log(tmp_path / "run", metrics, cfg)
     assert len(logged["ids"]) == 2 and len(set(logged["ids"])) == 1

@@ -1,11 +1,11 @@
 """DANCE: middle-encoder interpolation, the expert cache, an end-to-end run with HDD, resume exactness."""
 import pytest
 import torch
+from conftest import assert_resume_reproduces
 
 import hddgeo.distill.dance as dance
 from hddgeo.data import load_dataset
 from hddgeo.distill import DistillConfig, build_method, prepare, run_distillation
-from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.distill.methods import fresh_network
 
 # small enough for a shared 2-core CPU: two experts, one epoch each, trained once per module
@@ -154,11 +154,4 @@ def test_dance_with_hdd_karcher_runs_end_to_end(tmp_path, expert_cache, monkeypa
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, expert_cache):
     cfg = dance_cfg(expert_cache, iterations=4, checkpoint_every=2, matcher="hdd", centroid="law")
-    full, part = tmp_path / "full", tmp_path / "part"
-    run_distillation(cfg, str(full), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(part), progress=False, final_eval=False)
-    run_distillation(cfg, str(part), resume=True, progress=False, final_eval=False)
-    a = torch.load(full / "synset.pt", weights_only=True)
-    b = torch.load(part / "synset.pt", weights_only=True)
-    assert torch.equal(a["params"], b["params"])
+    assert_resume_reproduces(cfg, tmp_path, final_eval=False)

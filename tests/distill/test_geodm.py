@@ -4,10 +4,10 @@ import math
 import geoopt
 import pytest
 import torch
+from conftest import assert_resume_reproduces
 
 import hddgeo.distill.geodm as geodm
 from hddgeo.distill import DistillConfig, build_method, prepare, run_distillation
-from hddgeo.distill._hooks import RunInterrupted, stop_after
 from hddgeo.geometry._math import _lift
 
 ot = pytest.importorskip("ot")
@@ -200,14 +200,7 @@ def test_geodm_runs_end_to_end(tmp_path):
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     cfg = tiny(iterations=4, checkpoint_every=2, options={"proj_dim": 16, "geo_lr": 0.1})
-    full, part = tmp_path / "full", tmp_path / "part"
-    run_distillation(cfg, str(full), progress=False, final_eval=False)
-    with pytest.raises(RunInterrupted), stop_after(2):
-        run_distillation(cfg, str(part), progress=False, final_eval=False)
-    run_distillation(cfg, str(part), resume=True, progress=False, final_eval=False)
-    a = torch.load(full / "synset.pt", weights_only=True)
-    b = torch.load(part / "synset.pt", weights_only=True)
-    assert torch.equal(a["params"], b["params"])
+    full, part = assert_resume_reproduces(cfg, tmp_path, final_eval=False)
     sa = torch.load(full / "checkpoint.pt", weights_only=False)["method"]
     sb = torch.load(part / "checkpoint.pt", weights_only=False)["method"]
     for k in sa["params"]:
