@@ -34,41 +34,10 @@ IDM_TRAIN = 1   # IDM's training of the network just used
 SCHEMES = (1, 2)
 DEFAULT_SCHEME = 2
 
-# ----------------------------------------------------------------------------- scheme 1 (kept for old runs)
-PERIODIC_EVAL_OFFSET = 10_000   # evaluation network j during a run: seed + 10_000 + j
-FINAL_EVAL_OFFSET = 20_000      # evaluation network j after a run:  seed + 20_000 + j
-PRUNE_NETWORK_OFFSET = 777      # the random ConvNet that ranks images for hierarchical pruning
-
-
-def iteration_generator(seed: int, it: int, stream: int = STEP) -> torch.Generator:
-    """Scheme 1: the generator of iteration ``it`` of a run."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(it)) * 7 + stream)
-
-
-def init_generator(seed: int) -> torch.Generator:
-    """Scheme 1: the generator the initial synthetic images are drawn with."""
-    return torch.Generator().manual_seed(int(seed))
-
-
-def idm_queue_seed(seed: int, index: int) -> int:
-    """Scheme 1: initialisation seed of the ``index``-th network of IDM's initial queue."""
-    return int(seed) * 7919 + int(index)
-
-
-def expert_seed(seed: int, index: int) -> int:
-    """Scheme 1: initialisation seed of DANCE's expert ``index``."""
-    return (int(seed) * 10_007 + 5_003 + int(index)) % (2**31 - 1)
-
-
-def geodm_projection_generator(seed: int) -> torch.Generator:
-    """Scheme 1: the generator of GeoDM's fixed random projection."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + 271_828)
-
-
-def coreset_seed(seed: int, stream: int) -> int:
-    """Scheme 1: seed of a coreset selection network (``stream`` 1: feature network, 2: forgetting network)."""
-    return (int(seed) + 1) * 1_000_003 + stream
-
+# Scheme 1's offsets (kept, bit for bit, for old runs)
+_PERIODIC_EVAL_OFFSET = 10_000   # evaluation network j during a run: seed + 10_000 + j
+_FINAL_EVAL_OFFSET = 20_000      # evaluation network j after a run:  seed + 20_000 + j
+_PRUNE_NETWORK_OFFSET = 777      # the random ConvNet that ranks images for hierarchical pruning
 
 # ----------------------------------------------------------------------------- scheme 2
 # Stream codes of scheme 2: the first word of every derivation key.  Never renumber them.
@@ -108,12 +77,12 @@ class RunSeeds:
     def iteration(self, it: int, stream: int = STEP) -> torch.Generator:
         """The generator of iteration ``it`` (``stream`` STEP: the shared step; IDM_TRAIN: IDM's training)."""
         if self.scheme == 1:
-            return iteration_generator(self.seed, it, stream)
+            return torch.Generator().manual_seed((self.seed * 1_000_003 + int(it)) * 7 + stream)
         return self._generator(_ITERATION, it, stream)
 
     def init(self) -> torch.Generator:
         """The generator the initial synthetic images are drawn with."""
-        return init_generator(self.seed) if self.scheme == 1 else self._generator(_INIT)
+        return torch.Generator().manual_seed(self.seed) if self.scheme == 1 else self._generator(_INIT)
 
     def draw(self, gen: torch.Generator, count: Union[int, None] = None):
         """Seeds drawn from a stream's generator for what it seeds in turn (a network, a DSA draw): one ``int``, or a
@@ -128,13 +97,13 @@ class RunSeeds:
         if kind not in _EVAL_STREAMS:
             raise ValueError(f"unknown evaluation kind {kind!r}; choose periodic or final")
         if self.scheme == 1:
-            start = self.seed + (PERIODIC_EVAL_OFFSET if kind == "periodic" else FINAL_EVAL_OFFSET)
+            start = self.seed + (_PERIODIC_EVAL_OFFSET if kind == "periodic" else _FINAL_EVAL_OFFSET)
             return list(range(start, start + count))
         return [derive(self.seed, _EVAL_STREAMS[kind], j) for j in range(count)]
 
     def prune_network(self) -> int:
         """Seed of the random ConvNet that ranks images for hierarchical pruning."""
-        return self.seed + PRUNE_NETWORK_OFFSET if self.scheme == 1 else derive(self.seed, _PRUNE)
+        return self.seed + _PRUNE_NETWORK_OFFSET if self.scheme == 1 else derive(self.seed, _PRUNE)
 
     def prune_random(self) -> torch.Generator:
         """The generator of random pruning (the control of hierarchical pruning; scheme 2 only, where it came)."""
@@ -143,19 +112,25 @@ class RunSeeds:
 
     def idm_queue(self, index: int) -> int:
         """Seed of the ``index``-th network of IDM's initial queue."""
-        return idm_queue_seed(self.seed, index) if self.scheme == 1 else derive(self.seed, _IDM_QUEUE, index)
+        return self.seed * 7919 + int(index) if self.scheme == 1 else derive(self.seed, _IDM_QUEUE, index)
 
     def expert(self, index: int) -> int:
         """Seed of DANCE's expert ``index``."""
-        return expert_seed(self.seed, index) if self.scheme == 1 else derive(self.seed, _EXPERT, index)
+        if self.scheme == 1:
+            return (self.seed * 10_007 + 5_003 + int(index)) % (2**31 - 1)
+        return derive(self.seed, _EXPERT, index)
 
     def geodm_projection(self) -> torch.Generator:
         """The generator of GeoDM's fixed random projection."""
-        return geodm_projection_generator(self.seed) if self.scheme == 1 else self._generator(_GEODM)
+        if self.scheme == 1:
+            return torch.Generator().manual_seed(self.seed * 1_000_003 + 271_828)
+        return self._generator(_GEODM)
 
     def coreset(self, stream: int) -> int:
         """Seed of a coreset selection network (``stream`` 1: feature network, 2: forgetting network)."""
-        return coreset_seed(self.seed, stream) if self.scheme == 1 else derive(self.seed, _CORESET, stream)
+        if self.scheme == 1:
+            return (self.seed + 1) * 1_000_003 + stream
+        return derive(self.seed, _CORESET, stream)
 
 
 def network_seeds(seeds: Union[int, Sequence[int]], count: int) -> list[int]:

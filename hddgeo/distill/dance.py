@@ -65,7 +65,7 @@ from hddgeo.data import dsa
 from hddgeo.data.augment import dsa_apply, dsa_apply_blocks, dsa_draw, upload
 from hddgeo.device import on_accelerator
 from hddgeo.rundir import save_tensors
-from hddgeo.seeds import DEFAULT_SCHEME, RunSeeds, expert_seed  # noqa: F401  (expert_seed re-exported)
+from hddgeo.seeds import DEFAULT_SCHEME, RunSeeds
 from hddgeo.training import sgd_epochs
 
 from .methods import DistillMethod, fresh_network, register_method
@@ -381,5 +381,5 @@ class Dance(DistillMethod):
 register_method("dance", Dance)
 
 __all__ = ["Dance", "Expert", "OPTION_DEFAULTS", "cache_fields", "cache_path", "data_fingerprint",
-           "default_cache_dir", "expert_seed", "interpolate_state", "load_or_train_experts", "middle_encoder",
+           "default_cache_dir", "interpolate_state", "load_or_train_experts", "middle_encoder",
            "parse_options", "train_expert"]
