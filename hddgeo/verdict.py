@@ -13,7 +13,9 @@ project's own questions); reports print the two groups as separate tables.
 ``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them ran
 (chosen after the fact, so in ``b``'s favour; the row names the one chosen). With ``tune_seeds`` both ``a`` and
 ``b`` may be lists (a grid of settings): each side's best is chosen on the tuning seeds alone, and the difference is
-reported on the other seeds (held out), so that tuning cannot flatter either side. Claims live in a study spec
+reported on the other seeds (held out), so that tuning cannot flatter either side; with ``common`` the two grids
+are paired by position (the same setting under two methods) and one position is chosen for both, the one whose
+mean of the two accuracies is highest on the tuning seeds. Claims live in a study spec
 (``[[claims]]``, :mod:`hddgeo.distill.spec`), so ``hddgeo compare STUDY --claims SPEC`` and the study script give
 the same table from the same files.
 """
@@ -44,8 +46,13 @@ class Claim:
     kind: str = "gain"
     group: str = "paper"
     tune_seeds: Optional[tuple] = None  # seeds that choose each list's best; the others report the difference
+    common: bool = False  # a and b are grids paired by position: one position (setting) is chosen for both
 
     def __post_init__(self):
+        if self.common and not (isinstance(self.a, tuple) and isinstance(self.b, tuple)
+                                and len(self.a) == len(self.b) and self.tune_seeds):
+            raise ValueError(f"claim {self.claim!r}: common needs a and b as lists of the same length, paired by "
+                             f"position, and tune_seeds")
         if isinstance(self.a, tuple) and not self.tune_seeds:
             raise ValueError(f"claim {self.claim!r}: a as a list of labels needs tune_seeds (choosing a's best on the "
                              f"seeds that report it would flatter a)")
@@ -116,6 +123,19 @@ def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str], seeds: Optiona
     return str(wide[present].mean().idxmax())
 
 
+def best_common(table: pd.DataFrame, ipc: int, pairs: Sequence[tuple], seeds: Sequence[int]) -> Optional[tuple]:
+    """The pair ``(a, b)`` among ``pairs`` (one setting under two methods) whose mean of the two accuracies at
+    ``ipc`` is highest over the ``seeds`` every label of ``pairs`` ran (``None`` when they share none)."""
+    at = stats.per_seed(table[table["ipc"] == ipc])
+    at = at[at["seed"].isin(list(seeds))]
+    labels = [m for pair in pairs for m in pair]
+    wide = at[at["method"].isin(labels)].pivot(index="seed", columns="method", values="acc").dropna()
+    if wide.empty or not set(labels) <= set(wide.columns):
+        return None
+    means = [float((wide[a] + wide[b]).mean()) for a, b in pairs]
+    return tuple(pairs[int(np.argmax(means))])
+
+
 def _points(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:+.1f}"
 
@@ -138,6 +158,15 @@ def _sides(table: pd.DataFrame, c: Claim, ipc: int, wide: pd.DataFrame, designed
     """``[(a, shown), (b, shown)]``: each side's label (a list's best, chosen on ``c.tune_seeds`` if given), ``None``
     while some of its cells are missing, and what a row shows for it; ``None`` when the claim has no row at ``ipc``
     (a label not designed there)."""
+    if c.common:
+        pairs = [(a, b) for a, b in zip(c.a, c.b) if all(designed(m, ipc) or m in wide for m in (a, b))]
+        if len(pairs) < 2:
+            return None
+        chosen = None if any(m not in wide for p in pairs for m in p) else best_common(table, ipc, pairs, c.tune_seeds)
+        if chosen is None:
+            return [(None, f"best common setting of {', '.join(a for a, _ in pairs)}"),
+                    (None, f"the same setting of {', '.join(b for _, b in pairs)}")]
+        return [(chosen[0], chosen[0]), (chosen[1], chosen[1])]
     sides = []
     for side in (c.a, c.b):
         if isinstance(side, (tuple, list)):

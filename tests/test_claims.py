@@ -300,6 +300,34 @@ def test_a_tuned_claim_chooses_each_side_on_its_tuning_seeds_and_reports_the_oth
         Claim("flattering", ("karcher@l1", "karcher@l2"), "law@l1")
 
 
+def test_a_common_setting_is_chosen_for_both_grids_by_their_mean_on_the_tuning_seeds():
+    # each side's own best on seeds 0-2 is karcher@l1 and law@l2; the common setting (mean of both) is l1
+    law1, law2 = [0.70, 0.70, 0.70, 0.75, 0.76, 0.74], [0.72, 0.72, 0.72, 0.70, 0.71, 0.69]
+    kar1, kar2 = [0.73, 0.73, 0.74, 0.72, 0.72, 0.73], [0.60, 0.61, 0.60, 0.60, 0.60, 0.60]
+    table = _long({"law@l1": law1, "law@l2": law2, "karcher@l1": kar1, "karcher@l2": kar2})
+    claim = Claim("Karcher = Law at a common lambda", ("karcher@l1", "karcher@l2"), ("law@l1", "law@l2"),
+                  kind="same", tune_seeds=(0, 1, 2), common=True)
+    row = claims_table(table, [claim]).iloc[0]
+    held = 100 * (np.array(kar1[3:]) - np.array(law1[3:]))
+    ci = sps.ttest_1samp(held, 0.0).confidence_interval(0.95)
+    assert row["difference"] == "karcher@l1 − law@l1" and row["seeds"] == 3
+    assert row["ours (points)"] == f"{held.mean():+.2f}" and row["95% CI"] == f"[{ci.low:+.2f}, {ci.high:+.2f}]"
+    from hddgeo.verdict import claim_difference
+
+    a, b, d = claim_difference(table, claim, 1)
+    assert (a, b) == ("karcher@l1", "law@l1") and np.allclose(d.values, held)
+    # a tuning seed where karcher@l2 soars moves the common choice to l2, though law@l1 stays Law's better
+    kar2_high = [0.90, 0.90, 0.90] + kar2[3:]
+    moved = _long({"law@l1": law1, "law@l2": law2, "karcher@l1": kar1, "karcher@l2": kar2_high})
+    assert claim_difference(moved, claim, 1)[:2] == ("karcher@l2", "law@l2")
+    pending = claims_table(table[table["method"] != "law@l2"], [claim], designed=lambda label, ipc: True).iloc[0]
+    assert pending["ours (points)"] == "pending" and "best common setting" in pending["difference"]
+    for a, b, tune in ((("karcher@l1", "karcher@l2"), ("law@l1",), (0,)), ("karcher@l1", ("law@l1", "law@l2"), (0,)),
+                       (("karcher@l1", "karcher@l2"), ("law@l1", "law@l2"), None)):
+        with pytest.raises(ValueError, match="common needs"):
+            Claim("bad", a, b, tune_seeds=tune, common=True)
+
+
 def test_a_spec_claim_may_tune_on_some_seeds(tmp_path):
     head = ('ipc = [1]\n[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 2.0\ntag = "l2"\n'
             '[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 20.0\ntag = "l20"\n'
@@ -308,7 +336,12 @@ def test_a_spec_claim_may_tune_on_some_seeds(tmp_path):
     path.write_text(head + "tune_seeds = [0, 1, 2]\n")
     claim = load_spec(str(path)).claims[0]
     assert claim.a == ("dm+hdd/law@l2", "dm+hdd/law@l20") and claim.tune_seeds == (0, 1, 2)
-    for tail, message in (("", "needs tune_seeds"), ("tune_seeds = [-1]\n", "non-negative integers")):
+    path.write_text(head.replace('b = "random"', 'b = ["dm+hdd/law@l2", "dm+hdd/law@l20"]')
+                    + "tune_seeds = [0, 1, 2]\ncommon = true\n")
+    assert load_spec(str(path)).claims[0].common
+    for tail, message in (("", "needs tune_seeds"), ("tune_seeds = [-1]\n", "non-negative integers"),
+                          ("tune_seeds = [0]\ncommon = 1\n", "common must be true or false"),
+                          ("tune_seeds = [0]\ncommon = true\n", "common needs")):
         path.write_text(head + tail)
         with pytest.raises(ValueError, match=message):
             load_spec(str(path))

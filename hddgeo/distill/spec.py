@@ -45,6 +45,12 @@
     a = ["dm+hdd/law@l2", "dm+hdd/law@l20"]   # the best of a grid, chosen on tune_seeds (b may be a grid too)
     b = "dm"
     tune_seeds = [0, 1, 2]        # the difference is reported on every other seed that ran both
+    [[claims]]                    # two grids paired by position: one setting chosen for both (their mean)
+    claim = "Karcher = Law at a common lambda"
+    a = ["dm+hdd/karcher@l2", "dm+hdd/karcher@l20"]
+    b = ["dm+hdd/law@l2", "dm+hdd/law@l20"]
+    tune_seeds = [0, 1, 2]
+    common = true
 
     margin = 0.5                  # the equivalence margin of "same" claims, points (default 1)
     [paper]                       # the paper's setting and absolute numbers, printed beside the claims
@@ -82,7 +88,7 @@ MAX_CELLS = 100_000  # cells one spec may ask for (a typo in an axis should not 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 TOP_KEYS = ("report", "out", "ipc", "seeds", "baseline", "config", "ipc_config", "profiles", "variants", "stages",
             "claims", "description", "margin", "paper")
-CLAIM_KEYS = ("claim", "a", "b", "paper", "kind", "group", "tune_seeds")
+CLAIM_KEYS = ("claim", "a", "b", "paper", "kind", "group", "tune_seeds", "common")
 PAPER_KEYS = ("iterations", "runs", "accuracy")
 STAGE_KEYS = ("variants", "seeds", "report", "ipc")
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
@@ -469,6 +475,9 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
         for name in names:
             if name not in labels:
                 raise ValueError(f"{where} names {name!r}, which is no variant's label ({', '.join(labels)})")
+        common = t.get("common", False)
+        if not isinstance(common, bool):
+            raise ValueError(f"{where}: common must be true or false, got {common!r}")
         paper = t.get("paper")
         if paper is not None:
             if not isinstance(paper, dict) or not all(str(k).isdigit() and type(v) in (int, float) and math.isfinite(v)
@@ -478,7 +487,7 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
             paper = {int(k): float(v) for k, v in paper.items()}
         try:  # Claim checks its kind
             out.append(Claim(t["claim"], tuple(a) if isinstance(a, list) else a, tuple(b) if isinstance(b, list) else b,
-                             paper, t.get("kind", "gain"), t.get("group", "paper"), tune))
+                             paper, t.get("kind", "gain"), t.get("group", "paper"), tune, common))
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     return out
