@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("study", help="run a study spec (a TOML grid of distill fields): every cell a run directory, "
                                       "then the compare tables")
-    st.add_argument("spec", help="a TOML spec file, or a shipped one by name (demo, fashionmnist_table1, "
-                                 "fashionmnist_verdict)")
+    st.add_argument("spec", help="a TOML spec file, or a shipped one by name (hddgeo/specs/: demo, "
+                                 "fashionmnist_verdict_v2, ...; an unknown name lists them all)")
     st.add_argument("--out", default=None, help="study folder (default: the spec's out)")
     st.add_argument("--quick", action="store_true", help="the spec's quick profile: seconds-long settings")
     st.add_argument("--profile", default=None, help="a profile of the spec (e.g. paper)")
@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run directories, or folders holding them (a study's output folder), or one study's "
                           "long table (its results.csv), or folders written by hddgeo evaluate --out (compared by "
                           "evaluation network)")
-    cmp.add_argument("--out", default=None, help="folder for compare.csv, compare_paired.csv and compare.md "
+    cmp.add_argument("--out", default=None, help="folder for compare.csv, compare_summary.csv, compare_paired.csv, "
+                                                 "compare_verdict.csv (with --claims) and compare.md "
                                                  "(default: the current folder)")
     cmp.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                      help="also report A - B (method labels as the table shows them, e.g. dm+hdd/law dm@lr0.3); "
@@ -337,7 +338,9 @@ def _distill(args, given: set) -> None:
 
 
 def _evaluate(args, given: set) -> None:
-    if args.protocol or args.out or len(args.paths) > 1:  # any sets, under one declared protocol
+    one_run = len(args.paths) == 1 and any(os.path.exists(os.path.join(args.paths[0], name))  # complete or damaged
+                                           for name in ("config.json", "log.csv", "checkpoint.pt", "metrics.json"))
+    if args.protocol or args.out or not one_run:  # any sets, under one declared protocol
         from .synset_files import evaluate_files
 
         res = evaluate_files(args.paths, args.out or "evaluation", _protocol(args), dataset_name=args.dataset,

@@ -322,6 +322,16 @@ def export_run(run_dir: str, out: str, data_root: Optional[str] = None) -> dict:
                         "accuracy (mean ± std over networks)": f"{100 * sum(accs) / len(accs):.2f} ± "
                                                                 f"{100 * float(torch.tensor(accs).std(unbiased=False)):.2f} %",
                         "95 % interval over networks (evaluation noise only)": interval}
+        if accuracy and cfg.get("seed_scheme", 1) == 2:  # the declared protocol meets the run's own networks
+            flags = [f"--dataset {dataset.name}", f"--nets {len(accs)}", f"--epochs {metrics.get('eval_epochs')}",
+                     f"--seed {cfg.get('seed')}"]
+            if metrics.get("eval_model", "convnet") != "convnet":
+                flags.append(f"--model {metrics['eval_model']}")
+            if cfg.get("eval_test_per_class"):
+                flags.append(f"--test-per-class {cfg['eval_test_per_class']}")
+            if not cfg.get("dsa", True):
+                flags.append("--no-dsa")
+            accuracy["the same networks again"] = f"`hddgeo evaluate THIS_FOLDER {' '.join(flags)}`"
     card = dataset_card(name=f"{dataset.name} distilled by {label}, IPC {cfg.get('ipc')}", dataset=dataset,
                         source_dataset=dataset.name, images=len(s.images), ipc=int(cfg.get("ipc", 0)),
                         details=details, accuracy=accuracy)

@@ -49,6 +49,20 @@ class Claim:
     common: bool = False  # a and b are grids paired by position: one position (setting) is chosen for both
 
     def __post_init__(self):
+        for key in ("a", "b", "tune_seeds"):  # lists read as the tuples they mean
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        sides = [self.a if isinstance(self.a, tuple) else (self.a,), self.b if isinstance(self.b, tuple) else (self.b,)]
+        for side in sides:
+            twice = [m for m in dict.fromkeys(side) if side.count(m) > 1]
+            if twice:
+                raise ValueError(f"claim {self.claim!r} names {twice[0]!r} twice in one side")
+        shared = [m for m in sides[0] if m in sides[1]]
+        if shared:
+            raise ValueError(f"claim {self.claim!r}: {shared[0]!r} is on both sides; a claim compares two different "
+                             f"labels")
+        if self.tune_seeds is not None and len(set(self.tune_seeds)) != len(self.tune_seeds):
+            raise ValueError(f"claim {self.claim!r}: tune_seeds repeats a seed ({list(self.tune_seeds)})")
         if self.common and not (isinstance(self.a, tuple) and isinstance(self.b, tuple)
                                 and len(self.a) == len(self.b) and self.tune_seeds):
             raise ValueError(f"claim {self.claim!r}: common needs a and b as lists of the same length, paired by "
@@ -110,30 +124,47 @@ def _to_resolve(diff: np.ndarray, paper: Optional[float], kind: str, most: int =
     return f"over {most} seeds at this spread" if n > most else f"~{n} seeds at this spread"
 
 
-def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str], seeds: Optional[Sequence[int]] = None) -> Optional[str]:
-    """The label among ``labels`` with the highest mean accuracy at ``ipc`` over the seeds every one of them
-    present ran, among ``seeds`` if given (``None`` when fewer than two are present or they share no seed)."""
+def _first_best(means: Sequence[float]) -> int:
+    """The position of the highest of ``means``; a tie (to 12 decimals, so that rounding decides nothing) goes to
+    the first listed."""
+    rounded = np.round(np.asarray(means, dtype=float), 12)
+    return int(np.flatnonzero(rounded == rounded.max())[0])
+
+
+def _tuning_table(table: pd.DataFrame, ipc: int, labels: Sequence[str], seeds: Sequence[int]) -> Optional[pd.DataFrame]:
+    """Accuracy per tuning seed (rows) and label (columns) at ``ipc``; ``None`` unless every label ran every one of
+    ``seeds`` (a choice made on fewer seeds than a claim names would be reported as made on all of them)."""
     at = stats.per_seed(table[table["ipc"] == ipc])
+    wide = at[at["method"].isin(list(labels))].pivot(index="seed", columns="method", values="acc")
+    if not set(labels) <= set(wide.columns) or not set(seeds) <= set(wide.index):
+        return None
+    wide = wide.loc[list(seeds), list(labels)]
+    return None if wide.isna().any().any() else wide
+
+
+def best_of(table: pd.DataFrame, ipc: int, labels: Sequence[str], seeds: Optional[Sequence[int]] = None) -> Optional[str]:
+    """The label among ``labels`` with the highest mean accuracy at ``ipc``: over ``seeds`` if given (``None``
+    unless every label ran every one of them), else over the seeds every label present ran (``None`` when fewer
+    than two are present or they share no seed).  A tie goes to the first listed."""
     if seeds is not None:
-        at = at[at["seed"].isin(list(seeds))]
+        wide = _tuning_table(table, ipc, labels, seeds)
+        return None if wide is None else labels[_first_best(wide.mean().values)]
+    at = stats.per_seed(table[table["ipc"] == ipc])
     present = [m for m in labels if m in set(at["method"])]
     wide = at[at["method"].isin(present)].pivot(index="seed", columns="method", values="acc").dropna()
     if wide.empty or len(present) < 2:
         return None
-    return str(wide[present].mean().idxmax())
+    return present[_first_best(wide[present].mean().values)]
 
 
 def best_common(table: pd.DataFrame, ipc: int, pairs: Sequence[tuple], seeds: Sequence[int]) -> Optional[tuple]:
     """The pair ``(a, b)`` among ``pairs`` (one setting under two methods) whose mean of the two accuracies at
-    ``ipc`` is highest over the ``seeds`` every label of ``pairs`` ran (``None`` when they share none)."""
-    at = stats.per_seed(table[table["ipc"] == ipc])
-    at = at[at["seed"].isin(list(seeds))]
-    labels = [m for pair in pairs for m in pair]
-    wide = at[at["method"].isin(labels)].pivot(index="seed", columns="method", values="acc").dropna()
-    if wide.empty or not set(labels) <= set(wide.columns):
+    ``ipc`` over ``seeds`` is highest (``None`` unless every label ran every one of them).  A tie goes to the first
+    listed."""
+    wide = _tuning_table(table, ipc, [m for pair in pairs for m in pair], seeds)
+    if wide is None:
         return None
-    means = [float((wide[a] + wide[b]).mean()) for a, b in pairs]
-    return tuple(pairs[int(np.argmax(means))])
+    return tuple(pairs[_first_best([float((wide[a] + wide[b]).mean()) / 2 for a, b in pairs])])
 
 
 def _points(x: Optional[float]) -> str:

@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from hddgeo.cli import main
 from hddgeo.distill.spec import load_spec
-from hddgeo.verdict import Claim, best_of, claims_table, seeds_to_resolve, verdict_word
+from hddgeo.verdict import Claim, best_common, best_of, claim_difference, claims_table, seeds_to_resolve, verdict_word
 
 
 def _long(per_seed: dict, ipc: int = 1, nets: int = 2) -> pd.DataFrame:
@@ -328,20 +328,64 @@ def test_a_common_setting_is_chosen_for_both_grids_by_their_mean_on_the_tuning_s
             Claim("bad", a, b, tune_seeds=tune, common=True)
 
 
+def test_a_tuned_choice_waits_for_every_tuning_seed_and_ties_go_to_the_first_listed():
+    law1, law2 = [0.70, 0.70, 0.70, 0.75, 0.76, 0.74], [0.72, 0.72, 0.72, 0.70, 0.71, 0.69]
+    kar1, kar2 = [0.73, 0.73, 0.74, 0.72, 0.72, 0.73], [0.60, 0.61, 0.60, 0.60, 0.60, 0.60]
+    separate = Claim("each at its best", ("karcher@l1", "karcher@l2"), ("law@l1", "law@l2"), tune_seeds=(0, 1, 2))
+    common = Claim("common", ("karcher@l1", "karcher@l2"), ("law@l1", "law@l2"), tune_seeds=(0, 1, 2), common=True)
+    # law@l2 (the tuning winner) lacks tuning seeds 1 and 2: no choice on seed 0 alone, called "seeds 0, 1, 2"
+    partial = _long({"law@l1": law1, "law@l2": [0.72, None, None] + law2[3:], "karcher@l1": kar1, "karcher@l2": kar2})
+    for claim in (separate, common):
+        assert claim_difference(partial, claim, 1) is None
+        assert claims_table(partial, [claim]).iloc[0]["ours (points)"] == "pending"
+    # an exact tie on the tuning seeds, and one that only float rounding would break: the first listed wins
+    tie = _long({"a": [0.70, 0.75, 0.80, 0.7, 0.7], "b": [0.80, 0.75, 0.70, 0.7, 0.7], "x": [0.5] * 5}, nets=1)
+    assert best_of(tie, 1, ["a", "b"], seeds=(0, 1, 2)) == "a" and best_of(tie, 1, ["b", "a"], seeds=(0, 1, 2)) == "b"
+    rounding = _long({"k2": [0.668, 0.891, 0.632], "l2": [0.73, 0.66, 0.853], "k6": [0.83, 0.841, 0.794],
+                      "l6": [0.568, 0.71, 0.691]}, nets=1)
+    assert best_common(rounding, 1, [("k2", "l2"), ("k6", "l6")], (0, 1, 2)) == ("k2", "l2")
+    assert best_common(rounding, 1, [("k6", "l6"), ("k2", "l2")], (0, 1, 2)) == ("k6", "l6")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(a="dm", b="dm"), "on both sides"),
+    (dict(a="dm", b=("dm", "law")), "on both sides"),
+    (dict(a=("law", "kar"), b=("law", "dm"), tune_seeds=(0,), common=True), "on both sides"),
+    (dict(a=("kar", "kar"), b=("law", "dm"), tune_seeds=(0,), common=True), "twice"),
+    (dict(a="kar", b=("law", "law")), "twice"),
+    (dict(a=("kar", "k2"), b="dm", tune_seeds=(0, 0, 1)), "repeats a seed"),
+])
+def test_a_claim_compares_two_different_labels_once_each(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Claim("bad", **kw)
+
+
+def test_a_claim_built_from_lists_is_guarded_as_one_from_tuples():
+    with pytest.raises(ValueError, match="needs tune_seeds"):
+        Claim("flattering", ["karcher@l1", "karcher@l2"], "law@l1")
+    claim = Claim("ok", ["k1", "k2"], ["l1", "l2"], tune_seeds=[0, 1], common=True)
+    assert claim.a == ("k1", "k2") and claim.tune_seeds == (0, 1)
+
+
 def test_a_spec_claim_may_tune_on_some_seeds(tmp_path):
-    head = ('ipc = [1]\n[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 2.0\ntag = "l2"\n'
+    head = ('ipc = [1]\nseeds = [0, 1, 2, 3]\n[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 2.0\ntag = "l2"\n'
             '[[variants]]\nmatcher = "hdd"\ncentroid = "law"\nscale = 20.0\ntag = "l20"\n'
             '[[claims]]\nclaim = "tuned"\na = ["dm+hdd/law@l2", "dm+hdd/law@l20"]\nb = "random"\n')
     path = tmp_path / "tuned.toml"
     path.write_text(head + "tune_seeds = [0, 1, 2]\n")
     claim = load_spec(str(path)).claims[0]
     assert claim.a == ("dm+hdd/law@l2", "dm+hdd/law@l20") and claim.tune_seeds == (0, 1, 2)
-    path.write_text(head.replace('b = "random"', 'b = ["dm+hdd/law@l2", "dm+hdd/law@l20"]')
+    karcher = ('[[variants]]\nmatcher = "hdd"\ncentroid = "karcher"\nscale = 2.0\ntag = "l2"\n'
+               '[[variants]]\nmatcher = "hdd"\ncentroid = "karcher"\nscale = 20.0\ntag = "l20"\n')
+    path.write_text(head.replace("[[claims]]", karcher + "[[claims]]")
+                    .replace('b = "random"', 'b = ["dm+hdd/karcher@l2", "dm+hdd/karcher@l20"]')
                     + "tune_seeds = [0, 1, 2]\ncommon = true\n")
     assert load_spec(str(path)).claims[0].common
     for tail, message in (("", "needs tune_seeds"), ("tune_seeds = [-1]\n", "non-negative integers"),
                           ("tune_seeds = [0]\ncommon = 1\n", "common must be true or false"),
-                          ("tune_seeds = [0]\ncommon = true\n", "common needs")):
+                          ("tune_seeds = [0]\ncommon = true\n", "common needs"),
+                          ("tune_seeds = [0, 100]\n", "seed 100, which no stage runs"),
+                          ("tune_seeds = [0, 1, 2, 3]\n", "none is left")):
         path.write_text(head + tail)
         with pytest.raises(ValueError, match=message):
             load_spec(str(path))

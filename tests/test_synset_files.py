@@ -3,10 +3,12 @@ hostile files (one line naming the file, nothing evaluated)."""
 import json
 import os
 
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_config
 
+from hddgeo.cli import main
 from hddgeo.data import load_dataset
 from hddgeo.distill import run_distillation
 from hddgeo.evaluate import Protocol, evaluate_sets
@@ -57,7 +59,8 @@ def test_a_plain_tensor_file_reads(tmp_path, digits):
     assert s.images.dtype == torch.float32 and s.labels.dtype == torch.int64 and torch.equal(s.images, x)
 
 
-def test_export_round_trips_through_hddgeo_and_torchvision_and_evaluates_as_the_run(run, digits, tmp_path):
+def test_export_round_trips_through_hddgeo_and_torchvision_and_evaluates_as_the_run(run, digits, tmp_path,
+                                                                                     monkeypatch):
     from hddgeo._torchvision import torchvision
 
     out, metrics = run
@@ -79,6 +82,14 @@ def test_export_round_trips_through_hddgeo_and_torchvision_and_evaluates_as_the_
     rows = evaluate_sets([s], digits, protocol)
     assert [r["acc"] for r in rows] == metrics["accs"]
     assert [r["net_seed"] for r in rows] == metrics["eval_seeds"]
+    # the card's command, as a user types it (one folder, no --out): the same networks, the same accuracies
+    [line] = [x for x in card.splitlines() if x.startswith("- the same networks again: ")]
+    flags = line.split("`")[1].split()[3:]
+    assert flags == ["--dataset", "digits", "--nets", "2", "--epochs", "2", "--seed", "3"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(folder), *flags, "--quiet"]) == 0
+    table = pd.read_csv(tmp_path / "evaluation" / "evaluation.csv")
+    assert table["acc"].tolist() == metrics["accs"]
     # the PNGs alone: 8-bit pixels, within half a grey level of the clipped images
     os.remove(folder / "synset.pt")
     [png] = load_sets(str(folder), digits)
@@ -193,7 +204,6 @@ def test_export_refuses_a_folder_that_holds_something(run, tmp_path):
 
 def test_the_worked_example_distil_then_evaluate_a_reference_file_under_one_protocol(run, tmp_path, capsys):
     """hddgeo's set and two experiments saved in the official DM-HDD layout, one protocol, one command."""
-    from hddgeo.cli import main
 
     out, _ = run
     saved = torch.load(out / "synset.pt", weights_only=True)
@@ -215,7 +225,6 @@ def test_the_worked_example_distil_then_evaluate_a_reference_file_under_one_prot
 
 
 def test_evaluate_writes_nothing_when_a_set_is_bad_and_refuses_a_busy_out(run, tmp_path, capsys):
-    from hddgeo.cli import main
 
     out, _ = run
     bad = tmp_path / "bad.pt"
@@ -233,7 +242,6 @@ def test_evaluate_writes_nothing_when_a_set_is_bad_and_refuses_a_busy_out(run, t
 
 
 def test_export_command(run, tmp_path, capsys):
-    from hddgeo.cli import main
 
     out, _ = run
     assert main(["export", str(out), str(tmp_path / "x")]) == 0
@@ -243,7 +251,6 @@ def test_export_command(run, tmp_path, capsys):
 
 def test_a_run_reevaluated_under_its_own_protocol_repeats_its_accuracies(run, tmp_path):
     """The same networks, epochs and torch thread count (the run's, by default) give the run's own numbers."""
-    from hddgeo.cli import main
 
     out, metrics = run
     assert main(["evaluate", str(out), "--protocol", "default", "--nets", "2", "--epochs", "2", "--seed", "3",
@@ -258,7 +265,6 @@ def test_compare_pairs_evaluation_folders_of_one_protocol_by_network(run, tmp_pa
     two protocols it refuses in one line."""
     import pandas as pd
 
-    from hddgeo.cli import main
 
     out, _ = run
     saved = torch.load(out / "synset.pt", weights_only=True)

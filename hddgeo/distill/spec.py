@@ -408,6 +408,7 @@ def load_spec(path: str) -> Spec:
     for name in stages:
         spec.stage_variants(name)  # labels checked now
     spec.claims = _claims(data.get("claims") or [], path, spec.labels() + spec.random_labels() + [stats.RANDOM])
+    _check_claims_against_design(spec)
     margin = data.get("margin", SAME_MARGIN)
     if type(margin) not in (int, float) or not (0 < margin < 100):
         raise ValueError(f"{path}: margin is the equivalence margin in points, a number in (0, 100); got {margin!r}")
@@ -491,6 +492,22 @@ def _claims(tables, path: str, labels: list) -> list[Claim]:
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     return out
+
+
+def _check_claims_against_design(spec: Spec) -> None:
+    """Each claim's tuning seeds are seeds the spec (or a stage) runs, leaving at least one to report on: otherwise
+    its row would wait for ever for cells nothing runs."""
+    seeds = set(spec.seeds).union(*(s.get("seeds", spec.seeds) for s in spec.stages.values()))
+    for i, c in enumerate(spec.claims, 1):
+        where = f"{spec.path} claim {i}"
+        if c.tune_seeds:
+            absent = [x for x in c.tune_seeds if x not in seeds]
+            if absent:
+                raise ValueError(f"{where}: tune_seeds names seed {absent[0]}, which no stage runs "
+                                 f"(seeds: {', '.join(map(str, sorted(seeds)))})")
+            if seeds <= set(c.tune_seeds):
+                raise ValueError(f"{where}: tune_seeds are every seed the spec runs, so none is left to report the "
+                                 f"difference on; run more seeds or tune on fewer")
 
 
 def estimate(cells: Sequence[Cell]) -> dict:
