@@ -317,6 +317,8 @@ def _long_csv(path, **columns):
     ({"acc": [True] * 6}, ["acc", "True"]),
     ({"acc": [0.5, 0.5, 0.5, 0.5, 0.5, "nan"]}, ["acc"]),
     ({"acc": [0.5, 0.5, 0.5, 0.5, 0.5, "inf"]}, ["acc"]),
+    ({"method": ["dm"] * 3 + [" dm+hdd/law"] * 3}, ["row 5", "method", "spaces"]),
+    ({"dataset": ["digits"] * 5 + ["digits "]}, ["row 7", "dataset", "spaces"]),
 ])
 def test_long_tables_hold_integers_that_fit_and_real_accuracies(tmp_path, capsys, columns, words):
     table = _long_csv(tmp_path / "results.csv", **columns)

@@ -193,6 +193,11 @@ def read_long_table(path: str) -> pd.DataFrame:
     for col in [c for c in ("method", "dataset") if c in table.columns]:
         if (table[col].str.strip() == "").any():
             raise ValueError(f"{path} row {int((table[col].str.strip() == '').idxmax()) + 2}: {col} is empty")
+        padded = table[col] != table[col].str.strip()
+        if padded.any():
+            row = int(padded.idxmax())
+            raise ValueError(f"{path} row {row + 2}: {col} is {table[col][row][:40]!r}, with spaces at an end; write it "
+                             f"as {table[col][row].strip()[:40]!r} (a label with spaces would be a label of its own)")
         table[col] = [csv_text(v) for v in table[col]]
     for col in table.columns:
         if col in stats.REQUIRED_COLUMNS or col in ("dataset", "method"):
