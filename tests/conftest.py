@@ -79,6 +79,12 @@ def device(request):
     return torch.device(request.param)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on shared cores, small tensors only lose by more (restored after the test)."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Scripts and runs set torch's thread count; no test leaves it changed for the next one."""

@@ -15,13 +15,7 @@ from hddgeo.data import ImageDataset, load_dataset
 SMALL = {"width": 8}  # tiny ConvNet wherever a network is built, to keep the tests fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions run far faster on one thread than on oversubscribed shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: more threads only contend
 
 
 @pytest.fixture(scope="module")

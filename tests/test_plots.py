@@ -29,13 +29,7 @@ from hddgeo.plots import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CI machine has 2 shared cores: small LAPACK calls crawl when threads contend
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: more threads only contend
 
 
 def assert_png(path, min_bytes=5_000):

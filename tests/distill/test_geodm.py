@@ -20,13 +20,7 @@ def tiny(**kw):
     return DistillConfig(**base)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the tensors here are small: extra threads only contend with other processes on a shared machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: more threads only contend
 
 
 @pytest.fixture(scope="module")
