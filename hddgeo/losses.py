@@ -19,7 +19,7 @@ import torch
 from .device import on_accelerator
 from .geometry._math import _dist, _lift, _radius, inv_sinhc
 from .geometry.centroids import CENTROID_METHODS, _centroid, karcher_options, normalised_weights
-from .geometry.lorentz import check_finite, check_max_norm, check_reach, k_tensor, manifold_k, plain
+from .geometry.lorentz import check_dtype, check_finite, check_max_norm, check_reach, k_tensor, manifold_k, plain
 from .labels import CENTROID_MATCHERS
 
 REDUCTIONS = ("sum", "mean", "none")
@@ -212,7 +212,9 @@ def hdd_loss(
     reduction : {"sum", "mean", "none"}, optional
         Over classes: the sum (default), the mean, or the per-class values ``(C,)``.
     dtype : torch.dtype or None, optional
-        The dtype of the geometry: float64 by default; ``None`` keeps the features'.
+        The dtype of the geometry: float64 by default; ``None`` keeps the features'.  In float32 Law's centroid has
+        no finite gradient beyond ``|v|/sqrt(k)`` of about 3.7 (:func:`hddgeo.geometry.gradient_reach`), well inside
+        the reference clip of 10: keep float64 for ``centroid="law"``.
     tol, max_iter, backward : optional
         The Karcher mean's options (see :func:`karcher_mean`); used with ``centroid="karcher"`` only.
 
@@ -248,12 +250,19 @@ def hdd_loss(
     """
     k = manifold_k(M)
     _check_pair(v_real, v_syn)
+    # every option checked once, before any work (the Karcher ones too when another centroid ignores them)
+    if not isinstance(centroid, str):
+        raise TypeError(f"centroid must be a string, one of {', '.join(CENTROID_METHODS)}; got {type(centroid).__name__}")
     if centroid not in CENTROID_METHODS:
         raise ValueError(f"unknown centroid method {centroid!r}; choose one of {', '.join(CENTROID_METHODS)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+    if isinstance(scale, bool) or not (isinstance(scale, numbers.Real) or torch.is_tensor(scale)):
+        raise TypeError(f"scale must be a number, got {type(scale).__name__} {scale!r}"[:200])
     check_max_norm(max_norm)
+    check_dtype(dtype)
     karcher_kwargs = {"tol": tol, "max_iter": max_iter, "backward": backward}
-    if centroid == "karcher":  # the options checked once, before any work
-        karcher_options(torch.float64 if dtype is None else dtype, k, **karcher_kwargs)
+    karcher_options(torch.float64 if dtype is None else dtype, k, **karcher_kwargs)
     vr, vs = plain(v_real), plain(v_syn)
     if dtype is not None:
         vr, vs = vr.to(dtype), vs.to(dtype)

@@ -137,7 +137,7 @@ def _complete_basis(V: list, d: int, dtype) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
-def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M,
+def poincare_projection(z_real: torch.Tensor, z_syn: Optional[torch.Tensor], M, *,
                         axes: str = "pca") -> PoincareProjection:
     """Project one class's real and synthetic points onto a Poincaré disk, respecting the geometry.
 

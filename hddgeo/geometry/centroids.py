@@ -40,9 +40,9 @@ CENTROID_METHODS = ("law", "karcher", "tangent")
 # ----------------------------------------------------------------------------- input handling
 def check_set(z: torch.Tensor, M, weights: Optional[torch.Tensor]):
     """Validate a point set ``(..., n, d+1)`` and its weights; return plain ``z`` and normalised weights."""
-    z = check_points(z, M, "points z", min_points_dim=2)
-    if z.dim() < 2:
+    if torch.is_tensor(z) and z.dim() == 1:
         raise ValueError(f"a point set needs shape (..., n, d+1), got {tuple(z.shape)}; add a set dimension with z.unsqueeze(0)")
+    z = check_points(z, M, "points z", min_points_dim=2)
     if z.shape[-2] == 0:
         raise ValueError("empty point set (n = 0): a centroid needs at least one point per set")
     return z, normalised_weights(weights, z)
@@ -273,7 +273,8 @@ def karcher_mean(z: torch.Tensor, M, *, weights: Optional[torch.Tensor] = None, 
         ``"implicit"`` (default) differentiates the optimality condition ``sum_i w_i Log_m(z_i) = 0`` by the
         implicit function theorem: one more conjugate-gradient solve and an explicit vector-Jacobian product,
         ``O(n d)`` memory.  ``"unroll"`` differentiates through a damped fixed-point iteration instead (memory grows
-        with the iterations; for checking).  ``k`` is a constant to the implicit backward.
+        with the iterations; for checking).  ``k`` is a constant to both backwards: a learnable ``M.k`` gets no
+        gradient through the Karcher mean (it does through :func:`lift`, :func:`law_centroid` and the distances).
 
     Returns
     -------
@@ -420,6 +421,12 @@ def frechet_objective(x: torch.Tensor, z: torch.Tensor, M, *, weights: Optional[
     """
     z, w = check_set(z, M, weights)
     x = check_points(x, M, "centroid x")
+    try:
+        torch.broadcast_shapes(x.shape[:-1], z.shape[:-2])
+        assert x.shape[-1] == z.shape[-1]
+    except (RuntimeError, AssertionError):
+        raise ValueError(f"centroid x {tuple(x.shape)} does not match the sets z {tuple(z.shape)}: x holds one point "
+                         f"per set, shape {tuple(z.shape[:-2]) + (z.shape[-1],)}") from None
     kt = k_tensor(M, z)
     theta = 2 * torch.asinh(safe_sqrt(cosh_theta_minus_one(x[..., 1:].unsqueeze(-2), z[..., 1:], torch.sqrt(kt)) / 2))
     return kt * (w * theta * theta).sum(-1)

@@ -65,6 +65,15 @@ def check_finite(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} contains {bad} NaN/inf value(s); remove or repair them before the geometry")
 
 
+def check_dtype(dtype) -> None:
+    """``dtype`` is ``None`` or a floating-point ``torch.dtype`` (``TypeError`` for another type, ``ValueError`` for
+    an integer dtype)."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float64 (or None), got {type(dtype).__name__}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type (float64 by default), got {dtype}")
+
+
 def check_max_norm(max_norm) -> None:
     """``max_norm`` is ``None`` or a positive number (``TypeError`` for another type, ``ValueError`` for a value)."""
     if max_norm is None:
@@ -113,6 +122,28 @@ def check_points(z: torch.Tensor, M, what: str = "points", min_points_dim: int =
     return z
 
 
+def check_broadcast(a: torch.Tensor, b: torch.Tensor, what_a: str, what_b: str) -> None:
+    """``ValueError`` naming both shapes when ``a`` and ``b`` do not broadcast against each other."""
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(f"{what_a} {tuple(a.shape)} and {what_b} {tuple(b.shape)} do not broadcast; give them "
+                         f"matching shapes") from None
+
+
+def check_tangent(x: torch.Tensor, u: torch.Tensor) -> None:
+    """``ValueError`` unless ``<x, u>_L = 0`` up to rounding (relative to ``|x| |u|``): a vector off the tangent space
+    would be carried off the manifold."""
+    xd, ud = x.detach(), u.detach()
+    inner = (xd[..., 1:] * ud[..., 1:]).sum(-1) - xd[..., 0] * ud[..., 0]
+    scale = torch.linalg.vector_norm(xd, dim=-1) * torch.linalg.vector_norm(ud, dim=-1)
+    tol = math.sqrt(torch.finfo(xd.dtype).eps) * 10
+    if inner.numel() and not bool((inner.abs() <= tol * scale).all()):
+        worst = float((inner.abs() / scale.clamp_min(torch.finfo(xd.dtype).tiny)).max())
+        raise ValueError(f"u is not tangent at x (max relative |<x, u>_L| = {worst:.3g}, tolerance {tol:.1g}); "
+                         f"project it with M.proju(x, u)")
+
+
 def as_manifold_tensor(x: torch.Tensor, M) -> geoopt.ManifoldTensor:
     """Wrap ``x`` as a ManifoldTensor on ``M`` without cutting the autograd graph.
 
@@ -146,8 +177,9 @@ def lift(v: torch.Tensor, M, *, max_norm: Optional[float] = None,
         Clip the tangent length ``|v|/sqrt(k)`` at this value first, keeping the direction (the reference HDD code
         clips at 10, and so does :func:`hdd_loss` by default; ``None``, the default here, does not clip).
     dtype : torch.dtype or None, optional
-        The dtype the geometry runs in: float64 by default; ``None`` keeps ``v``'s.  In float32 the map overflows
-        above ``|v|/sqrt(k)`` of about 88 and distances lose all precision well before.
+        The dtype the geometry runs in: float64 by default; ``None`` keeps ``v``'s.  In float32 the points are refused
+        above ``|v|/sqrt(k)`` of about 44 (their squared coordinates overflow; 354 in float64), and Law's centroid
+        loses its gradient well before (:func:`hddgeo.geometry.gradient_reach`).
 
     Returns
     -------
@@ -187,10 +219,7 @@ def lift(v: torch.Tensor, M, *, max_norm: Optional[float] = None,
     if v.dim() < 1 or v.shape[-1] < 1:
         raise ValueError(f"features must have shape (..., d) with d >= 1, got {tuple(v.shape)}")
     check_max_norm(max_norm)
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype such as torch.float64 (or None), got {type(dtype).__name__}")
-    if dtype is not None and not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point type (float64 by default), got {dtype}")
+    check_dtype(dtype)
     v = plain(v)
     if dtype is not None:
         v = v.to(dtype)
@@ -259,10 +288,7 @@ def dist(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
     """
     x = check_points(x, M, "x")
     y = check_points(y, M, "y")
-    try:
-        torch.broadcast_shapes(x.shape, y.shape)
-    except RuntimeError:
-        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} do not broadcast; give them matching shapes") from None
+    check_broadcast(x, y, "x", "y")
     return _dist(x, y, k_tensor(M, x))
 
 
@@ -431,6 +457,7 @@ def logmap(x: torch.Tensor, y: torch.Tensor, M) -> torch.Tensor:
     """
     x = check_points(x, M, "x")
     y = check_points(y, M, "y")
+    check_broadcast(x, y, "x", "y")
     return _logmap(x, y, k_tensor(M, x))
 
 
@@ -463,7 +490,8 @@ def expmap(x: torch.Tensor, u: torch.Tensor, M) -> geoopt.ManifoldTensor:
     TypeError
         ``x`` or ``u`` is not a floating-point tensor, or ``M`` is not a ``geoopt.Lorentz``.
     ValueError
-        A point is not finite or not on ``M``, or ``u`` is not finite.
+        A point is not finite or not on ``M``, ``u`` is not finite or not tangent at ``x`` (geoopt's ``M.expmap``
+        projects instead; project ``u`` with ``M.proju(x, u)``), or the shapes do not broadcast.
 
     See Also
     --------
@@ -480,5 +508,7 @@ def expmap(x: torch.Tensor, u: torch.Tensor, M) -> geoopt.ManifoldTensor:
     """
     x = check_points(x, M, "x")
     check_finite(u, "tangent vector u")
-    kt = k_tensor(M, x)
-    return as_manifold_tensor(_expmap(x, plain(u).to(x.dtype), kt), M)
+    check_broadcast(x, u, "x", "u")
+    u = plain(u).to(x.dtype)
+    check_tangent(x, u)
+    return as_manifold_tensor(_expmap(x, u, k_tensor(M, x)), M)

@@ -35,7 +35,10 @@ def to_poincare(z: torch.Tensor, M) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        Points of the ball, shape ``(..., d)``, of norm below ``sqrt(k)``.
+        Points of the ball, shape ``(..., d)``, of norm below ``sqrt(k)`` while the radius is within the dtype's
+        resolution of the boundary: ``|p| = sqrt(k) tanh(r / (2 sqrt(k)))`` rounds to ``sqrt(k)`` from
+        ``r / sqrt(k)`` of about 38 in float64 and 17.5 in float32, and such a point does not map back
+        (:func:`from_poincare` refuses the boundary).
 
     Raises
     ------

@@ -1,5 +1,6 @@
 """Library edge cases: every wrong input is a ValueError that says what to fix, never a silent wrong answer."""
 import math
+import re
 
 import geoopt
 import pytest
@@ -57,6 +58,7 @@ def test_karcher_options_are_checked_alike_in_the_loss_and_the_mean(kwargs, word
     v = torch.randn(1, 8, 4, dtype=torch.float64)
     z = hddgeo.lift(v, M)
     for call in (lambda: hddgeo.hdd_loss(v, v[:, :3], M, centroid="karcher", **kwargs),
+                 lambda: hddgeo.hdd_loss(v, v[:, :3], M, centroid="law", **kwargs),  # checked though unused
                  lambda: hddgeo.karcher_mean(z, M, **kwargs),
                  lambda: hddgeo.centroid(z, M, method="karcher", **kwargs)):
         with pytest.raises(error, match=word):
@@ -118,3 +120,34 @@ def test_law_centroid_of_a_spread_set_with_one_far_point_matches_high_precision(
         q = zb[0] ** 2 - zb[1] ** 2 - zb[2] ** 2
         exact = [float(mpmath.sqrt(k) * x / mpmath.sqrt(q)) for x in zb]
     assert torch.allclose(c[0].as_subclass(torch.Tensor), torch.tensor(exact, dtype=torch.float64), rtol=rtol, atol=0)
+
+
+def test_the_riemannian_maps_refuse_shapes_that_do_not_broadcast_and_vectors_off_the_tangent_space():
+    from hddgeo.geometry import expmap, logmap
+
+    x, y = hddgeo.lift(torch.randn(3, 4, dtype=torch.float64), M), hddgeo.lift(torch.randn(2, 4, dtype=torch.float64), M)
+    for call, words in ((lambda: logmap(x, y, M), "x (3, 5) and y (2, 5)"),
+                        (lambda: expmap(x, torch.zeros(2, 5, dtype=torch.float64), M), "x (3, 5) and u (2, 5)"),
+                        (lambda: hddgeo.frechet_objective(x, hddgeo.lift(torch.randn(2, 6, 4), M), M), "one point per set"),
+                        (lambda: hddgeo.karcher_mean(x[0], M), "add a set dimension")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            call()
+    o = hddgeo.lift(torch.zeros(4), M)
+    radial = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # along the time axis: not tangent at o
+    with pytest.raises(ValueError, match="not tangent"):
+        expmap(o, radial, M)
+    # what geoopt's proju makes of it is tangent (here: zero), and a logmap's output always is, far out too
+    assert torch.equal(expmap(o, M.proju(o, radial), M), o)
+    far = hddgeo.lift(torch.randn(6, 4, dtype=torch.float64) * 8, M, max_norm=None)
+    for dtype in (torch.float64, torch.float32):
+        a, b = far[:3].to(dtype), far[3:].to(dtype)
+        u = logmap(a, b, M)
+        expmap(a, u, M)  # accepted
+
+
+def test_hdd_loss_checks_every_option_before_any_work():
+    v = torch.randn(2, 4, 3, dtype=torch.float64)
+    for kwargs, error, word in (({"centroid": 5}, TypeError, "string"), ({"dtype": "float64"}, TypeError, "torch.dtype"),
+                                ({"scale": "a"}, TypeError, "scale"), ({"reduction": "avg"}, ValueError, "reduction")):
+        with pytest.raises(error, match=word):
+            hddgeo.hdd_loss(v, v[:, :2], M, **kwargs)
