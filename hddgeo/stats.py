@@ -292,7 +292,7 @@ def paired_differences(df: pd.DataFrame, pairs: Optional[Iterable[tuple[str, str
     -------
     pandas.DataFrame
         Columns ``ipc``, ``a``, ``b``, ``seeds``, ``diff_mean``, ``ci_low``, ``ci_high``, ``positive``,
-        ``excludes_zero``.
+        ``excludes_zero``; ``attrs["confidence"]`` is ``confidence``.
 
     Raises
     ------
@@ -326,8 +326,10 @@ def paired_differences(df: pd.DataFrame, pairs: Optional[Iterable[tuple[str, str
             rows.append({"ipc": ipc, "a": a, "b": b, "seeds": len(diff), "diff_mean": float(diff.mean()),
                          "ci_low": low, "ci_high": high, "positive": int((diff > 0).sum()),
                          "excludes_zero": bool(low > 0 or high < 0)})
-    return pd.DataFrame(rows, columns=["ipc", "a", "b", "seeds", "diff_mean", "ci_low", "ci_high", "positive",
-                                       "excludes_zero"])
+    out = pd.DataFrame(rows, columns=["ipc", "a", "b", "seeds", "diff_mean", "ci_low", "ci_high", "positive",
+                                      "excludes_zero"])
+    out.attrs["confidence"] = confidence  # for the views' column name
+    return out
 
 
 # ----------------------------------------------------------------------------- presentation (percent)
@@ -355,7 +357,7 @@ def summary_wide(summary: pd.DataFrame) -> pd.DataFrame:
 
 def differences_view(diffs: pd.DataFrame) -> pd.DataFrame:
     """Readable paired differences, from :func:`paired_differences`: ``a - b``, the mean and the interval in
-    accuracy points, the seeds with a positive difference.
+    accuracy points (its column named by the interval's coverage), the seeds with a positive difference.
 
     Examples
     --------
@@ -370,7 +372,8 @@ def differences_view(diffs: pd.DataFrame) -> pd.DataFrame:
         "IPC": diffs["ipc"],
         "difference": [f"{a} − {b}" for a, b in zip(diffs["a"], diffs["b"])],
         "mean (points)": [f"{100 * m:+.2f}" for m in diffs["diff_mean"]],
-        "95% CI": [f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if np.isfinite(lo) else "n/a (1 seed)"
+        f"{100 * diffs.attrs.get('confidence', 0.95):g}% CI": [
+            f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if np.isfinite(lo) else "n/a (1 seed)"
                    for lo, hi in zip(diffs["ci_low"], diffs["ci_high"])],
         "seeds > 0": [f"{p}/{n}" for p, n in zip(diffs["positive"], diffs["seeds"])],
         "excludes 0": ["yes" if e else "no" for e in diffs["excludes_zero"]],

@@ -34,6 +34,15 @@ def test_paired_difference_matches_a_one_sample_t_test():
     assert d["excludes_zero"] == (ref.low > 0 or ref.high < 0)
 
 
+def test_the_readable_view_names_the_coverage_it_was_computed_at():
+    a, b = [0.80, 0.83, 0.79, 0.85, 0.81], [0.78, 0.80, 0.80, 0.81, 0.77]
+    df = _long({"dm": b, "dm+hdd/law": a})
+    ref = sps.ttest_1samp(np.subtract(a, b), 0.0).confidence_interval(0.90)
+    view = stats.differences_view(stats.paired_differences(df, [("dm+hdd/law", "dm")], confidence=0.90))
+    assert "95% CI" not in view and view["90% CI"].iloc[0] == f"[{100 * ref.low:+.2f}, {100 * ref.high:+.2f}]"
+    assert "95% CI" in stats.differences_view(stats.paired_differences(df))
+
+
 def test_network_noise_does_not_enter_the_paired_difference():
     # a constant per-seed gap with large between-network spread: the interval collapses onto the gap
     df = _long({"dm": [0.7, 0.5, 0.9], "dm+hdd/law": [0.72, 0.52, 0.92]}, jitter=0.2)
