@@ -338,8 +338,10 @@ def _distill(args, given: set) -> None:
 
 
 def _evaluate(args, given: set) -> None:
+    from .rundir import CHECKPOINT, CONFIG, LOG, METRICS
+
     one_run = len(args.paths) == 1 and any(os.path.exists(os.path.join(args.paths[0], name))  # complete or damaged
-                                           for name in ("config.json", "log.csv", "checkpoint.pt", "metrics.json"))
+                                           for name in (CONFIG, LOG, CHECKPOINT, METRICS))
     if args.protocol or args.out or not one_run:  # any sets, under one declared protocol
         from .synset_files import evaluate_files
 

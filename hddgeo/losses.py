@@ -18,7 +18,7 @@ import torch
 
 from .device import on_accelerator
 from .geometry._math import _dist, _lift, _radius, inv_sinhc
-from .geometry.centroids import CENTROID_METHODS, _centroid, karcher_options, normalised_weights
+from .geometry.centroids import CENTROID_METHODS, _centroid, check_method, karcher_options, normalised_weights
 from .geometry.lorentz import check_dtype, check_finite, check_max_norm, check_reach, k_tensor, manifold_k, plain
 from .labels import CENTROID_MATCHERS
 
@@ -251,10 +251,7 @@ def hdd_loss(
     k = manifold_k(M)
     _check_pair(v_real, v_syn)
     # every option checked once, before any work (the Karcher ones too when another centroid ignores them)
-    if not isinstance(centroid, str):
-        raise TypeError(f"centroid must be a string, one of {', '.join(CENTROID_METHODS)}; got {type(centroid).__name__}")
-    if centroid not in CENTROID_METHODS:
-        raise ValueError(f"unknown centroid method {centroid!r}; choose one of {', '.join(CENTROID_METHODS)}")
+    check_method(centroid, "centroid")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
     if isinstance(scale, bool) or not (isinstance(scale, numbers.Real) or torch.is_tensor(scale)):

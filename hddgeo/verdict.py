@@ -193,7 +193,7 @@ def _sides(table: pd.DataFrame, c: Claim, ipc: int, wide: pd.DataFrame, designed
         pairs = [(a, b) for a, b in zip(c.a, c.b) if all(designed(m, ipc) or m in wide for m in (a, b))]
         if len(pairs) < 2:
             return None
-        chosen = None if any(m not in wide for p in pairs for m in p) else best_common(table, ipc, pairs, c.tune_seeds)
+        chosen = best_common(table, ipc, pairs, c.tune_seeds)  # None while a cell of the tuning seeds is missing
         if chosen is None:
             return [(None, f"best common setting of {', '.join(a for a, _ in pairs)}"),
                     (None, f"the same setting of {', '.join(b for _, b in pairs)}")]

@@ -423,10 +423,12 @@ def frechet_objective(x: torch.Tensor, z: torch.Tensor, M, *, weights: Optional[
     x = check_points(x, M, "centroid x")
     try:
         torch.broadcast_shapes(x.shape[:-1], z.shape[:-2])
-        assert x.shape[-1] == z.shape[-1]
-    except (RuntimeError, AssertionError):
+        matches = x.shape[-1] == z.shape[-1]
+    except RuntimeError:
+        matches = False
+    if not matches:
         raise ValueError(f"centroid x {tuple(x.shape)} does not match the sets z {tuple(z.shape)}: x holds one point "
-                         f"per set, shape {tuple(z.shape[:-2]) + (z.shape[-1],)}") from None
+                         f"per set, shape {tuple(z.shape[:-2]) + (z.shape[-1],)}")
     kt = k_tensor(M, z)
     theta = 2 * torch.asinh(safe_sqrt(cosh_theta_minus_one(x[..., 1:].unsqueeze(-2), z[..., 1:], torch.sqrt(kt)) / 2))
     return kt * (w * theta * theta).sum(-1)
@@ -452,6 +454,15 @@ def karcher_options(dtype, k_val: float, tol=None, max_iter=None, backward="impl
     if backward not in ("implicit", "unroll"):
         raise ValueError(f"backward must be 'implicit' or 'unroll', got {backward!r}")
     return float(tol), int(max_iter), backward
+
+
+def check_method(method, name: str = "method") -> None:
+    """``method`` names a centroid (:data:`CENTROID_METHODS`): ``TypeError`` for another type, ``ValueError`` for an
+    unknown name; ``name`` is the argument's name in the message."""
+    if not isinstance(method, str):
+        raise TypeError(f"{name} must be a string, one of {', '.join(CENTROID_METHODS)}; got {type(method).__name__}")
+    if method not in CENTROID_METHODS:
+        raise ValueError(f"unknown centroid method {method!r}; choose one of {', '.join(CENTROID_METHODS)}")
 
 
 def _centroid(z, w, k: torch.Tensor, method: str, k_val: Optional[float] = None, **karcher_kwargs):
@@ -511,10 +522,7 @@ def centroid(z: torch.Tensor, M, *, method: str = "law", weights: Optional[torch
     >>> {m: round(float(hddgeo.radius(hddgeo.centroid(z, M, method=m), M)), 4) for m in hddgeo.CENTROID_METHODS}
     {'law': 0.8322, 'karcher': 0.8322, 'tangent': 1.4142}
     """
-    if method not in CENTROID_METHODS:
-        if not isinstance(method, str):
-            raise TypeError(f"method must be a string, one of {', '.join(CENTROID_METHODS)}; got {type(method).__name__}")
-        raise ValueError(f"unknown centroid method {method!r}; choose one of {', '.join(CENTROID_METHODS)}")
+    check_method(method)
     if method == "karcher":
         options = {"tol": None, "max_iter": None, "warn": True, "return_info": False, "backward": "implicit"}
         unknown = sorted(set(karcher_options) - set(options))
