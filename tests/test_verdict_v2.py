@@ -79,3 +79,40 @@ def test_the_figures_draw_every_claim_with_seeds(pilot):
     assert {r["label"] for r in rows} >= {"HDD beats DM (IPC 1)", "Karcher = Law, paper's setting (k 1, clip 10) (IPC 1)"}
     hdd = next(r for r in rows if r["label"] == "HDD beats DM (IPC 1)")
     assert len(hdd["seeds"]) == 4 and hdd["paper"] == 1.4 and round(hdd["paper_low"], 2) == 0.07
+
+
+def _minus(text):
+    return text.replace("-", "−")
+
+
+def test_the_readme_and_results_page_show_what_core1s_committed_table_gives():
+    """The verdict's rows in README.md and docs/results.md are what the claims compute from the committed
+    ``core1.csv`` (the same code ``hddgeo compare --claims`` runs): a rerun or an edit that changes a number fails
+    here until the text is regenerated."""
+    from pathlib import Path
+
+    from hddgeo.distill.spec import load_spec
+    from hddgeo.verdict import claims_table
+
+    root = Path(__file__).resolve().parents[1]
+    study = root / "experiments" / "results" / "fashionmnist_verdict_v2"
+    spec = load_spec("fashionmnist_verdict_v2")
+    rows = claims_table(pd.read_csv(study / "core1.csv"), spec.claims, spec.designs, margin=spec.margin,
+                        paper=spec.paper, budget=spec.budget()).set_index("claim")
+    shown = {  # the claim in the spec: how the two pages name its row
+        "HDD beats DM": "| HDD beats DM |",
+        "DM beats its random initial images": "| DM beats its random images |",
+        "HDD beats DM on the same clipped features": "| HDD beats DM on the same clipped features",
+        "Karcher = Law, paper's setting (k 1, clip 10)": "| Karcher = Law at the paper's setting",
+    }
+    for page in (root / "README.md", root / "docs" / "results.md"):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for claim, start in shown.items():
+            row = rows.loc[claim]
+            assert row["seeds"] == 12
+            line = next(x for x in lines if x.startswith(start))
+            cells = [c.strip() for c in line.split("|")]
+            ours = _minus(f"{row['ours (points)']} {row['95% CI']}")
+            assert any(c.endswith(ours) for c in cells), (page.name, claim, ours, line)
+            assert _minus(row["ours a / b (%)"]) in line and "| 12 |" in line
+            assert any(c.startswith(row["verdict"].split(" (")[0]) for c in cells), (page.name, claim, line)
