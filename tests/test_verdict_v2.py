@@ -24,14 +24,19 @@ def pilot(tmp_path_factory):
     return out
 
 
+def _no_constant(name):
+    raise AssertionError(f"{name} in a JSON file: not strict JSON (jq and JavaScript refuse it)")
+
+
 def test_the_pilot_runs_every_variant_on_independent_replicates(pilot):
     table = pd.read_csv(pilot / "pilot1.csv")
     assert set(table["method"]) == {"random", "dm", "dm+clipped_euclidean", "dm+hdd/law", "dm+hdd/karcher"}
     assert sorted(table["seed"].unique()) == [0, 1, 2, 3]
     for run in (pilot / "runs").iterdir():
-        cfg = json.loads((run / "config.json").read_text())
-        metrics = json.loads((run / "metrics.json").read_text())
+        cfg = json.loads((run / "config.json").read_text(), parse_constant=_no_constant)  # strict JSON: no NaN
+        metrics = json.loads((run / "metrics.json").read_text(), parse_constant=_no_constant)
         assert cfg["seed_scheme"] == 2
+        assert metrics["final_eval_seconds"] > 0 and metrics["eval_epochs"] == cfg["final_eval_epochs"]
         assert metrics["eval_seeds"] == RunSeeds(cfg["seed"], 2).eval_networks("final", cfg["final_eval_nets"])
     # no evaluation network is shared between two seeds; within a seed every method has the same ones
     seeds = {}

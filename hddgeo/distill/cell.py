@@ -8,6 +8,7 @@ Executors (:mod:`hddgeo.distill.executors`) decide only where and when each cell
 from __future__ import annotations
 
 import dataclasses
+import time
 import os
 import shutil
 from typing import Optional
@@ -181,12 +182,15 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
     run_seeds = RunSeeds.of(cfg)
     syn = method.init_synset(run_seeds.init())
     images, labels = syn.expanded()
+    started = time.perf_counter()
     res = evaluate_synset(images.detach(), labels, dataset.test_images, dataset.test_labels, dataset.num_classes,
                           model=cfg.model, num_nets=cfg.final_eval_nets, epochs=cfg.final_eval_epochs,
                           augment=eval_augment(cfg), seed=run_seeds.eval_networks("final", cfg.final_eval_nets),
                           progress=progress, device=method.device, amp=cfg.amp)
     return {"method": describe_baseline(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
-            "acc_std": res["std"], "accs": res["accs"], "eval_seeds": res["seeds"], "seconds_per_iteration": float("nan")}
+            "acc_std": res["std"], "accs": res["accs"], "eval_seeds": res["seeds"], "eval_model": cfg.model,
+            "eval_epochs": cfg.final_eval_epochs, "final_eval_seconds": time.perf_counter() - started,
+            "seconds_per_iteration": None}  # null, not NaN: strict JSON (no iterations to time)
 
 
 def initial_images(cfg: DistillConfig) -> torch.Tensor:

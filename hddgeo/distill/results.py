@@ -233,10 +233,16 @@ def table_datasets(table: pd.DataFrame, source: str) -> list:
     return sorted(found)
 
 
+def _seconds(value) -> float:
+    """A metrics file's seconds per iteration as a float: NaN where it has none (``null``, or NaN written by
+    hddgeo before 0.2's baselines wrote ``null``)."""
+    return float("nan") if value is None else float(value)
+
+
 def long_rows(metrics: dict, seed: int, run_dir: str = "") -> list[dict]:
     """One row per evaluation network of a finished cell (nothing if it was not evaluated)."""
     return [{"method": metrics["method"], "ipc": metrics["ipc"], "seed": seed, "network": j, "acc": acc,
-             "seconds_per_iteration": metrics.get("seconds_per_iteration", float("nan")), "run_dir": run_dir}
+             "seconds_per_iteration": _seconds(metrics.get("seconds_per_iteration")), "run_dir": run_dir}
             for j, acc in enumerate(metrics.get("accs") or [])]
 
 
