@@ -1,7 +1,6 @@
 """Verdict v2 on Fashion-MNIST: the design from the pilot, and the figures (a study folder in, CSV/Markdown/PNG out).
 
-The cells themselves are run by ``hddgeo study fashionmnist_verdict_v2 --stage NAME`` (the spec says the stages);
-this script only reads what they wrote:
+``hddgeo study fashionmnist_verdict_v2 --stage NAME`` runs the cells (the spec says the stages); this reads them:
 
     python experiments/verdict_v2.py design [--study DIR] [--stage pilot1]   # variance split -> seeds x networks
     python experiments/verdict_v2.py figures [--study DIR]                   # forest plot, accuracy vs iterations
@@ -85,7 +84,7 @@ def cmd_design(args) -> int:
         write_csv(os.path.join(args.study, f"design{ipc}_components.csv"), comps.drop(columns=["between", "within"]))
         write_csv(os.path.join(args.study, f"design{ipc}_grid.csv"), grid)
         ok = grid[grid["meets"]].sort_values("core_hours_left")
-        chosen = ok.iloc[0] if len(ok) else None
+        chosen = ok.iloc[0] if len(ok) else None  # the cheapest design that meets the targets
         text += [f"## IPC {ipc}\n",
                  f"Pilot: {comps['seeds'].max()} seeds x {comps['networks'].max():.0f} evaluation networks; one distilled "
                  f"cell's loop {costs['loop'] / 60:.1f} min, one evaluation network {costs['network'] / 60:.2f} min "
@@ -109,8 +108,7 @@ def cmd_design(args) -> int:
                         f"estimates: take a seed or two more than the cheapest design.\n")
             near = ok.head(8)[["seeds", "networks", "core_hours", "core_hours_left"] + [c for c in grid.columns if "−" in c]]
             text.append(markdown_table(near.round(3)))
-    out = os.path.join(args.study, "design.md")
-    write_text(out, "\n".join(text) + "\n")
+    write_text(out := os.path.join(args.study, "design.md"), "\n".join(text) + "\n")
     print("\n".join(text))
     print(f"-> {out}")
     return 0
@@ -134,7 +132,7 @@ def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
             p_low, p_high = stats.welch_interval(*pa, runs, *pb, runs) if pa and pb else (None, None)
             paper = (c.paper or {}).get(ipc, pa[0] - pb[0] if pa and pb else None)
             rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
-                         "random": stats.is_random(a) or stats.is_random(b),
+                         "random": stats.is_random(a) or stats.is_random(b), "tuned": bool(c.tune_seeds),
                          "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
                          "paper_high": p_high})
     return rows
@@ -142,8 +140,8 @@ def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
 
 def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     """One row per claim: grey dots per seed, our 95 % interval (black), the paper's number and interval (red), 0 and
-    the equivalence margin of ``same`` claims (shaded).  Claims against random images (tens of points) get a panel
-    and a scale of their own, above those between distillation methods (tenths of points)."""
+    the equivalence margin of ``same`` claims (shaded).  A panel and scale each for claims against random images (tens
+    of points), between methods (tenths) and at tuned settings (points where a setting fails)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,10 +149,14 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    panels = [p for p in ([r for r in rows if r.get("random")], [r for r in rows if not r.get("random")]) if p]
+    kinds = {(True, False): "against random images", (False, False): "between distillation methods",
+             (False, True): "at a setting tuned on some seeds, reported on the others"}
+    named = [(n, [r for r in rows if (r["random"], r["tuned"] and not r["random"]) == key]) for key, n in kinds.items()]
+    names, panels = zip(*[(n, p) for n, p in named if p])
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 0.55 * len(rows) + 1.0 + 0.6 * len(panels)), squeeze=False,
                              gridspec_kw={"height_ratios": [len(p) + 0.8 for p in panels]})
-    for ax, panel in zip(axes[:, 0], panels):
+    for ax, name, panel in zip(axes[:, 0], names, panels):
+        ax.set_title(name, fontsize=8, loc="right")
         for y, r in enumerate(reversed(panel)):
             if r["kind"] == "same":
                 ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#d8ecd8", zorder=0)
@@ -166,16 +168,15 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
                     ax.plot([r["paper_low"], r["paper_high"]], [y + 0.22, y + 0.22], color="tab:red", lw=1.5)
                 ax.plot(r["paper"], y + 0.22, "D", color="tab:red", ms=5)
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_ylim(-0.6, len(panel) - 0.4)
-        ax.set_yticks(range(len(panel)))
-        ax.set_yticklabels([r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(panel)])
+        ax.set(ylim=(-0.6, len(panel) - 0.4), yticks=range(len(panel)),
+               yticklabels=[r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(panel)])
         ax.set_xlabel("difference a − b (accuracy points)", fontsize=8)
     keys = [Line2D([], [], color=c, marker=m, lw=w, label=t) for c, m, w, t in (
         ("black", "o", 2, "ours: mean, 95 % t interval over seeds"), ("0.6", "o", 0, "ours: one seed"),
         ("tab:red", "D", 1.5, "the paper (Welch interval of its runs)"))]
     fig.legend(handles=keys + [Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")], fontsize=7, loc="lower center",
                ncol=4, frameon=False)
-    axes[0, 0].set_title(title, fontsize=10, loc="left")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -186,8 +187,7 @@ def cmd_figures(args) -> int:
 
     spec = load_spec(args.spec)
     table = pd.read_csv(os.path.join(args.study, f"{args.table}.csv"))
-    out = os.path.join(args.study, "figures")
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(out := os.path.join(args.study, "figures"), exist_ok=True)
     rows = forest_rows(table, spec)
     if rows:
         forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,

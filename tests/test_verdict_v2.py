@@ -121,3 +121,25 @@ def test_the_readme_and_results_page_show_what_core1s_committed_table_gives():
             assert any(c.endswith(ours) for c in cells), (page.name, claim, ours, line)
             assert _minus(row["ours a / b (%)"]) in line and "| 12 |" in line
             assert any(c.startswith(row["verdict"].split(" (")[0]) for c in cells), (page.name, claim, line)
+
+
+def test_tuned_rows_get_a_panel_of_their_own_reported_on_the_held_out_seeds(tmp_path):
+    """A k / lambda grid failing by points must not squash the paper's-setting rows (tenths of a point) onto its
+    scale: the figure puts tuned claims in a third panel; their differences are over the seeds not tuned on."""
+    from hddgeo.distill.spec import load_spec
+
+    script = load_script("verdict_v2")
+    spec = load_spec("fashionmnist_verdict_v2")
+    rows = [{"method": m, "dataset": "fashionmnist", "ipc": 1, "seed": s, "network": n, "acc": acc + 0.001 * n + 0.002 * s}
+            for s in range(6) for n in range(2)
+            for m, acc in [("random", 0.5), ("dm", 0.7)] + [(f"dm+hdd/{c}@k{k}-l{lam}", 0.6 + 0.01 * i)
+                                                          for k in (9, 25) for c in ("law", "karcher")
+                                                          for i, lam in enumerate(("0.6", "2", "6", "20"))]]
+    found = script.forest_rows(pd.DataFrame(rows), spec)
+    tuned = [r for r in found if r["tuned"]]
+    assert len(tuned) == len([c for c in spec.claims if c.tune_seeds]) and all(len(r["seeds"]) == 3 for r in tuned)
+    assert not any(r["tuned"] for r in found if "paper's setting" in r["label"] or r["label"].startswith("DM beats"))
+    best = next(r for r in tuned if r["label"] == "HDD Law at its best lambda beats DM (k 9) (IPC 1)")
+    assert best["mean"] == pytest.approx(100 * (0.63 - 0.7))  # lambda 20 chosen: the best on seeds 0-2
+    script.forest_plot(found, str(tmp_path / "forest.png"), spec.margin)
+    assert (tmp_path / "forest.png").stat().st_size > 10_000
