@@ -278,7 +278,7 @@ def _run_spec(args, given: set) -> None:
     name = spec.report_name(stage)
     executor = "local" if demo else args.executor
     check_study(cells, out, name, jobs=args.jobs, executor=executor)  # every check of the run, before it (and --dry-run)
-    print(f"{spec.name}{f' ({stage})' if stage else ''}: {describe_estimate(estimate(cells))} -> {out}", flush=True)
+    print(f"{spec.name}{f' ({stage})' if stage else ''}: {describe_estimate(estimate(cells, out))} -> {out}", flush=True)
     if not demo and args.dry_run:
         for cell in cells:
             print(f"  {cell.name}")

@@ -77,6 +77,8 @@ import math
 import os
 from typing import Optional, Sequence
 
+import numpy as np
+
 from hddgeo import stats
 from hddgeo.verdict import SAME_MARGIN, Claim
 
@@ -510,13 +512,35 @@ def _check_claims_against_design(spec: Spec) -> None:
                                  f"difference on; run more seeds or tune on fewer")
 
 
-def estimate(cells: Sequence[Cell]) -> dict:
-    """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
-    evaluation network-epochs left (final and periodic evaluations); and, when some cell of these is finished, the
-    hours one process needs at the finished cells' rates (seconds per iteration and per evaluation network-epoch,
-    each taken from finished cells of the same IPC where there are some, else from all)."""
-    import json
+def _add_rates(path: str, ipc, step_rates: dict, eval_rates: dict) -> None:
+    """The seconds per distillation iteration and per evaluation network-epoch of the finished cell whose
+    ``metrics.json`` is ``path``, added to the two lists of its IPC (``ipc``, or the file's own when ``None``); a
+    file that is unreadable or says neither adds nothing."""
+    from hddgeo.rundir import read_json
 
+    try:
+        m = read_json(path)
+        ipc = m.get("ipc") if ipc is None else ipc
+        if type(ipc) is not int:
+            return
+        rate = m.get("seconds_per_iteration")
+        if type(rate) in (int, float) and 0 < rate < math.inf:  # a baseline's is null (NaN before 0.2)
+            step_rates.setdefault(ipc, []).append(float(rate))
+        spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
+        if type(spent) in (int, float) and 0 <= spent < math.inf and isinstance(accs, list) and accs \
+                and type(epochs) is int and epochs > 0:
+            eval_rates.setdefault(ipc, []).append(float(spent) / (len(accs) * epochs))
+    except ValueError:
+        pass
+
+
+def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
+    """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
+    evaluation network-epochs left (final and periodic evaluations); and the hours one process needs at the
+    finished cells' rates (the medians of their seconds per iteration and per evaluation network-epoch, from
+    finished cells of the same IPC where there are some, else from all).  Where no cell of ``cells`` is finished yet (a stage
+    before it starts), the rates come from the other finished cells under ``folder``'s ``runs/`` (the study's
+    earlier stages; ``rates_from`` says which)."""
     finished = resumable = 0
     iterations = network_epochs = 0
     step_rates, eval_rates, left = {}, {}, []
@@ -524,18 +548,7 @@ def estimate(cells: Sequence[Cell]) -> dict:
         metrics = os.path.join(cell.run_dir, "metrics.json")
         if os.path.isfile(metrics):
             finished += 1
-            try:
-                with open(metrics) as fh:
-                    m = json.load(fh)
-                rate = m.get("seconds_per_iteration")
-                if cell.kind == "distill" and isinstance(rate, (int, float)) and rate == rate:
-                    step_rates.setdefault(cell.cfg.ipc, []).append(float(rate))
-                spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
-                if isinstance(spent, (int, float)) and isinstance(accs, list) and accs and isinstance(epochs, int) \
-                        and epochs > 0:
-                    eval_rates.setdefault(cell.cfg.ipc, []).append(float(spent) / (len(accs) * epochs))
-            except (OSError, ValueError, AttributeError):
-                pass
+            _add_rates(metrics, cell.cfg.ipc, step_rates, eval_rates)
             continue
         cell_epochs = cell.cfg.final_eval_nets * cell.cfg.final_eval_epochs
         cell_iterations = 0
@@ -557,12 +570,24 @@ def estimate(cells: Sequence[Cell]) -> dict:
     out = {"cells": len(cells), "finished": finished, "resume": resumable,
            "new": len(cells) - finished - resumable, "iterations": iterations, "network_epochs": network_epochs}
 
-    def rate(rates: dict, ipc: int):
+    def rate(rates: dict, ipc: int):  # the median: a cell that shared its core with other work ran up to 6x slower
         values = rates.get(ipc) or [v for vs in rates.values() for v in vs]
-        return sum(values) / len(values) if values else None
+        return float(np.median(values)) if values else None
 
+    out["rates_from"] = "these cells"
+    if folder is not None and not (step_rates and eval_rates) and os.path.isdir(os.path.join(folder, "runs")):
+        ours = {os.path.normpath(c.run_dir) for c in cells}
+        others_step, others_eval = {}, {}
+        for entry in sorted(os.scandir(os.path.join(folder, "runs")), key=lambda e: e.name):
+            path = os.path.join(entry.path, "metrics.json")
+            if os.path.normpath(entry.path) not in ours and entry.is_dir(follow_symlinks=False) \
+                    and os.path.isfile(path):
+                _add_rates(path, None, others_step, others_eval)
+        step_rates, eval_rates = step_rates or others_step, eval_rates or others_eval
+        out["rates_from"] = "the folder's other finished cells"
     if step_rates and eval_rates:
         out["hours"] = sum(n * rate(step_rates, ipc) + e * rate(eval_rates, ipc) for ipc, n, e in left) / 3600
+        out["borrowed_ipcs"] = sorted({ipc for ipc, _, _ in left if ipc not in step_rates or ipc not in eval_rates})
     return out
 
 
@@ -571,5 +596,8 @@ def describe_estimate(est: dict) -> str:
             f"left: {est['iterations']:,} distillation iterations and {est['network_epochs']:,} evaluation "
             f"network-epochs")
     if "hours" in est:
-        text += f"; about {est['hours']:.2f} h in one process at the finished cells' rates (steps and evaluations)"
+        text += (f"; about {est['hours']:.2f} h in one process at the rates (steps and evaluations) of "
+                 f"{est.get('rates_from', 'these cells')}")
+        if est.get("borrowed_ipcs"):
+            text += f" (no finished cell of IPC {', '.join(map(str, est['borrowed_ipcs']))} to time: other IPCs' rates)"
     return text

@@ -186,6 +186,42 @@ def test_the_estimate_prices_steps_and_evaluations_at_the_finished_cells_rates(t
     assert est["finished"] == 1 and est["hours"] == pytest.approx(2 * per_cell / 3600)
 
 
+def test_a_stage_before_it_starts_is_priced_at_the_folders_other_cells_median_rates(tmp_path):
+    """No cell of stage prune1 is finished: its hours come from the earlier stages' cells in the same folder, at the
+    medians (a cell that shared its core ran 10x slower and must not set the price); files that are not a finished
+    cell's metrics (garbage, a directory, a baseline's null rate) add nothing; IPC 10 borrows IPC 1's rates."""
+    import json
+    import os
+
+    from hddgeo.distill.spec import describe_estimate, estimate, load_spec
+
+    spec = load_spec("fashionmnist_verdict_v2")
+    runs = tmp_path / "runs"
+    for name, spi, spent in (("a", 1.0, 240.0), ("b", 1.0, 240.0), ("c", 10.0, 2400.0)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps({"ipc": 1, "seconds_per_iteration": spi, "accs": [0.7] * 4,
+                                                               "final_eval_seconds": spent, "eval_epochs": 300}))
+    (runs / "random").mkdir()
+    (runs / "random" / "metrics.json").write_text(json.dumps({"ipc": 1, "seconds_per_iteration": None, "accs": [0.5],
+                                                              "final_eval_seconds": 1e6, "eval_epochs": 300}))
+    (runs / "garbage").mkdir()
+    (runs / "garbage" / "metrics.json").write_text("{not json")
+    (runs / "dir" / "metrics.json").mkdir(parents=True)
+    if hasattr(os, "mkfifo"):
+        (runs / "fifo").mkdir()
+        os.mkfifo(runs / "fifo" / "metrics.json")  # would block a plain open()
+    cells = spec.cells(out_dir=str(tmp_path), stage="prune1")
+    assert estimate(cells).get("hours") is None  # without the folder: nothing finished to time
+    est = estimate(cells, str(tmp_path))
+    left_epochs = sum(c.cfg.final_eval_nets * c.cfg.final_eval_epochs for c in cells)
+    assert est["rates_from"] == "the folder's other finished cells" and est["borrowed_ipcs"] == []
+    # medians: 1 s per iteration, 240 / (4 * 300) s per network-epoch (the random row's 1e6 s: a third value of 4)
+    evals = sorted([0.2, 0.2, 2.0, 1e6 / 300])
+    assert est["hours"] == pytest.approx((est["iterations"] * 1.0 + left_epochs * (evals[1] + evals[2]) / 2) / 3600)
+    ten = estimate(spec.cells(out_dir=str(tmp_path), stage="pilot10"), str(tmp_path))
+    assert ten["borrowed_ipcs"] == [10] and "other IPCs' rates" in describe_estimate(ten)
+
+
 # ------------------------------------------------------------------------- a pruned pool's own random row
 PRUNED = ('ipc = [1]\nseeds = [0, 1]\nbaseline = true\n[config]\ndataset = "digits"\niterations = 1\nbatch_real = 8\n'
           'final_eval_nets = 1\nfinal_eval_epochs = 1\n[[variants]]\nmatcher = "euclidean"\n'
