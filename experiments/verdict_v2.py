@@ -131,7 +131,7 @@ def forest_rows(table: pd.DataFrame, spec) -> list[dict]:
             runs = (spec.paper or {}).get("runs", 3)
             p_low, p_high = stats.welch_interval(*pa, runs, *pb, runs) if pa and pb else (None, None)
             paper = (c.paper or {}).get(ipc, pa[0] - pb[0] if pa and pb else None)
-            rows.append({"label": f"{c.claim} (IPC {ipc})", "group": c.group, "kind": c.kind, "seeds": d.values,
+            rows.append({"label": f"{c.claim}, IPC {ipc}", "group": c.group, "kind": c.kind, "seeds": d.values,
                          "random": stats.is_random(a) or stats.is_random(b), "tuned": bool(c.tune_seeds),
                          "mean": float(d.mean()), "low": low, "high": high, "paper": paper, "paper_low": p_low,
                          "paper_high": p_high})
@@ -158,9 +158,9 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     for ax, name, panel in zip(axes[:, 0], names, panels):
         ax.set_title(name, fontsize=8, loc="right")
         for y, r in enumerate(reversed(panel)):
-            if r["kind"] == "same":
+            if r["kind"] == "same" or r["group"] == "project":  # the margin the words of both use
                 ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="#d8ecd8", zorder=0)
-            ax.scatter(r["seeds"], [y] * len(r["seeds"]), s=12, color="0.6", zorder=2)
+            ax.scatter(r["seeds"], [y - 0.18] * len(r["seeds"]), s=12, color="0.5", alpha=0.7, zorder=2)
             ax.plot([r["low"], r["high"]], [y, y], color="black", lw=2, zorder=3)
             ax.plot(r["mean"], y, "o", color="black", zorder=4)
             if r["paper"] is not None:
@@ -172,12 +172,12 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
                yticklabels=[r["label"] + ("  [ours]" if r["group"] == "project" else "") for r in reversed(panel)])
         ax.set_xlabel("difference a − b (accuracy points)", fontsize=8)
     keys = [Line2D([], [], color=c, marker=m, lw=w, label=t) for c, m, w, t in (
-        ("black", "o", 2, "ours: mean, 95 % t interval over seeds"), ("0.6", "o", 0, "ours: one seed"),
+        ("black", "o", 2, "ours: mean, 95 % t interval over seeds"), ("0.5", "o", 0, "ours: one seed (mean of its networks)"),
         ("tab:red", "D", 1.5, "the paper (Welch interval of its runs)"))]
-    fig.legend(handles=keys + [Patch(color="#d8ecd8", label=f"±{margin:g}: 'same'")], fontsize=7, loc="lower center",
-               ncol=4, frameon=False)
+    fig.legend(handles=keys + [Patch(color="#d8ecd8", label=f"±{margin:g}: the margin")], fontsize=7, loc="lower center",
+               ncol=2, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -191,7 +191,7 @@ def cmd_figures(args) -> int:
     rows = forest_rows(table, spec)
     if rows:
         forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,
-                    f"{spec.name} ({args.table}.csv): differences paired by seed")
+                    f"{spec.name}: a − b paired by seed ({args.table}.csv; {spec.budget()})")
         print(f"wrote {os.path.join(out, 'forest.png')} ({len(rows)} rows)")
     runs = {os.path.normpath(os.path.join(args.study, d)) for d in table["run_dir"]}
     cells = [c for c in finished_cells(args.study, baselines=False) if os.path.normpath(c[0]) in runs]

@@ -8,7 +8,8 @@ points) where the paper gives one, and a kind:
   read as "within the equivalence margin" (:data:`SAME_MARGIN` points unless a spec sets ``margin``).
 
 A claim's ``group`` says whose it is: ``paper`` (the paper's claims, with its numbers) or ``project`` (this
-project's own questions); reports print the two groups as separate tables.
+project's own questions, hypotheses judged *supported* / *refuted* / *not supported*, never *reproduced*: see
+:func:`verdict_word`); reports print the two groups as separate tables.
 
 ``b`` may be a list of labels: the claim is then against the best of them at that IPC, on the seeds all of them ran
 (chosen after the fact, so in ``b``'s favour; the row names the one chosen). With ``tune_seeds`` both ``a`` and
@@ -77,16 +78,30 @@ class Claim:
 
 
 def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], kind: str = "gain",
-                 margin: float = SAME_MARGIN) -> str:
+                 margin: float = SAME_MARGIN, group: str = "paper") -> str:
     """One word for a claim from its 95 % interval ``[low, high]`` (accuracy points) over ``seeds`` seeds.
 
-    ``gain`` (the paper reports ``paper`` points, or only a direction when ``None``): *reproduced* when the
-    interval lies above 0 (*in sign, smaller than the paper's* when it also lies below ``paper``; *larger* when
-    above it), *not reproduced* when it contains 0 but excludes ``paper``, *contradicted* when it lies below 0.
-    ``same``: *reproduced* when the interval lies within ±``margin``, *contradicted* when it lies wholly
-    outside.  Otherwise, and always with fewer than 3 seeds, *not resolvable*."""
+    A paper's claim (``group="paper"``), ``gain`` (the paper reports ``paper`` points, or only a direction when
+    ``None``): *reproduced* when the interval lies above 0 (*in sign, smaller than the paper's* when its upper end
+    also lies below ``paper``; *larger* when its lower end lies above it), *not reproduced* when it contains 0 and
+    its upper end lies below ``paper``, *contradicted* when it lies below 0.  ``same``: *reproduced* when the
+    interval lies within ±``margin``, *contradicted* when it lies wholly outside.
+
+    The project's own question (``group="project"``) is a hypothesis, nobody's result to reproduce: ``gain`` is
+    *supported* when the interval lies above 0, *refuted (the opposite)* below 0, *not supported (no difference
+    beyond ±margin)* when it contains 0 and lies within ±``margin``; ``same`` is *supported* within ±``margin``,
+    *refuted* wholly outside.  Otherwise, and always with fewer than 3 seeds, *not resolvable*."""
     if seeds < 3 or not np.isfinite(low):
         return "not resolvable"
+    if group == "project":
+        within = -margin <= low and high <= margin
+        if kind == "same":
+            return "supported" if within else "refuted" if (high < -margin or low > margin) else "not resolvable"
+        if low > 0:
+            return "supported"
+        if high < 0:
+            return "refuted (the opposite)"
+        return f"not supported (no difference beyond ±{margin:g})" if within else "not resolvable"
     if kind == "same":
         if -margin <= low and high <= margin:
             return "reproduced"
@@ -103,24 +118,25 @@ def verdict_word(low: float, high: float, seeds: int, paper: Optional[float], ki
 
 
 def seeds_to_resolve(mean: float, sd: float, paper: Optional[float], kind: str = "gain", most: int = 50,
-                     margin: float = SAME_MARGIN) -> int:
+                     margin: float = SAME_MARGIN, group: str = "paper") -> int:
     """Seeds a claim would need, were its mean and spread over seeds to stay ``mean`` and ``sd`` (points), for
     :func:`verdict_word` to say something other than *not resolvable*: the interval must exclude 0 or the paper's
-    number (``gain``), or lie within or wholly outside ±``margin`` (``same``).  ``most + 1`` when even
-    ``most`` seeds would not do (a mean at the boundary needs any number)."""
+    number (``gain``; a project's also lie within ±``margin``), or lie within or wholly outside ±``margin``
+    (``same``).  ``most + 1`` when even ``most`` seeds would not do (a mean at the boundary needs any number)."""
     if kind == "same":
         target = abs(abs(mean) - margin)
     else:
-        target = max(abs(mean), abs(mean - paper) if paper is not None else 0.0)
+        target = max(abs(mean), abs(mean - paper) if paper is not None else 0.0,
+                     margin - abs(mean) if group == "project" else 0.0)
     return stats.seeds_needed(sd, target, most) if target > 0 else most + 1
 
 
 def _to_resolve(diff: np.ndarray, paper: Optional[float], kind: str, most: int = 50,
-                margin: float = SAME_MARGIN) -> str:
+                margin: float = SAME_MARGIN, group: str = "paper") -> str:
     """What a *not resolvable* row would take: "~N seeds at this spread" (two or more seeds give a spread)."""
     if len(diff) < 2:
         return ""
-    n = seeds_to_resolve(float(np.mean(diff)), float(np.std(diff, ddof=1)), paper, kind, most, margin)
+    n = seeds_to_resolve(float(np.mean(diff)), float(np.std(diff, ddof=1)), paper, kind, most, margin, group)
     return f"over {most} seeds at this spread" if n > most else f"~{n} seeds at this spread"
 
 
@@ -273,14 +289,17 @@ def claims_table(table: pd.DataFrame, claims: Sequence[Claim],
                 continue
             pair = wide.loc[diff.index, [a, b]]
             low, high = stats.t_interval(diff.values)
-            word = verdict_word(low, high, len(diff), paper, c.kind, margin)
+            word = verdict_word(low, high, len(diff), paper, c.kind, margin, c.group)
             if paper_table is not None:
                 row["ours a / b (%)"] = f"{100 * pair[a].mean():.1f} / {100 * pair[b].mean():.1f}"
             extra = [x for x, side in ((a, c.a), (b, c.b)) if isinstance(side, (tuple, list))]  # the best chosen
             if c.tune_seeds:
                 extra += [f"chosen on seeds {', '.join(map(str, c.tune_seeds))}, reported on the others"]
             if word == "not resolvable":
-                extra += [_to_resolve(diff.values, paper, c.kind, margin=margin)]
+                extra += [_to_resolve(diff.values, paper, c.kind, margin=margin, group=c.group)]
+            elif c.kind == "same" and -margin <= low and high <= margin and (low > 0 or high < 0):  # same, not equal
+                extra += [f"{a} {'higher' if low > 0 else 'lower'} by {min(abs(low), abs(high)):.2f}-"
+                          f"{max(abs(low), abs(high)):.2f}: the interval excludes 0"]
             extra = [x for x in extra if x]
             rows.append({**row, "ours (points)": f"{diff.mean():+.2f}" if len(diff) else "pending",
                          "95% CI": f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "n/a",

@@ -81,8 +81,8 @@ def test_the_figures_draw_every_claim_with_seeds(pilot):
     from hddgeo.distill.spec import load_spec
 
     rows = script.forest_rows(pd.read_csv(pilot / "pilot1.csv"), load_spec("fashionmnist_verdict_v2"))
-    assert {r["label"] for r in rows} >= {"HDD beats DM (IPC 1)", "Karcher = Law, paper's setting (k 1, clip 10) (IPC 1)"}
-    hdd = next(r for r in rows if r["label"] == "HDD beats DM (IPC 1)")
+    assert {r["label"] for r in rows} >= {"HDD beats DM, IPC 1", "Karcher = Law, paper's setting (k 1, clip 10), IPC 1"}
+    hdd = next(r for r in rows if r["label"] == "HDD beats DM, IPC 1")
     assert len(hdd["seeds"]) == 4 and hdd["paper"] == 1.4 and round(hdd["paper_low"], 2) == 0.07
 
 
@@ -139,7 +139,7 @@ def test_tuned_rows_get_a_panel_of_their_own_reported_on_the_held_out_seeds(tmp_
     tuned = [r for r in found if r["tuned"]]
     assert len(tuned) == len([c for c in spec.claims if c.tune_seeds]) and all(len(r["seeds"]) == 3 for r in tuned)
     assert not any(r["tuned"] for r in found if "paper's setting" in r["label"] or r["label"].startswith("DM beats"))
-    best = next(r for r in tuned if r["label"] == "HDD Law at its best lambda beats DM (k 9) (IPC 1)")
+    best = next(r for r in tuned if r["label"] == "HDD Law at its best lambda beats DM (k 9), IPC 1")
     assert best["mean"] == pytest.approx(100 * (0.63 - 0.7))  # lambda 20 chosen: the best on seeds 0-2
     script.forest_plot(found, str(tmp_path / "forest.png"), spec.margin)
     assert (tmp_path / "forest.png").stat().st_size > 10_000
