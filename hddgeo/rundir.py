@@ -247,6 +247,8 @@ def read_json(path: str) -> dict:
                          f"restore the file or start a new run") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} cannot be read ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply: not a JSON file written by hddgeo") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} must hold a JSON object, found {type(obj).__name__}")
     return obj

@@ -283,6 +283,8 @@ COMPARE_CASES = {  # name: (runs as (fields, metrics, raw config), words of the 
     "tag-missing": ([({"tag": "lr10"}, {"method": "dm"}, {})], ["metrics.json", "method", "dm@lr10"]),
     "dataset-other-than-config": ([({}, {"dataset": "fashionmnist"}, {})], ["metrics.json", "dataset"]),
     "same-seed-twice": ([({}, {}, {}), ({"lr_img": 2.0}, {}, {})], ["seed 0", "pass each run once"]),
+    "rate-too-large-for-a-float": ([({}, {"seconds_per_iteration": 10**400}, {})],
+                                   ["metrics.json", "seconds_per_iteration"]),
 }
 
 

@@ -44,3 +44,24 @@ def test_packed_rows_round_trip_through_a_checkpoint_file(tmp_path):
     assert unpack_rows(rows) == rows  # checkpoints written before the packing load too
     assert unpack_rows(pack_rows([])) == []
     assert isinstance(pack_rows(rows)["values"], torch.Tensor)
+
+
+def test_read_json_refuses_what_no_run_wrote_in_one_value_error(tmp_path):
+    """JSON nested beyond the parser's recursion limit, a FIFO, an array: each a ValueError naming the file (a
+    RecursionError or a blocked read would be a traceback or a hang)."""
+    import os
+
+    import pytest
+
+    from hddgeo.rundir import read_json
+
+    cases = {"deep.json": "[" * 100_000 + "]" * 100_000, "deep_object.json": '{"a":' * 50_000 + "1" + "}" * 50_000,
+             "array.json": "[1, 2]"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=name):
+            read_json(str(tmp_path / name))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.json")
+        with pytest.raises(ValueError, match="not a regular file"):
+            read_json(str(tmp_path / "fifo.json"))

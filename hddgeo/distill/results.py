@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from typing import Iterable, Sequence
 
 import pandas as pd
@@ -55,8 +56,8 @@ def read_run(run_dir: str) -> tuple[DistillConfig, dict]:
     if type(ipc) is not int or not 0 < ipc < 2**63:
         bad("ipc", f"must be a positive integer below 2**63, got {ipc!r}"[:200])
     spi = metrics.get("seconds_per_iteration")
-    if spi is not None and (type(spi) not in (int, float) or not (math.isnan(spi) or 0 <= spi < math.inf)):
-        bad("seconds_per_iteration", f"must be a non-negative number, got {spi!r}"[:200])
+    if spi is not None and (type(spi) not in (int, float) or not (spi != spi or 0 <= spi <= sys.float_info.max)):
+        bad("seconds_per_iteration", f"must be a non-negative number, got {spi!r}"[:200])  # compared: no float()
     for field, want in (("ipc", cfg.ipc), ("dataset", cfg.dataset), ("eval_model", cfg.model),
                         ("eval_epochs", cfg.final_eval_epochs)):
         if field in metrics and metrics[field] != want:

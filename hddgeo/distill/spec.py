@@ -512,26 +512,32 @@ def _check_claims_against_design(spec: Spec) -> None:
                                  f"difference on; run more seeds or tune on fewer")
 
 
+MAX_SECONDS = 1e6  # a plausible bound on one iteration's or one evaluation's seconds (11 days): beyond it, not data
+
+
 def _add_rates(path: str, ipc, step_rates: dict, eval_rates: dict) -> None:
     """The seconds per distillation iteration and per evaluation network-epoch of the finished cell whose
     ``metrics.json`` is ``path``, added to the two lists of its IPC (``ipc``, or the file's own when ``None``); a
-    file that is unreadable or says neither adds nothing."""
+    file that is unreadable, a link, or says neither (or an implausible number: compared, never converted first)
+    adds nothing."""
     from hddgeo.rundir import read_json
 
     try:
-        m = read_json(path)
-        ipc = m.get("ipc") if ipc is None else ipc
-        if type(ipc) is not int:
+        if os.path.islink(path):
             return
-        rate = m.get("seconds_per_iteration")
-        if type(rate) in (int, float) and 0 < rate < math.inf:  # a baseline's is null (NaN before 0.2)
-            step_rates.setdefault(ipc, []).append(float(rate))
-        spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
-        if type(spent) in (int, float) and 0 <= spent < math.inf and isinstance(accs, list) and accs \
-                and type(epochs) is int and epochs > 0:
-            eval_rates.setdefault(ipc, []).append(float(spent) / (len(accs) * epochs))
+        m = read_json(path)
     except ValueError:
-        pass
+        return
+    ipc = m.get("ipc") if ipc is None else ipc
+    if type(ipc) is not int:
+        return
+    rate = m.get("seconds_per_iteration")
+    if type(rate) in (int, float) and 0 < rate < MAX_SECONDS:  # a baseline's is null (NaN before 0.2)
+        step_rates.setdefault(ipc, []).append(float(rate))
+    spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
+    if type(spent) in (int, float) and 0 <= spent < MAX_SECONDS * 1e3 and isinstance(accs, list) and accs \
+            and type(epochs) is int and 0 < epochs < 10**9:
+        eval_rates.setdefault(ipc, []).append(float(spent) / (len(accs) * epochs))
 
 
 def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
@@ -578,13 +584,19 @@ def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
     if folder is not None and not (step_rates and eval_rates) and os.path.isdir(os.path.join(folder, "runs")):
         ours = {os.path.normpath(c.run_dir) for c in cells}
         others_step, others_eval = {}, {}
-        for entry in sorted(os.scandir(os.path.join(folder, "runs")), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(os.path.join(folder, "runs")), key=lambda e: e.name)
+        except OSError:  # an unreadable folder prices nothing; the run's own checks speak for it
+            entries = []
+        for entry in entries:
             path = os.path.join(entry.path, "metrics.json")
             if os.path.normpath(entry.path) not in ours and entry.is_dir(follow_symlinks=False) \
                     and os.path.isfile(path):
                 _add_rates(path, None, others_step, others_eval)
+        borrowed = [what for what, own in (("steps", step_rates), ("evaluations", eval_rates)) if not own]
         step_rates, eval_rates = step_rates or others_step, eval_rates or others_eval
-        out["rates_from"] = "the folder's other finished cells"
+        out["rates_from"] = ("the folder's other finished cells" if len(borrowed) == 2 else
+                             f"these cells ({borrowed[0]}: the folder's other finished cells)")
     if step_rates and eval_rates:
         out["hours"] = sum(n * rate(step_rates, ipc) + e * rate(eval_rates, ipc) for ipc, n, e in left) / 3600
         out["borrowed_ipcs"] = sorted({ipc for ipc, _, _ in left if ipc not in step_rates or ipc not in eval_rates})

@@ -210,6 +210,21 @@ def test_a_stage_before_it_starts_is_priced_at_the_folders_other_cells_median_ra
     if hasattr(os, "mkfifo"):
         (runs / "fifo").mkdir()
         os.mkfifo(runs / "fifo" / "metrics.json")  # would block a plain open()
+    # numbers no cell wrote: a rate too large for a float, 1e308 (whose median overflows), JSON nested too deeply for
+    # the parser, a link to a file outside the folder: none may crash the study or set its price
+    for name, text in (("huge", '{"ipc": 1, "seconds_per_iteration": 1' + "0" * 400 + "}"),
+                       ("big1", '{"ipc": 1, "seconds_per_iteration": 1e308, "final_eval_seconds": 1e308, '
+                                '"accs": [1], "eval_epochs": 1}'),
+                       ("big2", '{"ipc": 1, "seconds_per_iteration": 1e308, "accs": [1], "eval_epochs": 1' + "0" * 400
+                        + ', "final_eval_seconds": 1}'),
+                       ("deep", "[" * 100_000 + "]" * 100_000)):
+        (runs / name).mkdir()
+        (runs / name / "metrics.json").write_text(text)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"ipc": 1, "seconds_per_iteration": 999.0, "accs": [1], "eval_epochs": 1,
+                                   "final_eval_seconds": 999.0}))
+    (runs / "link").mkdir()
+    (runs / "link" / "metrics.json").symlink_to(outside)
     cells = spec.cells(out_dir=str(tmp_path), stage="prune1")
     assert estimate(cells).get("hours") is None  # without the folder: nothing finished to time
     est = estimate(cells, str(tmp_path))
