@@ -544,9 +544,9 @@ def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
     """What running ``cells`` costs: how many are finished, to resume and new; the distillation iterations and the
     evaluation network-epochs left (final and periodic evaluations); and the hours one process needs at the
     finished cells' rates (the medians of their seconds per iteration and per evaluation network-epoch, from
-    finished cells of the same IPC where there are some, else from all).  Where no cell of ``cells`` is finished yet (a stage
-    before it starts), the rates come from the other finished cells under ``folder``'s ``runs/`` (the study's
-    earlier stages; ``rates_from`` says which)."""
+    finished cells of the same IPC where there are some, else from all).  Where no cell of ``cells`` is finished
+    yet (a stage before it starts), the rates come from the other finished cells under ``folder``'s ``runs/`` (the
+    study's earlier stages; ``rates_from`` says which, ``borrowed_ipcs`` the IPCs priced at other IPCs' rates)."""
     finished = resumable = 0
     iterations = network_epochs = 0
     step_rates, eval_rates, left = {}, {}, []
