@@ -8,9 +8,9 @@ Executors (:mod:`hddgeo.distill.executors`) decide only where and when each cell
 from __future__ import annotations
 
 import dataclasses
-import time
 import os
 import shutil
+import time
 from typing import Optional
 
 import torch
