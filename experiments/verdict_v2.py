@@ -3,7 +3,8 @@
 ``hddgeo study fashionmnist_verdict_v2 --stage NAME`` runs the cells (the spec says the stages); this reads them:
 
     python experiments/verdict_v2.py design [--study DIR] [--stage pilot1]   # variance split -> seeds x networks
-    python experiments/verdict_v2.py figures [--study DIR]                   # forest plot, accuracy vs iterations
+    python experiments/verdict_v2.py figures [--study DIR] [--table T ...]   # forest plot, accuracy vs iterations
+    python experiments/verdict_v2.py map [--study DIR] [--stage regime1]     # the k / lambda grid of a tuning stage
 
 ``design`` splits the spread of each paired difference of the pilot into its between-seed part and its
 evaluation-network part (:func:`hddgeo.stats.variance_components`), then lists, for every number of seeds S and
@@ -182,16 +183,108 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     plt.close(fig)
 
 
+def read_tables(study: str, names: list) -> pd.DataFrame:
+    """The long tables ``names`` of ``study`` as one (a cell in two of them counted once)."""
+    table = pd.concat([pd.read_csv(os.path.join(study, f"{name}.csv")) for name in names], ignore_index=True)
+    cell = table["run_dir"].map(lambda d: os.path.basename(os.path.normpath(d)))
+    return table[~pd.concat([table[["method", "ipc", "seed", "network"]], cell], axis=1).duplicated()]
+
+
+def tuning_map(table: pd.DataFrame, spec, stage: str, study: str) -> pd.DataFrame:
+    """One row per variant of a tuning ``stage`` (its k, centroid and lambda): the mean and SD over the stage's
+    seeds of the per-seed accuracy (%), and whether the claims' rule (:func:`hddgeo.verdict.best_of`, the best of
+    one centroid's lambdas at one k, on those seeds) chooses it; ``random`` and ``dm`` on the same seeds first."""
+    from hddgeo.distill.config import describe
+    from hddgeo.verdict import best_of
+
+    seeds = spec.stages[stage].get("seeds", spec.seeds)
+    per = stats.per_seed(table[(table["ipc"] == 1) & table["seed"].isin(seeds)])
+    rows = [{"k": None, "centroid": ref, "lambda": None} for ref in ("random", "dm")]
+    for cell in spec.cells(study, stage=stage, seeds=seeds[:1], ipcs=[1]):
+        if cell.kind == "distill":
+            c = cell.cfg
+            rows.append({"k": c.k, "centroid": c.centroid, "lambda": c.scale, "label": describe(c)})
+    out = pd.DataFrame(rows).assign(label=lambda d: d["label"].fillna(d["centroid"]))
+    accs = per.groupby("method")["acc"]
+    out["seeds"] = out["label"].map(accs.count()).fillna(0).astype(int)
+    out["acc_mean"], out["acc_sd"] = out["label"].map(100 * accs.mean()), out["label"].map(100 * accs.std())
+    out["chosen"] = False
+    for _, group in out.dropna(subset=["k"]).groupby(["k", "centroid"], sort=False):
+        chosen = best_of(table, 1, list(group["label"]), seeds)
+        out.loc[out["label"] == chosen, "chosen"] = True
+    return out
+
+
+def map_plot(grid: pd.DataFrame, path: str, title: str) -> None:
+    """Accuracy against lambda (log scale), a panel per k, a line per centroid (its choice ringed), random and DM
+    on the same seeds as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(grid["k"].dropna().unique())
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for (centroid, g), color in zip(grid[grid["k"] == k].groupby("centroid", sort=False), ("tab:blue", "tab:orange")):
+            ax.errorbar(g["lambda"], g["acc_mean"], yerr=g["acc_sd"], marker="o", ms=4, capsize=2, color=color,
+                        label=f"HDD {centroid}")
+            best = g[g["chosen"]]
+            ax.plot(best["lambda"], best["acc_mean"], "o", ms=11, mfc="none", color=color)
+        for ref, style in (("random", ":"), ("dm", "--")):
+            ax.axhline(grid.loc[grid["label"] == ref, "acc_mean"].iloc[0], color="0.3", ls=style, lw=1,
+                       label=f"{ref} (same seeds)")
+        ax.set(xscale="log", xlabel="lambda", title=f"k {k:g}")
+    axes[0, 0].set_ylabel("accuracy (%), mean ± SD over seeds")
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def cmd_map(args) -> int:
+    from hddgeo.distill.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.stage not in spec.stages:
+        raise ValueError(f"{spec.name} has no stage {args.stage!r}; stages: {', '.join(spec.stages)}")
+    grid = tuning_map(read_tables(args.study, args.table), spec, args.stage, args.study)
+    write_csv(out := os.path.join(args.study, f"{args.stage}_map.csv"), grid)
+    def cell(r) -> str:
+        if r.seeds == 0:
+            return "—"
+        sd = f" ± {r.acc_sd:.1f}" if r.seeds > 1 else ""
+        return f"{r.acc_mean:.1f}{sd}" + (f" ({r.seeds} of {len(seeds)} seeds)" if r.seeds < len(seeds) else "") \
+            + (" (chosen)" if r.chosen else "")
+
+    seeds = spec.stages[args.stage].get("seeds", spec.seeds)
+    shown = grid.dropna(subset=["k"]).assign(cell=lambda d: [cell(r) for r in d.itertuples()])
+    wide = shown.pivot_table(index=["k", "centroid"], columns="lambda", values="cell", aggfunc="first", sort=False)
+    refs = ", ".join(f"{r} {grid.loc[grid['label'] == r, 'acc_mean'].iloc[0]:.1f}" for r in ("random", "dm"))
+    text = (f"Stage {args.stage}: accuracy (%) at each lambda, mean ± SD over seeds {', '.join(map(str, seeds))} "
+            f"({refs} on the same seeds); chosen: each centroid's best lambda at its k, by the claims' rule\n\n"
+            + markdown_table(wide.reset_index().rename(columns=lambda c: f"lambda {c:g}" if isinstance(c, float) else c)))
+    write_text(md := os.path.join(args.study, f"{args.stage}_map.md"), text + "\n")
+    os.makedirs(os.path.join(args.study, "figures"), exist_ok=True)
+    map_plot(grid, png := os.path.join(args.study, "figures", f"{args.stage}_map.png"),
+             f"{spec.name}, stage {args.stage}: mean ± SD over seeds {', '.join(map(str, seeds))}; ringed: the lambda "
+             f"chosen for each centroid")
+    print(text)
+    print(f"-> {out}, {md}, {png}")
+    return 0
+
+
 def cmd_figures(args) -> int:
     from hddgeo.distill.spec import load_spec
 
     spec = load_spec(args.spec)
-    table = pd.read_csv(os.path.join(args.study, f"{args.table}.csv"))
+    table = read_tables(args.study, args.table)
     os.makedirs(out := os.path.join(args.study, "figures"), exist_ok=True)
     rows = forest_rows(table, spec)
     if rows:
         forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,
-                    f"{spec.name}: a − b paired by seed ({args.table}.csv; {spec.budget()})")
+                    f"{spec.name}: a − b paired by seed ({', '.join(args.table)}; {spec.budget()})")
         print(f"wrote {os.path.join(out, 'forest.png')} ({len(rows)} rows)")
     runs = {os.path.normpath(os.path.join(args.study, d)) for d in table["run_dir"]}
     cells = [c for c in finished_cells(args.study, baselines=False) if os.path.normpath(c[0]) in runs]
@@ -207,13 +300,16 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("design", help="variance split of the pilot and the seeds x networks design")
     f = sub.add_parser("figures", help="forest plot of the claims and accuracy-vs-iteration curves")
-    for parser in (d, f):
+    m = sub.add_parser("map", help="a tuning stage's accuracy per k, centroid and lambda (table and figure)")
+    for parser in (d, f, m):
         parser.add_argument("--study", default=STUDY)
     d.add_argument("--stage", default="pilot1", help="the report name of the pilot stage (its long table)")
-    f.add_argument("--table", default="results", help="the long table's name in the study folder")
-    f.add_argument("--spec", default="fashionmnist_verdict_v2")
+    m.add_argument("--stage", default="regime1", help="the tuning stage of the spec")
+    for parser, tables in ((f, ["results"]), (m, ["core1", "regime1"])):
+        parser.add_argument("--table", nargs="+", default=tables, help="long tables of the study folder, read as one")
+        parser.add_argument("--spec", default="fashionmnist_verdict_v2")
     args = p.parse_args(argv)
-    return {"design": cmd_design, "figures": cmd_figures}[args.command](args)
+    return {"design": cmd_design, "figures": cmd_figures, "map": cmd_map}[args.command](args)
 
 
 if __name__ == "__main__":

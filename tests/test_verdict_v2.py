@@ -141,3 +141,34 @@ def test_tuned_rows_get_a_panel_of_their_own_reported_on_the_held_out_seeds(tmp_
     assert best["mean"] == pytest.approx(100 * (0.63 - 0.7))  # lambda 20 chosen: the best on seeds 0-2
     script.forest_plot(found, str(tmp_path / "forest.png"), spec.margin)
     assert (tmp_path / "forest.png").stat().st_size > 10_000
+
+
+def test_the_tuning_map_shows_every_cell_of_the_grid_and_the_claims_choice(tmp_path):
+    """``verdict_v2.py map``: one row per (k, centroid), one column per lambda, the mean over the tuning seeds of the
+    per-seed accuracy, the best lambda of each row marked as the claims choose it, a missing cell shown as such."""
+    script = load_script("verdict_v2")
+    lams = ("0.2", "0.6", "2", "6", "20")
+    acc = {f"dm+hdd/{c}@k{k}-l{lam}": 0.5 + 0.01 * j + (0.02 if c == "karcher" else 0) + (0.05 if k == 25 else 0)
+           - 0.004 * (j - 2) ** 2 for k in (9, 25) for c in ("law", "karcher") for j, lam in enumerate(lams)}
+    def long(labels, seeds):
+        return pd.DataFrame([{"method": m, "dataset": "fashionmnist", "ipc": 1, "seed": s, "network": n,
+                              "acc": a + 0.003 * s + 0.001 * n, "run_dir": f"runs/{m}_seed{s}"}
+                             for m, a in labels.items() for s in seeds for n in range(2)])
+    long({"random": 0.45, "dm": 0.7}, range(6)).to_csv(tmp_path / "core1.csv", index=False)
+    grid = long(acc, range(3))
+    grid = grid[~((grid["method"] == "dm+hdd/law@k25-l20") & (grid["seed"] == 2))]  # a cell not finished yet
+    grid.to_csv(tmp_path / "regime1.csv", index=False)
+    assert script.main(["map", "--study", str(tmp_path)]) == 0
+    out = pd.read_csv(tmp_path / "regime1_map.csv")
+    for label, value in acc.items():
+        row = out[out["label"] == label].iloc[0]
+        seeds = [0, 1] if label == "dm+hdd/law@k25-l20" else [0, 1, 2]
+        assert row["acc_mean"] == pytest.approx(100 * (value + 0.003 * np.mean(seeds) + 0.0005))
+        assert row["seeds"] == len(seeds)
+    chosen = out[out["chosen"]]
+    assert sorted(chosen["label"]) == sorted(f"dm+hdd/{c}@k{k}-l6" for k in (9, 25) for c in ("law", "karcher")
+                                             if (k, c) != (25, "law"))  # a row missing a tuning cell chooses nothing
+    assert out.loc[out["label"] == "random", "acc_mean"].item() == pytest.approx(100 * (0.45 + 0.003 + 0.0005))
+    md = (tmp_path / "regime1_map.md").read_text()
+    assert md.count("(chosen)") == 3 and "(2 of 3 seeds)" in md and "| 9 | karcher |" in md
+    assert (tmp_path / "figures" / "regime1_map.png").stat().st_size > 10_000
