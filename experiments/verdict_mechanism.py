@@ -87,14 +87,16 @@ def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> 
 
 
 @torch.no_grad()
-def radii(images_by_class: dict, nets: list, k: float) -> np.ndarray:
-    """``(nets, classes)`` mean unclipped geodesic radius of each class's images under each network."""
+def radii(images_by_class: dict, nets: list, k: float, of: str = "points") -> np.ndarray:
+    """``(nets, classes)`` unclipped geodesic radius of each class's images under each network: the mean of the
+    points' radii, or (``of`` a centroid method: ``law``, ``karcher``) the radius of the class's centroid, the
+    point a one-image-per-class synthetic set is pulled to."""
     M = geoopt.Lorentz(k)
     out = np.zeros((len(nets), len(images_by_class)))
     for j, net in enumerate(nets):
         for i, images in enumerate(images_by_class.values()):
-            v = embed(net, images).double()
-            out[j, i] = float(hddgeo.radius(hddgeo.lift(v, M, max_norm=None), M).mean())
+            z = hddgeo.lift(embed(net, images).double(), M, max_norm=None)
+            out[j, i] = float(hddgeo.radius(z if of == "points" else hddgeo.centroid(z, M, method=of), M).mean())
     return out
 
 
@@ -152,6 +154,7 @@ def main(argv=None) -> pd.DataFrame:
     cells = finished_cells(args.study, baselines=False)
     dataset = None
     real_radius = {}  # k -> (nets, classes)
+    centroid_radius = {}  # (k, centroid method) -> the real classes' centroid radius, mean over classes and networks
     rows = []
     for run_dir, cfg, metrics in cells:
         row = {"cell": os.path.basename(run_dir), "method": metrics["method"], "ipc": cfg.ipc, "seed": cfg.seed,
@@ -168,11 +171,14 @@ def main(argv=None) -> pd.DataFrame:
             k = float(cfg.k)
             if k not in real_radius:
                 real_radius[k] = radii(real, nets, k)
+                for of in ("law", "karcher"):
+                    centroid_radius[k, of] = float(radii(real, nets, k, of).mean())
             syn = SyntheticSet.load(synset)
             images, labels = syn["images"].float(), syn["train_labels"].long()
             r_syn = radii({c: images[labels == c] for c in range(dataset.num_classes)}, nets, k)
             row.update({"radius_real": float(real_radius[k].mean()), "radius_syn": float(r_syn.mean()),
-                        "root_bias": float((r_syn - real_radius[k]).mean())})
+                        "root_bias": float((r_syn - real_radius[k]).mean()),
+                        "radius_real_law": centroid_radius[k, "law"], "radius_real_karcher": centroid_radius[k, "karcher"]})
         rows.append(row)
     table = pd.DataFrame(rows)
     write_csv(os.path.join(args.study, "mechanism_cells.csv"), table)
@@ -210,6 +216,13 @@ def main(argv=None) -> pd.DataFrame:
     text = (f"Cells: {len(table)} distilled ({int(table['root_bias'].notna().sum()) if 'root_bias' in table else 0} "
             f"with their synthetic set at hand); {args.nets} random ConvNets, {args.real_per_class} real images per "
             f"class, radii unclipped.\n\n" + markdown_table(shown))
+    if "radius_syn" in table:
+        at = table.dropna(subset=["radius_syn"]).groupby(["ipc", "k", "method"], sort=False)
+        where = at[["radius_real", "radius_real_law", "radius_real_karcher", "radius_syn"]].mean()
+        where["cells"] = at.size()
+        text += ("\n\nWhere the synthetic features lie (unclipped radius, mean over cells, classes and networks): the "
+                 "real images, the radius of the real class's Law centroid and Karcher mean, the synthetic images:\n\n"
+                 + markdown_table(where.reset_index().round(3)))
     if "law_karcher_gap_real" in table:
         gaps = table.groupby(["ipc", "k", "max_norm"], dropna=False)["law_karcher_gap_real"].agg(
             ["mean", "min", "max", "count"])

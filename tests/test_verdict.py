@@ -62,6 +62,10 @@ def test_the_mechanism_measures_every_cell(study):
     cells = pd.read_csv(out / "mechanism_cells.csv")
     assert len(cells) == 30 and cells["root_bias"].notna().all()
     assert (cells["radius_real"] > 0).all() and (cells["radius_syn"] > 0).all()
+    # the Karcher mean lies no farther from the root than its points on average (the radius is convex on a
+    # CAT(-1) space, and Jensen's inequality holds at the barycentre); Law's centroid is a point of the same class
+    assert (cells["radius_real_karcher"] <= cells["radius_real"] + 1e-9).all() and (cells["radius_real_law"] > 0).all()
+    assert "Where the synthetic features lie" in (out / "mechanism.md").read_text()
     # k 9 (the regime control) lifts to a ninth of k 1's squared radius: the clip reaches no more of it
     k9, k1 = cells[cells["k"] == 9], cells[cells["k"] == 1]
     assert len(k9) == 6 and k9["clip_share_real"].max() <= k1["clip_share_real"].min()
