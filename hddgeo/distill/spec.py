@@ -515,11 +515,16 @@ def _check_claims_against_design(spec: Spec) -> None:
 MAX_SECONDS = 1e6  # a plausible bound on one iteration's or one evaluation's seconds (11 days): beyond it, not data
 
 
+def _family(label) -> Optional[str]:
+    """The distillation method of a run label (``idm`` of ``idm+hdd/law@k2``), ``None`` for anything else."""
+    return label.partition("@")[0].partition("+")[0] if isinstance(label, str) and label else None
+
+
 def _add_rates(path: str, ipc, step_rates: dict, eval_rates: dict) -> None:
-    """The seconds per distillation iteration and per evaluation network-epoch of the finished cell whose
-    ``metrics.json`` is ``path``, added to the two lists of its IPC (``ipc``, or the file's own when ``None``); a
-    file that is unreadable, a link, or says neither (or an implausible number: compared, never converted first)
-    adds nothing."""
+    """The seconds per distillation iteration (added to the list of ``(IPC, method)``: an IDM step costs more than
+    a DM step) and per evaluation network-epoch (to the list of the IPC) of the finished cell whose
+    ``metrics.json`` is ``path``, at ``ipc`` (or the file's own when ``None``); a file that is unreadable, a link,
+    or says neither (or an implausible number: compared, never converted first) adds nothing."""
     from hddgeo.rundir import read_json
 
     try:
@@ -533,7 +538,7 @@ def _add_rates(path: str, ipc, step_rates: dict, eval_rates: dict) -> None:
         return
     rate = m.get("seconds_per_iteration")
     if type(rate) in (int, float) and 0 < rate < MAX_SECONDS:  # a baseline's is null (NaN before 0.2)
-        step_rates.setdefault(ipc, []).append(float(rate))
+        step_rates.setdefault((ipc, _family(m.get("method"))), []).append(float(rate))
     spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
     if type(spent) in (int, float) and 0 <= spent < MAX_SECONDS * 1e3 and isinstance(accs, list) and accs \
             and type(epochs) is int and 0 < epochs < 10**9:
@@ -546,7 +551,9 @@ def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
     finished cells' rates (the medians of their seconds per iteration and per evaluation network-epoch, from
     finished cells of the same IPC where there are some, else from all).  Where no cell of ``cells`` is finished
     yet (a stage before it starts), the rates come from the other finished cells under ``folder``'s ``runs/`` (the
-    study's earlier stages; ``rates_from`` says which, ``borrowed_ipcs`` the IPCs priced at other IPCs' rates)."""
+    study's earlier stages; ``rates_from`` says which, ``borrowed_ipcs`` the IPCs priced at other IPCs' rates).
+    A step is priced at the same method's rate at that IPC where one is finished, else at the IPC's rate of any
+    method (``borrowed_methods`` names the methods so priced)."""
     finished = resumable = 0
     iterations = network_epochs = 0
     step_rates, eval_rates, left = {}, {}, []
@@ -572,12 +579,17 @@ def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
                 cell_epochs += ahead * cell.cfg.eval_nets * cell.cfg.eval_epochs
         iterations += cell_iterations
         network_epochs += cell_epochs
-        left.append((cell.cfg.ipc, cell_iterations, cell_epochs))
+        left.append((cell.cfg.ipc, cell.cfg.method, cell_iterations, cell_epochs))
     out = {"cells": len(cells), "finished": finished, "resume": resumable,
            "new": len(cells) - finished - resumable, "iterations": iterations, "network_epochs": network_epochs}
 
-    def rate(rates: dict, ipc: int):  # the median: a cell that shared its core with other work ran up to 6x slower
-        values = rates.get(ipc) or [v for vs in rates.values() for v in vs]
+    def rate(rates: dict, ipc: int, method: Optional[str] = None):  # the median: a cell that shared its core ran up
+        # to 6x slower; steps keyed by (IPC, method), evaluations by IPC
+        if method is not None:
+            values = rates.get((ipc, method)) or [v for (i, _), vs in rates.items() if i == ipc for v in vs]
+        else:
+            values = rates.get(ipc)
+        values = values or [v for vs in rates.values() for v in vs]
         return float(np.median(values)) if values else None
 
     out["rates_from"] = "these cells"
@@ -598,8 +610,12 @@ def estimate(cells: Sequence[Cell], folder: Optional[str] = None) -> dict:
         out["rates_from"] = ("the folder's other finished cells" if len(borrowed) == 2 else
                              f"these cells ({borrowed[0]}: the folder's other finished cells)")
     if step_rates and eval_rates:
-        out["hours"] = sum(n * rate(step_rates, ipc) + e * rate(eval_rates, ipc) for ipc, n, e in left) / 3600
-        out["borrowed_ipcs"] = sorted({ipc for ipc, _, _ in left if ipc not in step_rates or ipc not in eval_rates})
+        out["hours"] = sum(n * rate(step_rates, ipc, method) + e * rate(eval_rates, ipc)
+                           for ipc, method, n, e in left) / 3600
+        step_ipcs = {i for i, _ in step_rates}
+        out["borrowed_ipcs"] = sorted({ipc for ipc, _, _, _ in left if ipc not in step_ipcs or ipc not in eval_rates})
+        out["borrowed_methods"] = sorted({m for ipc, m, n, _ in left if n and (ipc, m) not in step_rates
+                                          and ipc in step_ipcs})
     return out
 
 
@@ -612,4 +628,7 @@ def describe_estimate(est: dict) -> str:
                  f"{est.get('rates_from', 'these cells')}")
         if est.get("borrowed_ipcs"):
             text += f" (no finished cell of IPC {', '.join(map(str, est['borrowed_ipcs']))} to time: other IPCs' rates)"
+        if est.get("borrowed_methods"):
+            text += (f" ({', '.join(est['borrowed_methods'])}: no finished cell to time its steps, priced at other "
+                     f"methods' steps)")
     return text

@@ -237,6 +237,37 @@ def test_a_stage_before_it_starts_is_priced_at_the_folders_other_cells_median_ra
     assert ten["borrowed_ipcs"] == [10] and "other IPCs' rates" in describe_estimate(ten)
 
 
+
+def test_a_stage_prices_each_methods_steps_at_that_methods_rate(tmp_path):
+    """An IDM step costs about 2.5 DM steps: idm1 is priced at IDM's rate once an IDM cell of the folder has finished,
+    and says which methods it priced at other methods' steps until then."""
+    import json
+
+    from hddgeo.distill.spec import describe_estimate, estimate, load_spec
+
+    spec = load_spec("fashionmnist_verdict_v2")
+    runs = tmp_path / "runs"
+
+    def cell(name, method, spi):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps({"ipc": 1, "method": method, "seconds_per_iteration": spi,
+                                                               "accs": [0.7] * 4, "final_eval_seconds": 120.0,
+                                                               "eval_epochs": 300}))
+
+    for i in range(3):
+        cell(f"dm{i}", "dm+hdd/law", 1.0)
+    cells = spec.cells(out_dir=str(tmp_path), stage="idm1")
+    before = estimate(cells, str(tmp_path))
+    assert before["borrowed_methods"] == ["idm"] and "idm: no finished cell to time its steps" in describe_estimate(before)
+    cell("idm0", "idm+hdd/karcher@k2", 3.0)
+    after = estimate(cells, str(tmp_path))
+    assert after["borrowed_methods"] == [] and "no finished cell to time" not in describe_estimate(after)
+    assert after["hours"] - before["hours"] == pytest.approx(after["iterations"] * (3.0 - 1.0) / 3600)
+    # a stage of DM cells keeps DM's rate beside it
+    dm = estimate(spec.cells(out_dir=str(tmp_path), stage="prune1"), str(tmp_path))
+    left_epochs = dm["network_epochs"]
+    assert dm["hours"] == pytest.approx((dm["iterations"] * 1.0 + left_epochs * 120.0 / 1200) / 3600)
+
 # ------------------------------------------------------------------------- a pruned pool's own random row
 PRUNED = ('ipc = [1]\nseeds = [0, 1]\nbaseline = true\n[config]\ndataset = "digits"\niterations = 1\nbatch_real = 8\n'
           'final_eval_nets = 1\nfinal_eval_epochs = 1\n[[variants]]\nmatcher = "euclidean"\n'
