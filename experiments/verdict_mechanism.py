@@ -171,8 +171,7 @@ def main(argv=None) -> pd.DataFrame:
             k = float(cfg.k)
             if k not in real_radius:
                 real_radius[k] = radii(real, nets, k)
-                for of in ("law", "karcher"):
-                    centroid_radius[k, of] = float(radii(real, nets, k, of).mean())
+                centroid_radius.update({(k, of): float(radii(real, nets, k, of).mean()) for of in ("law", "karcher")})
             syn = SyntheticSet.load(synset)
             images, labels = syn["images"].float(), syn["train_labels"].long()
             r_syn = radii({c: images[labels == c] for c in range(dataset.num_classes)}, nets, k)
@@ -217,9 +216,8 @@ def main(argv=None) -> pd.DataFrame:
             f"with their synthetic set at hand); {args.nets} random ConvNets, {args.real_per_class} real images per "
             f"class, radii unclipped.\n\n" + markdown_table(shown))
     if "radius_syn" in table:
-        at = table.dropna(subset=["radius_syn"]).groupby(["ipc", "k", "method"], sort=False)
-        where = at[["radius_real", "radius_real_law", "radius_real_karcher", "radius_syn"]].mean()
-        where["cells"] = at.size()
+        at = table.dropna(subset=["radius_syn"]).groupby(["ipc", "k", "method"])
+        where = at[["radius_real", "radius_real_law", "radius_real_karcher", "radius_syn"]].mean().assign(cells=at.size())
         text += ("\n\nWhere the synthetic features lie (unclipped radius, mean over cells, classes and networks): the "
                  "real images, the radius of the real class's Law centroid and Karcher mean, the synthetic images:\n\n"
                  + markdown_table(where.reset_index().round(3)))

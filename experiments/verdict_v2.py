@@ -199,20 +199,15 @@ def tuning_map(table: pd.DataFrame, spec, stage: str, study: str) -> pd.DataFram
 
     seeds = spec.stages[stage].get("seeds", spec.seeds)
     per = stats.per_seed(table[(table["ipc"] == 1) & table["seed"].isin(seeds)])
-    rows = [{"k": None, "centroid": ref, "lambda": None} for ref in ("random", "dm")]
-    for cell in spec.cells(study, stage=stage, seeds=seeds[:1], ipcs=[1]):
-        if cell.kind == "distill":
-            c = cell.cfg
-            rows.append({"k": c.k, "centroid": c.centroid, "lambda": c.scale, "label": describe(c)})
+    rows = [{"k": None, "centroid": ref, "lambda": None} for ref in ("random", "dm")] + [
+        {"k": c.cfg.k, "centroid": c.cfg.centroid, "lambda": c.cfg.scale, "label": describe(c.cfg)}
+        for c in spec.cells(study, stage=stage, seeds=seeds[:1], ipcs=[1]) if c.kind == "distill"]
     out = pd.DataFrame(rows).assign(label=lambda d: d["label"].fillna(d["centroid"]))
     accs = per.groupby("method")["acc"]
     out["seeds"] = out["label"].map(accs.count()).fillna(0).astype(int)
     out["acc_mean"], out["acc_sd"] = out["label"].map(100 * accs.mean()), out["label"].map(100 * accs.std())
-    out["chosen"] = False
-    for _, group in out.dropna(subset=["k"]).groupby(["k", "centroid"], sort=False):
-        chosen = best_of(table, 1, list(group["label"]), seeds)
-        out.loc[out["label"] == chosen, "chosen"] = True
-    return out
+    groups = out.dropna(subset=["k"]).groupby(["k", "centroid"], sort=False)["label"]
+    return out.assign(chosen=out["label"].isin([best_of(table, 1, list(g), seeds) for _, g in groups]))
 
 
 def map_plot(grid: pd.DataFrame, path: str, title: str) -> None:
@@ -229,8 +224,7 @@ def map_plot(grid: pd.DataFrame, path: str, title: str) -> None:
         for (centroid, g), color in zip(grid[grid["k"] == k].groupby("centroid", sort=False), ("tab:blue", "tab:orange")):
             ax.errorbar(g["lambda"], g["acc_mean"], yerr=g["acc_sd"], marker="o", ms=4, capsize=2, color=color,
                         label=f"HDD {centroid}")
-            best = g[g["chosen"]]
-            ax.plot(best["lambda"], best["acc_mean"], "o", ms=11, mfc="none", color=color)
+            ax.plot(g.loc[g["chosen"], "lambda"], g.loc[g["chosen"], "acc_mean"], "o", ms=11, mfc="none", color=color)
         for ref, style in (("random", ":"), ("dm", "--")):
             ax.axhline(grid.loc[grid["label"] == ref, "acc_mean"].iloc[0], color="0.3", ls=style, lw=1,
                        label=f"{ref} (same seeds)")
@@ -246,19 +240,16 @@ def map_plot(grid: pd.DataFrame, path: str, title: str) -> None:
 def cmd_map(args) -> int:
     from hddgeo.distill.spec import load_spec
 
-    spec = load_spec(args.spec)
-    if args.stage not in spec.stages:
-        raise ValueError(f"{spec.name} has no stage {args.stage!r}; stages: {', '.join(spec.stages)}")
+    spec = load_spec(args.spec)  # an unknown stage is refused by spec.cells, naming the stages
     grid = tuning_map(read_tables(args.study, args.table), spec, args.stage, args.study)
     write_csv(out := os.path.join(args.study, f"{args.stage}_map.csv"), grid)
-    def cell(r) -> str:
-        if r.seeds == 0:
-            return "—"
-        sd = f" ± {r.acc_sd:.1f}" if r.seeds > 1 else ""
-        return f"{r.acc_mean:.1f}{sd}" + (f" ({r.seeds} of {len(seeds)} seeds)" if r.seeds < len(seeds) else "") \
-            + (" (chosen)" if r.chosen else "")
-
     seeds = spec.stages[args.stage].get("seeds", spec.seeds)
+
+    def cell(r) -> str:
+        return "—" if r.seeds == 0 else (f"{r.acc_mean:.1f}" + (f" ± {r.acc_sd:.1f}" if r.seeds > 1 else "")
+                                         + (f" ({r.seeds} of {len(seeds)} seeds)" if r.seeds < len(seeds) else "")
+                                         + (" (chosen)" if r.chosen else ""))
+
     shown = grid.dropna(subset=["k"]).assign(cell=lambda d: [cell(r) for r in d.itertuples()])
     wide = shown.pivot_table(index=["k", "centroid"], columns="lambda", values="cell", aggfunc="first", sort=False)
     refs = ", ".join(f"{r} {grid.loc[grid['label'] == r, 'acc_mean'].iloc[0]:.1f}" for r in ("random", "dm"))
