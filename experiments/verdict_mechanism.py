@@ -11,6 +11,7 @@
   nothing) and its geodesic radius taken.  A cell's bias is the mean over classes and networks of (mean
   synthetic radius - mean real radius); the paired differences over seeds say whether HDD's bias differs from
   DM's.  The same networks and real images serve every cell, so cells of one seed are compared on equal terms.
+  Beside them: the radius of each real class's Law centroid and Karcher mean, where an IPC 1 set is pulled to.
 * **Hierarchical weights** (Eq. 17, ``w = r / sinh r`` of the geodesic radius ``r``): for the same real images
   and networks, with the reference clip and without it, each class's share of features the clip reaches, its
   radius spread and the relative spread of its weights (coefficient of variation, std / mean: the absolute
