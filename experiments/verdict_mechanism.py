@@ -88,16 +88,16 @@ def weight_spread(images_by_class: dict, nets: list, k: float, clips: tuple) -> 
 
 
 @torch.no_grad()
-def radii(images_by_class: dict, nets: list, k: float, of: str = "points") -> np.ndarray:
-    """``(nets, classes)`` unclipped geodesic radius of each class's images under each network: the mean of the
-    points' radii, or (``of`` a centroid method: ``law``, ``karcher``) the radius of the class's centroid, the
-    point a one-image-per-class synthetic set is pulled to."""
+def radii(images_by_class: dict, nets: list, k: float, of: tuple = ("points",)) -> dict:
+    """``{what: (nets, classes)}`` unclipped geodesic radius of each class's images under each network (embedded
+    once): for ``points`` their mean radius, for a centroid method (``law``, ``karcher``) the class centroid's."""
     M = geoopt.Lorentz(k)
-    out = np.zeros((len(nets), len(images_by_class)))
+    out = {what: np.zeros((len(nets), len(images_by_class))) for what in of}
     for j, net in enumerate(nets):
         for i, images in enumerate(images_by_class.values()):
             z = hddgeo.lift(embed(net, images).double(), M, max_norm=None)
-            out[j, i] = float(hddgeo.radius(z if of == "points" else hddgeo.centroid(z, M, method=of), M).mean())
+            for what in of:  # the centroid: where a one-image-per-class set is pulled to
+                out[what][j, i] = float(hddgeo.radius(z if what == "points" else hddgeo.centroid(z, M, method=what), M).mean())
     return out
 
 
@@ -171,11 +171,12 @@ def main(argv=None) -> pd.DataFrame:
                         for c in range(dataset.num_classes)}
             k = float(cfg.k)
             if k not in real_radius:
-                real_radius[k] = radii(real, nets, k)
-                centroid_radius.update({(k, of): float(radii(real, nets, k, of).mean()) for of in ("law", "karcher")})
+                found = radii(real, nets, k, ("points", "law", "karcher"))
+                real_radius[k] = found["points"]
+                centroid_radius.update({(k, of): float(found[of].mean()) for of in ("law", "karcher")})
             syn = SyntheticSet.load(synset)
             images, labels = syn["images"].float(), syn["train_labels"].long()
-            r_syn = radii({c: images[labels == c] for c in range(dataset.num_classes)}, nets, k)
+            r_syn = radii({c: images[labels == c] for c in range(dataset.num_classes)}, nets, k)["points"]
             row.update({"radius_real": float(real_radius[k].mean()), "radius_syn": float(r_syn.mean()),
                         "root_bias": float((r_syn - real_radius[k]).mean()),
                         "radius_real_law": centroid_radius[k, "law"], "radius_real_karcher": centroid_radius[k, "karcher"]})

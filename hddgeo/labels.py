@@ -19,6 +19,11 @@ def method_label(method: str, matcher: str = "euclidean", centroid: str = "", ta
     return f"{label}@{tag}" if tag else label
 
 
+def base_method(label: str) -> str:
+    """The distillation method a label names: ``idm`` of ``idm+hdd/law@k2``, ``dm`` of ``dm@lr10``."""
+    return label.partition("@")[0].partition("+")[0]
+
+
 def is_random(label: str) -> bool:
     """Whether ``label`` is a random row: ``random``, or ``random@TAG`` (a pruned pool's initial images)."""
     return label.partition("@")[0] == RANDOM

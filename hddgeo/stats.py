@@ -22,7 +22,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .labels import CENTROID_MATCHERS, RANDOM, is_random, method_label, method_rank  # noqa: F401  (re-exported)
+from .labels import CENTROID_MATCHERS, RANDOM, base_method, is_random, method_label, method_rank  # noqa: F401  (re-exported)
 from .tables import markdown_table
 
 REQUIRED_COLUMNS = ("method", "ipc", "seed", "network", "acc")
@@ -183,7 +183,7 @@ def default_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
         if m == RANDOM:
             continue
         label, at, tag = m.partition("@")
-        base = label.split("+")[0]
+        base = base_method(m)
         if m == base and RANDOM in present:
             pairs.append((m, RANDOM))
         if label != base and base + at + tag in present:

@@ -80,6 +80,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hddgeo import stats
+from hddgeo.labels import base_method
 from hddgeo.verdict import SAME_MARGIN, Claim
 
 from .cell import Cell, cell_name, check_name
@@ -515,11 +516,6 @@ def _check_claims_against_design(spec: Spec) -> None:
 MAX_SECONDS = 1e6  # a plausible bound on one iteration's or one evaluation's seconds (11 days): beyond it, not data
 
 
-def _family(label) -> Optional[str]:
-    """The distillation method of a run label (``idm`` of ``idm+hdd/law@k2``), ``None`` for anything else."""
-    return label.partition("@")[0].partition("+")[0] if isinstance(label, str) and label else None
-
-
 def _add_rates(path: str, ipc, step_rates: dict, eval_rates: dict) -> None:
     """The seconds per distillation iteration (added to the list of ``(IPC, method)``: an IDM step costs more than
     a DM step) and per evaluation network-epoch (to the list of the IPC) of the finished cell whose
@@ -538,7 +534,8 @@ def _add_rates(path: str, ipc, step_rates: dict, eval_rates: dict) -> None:
         return
     rate = m.get("seconds_per_iteration")
     if type(rate) in (int, float) and 0 < rate < MAX_SECONDS:  # a baseline's is null (NaN before 0.2)
-        step_rates.setdefault((ipc, _family(m.get("method"))), []).append(float(rate))
+        label = m.get("method")
+        step_rates.setdefault((ipc, base_method(label) if isinstance(label, str) else None), []).append(float(rate))
     spent, accs, epochs = m.get("final_eval_seconds"), m.get("accs"), m.get("eval_epochs")
     if type(spent) in (int, float) and 0 <= spent < MAX_SECONDS * 1e3 and isinstance(accs, list) and accs \
             and type(epochs) is int and 0 < epochs < 10**9:
