@@ -71,10 +71,9 @@ def measure(cells: list) -> pd.DataFrame:
 
 def gap_plot(curves: pd.DataFrame, path: str) -> None:
     """d(Law, Karcher) of the real batch (black) and of each run's synthetic set, mean over seeds, per iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hddgeo.plots import save_figure  # (its import selects the Agg backend)
 
     curves = curves.dropna(subset=["gap_real"]).assign(geometry=lambda t: t["method"].map(geometry))
     ipcs, geos = sorted(curves["ipc"].unique()), list(dict.fromkeys(curves["geometry"]))
@@ -95,8 +94,7 @@ def gap_plot(curves: pd.DataFrame, path: str) -> None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Law's centroid against the exact Karcher mean\nduring distillation (mean over seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def main(argv=None) -> int:

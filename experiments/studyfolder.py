@@ -37,31 +37,37 @@ def logs(cells: list) -> pd.DataFrame:
                       for d, cfg, m in cells if not is_random(m["method"])], ignore_index=True)
 
 
-def curves_plot(logs: pd.DataFrame, path: str, title: str = "") -> bool:
+def curves_plot(logs: pd.DataFrame, path: str, title: str = "", loss_only: bool = False) -> bool:
     """Accuracy of the periodic evaluation (mean over seeds, band: their range) and loss against the iterations,
-    per method and IPC, for the cells that evaluated periodically; False (nothing drawn) when none did."""
-    if "eval_acc" not in logs or logs["eval_acc"].isna().all():
+    per method and IPC; False (nothing drawn) when no cell evaluated periodically, unless ``loss_only`` (then the
+    loss alone is drawn, and its title says the accuracy was not measured)."""
+    has_acc = "eval_acc" in logs and not logs["eval_acc"].isna().all()
+    if logs.empty or not (has_acc or loss_only):
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    from hddgeo.plots import save_figure  # (its import selects the Agg backend)
+
+    fig, axes = plt.subplots(1, 1 + has_acc, figsize=(11 if has_acc else 6.5, 4), squeeze=False)
+    ax_acc, ax_loss = axes[0][0], axes[0][-1]
     for (method, ipc), g in logs.groupby(["method", "ipc"], sort=False):
         label = f"{method} (IPC {ipc})" if logs["ipc"].nunique() > 1 else method
-        acc = g.dropna(subset=["eval_acc"]).groupby("iteration")["eval_acc"].agg(["mean", "min", "max"])
-        axes[0].plot(acc.index, 100 * acc["mean"], marker="o", ms=3, label=label)
-        axes[0].fill_between(acc.index, 100 * acc["min"], 100 * acc["max"], alpha=0.15)
-        loss = g.groupby("iteration")["loss"].mean()
-        axes[1].plot(loss.index, loss.values, label=label)
-    axes[0].set(xlabel="iteration", ylabel="test accuracy (%), periodic evaluation",
-                title="accuracy (band: the seeds' range)")
-    axes[1].set(xlabel="iteration", ylabel="matching loss (own scale per method)", yscale="log", title="loss")
-    axes[0].legend(fontsize=7)
+        if has_acc:
+            acc = g.dropna(subset=["eval_acc"]).groupby("iteration")["eval_acc"].agg(["mean", "min", "max"])
+            ax_acc.plot(acc.index, 100 * acc["mean"], marker="o", ms=3, label=label)
+            ax_acc.fill_between(acc.index, 100 * acc["min"], 100 * acc["max"], alpha=0.15)
+        first = g.sort_values("iteration").groupby("seed")["loss"].transform("first")
+        loss = (g["loss"] / first).groupby(g["iteration"]).agg(["mean", "min", "max"])  # each cell's own start = 1
+        ax_loss.plot(loss.index, loss["mean"], label=label)
+        ax_loss.fill_between(loss.index, loss["min"], loss["max"], alpha=0.15)
+    ax_loss.set(xlabel="iteration", ylabel="matching loss / its value at iteration 1", yscale="log",
+                title="loss (band: the seeds' range)" + ("" if has_acc else "; no periodic evaluation"))
+    if has_acc:
+        ax_acc.set(xlabel="iteration", ylabel="test accuracy (%), periodic evaluation",
+                   title="accuracy (band: the seeds' range)")
+    ax_acc.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return True

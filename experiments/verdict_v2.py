@@ -3,7 +3,7 @@
 ``hddgeo study fashionmnist_verdict_v2 --stage NAME`` runs the cells (the spec says the stages); this reads them:
 
     python experiments/verdict_v2.py design [--study DIR] [--stage pilot1]   # variance split -> seeds x networks
-    python experiments/verdict_v2.py figures [--study DIR] [--table T ...]   # forest plot, accuracy vs iterations
+    python experiments/verdict_v2.py figures [--study DIR] [--table T ...]   # forest plot, curves of --curves T
     python experiments/verdict_v2.py map [--study DIR] [--stage regime1]     # the k / lambda grid of a tuning stage
 
 ``design`` splits the spread of each paired difference of the pilot into its between-seed part and its
@@ -143,10 +143,9 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
     """One row per claim: grey dots per seed, our 95 % interval (black), the paper's number and interval (red), 0 and
     the equivalence margin of ``same`` claims (shaded).  A panel and scale each for claims against random images (tens
     of points), between methods (tenths) and at tuned settings (points where a setting fails)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hddgeo.plots import save_figure  # (its import selects the Agg backend)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -179,8 +178,7 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
                ncol=2, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def read_tables(study: str, names: list) -> pd.DataFrame:
@@ -213,10 +211,9 @@ def tuning_map(table: pd.DataFrame, spec, stage: str, study: str) -> pd.DataFram
 def map_plot(grid: pd.DataFrame, path: str, title: str) -> None:
     """Accuracy against lambda (log scale), a panel per k, a line per centroid (its choice ringed), random and DM
     on the same seeds as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hddgeo.plots import save_figure  # (its import selects the Agg backend)
 
     ks = sorted(grid["k"].dropna().unique())
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), sharey=True, squeeze=False)
@@ -233,8 +230,7 @@ def map_plot(grid: pd.DataFrame, path: str, title: str) -> None:
     axes[0, -1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def cmd_map(args) -> int:
@@ -277,12 +273,11 @@ def cmd_figures(args) -> int:
         forest_plot(rows, os.path.join(out, "forest.png"), spec.margin,
                     f"{spec.name}: a − b paired by seed ({', '.join(args.table)}; {spec.budget()})")
         print(f"wrote {os.path.join(out, 'forest.png')} ({len(rows)} rows)")
-    runs = {os.path.normpath(os.path.join(args.study, d)) for d in table["run_dir"]}
+    runs = {os.path.normpath(os.path.join(args.study, d)) for d in read_tables(args.study, args.curves)["run_dir"]}
     cells = [c for c in finished_cells(args.study, baselines=False) if os.path.normpath(c[0]) in runs]
-    if cells and curves_plot(logs(cells), os.path.join(out, "curves.png")):
-        print(f"wrote {os.path.join(out, 'curves.png')}")
-    else:
-        print("no cell evaluated periodically yet: no curves")
+    if cells and curves_plot(logs(cells), os.path.join(out, "curves.png"), f"{', '.join(args.curves)}; {spec.budget()}",
+                             loss_only=True):
+        print(f"wrote {os.path.join(out, 'curves.png')} ({len(cells)} distilled cells)")
     return 0
 
 
@@ -299,6 +294,7 @@ def main(argv=None) -> int:
     for parser, tables in ((f, ["results"]), (m, ["core1", "regime1"])):
         parser.add_argument("--table", nargs="+", default=tables, help="long tables of the study folder, read as one")
         parser.add_argument("--spec", default="fashionmnist_verdict_v2")
+    f.add_argument("--curves", nargs="+", default=["core1"], help="long tables whose distilled cells the curves draw")
     args = p.parse_args(argv)
     return {"design": cmd_design, "figures": cmd_figures, "map": cmd_map}[args.command](args)
 

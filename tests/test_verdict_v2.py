@@ -74,10 +74,15 @@ def test_the_design_splits_the_pilot_and_meets_its_targets_where_it_can(pilot):
     assert "IPC 1" in text and ("Cheapest design" in text or "No design" in text)
 
 
-def test_the_figures_draw_every_claim_with_seeds(pilot):
+def test_the_figures_draw_every_claim_with_seeds(pilot, tmp_path):
     script = load_script("verdict_v2")
-    assert script.main(["figures", "--study", str(pilot), "--table", "pilot1"]) == 0
+    assert script.main(["figures", "--study", str(pilot), "--table", "pilot1", "--curves", "pilot1"]) == 0
     assert (pilot / "figures" / "forest.png").stat().st_size > 10_000
+    # no pilot cell evaluated periodically: the curves are the loss alone, and an accuracy figure is refused
+    assert (pilot / "figures" / "curves.png").stat().st_size > 10_000
+    curves = script.logs(script.finished_cells(str(pilot), baselines=False))
+    assert "eval_acc" not in curves and not script.curves_plot(curves, str(tmp_path / "acc.png"))
+    assert not (tmp_path / "acc.png").exists()
     from hddgeo.distill.spec import load_spec
 
     rows = script.forest_rows(pd.read_csv(pilot / "pilot1.csv"), load_spec("fashionmnist_verdict_v2"))
