@@ -37,6 +37,7 @@ def test_the_pilot_runs_every_variant_on_independent_replicates(pilot):
         metrics = json.loads((run / "metrics.json").read_text(), parse_constant=_no_constant)
         assert cfg["seed_scheme"] == 2
         assert metrics["final_eval_seconds"] > 0 and metrics["eval_epochs"] == cfg["final_eval_epochs"]
+        assert metrics["provenance"]["cpu"] and metrics["provenance"]["torch"]  # the random rows' too
         assert metrics["eval_seeds"] == RunSeeds(cfg["seed"], 2).eval_networks("final", cfg["final_eval_nets"])
     # no evaluation network is shared between two seeds; within a seed every method has the same ones
     seeds = {}

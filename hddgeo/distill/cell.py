@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from hddgeo.device import provenance
 from hddgeo.errors import RunDirError
 from hddgeo.evaluate import evaluate_synset
 from hddgeo.rundir import CONFIG, LOCK, LOG, METRICS, RunLock, is_temporary, read_json, write_json
@@ -190,7 +191,8 @@ def baseline_row(cfg: DistillConfig, progress: bool = False) -> dict:
     return {"method": describe_baseline(cfg), "dataset": cfg.dataset, "ipc": cfg.ipc, "acc_mean": res["mean"],
             "acc_std": res["std"], "accs": res["accs"], "eval_seeds": res["seeds"], "eval_model": cfg.model,
             "eval_epochs": cfg.final_eval_epochs, "final_eval_seconds": time.perf_counter() - started,
-            "seconds_per_iteration": None}  # null, not NaN: strict JSON (no iterations to time)
+            "seconds_per_iteration": None,  # null, not NaN: strict JSON (no iterations to time)
+            "provenance": provenance(method.device)}  # what ran it, as a distilled cell's metrics.json says
 
 
 def initial_images(cfg: DistillConfig) -> torch.Tensor:
