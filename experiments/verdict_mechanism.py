@@ -24,10 +24,9 @@
   correlation of the test images' unclipped radius (mean over the feature networks) with their difficulty says
   whether the images the weights favour (small radius: ``r / sinh r`` falls with ``r``) are the easy ones.
 
-Writes ``mechanism_cells.csv`` (one row per cell: radii, bias, clip share), ``mechanism_weights.csv`` (one row per
-clip setting, network and class), ``mechanism_paired.csv`` and ``mechanism.md`` into the study folder.  Cells without
-``synset.pt`` (a checkout holds only the committed ``config.json`` / ``metrics.json`` / ``log.csv``) get the
-diagnostics columns only.
+Writes ``mechanism_cells.csv`` (a row per cell; one without ``synset.pt`` gets its log's diagnostics only),
+``mechanism_weights.csv``, ``mechanism_paired.csv`` and ``mechanism.md`` into the study folder; where no cell's
+``synset.pt`` is at hand (a checkout commits no tensors) it stops, and the files already there stay as they are.
 """
 from __future__ import annotations
 
@@ -50,8 +49,7 @@ from hddgeo.models import embed, fresh_network
 from hddgeo.rundir import write_csv, write_text
 from hddgeo.tables import markdown_table
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_STUDY = os.path.join(HERE, "results", "fashionmnist_verdict")
+DEFAULT_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fashionmnist_verdict")
 NETWORK_SEED = 900_000  # the feature networks' seeds: NETWORK_SEED + j, apart from every run's own streams
 PAIRS = (("dm+hdd/law", "dm"), ("dm+hdd/karcher", "dm"), ("dm+hdd/karcher", "dm+hdd/law"), ("dm+hdd/law@k9", "dm"))
 
@@ -153,6 +151,8 @@ def main(argv=None) -> pd.DataFrame:
         raise ValueError("--nets must be at least 1 and --real-per-class at least 2")
     torch.set_num_threads(1)  # the measures were made on one thread (sums in another order round differently)
     cells = finished_cells(args.study, baselines=False)
+    if not any(os.path.isfile(os.path.join(d, "synset.pt")) for d, _, _ in cells):  # would overwrite with no radii
+        raise ValueError(f"no cell of {args.study} has its synset.pt at hand (a checkout commits none): nothing to measure")
     dataset = None
     real_radius = {}  # k -> (nets, classes)
     centroid_radius = {}  # (k, centroid method) -> the real classes' centroid radius, mean over classes and networks

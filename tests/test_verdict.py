@@ -87,6 +87,17 @@ def test_the_mechanism_measures_every_cell(study):
     assert len(row) == 1 and row["seeds"].iloc[0] == 3
 
 
+def test_the_mechanism_refuses_a_checkout_without_synthetic_sets_and_keeps_its_files(study, tmp_path):
+    """A checkout commits no ``synset.pt``: measuring there would overwrite the committed radii with none."""
+    _, out, _, _ = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.pt"))
+    before = {f: (copy / f).read_bytes() for f in ("mechanism.md", "mechanism_cells.csv", "mechanism_paired.csv")}
+    with pytest.raises(ValueError, match="synset.pt"):
+        load_script("verdict_mechanism").main(["--study", str(copy), "--nets", "1", "--real-per-class", "4"])
+    assert {f: (copy / f).read_bytes() for f in before} == before
+
+
 def test_a_committed_cell_reruns_to_the_same_accuracies(study, tmp_path):
     script, out, _, _ = study
     for name in ("ipc1_dm_hdd-law_seed1", "ipc1_random_seed2"):
