@@ -153,7 +153,7 @@ def forest_plot(rows: list, path: str, margin: float, title: str = "") -> None:
              (False, True): "at a setting tuned on some seeds, reported on the others"}
     named = [(n, [r for r in rows if (r["random"], r["tuned"] and not r["random"]) == key]) for key, n in kinds.items()]
     names, panels = zip(*[(n, p) for n, p in named if p])
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 0.55 * len(rows) + 1.0 + 0.6 * len(panels)), squeeze=False,
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 0.55 * len(rows) + 1.0 + 0.6 * len(panels)), squeeze=False,
                              gridspec_kw={"height_ratios": [len(p) + 0.8 for p in panels]})
     for ax, name, panel in zip(axes[:, 0], names, panels):
         ax.set_title(name, fontsize=8, loc="right")
